@@ -1,0 +1,141 @@
+"""Argument parsers of the command-line scripts. No framework import here: --help stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import TrainConfig, default_workers
+from .models import MODEL_SPECS
+
+
+def _defaults_line() -> str:
+    rows = [
+        f"  {name:<13}{spec.display_name:<15}{spec.framework:<7}"
+        f"{spec.image_size[0]}x{spec.image_size[1]}, batch {spec.batch_size}"
+        for name, spec in MODEL_SPECS.items()
+    ]
+    return "per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="train_professional_models.py",
+        description="Train an animal classifier in two phases: a new head on a frozen ImageNet "
+        "backbone, then the last layers unfrozen at a lower learning rate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_defaults_line(),
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_path", default=d.data_path,
+                      help="folder with one sub-folder of images per class (default: %(default)s)")
+    data.add_argument("--val_split", type=float, default=d.val_split,
+                      help="fraction of each class held out for validation (default: %(default)s)")
+    data.add_argument("--test_split", type=float, default=d.test_split,
+                      help="fraction of each class held out for the final test "
+                           "(default: %(default)s)")
+    data.add_argument("--workers", type=int, default=default_workers(),
+                      help="data-loading processes; 0 loads in the main process "
+                           "(default: %(default)s)")
+    data.add_argument("--no_augment", dest="augment", action="store_false",
+                      help="train without data augmentation (resize only)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_type", choices=sorted(MODEL_SPECS), default=d.model_type,
+                       help="network to train (default: %(default)s)")
+    model.add_argument("--weights", default=d.weights,
+                       help="'imagenet' (downloaded once, then cached), 'none' (train from "
+                            "scratch) or the path of a backbone weights file "
+                            "(default: %(default)s)")
+    model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                       default=None, help="input size (default: the model's, see below)")
+    model.add_argument("--dropout", type=float, default=d.dropout,
+                       help="dropout before the new classification layer (default: %(default)s)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=d.epochs,
+                       help="phase 1 epochs: new head on a frozen backbone (default: %(default)s)")
+    train.add_argument("--batch_size", type=int, default=None,
+                       help="images per step (default: the model's, see below)")
+    train.add_argument("--learning_rate", type=float, default=d.learning_rate,
+                       help="phase 1 learning rate, Adam (default: %(default)s)")
+    train.add_argument("--fine_tune_epochs", type=int, default=d.fine_tune_epochs,
+                       help="phase 2 epochs; 0 skips phase 2 (default: %(default)s)")
+    train.add_argument("--fine_tune_layers", type=int, default=d.fine_tune_layers,
+                       help="phase 2 unfreezes the backbone's last N layers with weights, "
+                            "BatchNorm excluded (default: %(default)s)")
+    train.add_argument("--fine_tune_learning_rate", type=float,
+                       default=d.fine_tune_learning_rate,
+                       help="phase 2 learning rate (default: %(default)s)")
+    train.add_argument("--patience", type=int, default=d.patience,
+                       help="early stopping: epochs without a better validation accuracy "
+                            "(default: %(default)s)")
+    train.add_argument("--lr_patience", type=int, default=d.lr_patience,
+                       help="reduce the learning rate after this many epochs without a lower "
+                            "validation loss (default: %(default)s)")
+    train.add_argument("--lr_factor", type=float, default=d.lr_factor,
+                       help="factor of each learning-rate reduction (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the split, the augmentation and the weights "
+                            "(default: %(default)s)")
+    train.add_argument("--mixed_precision", action="store_true",
+                       help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_dir", default=d.output_dir,
+                     help="where run directories and experiments.csv go (default: %(default)s)")
+    out.add_argument("--log_dir", default=d.log_dir,
+                     help="TensorBoard root; each run writes <log_dir>/<run> "
+                          "(default: %(default)s)")
+    out.add_argument("--run_name", default=None,
+                     help="name of the run directory (default: <model_type>_<timestamp>)")
+    return parser
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse the trainer's command line into an unresolved TrainConfig."""
+    args = build_train_parser().parse_args(argv)
+    values = vars(args)
+    if values["image_size"] is not None:
+        values["image_size"] = tuple(values["image_size"])
+    return TrainConfig(**values)
+
+
+def run_main(main, argv: list[str] | None = None) -> int:
+    """Run a script's ``main`` and turn expected failures into one line and an exit code."""
+    import sys
+
+    from .errors import TrainingStopped, UserError
+    from .runs import setup_console_logging
+
+    setup_console_logging()
+    try:
+        main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """``train_professional_models.py``: parse, train, report."""
+    config = parse_train_args(argv)  # --help exits here, before any heavy import
+    from .training import run_training
+
+    run_training(config)
+
+
+def not_yet_available(name: str, what: str):
+    """main() of a script whose feature has not landed yet."""
+    def main(argv=None):
+        from .errors import UserError
+
+        raise UserError(f"{name} is not available yet: {what} is planned but not built")
+    return main

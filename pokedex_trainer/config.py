@@ -1,0 +1,111 @@
+"""The resolved configuration of one training run: the seed's defaults, saved with every run."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .models import get_spec
+
+
+def default_workers() -> int:
+    """Data-loading processes: leave one core to the framework, use at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. ``None`` for image_size / batch_size means the model's seed default."""
+
+    data_path: str = "data/training"
+    model_type: str = "efficientnet"
+    epochs: int = 50
+    fine_tune_epochs: int = 30
+    fine_tune_layers: int = 50
+    batch_size: int | None = None
+    learning_rate: float = 0.001
+    fine_tune_learning_rate: float = 0.0001
+    image_size: tuple[int, int] | None = None
+    patience: int = 10
+    lr_patience: int = 5
+    lr_factor: float = 0.2
+    min_lr: float = 1e-7
+    weights: str = "imagenet"
+    output_dir: str = "model/ultra"
+    log_dir: str = "data/logs_ultra/tensorboard"
+    val_split: float = 0.15
+    test_split: float = 0.15
+    seed: int = 42
+    workers: int = field(default_factory=default_workers)
+    mixed_precision: bool = False
+    dropout: float = 0.3
+    run_name: str | None = None
+    augment: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the model defaults and check the values; raises UserError on a bad value."""
+        spec = get_spec(self.model_type)
+        values = asdict(self)
+        if values["image_size"] is None:
+            values["image_size"] = spec.image_size
+        if values["batch_size"] is None:
+            values["batch_size"] = spec.batch_size
+        values["image_size"] = tuple(int(v) for v in values["image_size"])
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        spec = get_spec(self.model_type)
+        height, width = self.image_size
+        if min(height, width) < spec.min_image_size:
+            raise UserError(
+                f"--image_size {height} {width} is too small for {spec.display_name}: "
+                f"each side must be at least {spec.min_image_size} px"
+            )
+        checks = [
+            (self.epochs >= 0, "--epochs must be 0 or more"),
+            (self.fine_tune_epochs >= 0, "--fine_tune_epochs must be 0 or more"),
+            (self.epochs + self.fine_tune_epochs > 0, "--epochs and --fine_tune_epochs are both 0"),
+            (self.fine_tune_layers >= 0, "--fine_tune_layers must be 0 or more"),
+            (self.batch_size >= 1, "--batch_size must be at least 1"),
+            (self.learning_rate > 0, "--learning_rate must be positive"),
+            (self.fine_tune_learning_rate > 0, "--fine_tune_learning_rate must be positive"),
+            (self.patience >= 1, "--patience must be at least 1"),
+            (self.lr_patience >= 1, "--lr_patience must be at least 1"),
+            (0 < self.lr_factor < 1, "--lr_factor must be between 0 and 1"),
+            (0 <= self.val_split < 1, "--val_split must be a fraction in [0, 1)"),
+            (0 <= self.test_split < 1, "--test_split must be a fraction in [0, 1)"),
+            (self.val_split + self.test_split < 1, "--val_split + --test_split must be below 1"),
+            (self.val_split > 0, "--val_split must be above 0: checkpoints and early stopping "
+                                 "need a validation split"),
+            (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
+            (self.workers >= 0, "--workers must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the backbone starts from trained weights (ImageNet or a file)."""
+        return self.weights.lower() != "none"
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["image_size"] = list(self.image_size) if self.image_size else None
+        return values
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if known.get("image_size") is not None:
+            known["image_size"] = tuple(known["image_size"])
+        return cls(**known)

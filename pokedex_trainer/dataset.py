@@ -1,0 +1,188 @@
+"""The data layer shared by every trainer: class scan, safe listing, stratified split manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+SYSTEM_NAMES = {"__macosx", "$recycle.bin", "system volume information", "@eadir", "thumbs.db",
+                "desktop.ini", ".ds_store"}
+SPLITS = ("train", "val", "test")
+MANIFEST_NAME = "split_manifest.json"
+
+# The seed's guidance: below these numbers a run works but results suffer.
+RECOMMENDED_MIN_CLASSES = 10
+RECOMMENDED_MIN_IMAGES_PER_CLASS = 100
+RECOMMENDED_MIN_IMAGE_SIZE = 224
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_NAMES
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible, regular file with a .jpg/.jpeg/.png extension in any letter case."""
+    return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_class_dirs(data_path: Path) -> list[Path]:
+    """Sub-folders of ``data_path`` that are classes, sorted by name (= class index order)."""
+    return sorted((p for p in data_path.iterdir() if p.is_dir() and not _is_hidden(p)),
+                  key=lambda p: p.name)
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files directly inside ``class_dir``, sorted for determinism."""
+    return sorted((p for p in class_dir.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+@dataclass
+class DatasetIndex:
+    """The images of a folder tree: class names in index order and (relative path, label) pairs."""
+
+    root: Path
+    class_names: list[str]
+    samples: list[tuple[str, int]]
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: 0 for name in self.class_names}
+        for _, label in self.samples:
+            counts[self.class_names[label]] += 1
+        return counts
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def scan_dataset(data_path: Path | str) -> DatasetIndex:
+    """List ``data_path/<Class>/*.jpg|jpeg|png``; raises UserError when it cannot be used.
+
+    Empty class folders are ignored with a warning.
+    """
+    root = Path(data_path)
+    if not root.exists():
+        raise UserError(f"data path '{root}' does not exist")
+    if not root.is_dir():
+        raise UserError(f"data path '{root}' is not a folder")
+    class_names: list[str] = []
+    samples: list[tuple[str, int]] = []
+    for class_dir in list_class_dirs(root):
+        images = list_images(class_dir)
+        if not images:
+            logger.warning("class folder '%s' holds no .jpg/.jpeg/.png image: ignored",
+                           class_dir.name)
+            continue
+        label = len(class_names)
+        class_names.append(class_dir.name)
+        samples.extend((image.relative_to(root).as_posix(), label) for image in images)
+    if not samples:
+        raise UserError(f"no images found in '{root}': expected {root}/<Class>/*.jpg "
+                        "(jpg, jpeg or png, one sub-folder per class)")
+    if len(class_names) < 2:
+        raise UserError(f"'{root}' holds only {len(class_names)} class "
+                        f"({', '.join(class_names)}); a classifier needs at least 2")
+    return DatasetIndex(root, class_names, samples)
+
+
+def split_counts(n: int, val_split: float, test_split: float) -> tuple[int, int, int]:
+    """Images of one class per split: every split with a positive fraction gets at least one."""
+    n_val = max(1, round(n * val_split)) if val_split > 0 else 0
+    n_test = max(1, round(n * test_split)) if test_split > 0 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(index: DatasetIndex, val_split: float, test_split: float,
+                     seed: int) -> dict[str, list[tuple[str, int]]]:
+    """Split each class on its own with a seeded shuffle, so every split keeps class ratios.
+
+    The same files, fractions and seed always give the same split, whatever the OS.
+
+    Raises:
+        UserError: a class has too few images to give each split one and training two.
+    """
+    by_class: dict[int, list[str]] = {}
+    for relative, label in index.samples:
+        by_class.setdefault(label, []).append(relative)
+    splits: dict[str, list[tuple[str, int]]] = {name: [] for name in SPLITS}
+    for label, paths in sorted(by_class.items()):
+        n_train, n_val, n_test = split_counts(len(paths), val_split, test_split)
+        if n_train < 2:
+            needed = len(paths) - n_train + 2
+            raise UserError(
+                f"class '{index.class_names[label]}' has only {len(paths)} images: at least "
+                f"{needed} are needed to split it into train/validation/test "
+                f"(--val_split {val_split}, --test_split {test_split})")
+        order = sorted(paths)
+        random.Random(f"{seed}:{index.class_names[label]}").shuffle(order)
+        parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test],
+                 "train": order[n_val + n_test:]}
+        for split, part in parts.items():
+            splits[split].extend((p, label) for p in sorted(part))
+    return splits
+
+
+def write_manifest(path: Path, index: DatasetIndex, splits: dict, seed: int,
+                   val_split: float, test_split: float) -> None:
+    """Write the split so evaluation later uses exactly the held-out images."""
+    manifest = {
+        "data_path": str(index.root.resolve()),
+        "class_names": index.class_names,
+        "seed": seed,
+        "val_split": val_split,
+        "test_split": test_split,
+        "counts": {split: len(items) for split, items in splits.items()},
+        "splits": {split: [[p, label] for p, label in items] for split, items in splits.items()},
+    }
+    path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def read_manifest(path: Path) -> dict:
+    """Load a split manifest written by ``write_manifest``."""
+    manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    manifest["splits"] = {s: [(p, int(label)) for p, label in items]
+                          for s, items in manifest["splits"].items()}
+    return manifest
+
+
+def dataset_warnings(index: DatasetIndex, image_size: tuple[int, int]) -> list[str]:
+    """The seed's recommendations that this dataset or run misses; the run still goes on."""
+    warnings = []
+    if len(index.class_names) < RECOMMENDED_MIN_CLASSES:
+        warnings.append(f"only {len(index.class_names)} classes; the guide recommends at least "
+                        f"{RECOMMENDED_MIN_CLASSES}")
+    small = {name: n for name, n in index.counts().items() if n < RECOMMENDED_MIN_IMAGES_PER_CLASS}
+    if small:
+        listed = ", ".join(f"{name} ({n})" for name, n in sorted(small.items()))
+        warnings.append(f"{len(small)} classes have fewer than "
+                        f"{RECOMMENDED_MIN_IMAGES_PER_CLASS} images: {listed}")
+    if min(image_size) < RECOMMENDED_MIN_IMAGE_SIZE:
+        warnings.append(f"image size {image_size[0]}x{image_size[1]} is below the recommended "
+                        f"{RECOMMENDED_MIN_IMAGE_SIZE} px; accuracy will suffer")
+    return warnings
+
+
+def find_unreadable_headers(index: DatasetIndex) -> list[tuple[str, str]]:
+    """Check every file's header (cheap: no pixel decoding); return (path, reason) of bad ones."""
+    from .images import UnreadableImageError, probe_image
+
+    bad = []
+    for relative, _ in index.samples:
+        try:
+            probe_image(index.path(relative))
+        except UnreadableImageError as exc:
+            bad.append((relative, exc.reason))
+    return bad
+
+
+def drop_samples(index: DatasetIndex, relatives: set[str]) -> DatasetIndex:
+    """A copy of ``index`` without the given files (class indices unchanged)."""
+    kept = [(p, label) for p, label in index.samples if p not in relatives]
+    return DatasetIndex(index.root, index.class_names, kept)

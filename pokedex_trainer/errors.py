@@ -1,0 +1,13 @@
+"""Errors that reach the user as one line and an exit code, never as a traceback."""
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix; printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class TrainingStopped(Exception):
+    """Training ended before its plan (NaN loss); outputs written so far are kept."""
+
+    exit_code = 1

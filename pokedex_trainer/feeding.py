@@ -1,0 +1,209 @@
+"""Parallel, framework-free batch feeding: read + decode + augment in worker processes.
+
+Workers receive only paths, labels and the pipeline's parameters (never a framework object), so
+they start quickly and work with the ``spawn`` start method that Windows uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Images (N, H, W, 3) uint8 RGB, labels (N,) int32, and the files that failed to decode."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    failed: list[tuple[str, str]]
+
+
+class BatchSource:
+    """Turns lists of sample indices into batches. Picklable: it is what workers receive.
+
+    Args:
+        root: folder the relative sample paths are under.
+        samples: (relative path, label) pairs.
+        image_size: (height, width) of the output images.
+        training: augment (True) or only resize (False).
+        seed: base seed; each batch's randomness derives from it, the epoch and the batch index,
+            so a run is repeatable whatever the number of workers.
+    """
+
+    def __init__(self, root: Path | str, samples: list[tuple[str, int]],
+                 image_size: tuple[int, int], training: bool, seed: int = 0):
+        self.root = Path(root)
+        self.samples = list(samples)
+        self.image_size = tuple(image_size)
+        self.training = training
+        self.seed = seed
+        self._transform = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_transform"] = None  # rebuilt in the worker
+        return state
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            from .augment import create_transform
+
+            self._transform = create_transform(self.image_size, self.training, self.seed)
+        return self._transform
+
+    def load_image(self, index: int, rng_seed: int | None = None) -> np.ndarray:
+        """Read and transform sample ``index``; raises UnreadableImageError."""
+        from .images import read_image
+
+        relative, _ = self.samples[index]
+        height, width = self.image_size
+        # Decode big JPEGs at a reduced scale that still leaves room for the random crop.
+        image = read_image(self.root / relative, min_size=(height * 5 // 4, width * 5 // 4))
+        transform = self.transform
+        if rng_seed is not None and self.training:
+            transform.set_random_seed(rng_seed)
+        return transform(image=image)["image"]
+
+    def load_batch(self, indices: list[int], epoch: int = 0, batch_number: int = 0) -> Batch:
+        """Build one batch. An unreadable file is replaced by another sample of the same batch
+        and reported in ``Batch.failed``, so batch shapes stay fixed and nothing is hidden."""
+        from .images import UnreadableImageError
+
+        rng_seed = (self.seed * 1_000_003 + epoch * 10_007 + batch_number) % (2**32)
+        images, labels, failed = [], [], []
+        for index in indices:
+            try:
+                images.append(self.load_image(index, rng_seed if not images else None))
+                labels.append(self.samples[index][1])
+            except UnreadableImageError as exc:
+                failed.append((self.samples[index][0], exc.reason))
+        if not images:
+            raise RuntimeError("every image of a batch is unreadable: "
+                               + "; ".join(f"{p} ({r})" for p, r in failed))
+        while len(images) < len(indices):  # keep the batch size: repeat readable samples
+            images.append(images[len(images) % max(1, len(indices) - len(failed))])
+            labels.append(labels[len(labels) % max(1, len(indices) - len(failed))])
+        return Batch(np.stack(images), np.asarray(labels, dtype=np.int32), failed)
+
+
+_WORKER_SOURCE: BatchSource | None = None
+
+
+def _init_worker(source: BatchSource) -> None:
+    global _WORKER_SOURCE
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    _WORKER_SOURCE = source
+
+
+def _worker_load(task: tuple[list[int], int, int]) -> Batch:
+    indices, epoch, batch_number = task
+    return _WORKER_SOURCE.load_batch(indices, epoch, batch_number)
+
+
+class BatchLoader:
+    """Iterate over batches of a BatchSource, epoch after epoch, with worker processes.
+
+    Args:
+        source: what turns indices into a batch.
+        batch_size: images per batch; the last batch of an epoch may be smaller.
+        shuffle: reshuffle the order every epoch (seeded by ``seed`` and the epoch).
+        workers: processes; 0 loads in the calling process.
+        prefetch: batches in flight per worker.
+        start_method: multiprocessing start method (None: the platform's default).
+    """
+
+    def __init__(self, source: BatchSource, batch_size: int, shuffle: bool, workers: int = 0,
+                 seed: int = 0, prefetch: int = 2, start_method: str | None = None):
+        self.source = source
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.workers = workers
+        self.seed = seed
+        self.prefetch = max(1, prefetch)
+        self.start_method = start_method
+        self.epoch = 0
+        self._pool = None
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return -(-len(self.source.samples) // self.batch_size)
+
+    def batch_indices(self, epoch: int) -> list[list[int]]:
+        order = np.arange(len(self.source.samples))
+        if self.shuffle:
+            np.random.default_rng([self.seed, epoch]).shuffle(order)
+        return [order[i:i + self.batch_size].tolist()
+                for i in range(0, len(order), self.batch_size)]
+
+    def _get_pool(self):
+        if self._pool is None:
+            context = multiprocessing.get_context(self.start_method)
+            self._pool = context.Pool(self.workers, initializer=_init_worker,
+                                      initargs=(self.source,))
+        return self._pool
+
+    def _report(self, batch: Batch) -> None:
+        for relative, reason in batch.failed:
+            if relative not in self._reported:
+                self._reported.add(relative)
+                logger.warning("skipped unreadable image %s: %s", relative, reason)
+
+    def iter_epoch(self, epoch: int | None = None) -> Iterator[Batch]:
+        """Yield the batches of one epoch in order; the next call gives the next epoch."""
+        if epoch is None:
+            epoch = self.epoch
+        self.epoch = epoch + 1
+        tasks = [(indices, epoch, n) for n, indices in enumerate(self.batch_indices(epoch))]
+        if self.workers == 0:
+            for task in tasks:
+                batch = self.source.load_batch(*task)
+                self._report(batch)
+                yield batch
+            return
+        pool = self._get_pool()
+        pending: deque = deque()
+        queue = iter(tasks)
+        for task in queue:
+            pending.append(pool.apply_async(_worker_load, (task,)))
+            if len(pending) >= self.workers * self.prefetch:
+                break
+        while pending:
+            batch = pending.popleft().get()
+            next_task = next(queue, None)
+            if next_task is not None:
+                pending.append(pool.apply_async(_worker_load, (next_task,)))
+            self._report(batch)
+            yield batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_epoch()
+
+    @property
+    def unreadable(self) -> set[str]:
+        """Relative paths that failed to decode so far."""
+        return set(self._reported)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+

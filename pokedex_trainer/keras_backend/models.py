@@ -1,0 +1,113 @@
+"""Keras networks: ImageNet backbone without its top, the normalization, a new head."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+
+from ..errors import UserError
+from ..models import ModelSpec
+from ..phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_NAME = "backbone"
+HEAD_NAME = "predictions"
+
+_APPLICATIONS = {
+    "efficientnet": lambda **kw: keras.applications.EfficientNetB7(**kw),
+    "mobilenet": lambda **kw: keras.applications.MobileNetV2(**kw),
+}
+
+# From-scratch BatchNorm: the applications' momentum (0.99 / 0.999) makes the moving statistics
+# lag far behind the weights for the first thousands of steps, so validation (which uses them)
+# sits at chance while training accuracy climbs. 0.9 follows the weights within a few dozen steps.
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def _normalization_layer(spec: ModelSpec) -> keras.layers.Layer | None:
+    if spec.normalization == "minus_one_one":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize_minus_one_one")
+    if spec.normalization == "efficientnet":
+        return None  # keras.applications' EfficientNet rescales and normalizes 0..255 itself
+    raise ValueError(f"no Keras normalization for {spec.normalization}")
+
+
+def build_backbone(spec: ModelSpec, image_size: tuple[int, int], weights: str) -> keras.Model:
+    """The application without its top, with ``weights`` 'imagenet', 'none' or a file path."""
+    height, width = image_size
+    source = None if weights.lower() == "none" else weights
+    if source not in (None, "imagenet"):
+        source = str(Path(weights))
+    try:
+        backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
+                                                  input_shape=(height, width, 3))
+    except Exception as exc:  # download and file errors come in many types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if source == "imagenet":
+            raise UserError(
+                f"could not get the ImageNet weights of {spec.display_name} ({reason}). They are "
+                "downloaded once and cached in ~/.keras/models: connect once, or pass "
+                "--weights PATH (a weights file of the network without its top) or "
+                "--weights none to train from scratch") from None
+        raise UserError(f"could not load --weights '{weights}' into {spec.display_name} without "
+                        f"its top at {height}x{width}: {reason}") from None
+    backbone.name = BACKBONE_NAME
+    return backbone
+
+
+def build_model(spec: ModelSpec, num_classes: int, image_size: tuple[int, int], weights: str,
+                dropout: float) -> keras.Model:
+    """RGB 0..255 in, class probabilities out; the network's normalization is inside.
+
+    A pretrained backbone is always called in inference mode, so its BatchNorm layers keep their
+    ImageNet statistics in both phases (the standard Keras fine-tuning recipe).
+    """
+    height, width = image_size
+    backbone = build_backbone(spec, image_size, weights)
+    pretrained = weights.lower() != "none"
+    if not pretrained:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, SCRATCH_BN_MOMENTUM)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = inputs
+    normalization = _normalization_layer(spec)
+    if normalization is not None:
+        x = normalization(x)
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output keeps softmax stable under mixed precision.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name=HEAD_NAME)(x)
+    return keras.Model(inputs, outputs, name=spec.arch)
+
+
+def layer_kinds(backbone: keras.Model) -> list[str]:
+    """Per backbone layer: batchnorm, weighted (owns weights) or other (see phases.py)."""
+    kinds = []
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            kinds.append(BATCHNORM)
+        elif layer.weights:
+            kinds.append(WEIGHTED)
+        else:
+            kinds.append(OTHER)
+    return kinds
+
+
+def apply_phase(model: keras.Model, phase: Phase) -> None:
+    """Set which layers train in ``phase``; the head always trains. Compile afterwards."""
+    backbone = model.get_layer(BACKBONE_NAME)
+    backbone.trainable = True  # a frozen container would override the per-layer flags
+    mask = trainable_mask(phase, layer_kinds(backbone))
+    for layer, trainable in zip(backbone.layers, mask):
+        layer.trainable = trainable
+    if not any(mask):
+        backbone.trainable = False
+    for layer in model.layers:
+        if layer.name != BACKBONE_NAME:
+            layer.trainable = True

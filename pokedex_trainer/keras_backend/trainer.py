@@ -1,0 +1,232 @@
+"""Two-phase Keras training of EfficientNetB7 / MobileNetV2 over the shared data layer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from ..phases import Phase
+from ..runs import atomic_target
+from ..summaries import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
+    split_epoch_logs
+from ..training import MONITOR, RunContext, RunState
+from .models import apply_phase, build_model
+
+logger = logging.getLogger(__name__)
+
+
+def to_dataset(loader, image_size: tuple[int, int]) -> tf.data.Dataset:
+    """Wrap a BatchLoader as a tf.data pipeline; each pass over it is one epoch."""
+    height, width = image_size
+
+    def generate():
+        for batch in loader.iter_epoch():
+            yield batch.images, batch.labels
+
+    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
+                 tf.TensorSpec((None,), tf.int32))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
+    # uint8 crosses the pipe (4x smaller); the model gets float pixels in 0..255.
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return dataset.prefetch(2)
+
+
+def save_model(model: keras.Model, path) -> None:
+    """Save atomically: a crash mid-write never leaves a damaged model file."""
+    with atomic_target(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def compile_model(model: keras.Model, learning_rate: float, num_classes: int) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
+                                                             name="top5_accuracy")],
+    )
+
+
+class RunCallback(keras.callbacks.Callback):
+    """Bridges Keras to the shared RunState: history, best checkpoint, early stopping.
+
+    The best weights are kept in memory as well as on disk, so the final model of the run
+    (and phase 2's starting point) is the best one seen, not the last.
+
+    Args:
+        context: the run.
+        state: shared per-epoch bookkeeping.
+        phase: the phase this fit runs.
+    """
+
+    def __init__(self, context: RunContext, state: RunState, phase: Phase):
+        super().__init__()
+        self.context, self.state, self.phase = context, state, phase
+        self.best_weights = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.state.start_epoch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))
+        improved, stop = self.state.end_epoch(epoch, self.phase, logs)
+        if improved:
+            self.best_weights = self.model.get_weights()
+            save_model(self.model, self.context.model_path("best"))
+        if stop:
+            self.model.stop_training = True
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Keras-named scalars, weight and gradient histograms and an augmented-sample grid.
+
+    Written with tf.summary and flushed every epoch so a live TensorBoard shows each epoch.
+
+    Args:
+        log_dir: the run's TensorBoard directory.
+        sample_batch: (images uint8, labels) of training data, for gradients and the image grid.
+    """
+
+    def __init__(self, log_dir, sample_batch: tuple[np.ndarray, np.ndarray]):
+        super().__init__()
+        self.train_writer = tf.summary.create_file_writer(str(log_dir / TRAIN_SUBDIR))
+        self.val_writer = tf.summary.create_file_writer(str(log_dir / VALIDATION_SUBDIR))
+        self.sample_batch = sample_batch
+
+    def log_samples(self) -> None:
+        grid = image_grid(self.sample_batch[0])
+        with self.train_writer.as_default():
+            tf.summary.image(SAMPLE_IMAGES_TAG, grid[None], step=0)
+        self.train_writer.flush()
+
+    def _gradients(self):
+        images = tf.cast(self.sample_batch[0], tf.float32)
+        labels = tf.convert_to_tensor(self.sample_batch[1])
+        with tf.GradientTape() as tape:
+            predictions = self.model(images, training=True)
+            loss = self.model.loss(labels, predictions)
+        variables = self.model.trainable_variables
+        return zip(variables, tape.gradient(loss, variables))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))
+        train_scalars, val_scalars = split_epoch_logs(logs)
+        with self.train_writer.as_default():
+            for tag, value in train_scalars.items():
+                tf.summary.scalar(tag, value, step=epoch)
+            for weight in self.model.weights:
+                tf.summary.histogram(f"{weight.path}/histogram", weight, step=epoch)
+            for variable, gradient in self._gradients():
+                if gradient is not None:
+                    tf.summary.histogram(f"gradients/{variable.path}", gradient, step=epoch)
+        with self.val_writer.as_default():
+            for tag, value in val_scalars.items():
+                tf.summary.scalar(tag, value, step=epoch)
+        self.train_writer.flush()
+        self.val_writer.flush()
+
+
+def configure_precision(mixed: bool) -> None:
+    if not mixed:
+        keras.mixed_precision.set_global_policy("float32")
+        return
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
+                       "slower than float32")
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+
+def enable_memory_growth() -> None:
+    """Take GPU memory as needed instead of all at once (the seed's OOM advice)."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+
+
+def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
+    """Run ``phases`` and save the models; returns the best model's test-split metrics."""
+    config = context.config
+    enable_memory_growth()
+    keras.utils.set_random_seed(config.seed)
+    configure_precision(config.mixed_precision)
+    model = build_model(context.spec, context.num_classes, config.image_size, config.weights,
+                        config.dropout)
+    if not config.pretrained:
+        logger.info("--weights none: training from scratch, nothing is frozen")
+    train_loader = context.make_loader("train", training=True)
+    val_loader = context.make_loader("val", training=False)
+    try:
+        sample = next(iter(train_loader.iter_epoch(epoch=0)))
+        train_loader.epoch = 0
+        tensorboard = TensorBoardLogger(context.tensorboard_dir,
+                                        (sample.images[:16], sample.labels[:16]))
+        tensorboard.log_samples()
+        train_ds = to_dataset(train_loader, config.image_size)
+        val_ds = to_dataset(val_loader, config.image_size)
+        epoch = 0
+        best_weights = None
+        for phase in phases:
+            state.start_phase(phase)
+            apply_phase(model, phase)
+            compile_model(model, phase.learning_rate, context.num_classes)
+            run_callback = RunCallback(context, state, phase)
+            callbacks = [
+                run_callback,
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
+                                                  patience=config.lr_patience,
+                                                  min_lr=config.min_lr, verbose=1),
+                tensorboard,
+                keras.callbacks.TerminateOnNaN(),
+            ]
+            train_loader.epoch = epoch
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch,
+                      epochs=epoch + phase.epochs, callbacks=callbacks, verbose=2
+                      if not _interactive() else 1)
+            epoch = state.epochs_run  # the next phase continues the epoch count
+            best_weights = run_callback.best_weights or best_weights
+            if best_weights is not None:
+                model.set_weights(best_weights)  # early stopping restores the best weights
+            if state.stop_reason:
+                break
+        save_model(model, context.model_path("final"))
+        logger.info("saved %s and %s", context.model_path("best").name,
+                    context.model_path("final").name)
+        return evaluate_split(model, context, "test")
+    finally:
+        train_loader.close()
+        val_loader.close()
+
+
+def evaluate_split(model: keras.Model, context: RunContext, split: str) -> dict:
+    """Loss, accuracy and top-5 of ``model`` on a split of the run (empty dict if no images)."""
+    if not context.splits.get(split):
+        return {}
+    loader = context.make_loader(split, training=False)
+    try:
+        results = model.evaluate(to_dataset(loader, context.config.image_size), verbose=0,
+                                 return_dict=True)
+    finally:
+        loader.close()
+    metrics = {k: float(v) for k, v in results.items()}
+    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split,
+                metrics.get("accuracy", float("nan")), metrics.get("top5_accuracy", float("nan")),
+                metrics.get("loss", float("nan")))
+    return metrics
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stdout.isatty()

@@ -1,0 +1,58 @@
+"""One ModelSpec row per ``--model_type``: framework, network, default size and input range.
+
+Every saved model and exported file takes RGB pixels in 0..255; ``normalization`` says what the
+network does with them internally, so the app (and the export sidecar) never has to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the trainers, evaluation and export need to know about one network.
+
+    Args:
+        model_type: the ``--model_type`` value.
+        framework: ``"keras"`` or ``"torch"``.
+        arch: file-name stem of saved models (``mobilenet_v2_best.keras``).
+        display_name: the network's usual name.
+        image_size: default (height, width) from the seed.
+        batch_size: default batch size from the seed.
+        normalization: ``"efficientnet"`` (the network rescales 0..255 itself), ``"minus_one_one"``
+            (x / 127.5 - 1) or ``"imagenet"`` (ImageNet mean/std on 0..1).
+        min_image_size: smallest side the network accepts.
+    """
+
+    model_type: str
+    framework: str
+    arch: str
+    display_name: str
+    image_size: tuple[int, int]
+    batch_size: int
+    normalization: str
+    min_image_size: int = 32
+
+    @property
+    def model_extension(self) -> str:
+        return ".keras" if self.framework == "keras" else ".pth"
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "efficientnet": ModelSpec(
+        "efficientnet", "keras", "efficientnet_b7", "EfficientNetB7", (600, 600), 16, "efficientnet"
+    ),
+    "resnet": ModelSpec("resnet", "torch", "resnet152", "ResNet152", (224, 224), 32, "imagenet"),
+    "mobilenet": ModelSpec(
+        "mobilenet", "keras", "mobilenet_v2", "MobileNetV2", (224, 224), 64, "minus_one_one"
+    ),
+}
+
+
+def get_spec(model_type: str) -> ModelSpec:
+    """Return the spec of ``model_type`` (one of ``MODEL_SPECS``)."""
+    return MODEL_SPECS[model_type]

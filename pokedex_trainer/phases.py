@@ -1,0 +1,75 @@
+"""The two-phase plan shared by both trainers, and what "the last N layers" means.
+
+A *layer* here is a backbone layer that owns weights and is not BatchNorm: a convolution or a
+dense layer. Keras also counts weightless layers (activations, padding, additions) and PyTorch
+counts containers, so counting only weighted layers is what makes ``--fine_tune_layers 50``
+unfreeze the same kind of thing in both frameworks. BatchNorm layers stay frozen, in inference
+mode, so the small batches of fine-tuning do not wreck their ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import TrainConfig
+
+WEIGHTED = "weighted"
+BATCHNORM = "batchnorm"
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit`` of the plan.
+
+    Args:
+        name: ``"head"`` (phase 1) or ``"fine_tune"`` (phase 2).
+        epochs: epochs of this phase.
+        learning_rate: Adam learning rate of this phase.
+        trainable: ``"head"`` (backbone frozen), ``"last_n"`` (the last ``n_layers`` weighted
+            layers of the backbone and the head) or ``"all"`` (nothing frozen).
+        n_layers: used when ``trainable == "last_n"``.
+    """
+
+    name: str
+    epochs: int
+    learning_rate: float
+    trainable: str
+    n_layers: int = 0
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """Phase 1 trains the head, phase 2 fine-tunes; a from-scratch run freezes nothing.
+
+    Phases with zero epochs are left out (``--fine_tune_epochs 0`` skips phase 2).
+    """
+    if config.pretrained:
+        phases = [
+            Phase("head", config.epochs, config.learning_rate, "head"),
+            Phase("fine_tune", config.fine_tune_epochs, config.fine_tune_learning_rate,
+                  "last_n", config.fine_tune_layers),
+        ]
+    else:
+        # Random weights have nothing worth protecting: train everything, then continue at the
+        # fine-tune learning rate so the two phases still read as "fast, then careful".
+        phases = [
+            Phase("head", config.epochs, config.learning_rate, "all"),
+            Phase("fine_tune", config.fine_tune_epochs, config.fine_tune_learning_rate, "all"),
+        ]
+    return [phase for phase in phases if phase.epochs > 0]
+
+
+def layers_to_unfreeze(kinds: list[str], n_layers: int) -> set[int]:
+    """Indices (into ``kinds``, backbone order) of the last ``n_layers`` weighted layers."""
+    weighted = [i for i, kind in enumerate(kinds) if kind == WEIGHTED]
+    return set(weighted[-n_layers:]) if n_layers > 0 else set()
+
+
+def trainable_mask(phase: Phase, kinds: list[str]) -> list[bool]:
+    """Per backbone layer: does it train in ``phase``? BatchNorm trains only when all does."""
+    if phase.trainable == "all":
+        return [True] * len(kinds)
+    if phase.trainable == "head":
+        return [False] * len(kinds)
+    chosen = layers_to_unfreeze(kinds, phase.n_layers)
+    return [i in chosen for i in range(len(kinds))]

@@ -1,0 +1,239 @@
+"""Run directories, atomic file writes, the history CSV, training.log and experiments.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT_COLUMNS = [
+    "run_name", "model_type", "status", "started", "duration_s", "epochs_run",
+    "best_val_accuracy", "best_val_top5_accuracy", "best_epoch", "test_accuracy",
+    "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
+    "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
+    "augment", "seed", "run_dir",
+]
+
+
+def timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` if needed and prove it is writable; raises UserError otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to {what} '{path}': {exc.strerror or exc}") from None
+    return path
+
+
+def create_run_dir(output_dir: Path, base_name: str) -> Path:
+    """Make a new, unique run directory; concurrent runs never share one."""
+    ensure_writable_dir(output_dir, "output directory")
+    for attempt in range(1, 1000):
+        name = base_name if attempt == 1 else f"{base_name}_{attempt}"
+        candidate = output_dir / name
+        try:
+            candidate.mkdir()  # atomic: exactly one process wins a name
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"could not create a run directory for '{base_name}' in '{output_dir}'")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` then rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+@contextmanager
+def atomic_target(path: Path, suffix: str):
+    """Yield a temporary path (ending in ``suffix``) that replaces ``path`` on success."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(handle):
+    """Exclusive lock on an open file, on POSIX and on Windows."""
+    if os.name == "nt":
+        import msvcrt
+
+        handle.seek(0)
+        while True:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def append_experiment(path: Path, row: dict) -> None:
+    """Append one row to experiments.csv under a file lock (grid loops may run side by side)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPERIMENT_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writerow({key: row.get(key, "") for key in EXPERIMENT_COLUMNS})
+    with open(path, "a+", encoding="utf-8", newline="") as handle:
+        with _locked(handle):
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                header = io.StringIO()
+                csv.writer(header, lineterminator="\n").writerow(EXPERIMENT_COLUMNS)
+                handle.write(header.getvalue())
+            handle.write(buffer.getvalue())
+            handle.flush()
+
+
+def read_experiments(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class HistoryWriter:
+    """history.csv: one row per epoch with the phase and learning rate, flushed every epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.columns: list[str] | None = None
+        if self.path.exists():
+            with open(self.path, encoding="utf-8", newline="") as handle:
+                self.columns = next(csv.reader(handle), None)
+
+    def write(self, epoch: int, phase: str, logs: dict) -> None:
+        row = {"epoch": epoch, "phase": phase}
+        row.update({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in logs.items()})
+        if self.columns is None:
+            self.columns = list(row)
+        new = [k for k in row if k not in self.columns]
+        if new:  # a later phase logged a new metric: rewrite with the wider header
+            old = read_experiments(self.path) if self.path.exists() else []
+            self.columns += new
+            with open(self.path, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(old)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        with open(self.path, "a", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, restval="",
+                                    lineterminator="\n")
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class _TeeStream(io.TextIOBase):
+    """Copy a console stream into the log file, keeping only the final state of each line
+    (progress bars redraw with \\r and \\b; the log gets what was last shown)."""
+
+    def __init__(self, console, log_handle):
+        self.console = console
+        self.log_handle = log_handle
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            line = line.split("\r")[-1]
+            while "\b" in line:
+                i = line.index("\b")
+                line = line[:max(0, i - 1)] + line[i + 1:]
+            if line.strip():
+                self.log_handle.write(line + "\n")
+                self.log_handle.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log_handle.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    @property
+    def encoding(self):
+        return getattr(self.console, "encoding", "utf-8")
+
+    def fileno(self):
+        return self.console.fileno()
+
+
+@contextmanager
+def capture_to_log(log_path: Path):
+    """Send everything printed (and every log record) to ``log_path`` as well as the console."""
+    handle = open(log_path, "a", encoding="utf-8")
+    old_out, old_err = sys.stdout, sys.stderr
+    file_handler = logging.StreamHandler(handle)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(file_handler)
+    sys.stdout = _TeeStream(old_out, handle)
+    sys.stderr = _TeeStream(old_err, handle)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        root.removeHandler(file_handler)
+        handle.close()
+
+
+def setup_console_logging(verbose: bool = False) -> None:
+    """Log records to stderr as short lines; called once by each script."""
+    root = logging.getLogger()
+    if any(getattr(h, "_pokedex", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler._pokedex = True
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
