@@ -88,6 +88,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     out.add_argument("--log_dir", default=d.log_dir,
                      help="TensorBoard root; each run writes <log_dir>/<run> "
                           "(default: %(default)s)")
+    out.add_argument("--histogram_freq", type=int, default=d.histogram_freq,
+                     help="write weight and gradient histograms every N epochs; 0 turns them "
+                          "off (they cost a backward pass per N epochs) (default: %(default)s)")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
     return parser
@@ -111,7 +114,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
 
     setup_console_logging()
     try:
-        main(argv)
+        code = main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -121,7 +124,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 def train_main(argv: list[str] | None = None) -> None:

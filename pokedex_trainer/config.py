@@ -44,6 +44,7 @@ class TrainConfig:
     dropout: float = 0.3
     run_name: str | None = None
     augment: bool = True
+    histogram_freq: int = 1
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -84,6 +85,7 @@ class TrainConfig:
                                  "need a validation split"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.workers >= 0, "--workers must be 0 or more"),
+            (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:

@@ -121,11 +121,15 @@ class BatchLoader:
         shuffle: reshuffle the order every epoch (seeded by ``seed`` and the epoch).
         workers: processes; 0 loads in the calling process.
         prefetch: batches in flight per worker.
-        start_method: multiprocessing start method (None: the platform's default).
+        start_method: multiprocessing start method. ``spawn`` by default on every OS: forking
+            a process that already runs TensorFlow or PyTorch threads can deadlock the child.
+        drop_last: leave out the last, smaller batch of each epoch (training: a tiny batch
+            gives noisy BatchNorm statistics and a second compiled graph for a new shape).
     """
 
     def __init__(self, source: BatchSource, batch_size: int, shuffle: bool, workers: int = 0,
-                 seed: int = 0, prefetch: int = 2, start_method: str | None = None):
+                 seed: int = 0, prefetch: int = 2, start_method: str = "spawn",
+                 drop_last: bool = False):
         self.source = source
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -133,19 +137,24 @@ class BatchLoader:
         self.seed = seed
         self.prefetch = max(1, prefetch)
         self.start_method = start_method
+        # Never drop the only batch of a tiny dataset.
+        self.drop_last = drop_last and len(source.samples) > batch_size
         self.epoch = 0
         self._pool = None
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.source.samples) // self.batch_size
         return -(-len(self.source.samples) // self.batch_size)
 
     def batch_indices(self, epoch: int) -> list[list[int]]:
         order = np.arange(len(self.source.samples))
         if self.shuffle:
             np.random.default_rng([self.seed, epoch]).shuffle(order)
-        return [order[i:i + self.batch_size].tolist()
-                for i in range(0, len(order), self.batch_size)]
+        batches = [order[i:i + self.batch_size].tolist()
+                   for i in range(0, len(order), self.batch_size)]
+        return batches[:len(self)]
 
     def _get_pool(self):
         if self._pool is None:

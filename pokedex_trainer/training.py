@@ -70,7 +70,7 @@ class RunContext:
         return BatchLoader(source, self.config.batch_size,
                            shuffle=training if shuffle is None else shuffle,
                            workers=self.config.workers if workers is None else workers,
-                           seed=self.config.seed)
+                           seed=self.config.seed, drop_last=training)
 
 
 @dataclass
@@ -145,20 +145,21 @@ def load_backend(framework: str):
         raise
 
 
-def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict]:
-    """Scan, drop unreadable files (with a warning), warn on the seed's minimums, split."""
+def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
+    """Scan, drop unreadable files, split; returns the warnings to log with the run.
+
+    The warnings are returned, not logged, so they land in the run's training.log too.
+    """
     index = scan_dataset(config.data_path)
     bad = find_unreadable_headers(index)
-    for relative, reason in bad:
-        logger.warning("skipped unreadable image %s: %s", relative, reason)
+    notes = [f"skipped unreadable image {relative}: {reason}" for relative, reason in bad]
     if bad:
         index = drop_samples(index, {relative for relative, _ in bad})
-        logger.warning("%d unreadable files skipped (run prepare_dataset.py --check for a "
-                       "full report)", len(bad))
-    for message in dataset_warnings(index, config.image_size):
-        logger.warning("%s", message)
+        notes.append(f"{len(bad)} unreadable files skipped (run prepare_dataset.py --check for "
+                     "a full report)")
+    notes.extend(dataset_warnings(index, config.image_size))
     splits = stratified_split(index, config.val_split, config.test_split, config.seed)
-    return index, splits
+    return index, splits, notes
 
 
 def environment_info() -> dict:
@@ -200,7 +201,7 @@ def run_training(config: TrainConfig) -> Path:
     if config.weights.lower() not in ("imagenet", "none") and not Path(config.weights).is_file():
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
-    index, splits = prepare_data(config)
+    index, splits, notes = prepare_data(config)
     started_stamp = timestamp()
     output_dir = Path(config.output_dir)
     run_dir = create_run_dir(output_dir, config.run_name or f"{config.model_type}_{started_stamp}")
@@ -216,6 +217,8 @@ def run_training(config: TrainConfig) -> Path:
     status, test_metrics = "failed", {}
     with capture_to_log(run_dir / "training.log"):
         logger.info("run directory: %s", run_dir)
+        for note in notes:
+            logger.warning("%s", note)
         logger.info("%s on %d classes: %d train / %d validation / %d test images, %dx%d, "
                     "batch %d", spec.display_name, len(index.class_names), len(splits["train"]),
                     len(splits["val"]), len(splits["test"]), *config.image_size,

@@ -7,17 +7,17 @@ from pokedex_trainer.dataset import scan_dataset
 from pokedex_trainer.feeding import BatchLoader, BatchSource
 
 
-def _loader(index, workers, training=True, start_method=None, batch_size=5):
+def _loader(index, workers, training=True, start_method="spawn", batch_size=5):
     source = BatchSource(index.root, index.samples, (32, 32), training=training, seed=3)
     return BatchLoader(source, batch_size, shuffle=True, workers=workers, seed=3,
                        start_method=start_method)
 
 
-@pytest.mark.parametrize("start_method", ["spawn", "fork"])
-def test_workers_give_the_same_batches_as_the_main_process(tiny_dataset, start_method):
+def test_spawned_workers_give_the_same_batches_as_the_main_process(tiny_dataset):
     index = scan_dataset(tiny_dataset)
     single = _loader(index, 0)
-    multi = _loader(index, 2, start_method=start_method)
+    multi = _loader(index, 2)
+    assert multi.start_method == "spawn"  # what Windows uses; safe after a framework started
     try:
         for epoch in range(2):
             a = list(single.iter_epoch(epoch))

@@ -1,0 +1,67 @@
+"""Bad input: one line on stderr, exit code 2, no traceback, nothing half-written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "train_professional_models.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _one_line_error(result, expected):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "does not exist"),
+    ("empty", "no images found"),
+    ("one_class", "a classifier needs at least 2"),
+    ("too_few", "class 'Gato' has only 2 images"),
+    ("bad_weights", "is neither 'imagenet', 'none' nor an existing weights file"),
+    ("unwritable", "cannot write to output directory"),
+    ("tiny_size", "too small for MobileNetV2"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_dataset, case, expected):
+    import shutil
+
+    data = tmp_path / "data"
+    args = ["--model_type", "mobilenet", "--image_size", "32", "32", "--weights", "none"]
+    output = tmp_path / "runs"
+    if case == "missing":
+        data = tmp_path / "nowhere"
+    elif case == "empty":
+        (data / "Gato").mkdir(parents=True)
+    elif case == "one_class":
+        shutil.copytree(tiny_dataset / "Gato", data / "Gato")
+    elif case == "too_few":
+        shutil.copytree(tiny_dataset, data)
+        for path in sorted((data / "Gato").iterdir())[2:]:
+            path.unlink()
+    else:
+        data = tiny_dataset
+    if case == "bad_weights":
+        args[-1] = str(tmp_path / "missing.weights.h5")
+    if case == "unwritable":
+        (tmp_path / "a_file").write_text("x")
+        output = tmp_path / "a_file" / "runs"
+    if case == "tiny_size":
+        args[3:5] = ["16", "16"]
+    result = _run("--data_path", str(data), "--output_dir", str(output), "--log_dir",
+                  str(tmp_path / "tb"), *args)
+    _one_line_error(result, expected)
+    assert not (output / "experiments.csv").exists()
+
+
+def test_scripts_not_yet_built_say_so():
+    for script in ("evaluate.py", "export.py"):
+        result = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True,
+                                text=True)
+        _one_line_error(result, "not available yet")
