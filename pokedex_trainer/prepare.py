@@ -1,0 +1,508 @@
+"""prepare_dataset.py: standardize a raw photo collection and report what is wrong with it.
+
+Two passes over the files, both in worker processes with a progress bar:
+1. fingerprint: SHA-256 of the bytes and the header size of every file (cheap), which finds the
+   exact duplicates before anything is written;
+2. convert (or, with ``--check``, only decode): the safe reader, crop/pad/stretch to ``--size``,
+   JPEG quality 95, written atomically.
+A state file in the output folder remembers what each output came from, so a second run skips
+what is up to date, an interrupted run resumes, and a changed source is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
+                      RECOMMENDED_MIN_IMAGES_PER_CLASS, list_class_dirs, list_images)
+from .errors import UserError
+from .runs import atomic_write_bytes, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+RECOMMENDED_IMAGES_PER_CLASS = 500
+STATE_NAME = ".prepare_state.json"
+REPORT_NAME = "dataset_report.json"
+CHART_NAME = "dataset_report.png"
+JPEG_QUALITY = 95
+MODES = ("crop", "pad", "stretch")
+CHUNK_SIZE = 128  # files converted between two saves of the state file
+
+# Animals-10 (Kaggle) ships Italian folder names; the seed names classes in Spanish.
+CLASS_MAPS = {
+    "animals10": {
+        "cane": "Perro", "cavallo": "Caballo", "elefante": "Elefante", "farfalla": "Mariposa",
+        "gallina": "Gallina", "gatto": "Gato", "mucca": "Vaca", "pecora": "Oveja",
+        "ragno": "Arana", "scoiattolo": "Ardilla",
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare_dataset.py",
+        description="Standardize a raw photo collection (one folder per class) into a clean "
+                    "training folder, and report unreadable files, duplicates, small images and "
+                    "class balance.")
+    parser.add_argument("--input_dir", default="data/raw_images",
+                        help="raw collection, one sub-folder per class (default: %(default)s)")
+    parser.add_argument("--output_dir", default="data/training",
+                        help="where the standardized images go (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=600,
+                        help="side of the square output images in px (default: %(default)s)")
+    parser.add_argument("--mode", choices=MODES, default="crop",
+                        help="crop: centre square, keeps the aspect ratio (default); pad: whole "
+                             "image on a square canvas; stretch: squash to a square (the guide's "
+                             "original script)")
+    parser.add_argument("--check", action="store_true",
+                        help="only inspect --input_dir and write the report; no image is written")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with code 1 when the guide's minimums are not met (10 classes, "
+                             "100 images per class, 224 px)")
+    parser.add_argument("--class_map", default=None,
+                        help="rename classes: a JSON file {\"old\": \"New\"} or 'animals10'")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)),
+                        help="processes (default: %(default)s)")
+    return parser
+
+
+@dataclass
+class SourceFile:
+    relative: str         # path under input_dir, posix style
+    source_class: str     # folder name
+    target_class: str     # after --class_map
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+@dataclass
+class Report:
+    input_dir: str
+    output_dir: str | None
+    settings: dict
+    classes: dict = field(default_factory=dict)
+    unreadable: list = field(default_factory=list)
+    duplicates_within_class: list = field(default_factory=list)
+    duplicates_across_classes: list = field(default_factory=list)
+    small_images: list = field(default_factory=list)
+    classes_below_minimum: list = field(default_factory=list)
+    classes_below_recommended: list = field(default_factory=list)
+    too_few_classes: bool = False
+    imbalance_ratio: float | None = None
+    written: int = 0
+    up_to_date: int = 0
+    removed_stale: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_class_map(value: str | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if value in CLASS_MAPS:
+        return dict(CLASS_MAPS[value])
+    path = Path(value)
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--class_map: '{value}' is neither a built-in map "
+                        f"({', '.join(CLASS_MAPS)}) nor an existing JSON file") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--class_map: cannot read '{value}' as JSON: {exc}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in mapping.items()):
+        raise UserError(f"--class_map: '{value}' must hold a JSON object of "
+                        "\"old name\": \"New name\" strings")
+    return mapping
+
+
+def collect_sources(input_dir: Path, class_map: dict[str, str]) -> list[SourceFile]:
+    lowered = {k.lower(): v for k, v in class_map.items()}
+    sources = []
+    for class_dir in list_class_dirs(input_dir):
+        target = class_map.get(class_dir.name, lowered.get(class_dir.name.lower(),
+                                                           class_dir.name))
+        for image in list_images(class_dir):
+            sources.append(SourceFile(image.relative_to(input_dir).as_posix(), class_dir.name,
+                                      target))
+    return sources
+
+
+def _fingerprint(task: tuple[str, str]) -> tuple[str, int, int, str, int, int, str]:
+    root, relative = task
+    from .images import UnreadableImageError, probe_image
+
+    path = Path(root) / relative
+    stat = path.stat()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        width, height = probe_image(path)
+        error = ""
+    except UnreadableImageError as exc:
+        width = height = 0
+        error = exc.reason
+    return relative, stat.st_size, stat.st_mtime_ns, digest, width, height, error
+
+
+def square_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Make ``image`` square at ``size`` px or less: never enlarged past its own pixels.
+
+    crop: centre square of the shorter side; pad: the whole image centred on a square canvas
+    (filled with the image's edge colour average); stretch: squash both sides to the square.
+    """
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    pil = Image.fromarray(image)
+    if mode == "crop":
+        side = min(height, width)
+        left, top = (width - side) // 2, (height - side) // 2
+        pil = pil.crop((left, top, left + side, top + side))
+        target = min(size, side)
+        return np.asarray(pil.resize((target, target), Image.Resampling.LANCZOS))
+    if mode == "stretch":
+        target = min(size, min(height, width))
+        return np.asarray(pil.resize((target, target), Image.Resampling.LANCZOS))
+    side = max(height, width)
+    target = min(size, side)
+    scale = target / side
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = pil.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    edges = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    fill = tuple(int(v) for v in edges.mean(axis=0))
+    canvas = Image.new("RGB", (target, target), fill)
+    canvas.paste(resized, ((target - new_w) // 2, (target - new_h) // 2))
+    return np.asarray(canvas)
+
+
+def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str]:
+    """Decode one file (and write its output unless ``output`` is None); returns (path, error)."""
+    root, relative, output, size, mode = task
+    from PIL import Image
+
+    from .images import UnreadableImageError, read_image
+
+    try:
+        image = read_image(Path(root) / relative, min_size=(size, size))
+    except UnreadableImageError as exc:
+        return relative, exc.reason
+    if output is not None:
+        squared = square_image(image, size, mode)
+        buffer = io.BytesIO()
+        Image.fromarray(squared).save(buffer, "JPEG", quality=JPEG_QUALITY)
+        atomic_write_bytes(Path(output), buffer.getvalue())
+    return relative, ""
+
+
+def _parallel(function, tasks: list, workers: int, description: str) -> list:
+    from tqdm import tqdm
+
+    if not tasks:
+        return []
+    if workers <= 1 or len(tasks) < 8:
+        return [function(task) for task in tqdm(tasks, desc=description, unit="img")]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        chunk = max(1, min(64, len(tasks) // (workers * 8)))
+        return list(tqdm(pool.map(function, tasks, chunksize=chunk), total=len(tasks),
+                         desc=description, unit="img"))
+
+
+def find_duplicates(sources: list[SourceFile]) -> tuple[list, list, set[str]]:
+    """(within-class groups, across-class groups, relative paths to leave out)."""
+    by_hash: dict[str, list[SourceFile]] = {}
+    for source in sources:
+        if not source.error:
+            by_hash.setdefault(source.sha256, []).append(source)
+    within, across, excluded = [], [], set()
+    for digest, group in by_hash.items():
+        if len(group) < 2:
+            continue
+        classes = sorted({s.target_class for s in group})
+        if len(classes) > 1:
+            # The same photo under two species is a labelling error: train on neither copy.
+            across.append({"sha256": digest, "classes": classes,
+                           "files": [s.relative for s in group]})
+            excluded.update(s.relative for s in group)
+            continue
+        within.append({"class": classes[0], "kept": group[0].relative,
+                       "duplicates": [s.relative for s in group[1:]]})
+        excluded.update(s.relative for s in group[1:])
+    return within, across, excluded
+
+
+def _load_state(output_dir: Path) -> dict:
+    try:
+        return json.loads((output_dir / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"settings": None, "files": {}}
+
+
+def assign_outputs(sources: list[SourceFile], state: dict) -> dict[str, str]:
+    """Output name per source, stable across runs: a known source keeps its number."""
+    known = state.get("files", {})
+    names: dict[str, str] = {}
+    taken: dict[str, set[int]] = {}
+    for relative, entry in known.items():
+        name = entry.get("output", "")
+        cls, _, number = Path(name).stem.rpartition("_")
+        if number.isdigit():
+            taken.setdefault(cls, set()).add(int(number))
+    for source in sources:
+        entry = known.get(source.relative)
+        if entry and entry.get("output", "").startswith(f"{source.target_class}/"):
+            names[source.relative] = entry["output"]
+    for source in sources:
+        if source.relative in names:
+            continue
+        used = taken.setdefault(source.target_class, set())
+        number = max(used, default=-1) + 1
+        used.add(number)
+        names[source.relative] = f"{source.target_class}/{source.target_class}_{number:04d}.jpg"
+    return names
+
+
+def summarize(report: Report, counts: dict[str, int], kept: list[SourceFile]) -> None:
+    """Fill the class statistics and the list of problems a person should act on.
+
+    ``kept`` are the readable, non-duplicate sources that make it into the dataset.
+    """
+    report.classes = {name: {"images": n} for name, n in sorted(counts.items())}
+    report.small_images = [
+        {"path": s.relative, "width": s.width, "height": s.height} for s in kept
+        if min(s.width, s.height) < RECOMMENDED_MIN_IMAGE_SIZE]
+    report.classes_below_minimum = sorted(
+        n for n, c in counts.items() if c < RECOMMENDED_MIN_IMAGES_PER_CLASS)
+    report.classes_below_recommended = sorted(
+        n for n, c in counts.items() if c < RECOMMENDED_IMAGES_PER_CLASS)
+    report.too_few_classes = len(counts) < RECOMMENDED_MIN_CLASSES
+    nonzero = [c for c in counts.values() if c > 0]
+    report.imbalance_ratio = round(max(nonzero) / min(nonzero), 2) if nonzero else None
+    problems = []
+    if report.unreadable:
+        problems.append(f"{len(report.unreadable)} unreadable files skipped")
+    if report.duplicates_within_class:
+        n = sum(len(g["duplicates"]) for g in report.duplicates_within_class)
+        problems.append(f"{n} exact duplicates inside a class (one copy kept)")
+    if report.duplicates_across_classes:
+        problems.append(f"{len(report.duplicates_across_classes)} photos appear under several "
+                        "classes (labelling error; left out until fixed)")
+    if report.small_images:
+        problems.append(f"{len(report.small_images)} images below "
+                        f"{RECOMMENDED_MIN_IMAGE_SIZE} px (kept, not enlarged)")
+    if report.too_few_classes:
+        problems.append(f"{len(counts)} classes; the guide asks for at least "
+                        f"{RECOMMENDED_MIN_CLASSES}")
+    if report.classes_below_minimum:
+        problems.append(f"{len(report.classes_below_minimum)} classes below "
+                        f"{RECOMMENDED_MIN_IMAGES_PER_CLASS} images: "
+                        + ", ".join(report.classes_below_minimum))
+    elif report.classes_below_recommended:
+        problems.append(f"{len(report.classes_below_recommended)} classes below the recommended "
+                        f"{RECOMMENDED_IMAGES_PER_CLASS} images")
+    if report.imbalance_ratio and report.imbalance_ratio > 3:
+        problems.append(f"class imbalance: the largest class has {report.imbalance_ratio}x the "
+                        "images of the smallest")
+    report.problems = problems
+
+
+def plot_counts(counts: dict[str, int], path: Path) -> None:
+    """Bar chart of images per class with the guide's 100 and 500 lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(counts)
+    width = max(6.0, 0.35 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(width, 4.5))
+    axis.bar(range(len(names)), [counts[n] for n in names], color="#3b7dd8")
+    axis.axhline(RECOMMENDED_MIN_IMAGES_PER_CLASS, color="#d83b3b", linestyle="--",
+                 label=f"minimum ({RECOMMENDED_MIN_IMAGES_PER_CLASS})")
+    axis.axhline(RECOMMENDED_IMAGES_PER_CLASS, color="#2e9e44", linestyle="--",
+                 label=f"recommended ({RECOMMENDED_IMAGES_PER_CLASS})")
+    axis.set_xticks(range(len(names)), names, rotation=45 if len(names) > 8 else 0,
+                    ha="right" if len(names) > 8 else "center")
+    axis.set_ylabel("images")
+    axis.set_title("Images per class")
+    axis.legend()
+    figure.tight_layout()
+    with io.BytesIO() as buffer:
+        figure.savefig(buffer, format="png", dpi=100)
+        atomic_write_bytes(path, buffer.getvalue())
+    plt.close(figure)
+
+
+def print_summary(report: Report, counts: dict[str, int]) -> None:
+    width = max([len("class")] + [len(n) for n in counts])
+    print(f"\n{'class':<{width}}  images")
+    for name in sorted(counts):
+        flag = ""
+        if counts[name] < RECOMMENDED_MIN_IMAGES_PER_CLASS:
+            flag = f"  < {RECOMMENDED_MIN_IMAGES_PER_CLASS}"
+        elif counts[name] < RECOMMENDED_IMAGES_PER_CLASS:
+            flag = f"  < {RECOMMENDED_IMAGES_PER_CLASS}"
+        print(f"{name:<{width}}  {counts[name]:>6}{flag}")
+    print(f"{'total':<{width}}  {sum(counts.values()):>6}  ({len(counts)} classes, imbalance "
+          f"{report.imbalance_ratio})")
+    if report.output_dir:
+        print(f"written {report.written}, up to date {report.up_to_date}, removed stale "
+              f"{len(report.removed_stale)}")
+    if report.problems:
+        print("problems:")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    else:
+        print("no problems found")
+
+
+def validate_dirs(input_dir: Path, output_dir: Path | None) -> None:
+    if not input_dir.is_dir():
+        raise UserError(f"input directory '{input_dir}' does not exist")
+    if output_dir is not None:
+        inside = output_dir.resolve().is_relative_to(input_dir.resolve())
+        if inside:
+            raise UserError(f"output directory '{output_dir}' is inside the input directory "
+                            f"'{input_dir}': choose a folder outside it")
+
+
+def prepare(args: argparse.Namespace) -> Report:
+    """Run the whole command; returns the report (also written to disk)."""
+    input_dir = Path(args.input_dir)
+    output_dir = None if args.check else Path(args.output_dir)
+    validate_dirs(input_dir, output_dir)
+    if args.size < 32:
+        raise UserError("--size must be at least 32")
+    class_map = load_class_map(args.class_map)
+    sources = collect_sources(input_dir, class_map)
+    if not sources:
+        raise UserError(f"no images found in '{input_dir}': expected {input_dir}/<Class>/*.jpg "
+                        "(jpg, jpeg or png, one sub-folder per class)")
+    settings = {"size": args.size, "mode": args.mode, "quality": JPEG_QUALITY,
+                "class_map": class_map}
+    report = Report(str(input_dir), str(output_dir) if output_dir else None, settings)
+
+    by_relative = {s.relative: s for s in sources}
+    for relative, size, mtime, digest, width, height, error in _parallel(
+            _fingerprint, [(str(input_dir), s.relative) for s in sources], args.workers,
+            "fingerprint"):
+        source = by_relative[relative]
+        source.size, source.mtime_ns, source.sha256 = size, mtime, digest
+        source.width, source.height, source.error = width, height, error
+    within, across, excluded = find_duplicates(sources)
+    report.duplicates_within_class, report.duplicates_across_classes = within, across
+    candidates = [s for s in sources if s.relative not in excluded and not s.error]
+
+    if output_dir is None:
+        tasks = [(str(input_dir), s.relative, None, args.size, args.mode) for s in candidates]
+        failures = dict(r for r in _parallel(_convert, tasks, args.workers, "decode") if r[1])
+    else:
+        failures = write_outputs(input_dir, output_dir, candidates, settings, args, report)
+    for source in sources:
+        if source.error:
+            failures[source.relative] = source.error
+    report.unreadable = [{"path": p, "reason": r} for p, r in sorted(failures.items())]
+    counts: dict[str, int] = {}
+    for source in sources:
+        counts.setdefault(source.target_class, 0)
+    for source in candidates:
+        if source.relative not in failures:
+            counts[source.target_class] += 1
+    kept = [s for s in candidates if s.relative not in failures]
+    summarize(report, counts, kept)
+    report_dir = output_dir if output_dir is not None else input_dir
+    atomic_write_json(report_dir / REPORT_NAME, report.to_dict())
+    plot_counts(counts, report_dir / CHART_NAME)
+    print_summary(report, counts)
+    print(f"report: {report_dir / REPORT_NAME} and {report_dir / CHART_NAME}")
+    return report
+
+
+def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile],
+                  settings: dict, args, report: Report) -> dict[str, str]:
+    """Convert what is not up to date; keep the state file current after each chunk."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory '{output_dir}': "
+                        f"{exc.strerror or exc}") from None
+    state = _load_state(output_dir)
+    same_settings = state.get("settings") == settings
+    names = assign_outputs(candidates, state if same_settings else {"files": {}})
+    old_files = state.get("files", {}) if same_settings else {}
+    todo = []
+    for source in candidates:
+        entry = old_files.get(source.relative)
+        output = output_dir / names[source.relative]
+        if (entry and entry.get("sha256") == source.sha256
+                and entry.get("output") == names[source.relative] and output.exists()):
+            report.up_to_date += 1
+            continue
+        output.parent.mkdir(parents=True, exist_ok=True)
+        todo.append(source)
+    files = {s.relative: old_files[s.relative] for s in candidates
+             if s.relative in old_files and s not in todo}
+    failures: dict[str, str] = {}
+    # Chunks keep the state file current, so an interrupted run resumes where it stopped.
+    chunk = CHUNK_SIZE
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        tasks = [(str(input_dir), s.relative, str(output_dir / names[s.relative]), args.size,
+                  args.mode) for s in part]
+        results = dict(_parallel(_convert, tasks, args.workers,
+                                 f"convert {start + 1}-{start + len(part)}/{len(todo)}"))
+        for source in part:
+            if results.get(source.relative):
+                failures[source.relative] = results[source.relative]
+            else:
+                files[source.relative] = {"sha256": source.sha256,
+                                          "output": names[source.relative]}
+                report.written += 1
+        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files})
+    atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files})
+    report.removed_stale = remove_stale(output_dir, {entry["output"] for entry in files.values()})
+    return failures
+
+
+def remove_stale(output_dir: Path, keep: set[str]) -> list[str]:
+    """Delete outputs this tool wrote earlier whose source is gone (never source files)."""
+    removed = []
+    for class_dir in list_class_dirs(output_dir):
+        for image in list_images(class_dir):
+            relative = image.relative_to(output_dir).as_posix()
+            if relative not in keep and image.name.startswith(f"{class_dir.name}_"):
+                image.unlink()
+                removed.append(relative)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``prepare_dataset.py``: exit 0, or 1 with ``--strict`` when the minimums are missed."""
+    args = build_parser().parse_args(argv)
+    report = prepare(args)
+    strict_failures = report.too_few_classes or report.classes_below_minimum or \
+        report.small_images
+    if args.strict and strict_failures:
+        import sys
+
+        print("error: --strict: the guide's minimums are not met (see problems above)",
+              file=sys.stderr)
+        return 1
+    return 0
