@@ -36,3 +36,21 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: builds a full-size network (EfficientNetB7)")
+
+
+def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
+    """Tags per subdirectory (train, validation) of a run, whatever summary kind wrote them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for sub in ("train", "validation"):
+        events = EventAccumulator(str(log_dir / sub), size_guidance={"tensors": 0, "scalars": 0,
+                                                                     "histograms": 0,
+                                                                     "images": 0}).Reload()
+        found = events.Tags()
+        tags[sub] = {t for kind in ("scalars", "tensors", "histograms", "images")
+                     for t in found.get(kind, [])}
+    return tags
+
+
+KERAS_STYLE_SCALARS = {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"}

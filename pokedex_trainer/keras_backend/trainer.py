@@ -216,7 +216,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
                 keras.callbacks.TerminateOnNaN(),
             ]
             train_loader.epoch = epoch
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch,
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
                       epochs=epoch + phase.epochs, callbacks=callbacks, verbose=2
                       if not _interactive() else 1)
             epoch = state.epochs_run  # the next phase continues the epoch count

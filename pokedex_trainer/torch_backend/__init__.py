@@ -1,0 +1,9 @@
+"""The PyTorch side: ResNet152 from torchvision. Imports torch; never TensorFlow."""
+
+import sys
+import types
+
+# torch.utils.tensorboard goes through tensorboard.compat, which imports TensorFlow when it is
+# installed (seconds and a GB of memory for nothing). The presence of this module is
+# TensorBoard's own switch for its TensorFlow-free stub.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))

@@ -1,0 +1,166 @@
+"""ResNet152 from torchvision with its normalization inside and a new head.
+
+The module takes RGB pixels in 0..255 (N, 3, H, W), like the Keras models, and returns logits;
+``probabilities`` applies the softmax.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from ..phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+class Normalize(nn.Module):
+    """0..255 RGB to ImageNet mean/std normalized input; saved with the model."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """normalize -> backbone (pooled features) -> dropout -> linear head (logits)."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int,
+                 dropout: float):
+        super().__init__()
+        self.normalize = Normalize()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(self.normalize(x))))
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(x).float(), dim=1)
+
+
+def _resnet152(weights: str) -> nn.Module:
+    from torchvision.models import ResNet152_Weights, resnet152
+
+    if weights.lower() == "imagenet":
+        try:
+            return resnet152(weights=ResNet152_Weights.DEFAULT)
+        except Exception as exc:  # URLError, HTTPError, hash mismatch...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"could not get the ImageNet weights of ResNet152 ({reason}). torchvision "
+                "downloads them once into ~/.cache/torch/hub/checkpoints: connect once, or pass "
+                "--weights PATH (a torchvision resnet152 state dict) or --weights none to train "
+                "from scratch") from None
+    model = resnet152(weights=None)
+    if weights.lower() != "none":
+        load_backbone_file(model, Path(weights))
+    return model
+
+
+def load_backbone_file(model: nn.Module, path: Path) -> None:
+    """Load a torchvision resnet152 state dict (fc may be absent); never executes code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"could not read --weights '{path}' as a PyTorch state dict "
+                        f"(only plain tensors are accepted): {str(exc).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"--weights '{path}' does not hold a state dict")
+    state = {k.removeprefix("backbone."): v for k, v in state.items()
+             if not k.startswith(("fc.", "head.", "normalize."))}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise UserError(f"--weights '{path}' does not fit ResNet152: {len(missing)} missing and "
+                        f"{len(result.unexpected_keys)} unexpected tensors")
+
+
+def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float) -> Classifier:
+    """ResNet152 with ``weights`` ('imagenet', 'none' or a file) and a new head."""
+    if spec.model_type != "resnet":
+        raise ValueError(f"no PyTorch network for {spec.model_type}")
+    backbone = _resnet152(weights)
+    num_features = backbone.fc.in_features
+    backbone.fc = nn.Identity()
+    return Classifier(backbone, num_features, num_classes, dropout)
+
+
+def backbone_layers(model: Classifier) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, kind) of the backbone's leaf modules in registration order.
+
+    A *layer* is a leaf module: Conv2d/Linear are 'weighted', BatchNorm is 'batchnorm', and
+    parameter-free leaves (ReLU, pooling) are 'other' -- the same classes of layer Keras lists.
+    """
+    layers = []
+    for name, module in model.backbone.named_modules():
+        if list(module.children()):
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            kind = BATCHNORM
+        elif any(True for _ in module.parameters(recurse=False)):
+            kind = WEIGHTED
+        else:
+            kind = OTHER
+        layers.append((name, module, kind))
+    return layers
+
+
+def apply_phase(model: Classifier, phase: Phase) -> None:
+    """Set requires_grad for ``phase``; the head always trains."""
+    layers = backbone_layers(model)
+    mask = trainable_mask(phase, [kind for _, _, kind in layers])
+    for (_, module, _), trainable in zip(layers, mask):
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(trainable)
+    for parameter in model.head.parameters():
+        parameter.requires_grad_(True)
+
+
+def set_train_mode(model: Classifier, phase: Phase) -> None:
+    """model.train(), but frozen BatchNorm stays in eval mode (keeps its ImageNet statistics)."""
+    model.train()
+    if phase.trainable != "all":
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def checkpoint_payload(model: Classifier, class_names: list[str], image_size, spec: ModelSpec,
+                       dropout: float) -> dict:
+    """What evaluation and export need, with nothing but tensors, numbers and strings."""
+    module = model.module if hasattr(model, "module") else model
+    return {
+        "format": CHECKPOINT_FORMAT, "arch": spec.arch, "model_type": spec.model_type,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "class_names": list(class_names), "image_size": list(image_size),
+        "dropout": dropout, "input": {"channels": "RGB", "range": [0, 255],
+                                      "layout": "NCHW", "mean": list(IMAGENET_MEAN),
+                                      "std": list(IMAGENET_STD)},
+    }
+
+
+def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
+    """Rebuild a Classifier from a ``.pth`` this project wrote (weights_only: no code runs)."""
+    from ..models import get_spec
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(get_spec(payload["model_type"]), len(payload["class_names"]), "none",
+                        payload["dropout"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload

@@ -1,0 +1,243 @@
+"""Two-phase PyTorch training of ResNet152 over the shared data layer and run bookkeeping."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..phases import Phase
+from ..runs import atomic_target
+from ..summaries import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
+                         split_epoch_logs)
+from ..training import RunContext, RunState
+from .data import make_data_loader
+from .models import (Classifier, apply_phase, build_model, checkpoint_payload,
+                     set_train_mode)
+
+logger = logging.getLogger(__name__)
+
+
+def _progress_interval() -> float:
+    """Redraw often on a terminal; rarely when the output goes to a file or a pipe."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 30.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(model: Classifier, context: RunContext, kind: str) -> None:
+    """Write ``<arch>_best.pth`` / ``<arch>_final_<ts>.pth`` atomically."""
+    payload = checkpoint_payload(model, context.class_names, context.config.image_size,
+                                 context.spec, context.config.dropout)
+    with atomic_target(context.model_path(kind), suffix=".pth") as tmp:
+        torch.save(payload, tmp)
+
+
+class EpochMeter:
+    """Running loss, accuracy and top-5 accuracy over the batches of one pass."""
+
+    def __init__(self, num_classes: int):
+        self.k = min(5, num_classes)
+        self.loss = self.correct = self.top5 = 0.0
+        self.count = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss += float(loss) * n
+        top = logits.topk(self.k, dim=1).indices
+        self.correct += float((top[:, 0] == labels).sum())
+        self.top5 += float((top == labels[:, None]).any(dim=1).sum())
+        self.count += n
+
+    def results(self, prefix: str = "") -> dict:
+        n = max(1, self.count)
+        return {f"{prefix}loss": self.loss / n, f"{prefix}accuracy": self.correct / n,
+                f"{prefix}top5_accuracy": self.top5 / n}
+
+
+class Runner:
+    """Device, precision and the per-batch work of one run.
+
+    Args:
+        context: the run.
+        model: the classifier (already on ``device``).
+        device: where the model runs.
+    """
+
+    def __init__(self, context: RunContext, model: Classifier, device: torch.device):
+        self.context, self.model, self.device = context, model, device
+        self.cuda = device.type == "cuda"
+        mixed = context.config.mixed_precision
+        self.autocast_dtype = (torch.float16 if self.cuda else torch.bfloat16) if mixed else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=mixed and self.cuda)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.reported: set[str] = set()
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        # The loader gives NHWC uint8; permuting gives NCHW with channels-last strides.
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x.contiguous()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    def report_failed(self, failed) -> None:
+        for relative, reason in failed:
+            if relative not in self.reported:
+                self.reported.add(relative)
+                logger.warning("skipped unreadable image %s: %s", relative, reason)
+
+    def train_one_epoch(self, loader, optimizer, phase: Phase, epoch: int) -> dict:
+        set_train_mode(self.model, phase)
+        meter = EpochMeter(self.context.num_classes)
+        start = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1} {phase.name}", unit="batch", leave=False,
+                   mininterval=_progress_interval())
+        for images, labels, failed in bar:
+            self.report_failed(failed)
+            x, y = self.to_input(images), labels.to(self.device, non_blocking=True).long()
+            optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                logits = self.model(x)
+                loss = self.loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                meter.update(loss.detach(), logits.detach(), y)
+                break
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            meter.update(loss.detach(), logits.detach(), y)
+            seen = meter.count / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
+                            acc=f"{meter.correct / meter.count:.3f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{seen:.1f}")
+        bar.close()
+        return meter.results()
+
+    @torch.no_grad()
+    def evaluate(self, loader, prefix: str = "val_") -> dict:
+        self.model.eval()
+        meter = EpochMeter(self.context.num_classes)
+        for images, labels, failed in tqdm(loader, desc="validate", unit="batch", leave=False,
+                                           mininterval=_progress_interval()):
+            self.report_failed(failed)
+            x, y = self.to_input(images), labels.to(self.device).long()
+            with self.autocast():
+                logits = self.model(x).float()
+            meter.update(self.loss_fn(logits, y), logits, y)
+        return meter.results(prefix)
+
+
+class TensorBoardLogger:
+    """The same tags as the Keras runs, through PyTorch's SummaryWriter, flushed every epoch."""
+
+    def __init__(self, log_dir, histogram_freq: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.train = SummaryWriter(str(log_dir / TRAIN_SUBDIR))
+        self.val = SummaryWriter(str(log_dir / VALIDATION_SUBDIR))
+        self.histogram_freq = histogram_freq
+
+    def log_samples(self, images: np.ndarray) -> None:
+        self.train.add_image(SAMPLE_IMAGES_TAG, image_grid(images), 0, dataformats="HWC")
+        self.train.flush()
+
+    def log_epoch(self, epoch: int, logs: dict, model: nn.Module) -> None:
+        train_scalars, val_scalars = split_epoch_logs(logs)
+        for tag, value in train_scalars.items():
+            self.train.add_scalar(tag, value, epoch)
+        for tag, value in val_scalars.items():
+            self.val.add_scalar(tag, value, epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            for name, parameter in model.named_parameters():
+                self.train.add_histogram(f"{name}/histogram", parameter.detach().float(), epoch)
+                if parameter.grad is not None:  # the last step's gradients
+                    self.train.add_histogram(f"gradients/{name}", parameter.grad.float(), epoch)
+        self.train.flush()
+        self.val.flush()
+
+    def close(self) -> None:
+        self.train.close()
+        self.val.close()
+
+
+def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
+    """Run ``phases`` and save the models; returns the best model's test-split metrics."""
+    config = context.config
+    seed_everything(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(context.spec, context.num_classes, config.weights, config.dropout)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if not config.pretrained:
+        logger.info("--weights none: training from scratch, nothing is frozen")
+    if config.mixed_precision and device.type != "cuda":
+        logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
+                       "slower than float32")
+    runner = Runner(context, model, device)
+    train_plan = context.make_loader("train", training=True)
+    val_plan = context.make_loader("val", training=False)
+    train_loader, train_sampler = make_data_loader(train_plan, runner.cuda)
+    val_loader, _ = make_data_loader(val_plan, runner.cuda)
+    tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq)
+    sample = train_plan.source.load_batch(train_plan.batch_indices(0)[0][:16], 0, 0)
+    tensorboard.log_samples(sample.images)
+    best_state, epoch = None, 0
+    try:
+        for phase in phases:
+            state.start_phase(phase)
+            apply_phase(model, phase)
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                         lr=phase.learning_rate)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+                min_lr=config.min_lr)
+            for epoch in range(epoch, epoch + phase.epochs):
+                state.start_epoch()
+                train_sampler.set_epoch(epoch)
+                logs = runner.train_one_epoch(train_loader, optimizer, phase, epoch)
+                logs.update(runner.evaluate(val_loader))
+                logs["learning_rate"] = optimizer.param_groups[0]["lr"]
+                improved, stop = state.end_epoch(epoch, phase, logs)
+                if improved:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    save_checkpoint(model, context, "best")
+                tensorboard.log_epoch(epoch, logs, model)
+                scheduler.step(logs["val_loss"])
+                if stop:
+                    break
+            epoch = state.epochs_run  # the next phase continues the epoch count
+            if best_state is not None:
+                model.load_state_dict(best_state)  # early stopping restores the best weights
+            if state.stop_reason:
+                break
+        save_checkpoint(model, context, "final")
+        logger.info("saved %s and %s", context.model_path("best").name,
+                    context.model_path("final").name)
+        return evaluate_split(runner, context, "test")
+    finally:
+        tensorboard.close()
+
+
+def evaluate_split(runner: Runner, context: RunContext, split: str) -> dict:
+    """Loss, accuracy and top-5 on a split of the run (empty dict if it has no images)."""
+    if not context.splits.get(split):
+        return {}
+    loader, _ = make_data_loader(context.make_loader(split, training=False), runner.cuda)
+    metrics = runner.evaluate(loader, prefix="")
+    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split, metrics["accuracy"],
+                metrics["top5_accuracy"], metrics["loss"])
+    return metrics
