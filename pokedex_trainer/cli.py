@@ -91,6 +91,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     out.add_argument("--histogram_freq", type=int, default=d.histogram_freq,
                      help="write weight and gradient histograms every N epochs; 0 turns them "
                           "off (they cost a backward pass per N epochs) (default: %(default)s)")
+    out.add_argument("--save_every", type=int, default=d.save_every,
+                     help="also keep the model of every N-th epoch (default: 0, only best and "
+                          "final)")
+    out.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue an interrupted run from its last finished epoch, with its "
+                          "own configuration (other flags but --workers are ignored)")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
     return parser
@@ -100,6 +106,7 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the trainer's command line into an unresolved TrainConfig."""
     args = build_train_parser().parse_args(argv)
     values = vars(args)
+    values.pop("resume", None)
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     return TrainConfig(**values)
@@ -130,9 +137,12 @@ def run_main(main, argv: list[str] | None = None) -> int:
 def train_main(argv: list[str] | None = None) -> None:
     """``train_professional_models.py``: parse, train, report."""
     config = parse_train_args(argv)  # --help exits here, before any heavy import
+    resume = build_train_parser().parse_args(argv).resume
+    from pathlib import Path
+
     from .training import run_training
 
-    run_training(config)
+    run_training(config, Path(resume) if resume else None)
 
 
 def not_yet_available(name: str, what: str):

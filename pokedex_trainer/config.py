@@ -45,6 +45,7 @@ class TrainConfig:
     run_name: str | None = None
     augment: bool = True
     histogram_freq: int = 1
+    save_every: int = 0
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -86,6 +87,7 @@ class TrainConfig:
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.workers >= 0, "--workers must be 0 or more"),
             (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
+            (self.save_every >= 0, "--save_every must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:

@@ -99,10 +99,18 @@ class BatchSource:
 _WORKER_SOURCE: BatchSource | None = None
 
 
+def ignore_interrupts(*_) -> None:
+    """Workers leave Ctrl-C to the main process, which saves and exits cleanly."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _init_worker(source: BatchSource) -> None:
     global _WORKER_SOURCE
     import cv2
 
+    ignore_interrupts()
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     _WORKER_SOURCE = source
 

@@ -23,7 +23,8 @@ import numpy as np
 from . import __version__
 from .config import TrainConfig
 from .dataset import (MANIFEST_NAME, DatasetIndex, dataset_warnings, drop_samples,
-                      find_unreadable_headers, scan_dataset, stratified_split, write_manifest)
+                      find_unreadable_headers, read_manifest, scan_dataset, stratified_split,
+                      write_manifest)
 from .errors import TrainingStopped, UserError
 from .feeding import BatchLoader, BatchSource
 from .models import ModelSpec, get_spec
@@ -58,8 +59,8 @@ class RunContext:
         return len(self.index.class_names)
 
     def model_path(self, kind: str) -> Path:
-        """``<arch>_best<ext>`` or ``<arch>_final_<timestamp><ext>`` inside the run directory."""
-        name = "best" if kind == "best" else f"final_{self.timestamp}"
+        """``<arch>_best<ext>``, ``<arch>_final_<timestamp><ext>`` or ``<arch>_<kind><ext>``."""
+        name = f"final_{self.timestamp}" if kind == "final" else kind
         return self.run_dir / f"{self.spec.arch}_{name}{self.spec.model_extension}"
 
     def make_loader(self, split: str, training: bool, shuffle: bool | None = None,
@@ -73,6 +74,22 @@ class RunContext:
                            seed=self.config.seed, drop_last=training)
 
 
+RESUME_DIR = "resume"
+RESUME_STATE = "state.json"
+
+
+@dataclass
+class PhaseWindow:
+    """Where one phase runs: global epochs [first, end), and whether it resumes mid-way."""
+
+    index: int
+    phase: Phase
+    first: int
+    end: int
+    resumed: bool = False
+    restore_best: bool = False
+
+
 @dataclass
 class RunState:
     """Per-epoch bookkeeping shared by both backends.
@@ -80,6 +97,7 @@ class RunState:
     Args:
         history_path: where history.csv goes.
         patience: early-stopping patience (restarts each phase).
+        resume_point: the saved position of an interrupted run (``--resume``), if any.
     """
 
     history_path: Path
@@ -88,13 +106,59 @@ class RunState:
     best_logs: dict = field(default_factory=dict)
     epochs_run: int = 0
     stop_reason: str | None = None
+    resume_point: dict | None = None
 
     def __post_init__(self):
         self.early_stopping = EarlyStopping(self.tracker, self.patience)
+        if self.resume_point:
+            saved = self.resume_point["run_state"]
+            self.tracker.load_state_dict(saved["tracker"])
+            self.early_stopping.load_state_dict(saved["early_stopping"])
+            self.best_logs = saved["best_logs"]
+            self.epochs_run = saved["epochs_run"]
+            truncate_history(self.history_path, self.epochs_run)
         self.history = HistoryWriter(self.history_path)
         self._epoch_start = time.perf_counter()
 
-    def start_phase(self, phase: Phase) -> None:
+    def schedule(self, phases: list[Phase]):
+        """Yield the PhaseWindow of each phase still to run (all of them on a fresh run)."""
+        point = self.resume_point or {}
+        start_index = point.get("phase_index", 0) + (1 if point.get("phase_done") else 0)
+        epoch = self.epochs_run
+        for index, phase in enumerate(phases):
+            if index < start_index:
+                continue
+            mid_phase = bool(point) and index == point.get("phase_index") and \
+                not point.get("phase_done")
+            if mid_phase:
+                window = PhaseWindow(index, phase, point["next_epoch"],
+                                     point["phase_start"] + phase.epochs, resumed=True)
+            else:
+                window = PhaseWindow(index, phase, epoch, epoch + phase.epochs,
+                                     restore_best=bool(point) and index == start_index
+                                     and index > 0)
+            yield window
+            epoch = self.epochs_run
+            if self.stop_reason:
+                return
+
+    def save_resume_point(self, run_dir: Path, window: PhaseWindow, epoch: int, stop: bool,
+                          backend: dict | None = None) -> None:
+        """Record the position after ``epoch`` (0-based), once the backend saved its files."""
+        phase_start = window.end - window.phase.epochs
+        atomic_write_json(run_dir / RESUME_DIR / RESUME_STATE, {
+            "phase_index": window.index, "phase_start": phase_start, "next_epoch": epoch + 1,
+            "phase_done": bool(stop or epoch + 1 >= window.end),
+            "run_state": {"tracker": self.tracker.state_dict(),
+                          "early_stopping": self.early_stopping.state_dict(),
+                          "best_logs": self.best_logs, "epochs_run": self.epochs_run},
+            "backend": backend or {},
+        })
+
+    def start_phase(self, phase: Phase, resumed: bool = False) -> None:
+        if resumed:
+            logger.info("resuming phase '%s' at epoch %d", phase.name, self.epochs_run + 1)
+            return
         self.early_stopping.start_phase()
         logger.info("phase '%s': %d epochs at learning rate %g, trainable: %s", phase.name,
                     phase.epochs, phase.learning_rate,
@@ -102,6 +166,10 @@ class RunState:
                      "all": "every layer (nothing frozen)",
                      "last_n": f"the backbone's last {phase.n_layers} weighted layers + head"}
                     [phase.trainable])
+
+    def periodic_name(self, epoch: int, every: int) -> str | None:
+        """``epoch_NNN`` when ``--save_every`` asks for a copy after 0-based ``epoch``."""
+        return f"epoch_{epoch + 1:03d}" if every and (epoch + 1) % every == 0 else None
 
     def start_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -130,6 +198,23 @@ class RunState:
             logger.info("early stopping: no better %s for %d epochs (best %.4f at epoch %d)",
                         MONITOR, self.patience, self.tracker.best, self.tracker.best_epoch)
         return improved, stop
+
+
+def truncate_history(path: Path, epochs: int) -> None:
+    """Drop history rows past ``epochs``: an epoch killed after its row but before its resume
+    point is run again and must not appear twice."""
+    import csv
+
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
+    if len(kept) != len(rows):
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(kept)
 
 
 def load_backend(framework: str):
@@ -194,17 +279,16 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def run_training(config: TrainConfig) -> Path:
-    """Train one run end to end; returns its directory. Raises UserError on bad input."""
-    config = config.resolved()
+def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
+    """Check the data, make the run directory and write what the run starts from."""
     spec = get_spec(config.model_type)
     if config.weights.lower() not in ("imagenet", "none") and not Path(config.weights).is_file():
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
     index, splits, notes = prepare_data(config)
     started_stamp = timestamp()
-    output_dir = Path(config.output_dir)
-    run_dir = create_run_dir(output_dir, config.run_name or f"{config.model_type}_{started_stamp}")
+    run_dir = create_run_dir(Path(config.output_dir),
+                             config.run_name or f"{config.model_type}_{started_stamp}")
     tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
     context = RunContext(config, spec, index, splits, run_dir, tensorboard_dir / run_dir.name,
                          started_stamp)
@@ -212,11 +296,58 @@ def run_training(config: TrainConfig) -> Path:
     atomic_write_json(run_dir / "class_names.json", index.class_names)
     write_manifest(run_dir / MANIFEST_NAME, index, splits, config.seed, config.val_split,
                    config.test_split)
-    state = RunState(run_dir / "history.csv", config.patience)
+    return context, notes
+
+
+def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, dict]:
+    """The context of an interrupted run from its own files: same config, split and names."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / RESUME_DIR / RESUME_STATE
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.json)")
+    if not state_path.is_file():
+        raise UserError(f"--resume: '{run_dir}' has no resumable state (it stopped before its "
+                        "first epoch ended, or is not a run directory)")
+    config = TrainConfig.load(run_dir / "config.json").resolved()
+    if workers is not None:
+        config.workers = workers
+    manifest = read_manifest(run_dir / MANIFEST_NAME)
+    root = Path(config.data_path)
+    if not root.is_dir():
+        root = Path(manifest["data_path"])
+    samples = [item for split in manifest["splits"].values() for item in split]
+    missing = [p for p, _ in samples if not (root / p).is_file()]
+    if missing:
+        raise UserError(f"--resume: {len(missing)} images of the run's split are missing under "
+                        f"'{root}' (first: {missing[0]})")
+    index = DatasetIndex(root, manifest["class_names"], samples)
+    stamp = next((p.stem.rsplit("_final_", 1)[-1] for p in run_dir.glob("*_final_*")),
+                 timestamp())
+    context = RunContext(config, get_spec(config.model_type), index, manifest["splits"],
+                         run_dir, Path(config.log_dir) / run_dir.name, stamp)
+    point = json.loads(state_path.read_text(encoding="utf-8"))
+    return context, point
+
+
+def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path:
+    """Train one run end to end (or continue ``resume_dir``); returns its directory.
+
+    Raises UserError on bad input, TrainingStopped when the loss became NaN.
+    """
+    resume_point = None
+    if resume_dir is not None:
+        context, resume_point = open_resumed_run(resume_dir, config.workers)
+        notes = []
+    else:
+        context, notes = create_run(config.resolved())
+    config, spec, run_dir = context.config, context.spec, context.run_dir
+    index, splits = context.index, context.splits
+    output_dir = run_dir.parent
+    state = RunState(run_dir / "history.csv", config.patience, resume_point=resume_point)
     started = time.time()
     status, test_metrics = "failed", {}
     with capture_to_log(run_dir / "training.log"):
-        logger.info("run directory: %s", run_dir)
+        logger.info("run directory: %s%s", run_dir, " (resumed)" if resume_point else "")
         for note in notes:
             logger.warning("%s", note)
         logger.info("%s on %d classes: %d train / %d validation / %d test images, %dx%d, "
@@ -229,7 +360,8 @@ def run_training(config: TrainConfig) -> Path:
             status = state.stop_reason or "completed"
         except KeyboardInterrupt:
             status = "interrupted"
-            logger.warning("interrupted: outputs written so far are kept in %s", run_dir)
+            logger.warning("interrupted: the last finished epoch is saved. Continue with: "
+                           "python train_professional_models.py --resume %s", run_dir)
             raise
         finally:
             summary = experiment_row(context, state, status, started, test_metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -9,10 +10,10 @@ import tensorflow as tf
 import keras
 
 from ..phases import Phase
-from ..runs import atomic_target
+from ..runs import atomic_target, atomic_write_bytes
 from ..summaries import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
     split_epoch_logs
-from ..training import MONITOR, RunContext, RunState
+from ..training import RESUME_DIR, PhaseWindow, RunContext, RunState
 from .models import apply_phase, build_model
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,78 @@ def enable_memory_growth() -> None:
             pass
 
 
+class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' callback whose wait/best counters survive a resume.
+
+    Args:
+        initial_state: counters saved by ``state()`` in an interrupted run, or None.
+    """
+
+    def __init__(self, initial_state: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = initial_state
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.initial_state:
+            self.wait = self.initial_state["wait"]
+            self.best = self.initial_state["best"]
+            self.cooldown_counter = self.initial_state["cooldown_counter"]
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best": float(self.best),
+                "cooldown_counter": int(self.cooldown_counter)}
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """After every epoch (last in the callback list): what ``--resume`` needs, atomically.
+
+    Args:
+        context: the run.
+        state: shared bookkeeping, which records the resume point once the files are written.
+        window: the phase being trained.
+        reduce_lr: the phase's ReduceLROnPlateau, whose counters are saved too.
+    """
+
+    def __init__(self, context: RunContext, state: RunState, window: PhaseWindow,
+                 reduce_lr: ReduceLROnPlateau):
+        super().__init__()
+        self.context, self.state, self.window, self.reduce_lr = context, state, window, reduce_lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        periodic = self.state.periodic_name(epoch, self.context.config.save_every)
+        if periodic:
+            save_model(self.model, self.context.model_path(periodic))
+        save_training_state(self.context.run_dir / RESUME_DIR, self.model)
+        self.state.save_resume_point(self.context.run_dir, self.window, epoch,
+                                     bool(self.model.stop_training),
+                                     {"reduce_lr": self.reduce_lr.state()})
+
+
+def save_training_state(folder, model: keras.Model) -> None:
+    """Weights and optimizer variables (moments, step, learning rate) of the last epoch."""
+    folder.mkdir(exist_ok=True)
+    with atomic_target(folder / "last.weights.h5", suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(v) for v in model.optimizer.variables])
+    atomic_write_bytes(folder / "optimizer.npz", buffer.getvalue())
+
+
+def restore_training_state(folder, model: keras.Model) -> None:
+    model.load_weights(folder / "last.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(folder / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = model.optimizer.variables
+    if len(values) != len(variables):
+        logger.warning("optimizer state does not match the model: continuing with a fresh "
+                       "optimizer")
+        return
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
 def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     """Run ``phases`` and save the models; returns the best model's test-split metrics."""
     config = context.config
@@ -192,39 +265,39 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     train_loader = context.make_loader("train", training=True)
     val_loader = context.make_loader("val", training=False)
     try:
-        sample = next(iter(train_loader.iter_epoch(epoch=0)))
-        train_loader.epoch = 0
-        tensorboard = TensorBoardLogger(context.tensorboard_dir,
-                                        (sample.images[:16], sample.labels[:16]),
+        sample = train_loader.source.load_batch(train_loader.batch_indices(0)[0][:16])
+        tensorboard = TensorBoardLogger(context.tensorboard_dir, (sample.images, sample.labels),
                                         config.histogram_freq)
         tensorboard.log_samples()
         train_ds = to_dataset(train_loader, config.image_size)
         val_ds = to_dataset(val_loader, config.image_size)
-        epoch = 0
         best_weights = None
-        for phase in phases:
-            state.start_phase(phase)
+        for window in state.schedule(phases):
+            phase = window.phase
+            state.start_phase(phase, window.resumed)
+            if window.restore_best:
+                best_weights = load_best_weights(context)
+                model.set_weights(best_weights)
             apply_phase(model, phase)
             compile_model(model, phase.learning_rate, context.num_classes)
+            saved = (state.resume_point or {}).get("backend", {}) if window.resumed else {}
+            if window.resumed:
+                restore_training_state(context.run_dir / RESUME_DIR, model)
             run_callback = RunCallback(context, state, phase)
-            callbacks = [
-                run_callback,
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
-                                                  patience=config.lr_patience,
-                                                  min_lr=config.min_lr, verbose=1),
-                tensorboard,
-                keras.callbacks.TerminateOnNaN(),
-            ]
-            train_loader.epoch = epoch
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, shuffle=False,
-                      epochs=epoch + phase.epochs, callbacks=callbacks, verbose=2
-                      if not _interactive() else 1)
-            epoch = state.epochs_run  # the next phase continues the epoch count
-            best_weights = run_callback.best_weights or best_weights
+            reduce_lr = ReduceLROnPlateau(initial_state=saved.get("reduce_lr"),
+                                          monitor="val_loss", factor=config.lr_factor,
+                                          patience=config.lr_patience, min_lr=config.min_lr,
+                                          verbose=1)
+            callbacks = [run_callback, reduce_lr, tensorboard, keras.callbacks.TerminateOnNaN(),
+                         ResumeCheckpoint(context, state, window, reduce_lr)]
+            train_loader.epoch = window.first
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=window.first,
+                      epochs=window.end, shuffle=False, callbacks=callbacks,
+                      verbose=1 if _interactive() else 2)
+            best_weights = run_callback.best_weights or best_weights or \
+                load_best_weights(context)
             if best_weights is not None:
                 model.set_weights(best_weights)  # early stopping restores the best weights
-            if state.stop_reason:
-                break
         save_model(model, context.model_path("final"))
         logger.info("saved %s and %s", context.model_path("best").name,
                     context.model_path("final").name)
@@ -232,6 +305,14 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     finally:
         train_loader.close()
         val_loader.close()
+
+
+def load_best_weights(context: RunContext):
+    """The best checkpoint's weights from disk (a resumed run has none in memory)."""
+    path = context.model_path("best")
+    if not path.exists():
+        return None
+    return keras.models.load_model(path, compile=False).get_weights()
 
 
 def evaluate_split(model: keras.Model, context: RunContext, split: str) -> dict:

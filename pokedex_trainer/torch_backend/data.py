@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..feeding import BatchLoader
+from ..feeding import BatchLoader, ignore_interrupts
 
 
 class BatchDataset(Dataset):
@@ -76,5 +76,6 @@ def make_data_loader(plan: BatchLoader, use_cuda: bool, rank: int = 0,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context="spawn" if workers > 0 else None,
+        worker_init_fn=ignore_interrupts if workers > 0 else None,
     )
     return loader, sampler

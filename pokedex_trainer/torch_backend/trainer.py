@@ -15,7 +15,7 @@ from ..phases import Phase
 from ..runs import atomic_target
 from ..summaries import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
                          split_epoch_logs)
-from ..training import RunContext, RunState
+from ..training import RESUME_DIR, RunContext, RunState
 from .data import make_data_loader
 from .models import (Classifier, apply_phase, build_model, checkpoint_payload,
                      set_train_mode)
@@ -122,7 +122,8 @@ class Runner:
             seen = meter.count / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
                             acc=f"{meter.correct / meter.count:.3f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{seen:.1f}")
+                            lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{seen:.1f}",
+                            refresh=False)
         bar.close()
         return meter.results()
 
@@ -195,17 +196,24 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq)
     sample = train_plan.source.load_batch(train_plan.batch_indices(0)[0][:16], 0, 0)
     tensorboard.log_samples(sample.images)
-    best_state, epoch = None, 0
+    best_state = None
+    resume_file = context.run_dir / RESUME_DIR / "last.pth"
     try:
-        for phase in phases:
-            state.start_phase(phase)
+        for window in state.schedule(phases):
+            phase = window.phase
+            state.start_phase(phase, window.resumed)
+            if window.restore_best:
+                best_state = load_best_state(context)
+                model.load_state_dict(best_state)
             apply_phase(model, phase)
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                          lr=phase.learning_rate)
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
                 min_lr=config.min_lr)
-            for epoch in range(epoch, epoch + phase.epochs):
+            if window.resumed:
+                restore_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
+            for epoch in range(window.first, window.end):
                 state.start_epoch()
                 train_sampler.set_epoch(epoch)
                 logs = runner.train_one_epoch(train_loader, optimizer, phase, epoch)
@@ -217,19 +225,47 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
                     save_checkpoint(model, context, "best")
                 tensorboard.log_epoch(epoch, logs, model)
                 scheduler.step(logs["val_loss"])
+                periodic = state.periodic_name(epoch, config.save_every)
+                if periodic:
+                    save_checkpoint(model, context, periodic)
+                save_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
+                state.save_resume_point(context.run_dir, window, epoch, stop)
                 if stop:
                     break
-            epoch = state.epochs_run  # the next phase continues the epoch count
+            best_state = best_state or load_best_state(context)
             if best_state is not None:
                 model.load_state_dict(best_state)  # early stopping restores the best weights
-            if state.stop_reason:
-                break
         save_checkpoint(model, context, "final")
         logger.info("saved %s and %s", context.model_path("best").name,
                     context.model_path("final").name)
         return evaluate_split(runner, context, "test")
     finally:
         tensorboard.close()
+
+
+def load_best_state(context: RunContext) -> dict | None:
+    """The best checkpoint's weights from disk (a resumed run has none in memory)."""
+    path = context.model_path("best")
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def save_training_state(path, model, optimizer, scheduler, scaler) -> None:
+    """Everything needed to continue after the last finished epoch, written atomically."""
+    path.parent.mkdir(exist_ok=True)
+    with atomic_target(path, suffix=".pth") as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, tmp)
+
+
+def restore_training_state(path, model, optimizer, scheduler, scaler) -> None:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
 
 
 def evaluate_split(runner: Runner, context: RunContext, split: str) -> dict:
