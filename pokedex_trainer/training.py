@@ -107,6 +107,7 @@ class RunState:
     epochs_run: int = 0
     stop_reason: str | None = None
     resume_point: dict | None = None
+    main_process: bool = True  # under DistributedDataParallel only rank 0 writes
 
     def __post_init__(self):
         self.early_stopping = EarlyStopping(self.tracker, self.patience)
@@ -116,7 +117,8 @@ class RunState:
             self.early_stopping.load_state_dict(saved["early_stopping"])
             self.best_logs = saved["best_logs"]
             self.epochs_run = saved["epochs_run"]
-            truncate_history(self.history_path, self.epochs_run)
+            if self.main_process:
+                truncate_history(self.history_path, self.epochs_run)
         self.history = HistoryWriter(self.history_path)
         self._epoch_start = time.perf_counter()
 
@@ -145,6 +147,8 @@ class RunState:
     def save_resume_point(self, run_dir: Path, window: PhaseWindow, epoch: int, stop: bool,
                           backend: dict | None = None) -> None:
         """Record the position after ``epoch`` (0-based), once the backend saved its files."""
+        if not self.main_process:
+            return
         phase_start = window.end - window.phase.epochs
         atomic_write_json(run_dir / RESUME_DIR / RESUME_STATE, {
             "phase_index": window.index, "phase_start": phase_start, "next_epoch": epoch + 1,
@@ -183,7 +187,8 @@ class RunState:
         if improved:
             self.best_logs = dict(logs)
         stop = self.early_stopping.update(improved)
-        self.history.write(epoch + 1, phase.name, logs)
+        if self.main_process:
+            self.history.write(epoch + 1, phase.name, logs)
         shown = " ".join(f"{k}={logs[k]:.4f}" for k in
                          ("loss", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy")
                          if k in logs)
@@ -329,17 +334,55 @@ def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, di
     return context, point
 
 
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) when started by torchrun, else (0, 1)."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path:
     """Train one run end to end (or continue ``resume_dir``); returns its directory.
 
+    Under ``torchrun`` every process trains, and rank 0 alone makes the run directory, logs,
+    saves and writes the experiments row.
+
     Raises UserError on bad input, TrainingStopped when the loss became NaN.
     """
-    resume_point = None
-    if resume_dir is not None:
-        context, resume_point = open_resumed_run(resume_dir, config.workers)
-        notes = []
-    else:
-        context, notes = create_run(config.resolved())
+    rank, world = distributed_world()
+    backend = None
+    if world > 1:
+        if get_spec(config.model_type).framework != "torch":
+            raise UserError("torchrun is for --model_type resnet; the Keras networks use every "
+                            "visible GPU by themselves (MirroredStrategy)")
+        backend = load_backend("torch")
+        backend.init_distributed()
+    resume_point, notes, context, error = None, [], None, None
+    if rank == 0:
+        try:
+            if resume_dir is not None:
+                context, resume_point = open_resumed_run(resume_dir, config.workers)
+            else:
+                context, notes = create_run(config.resolved())
+        except UserError as exc:
+            if world == 1:
+                raise
+            error = str(exc)  # every rank must hear it, or they would wait forever
+    if world > 1:
+        context, resume_point, error = backend.broadcast((context, resume_point, error))
+        if error:
+            raise UserError(error)
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        state = RunState(context.run_dir / "history.csv", context.config.patience,
+                         resume_point=resume_point, main_process=False)
+        backend.train(context, state, plan_phases(context.config))
+        return context.run_dir
+    return _train_and_record(context, notes, resume_point, backend)
+
+
+def _train_and_record(context: RunContext, notes: list[str], resume_point: dict | None,
+                      backend=None) -> Path:
     config, spec, run_dir = context.config, context.spec, context.run_dir
     index, splits = context.index, context.splits
     output_dir = run_dir.parent
@@ -355,7 +398,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path:
                     len(splits["val"]), len(splits["test"]), *config.image_size,
                     config.batch_size)
         try:
-            backend = load_backend(spec.framework)
+            backend = backend or load_backend(spec.framework)
             test_metrics = backend.train(context, state, plan_phases(config))
             status = state.stop_reason or "completed"
         except KeyboardInterrupt:

@@ -19,20 +19,38 @@ from .models import apply_phase, build_model
 logger = logging.getLogger(__name__)
 
 
-def to_dataset(loader, image_size: tuple[int, int]) -> tf.data.Dataset:
-    """Wrap a BatchLoader as a tf.data pipeline; each pass over it is one epoch."""
+def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1) -> tf.data.Dataset:
+    """Wrap a BatchLoader as a tf.data pipeline; each pass over it is one epoch.
+
+    With several replicas (MirroredStrategy) a last batch smaller than the replica count would
+    leave a GPU with an empty batch, which TensorFlow's kernels reject; it is padded with
+    copies that carry a sample weight of 0, so they count in no metric.
+    """
     height, width = image_size
 
     def generate():
         for batch in loader.iter_epoch():
-            yield batch.images, batch.labels
+            if replicas == 1:
+                yield batch.images, batch.labels
+                continue
+            weights = np.ones(len(batch.labels), np.float32)
+            missing = -len(batch.labels) % replicas
+            images, labels = batch.images, batch.labels
+            if missing:
+                take = np.arange(missing) % len(labels)
+                images = np.concatenate([images, images[take]])
+                labels = np.concatenate([labels, labels[take]])
+                weights = np.concatenate([weights, np.zeros(missing, np.float32)])
+            yield images, labels, weights
 
     signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
                  tf.TensorSpec((None,), tf.int32))
+    if replicas > 1:
+        signature += (tf.TensorSpec((None,), tf.float32),)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
     # uint8 crosses the pipe (4x smaller); the model gets float pixels in 0..255.
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    dataset = dataset.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
     return dataset.prefetch(2)
 
 
@@ -252,14 +270,29 @@ def restore_training_state(folder, model: keras.Model) -> None:
         variable.assign(value)
 
 
+def make_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over every visible GPU when there are several, else the default.
+
+    The batch size stays global: each of N GPUs gets batch_size / N images per step.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return strategy
+    return tf.distribute.get_strategy()
+
+
 def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     """Run ``phases`` and save the models; returns the best model's test-split metrics."""
     config = context.config
     enable_memory_growth()
     keras.utils.set_random_seed(config.seed)
     configure_precision(config.mixed_precision)
-    model = build_model(context.spec, context.num_classes, config.image_size, config.weights,
-                        config.dropout)
+    strategy = make_strategy()
+    with strategy.scope():
+        model = build_model(context.spec, context.num_classes, config.image_size,
+                            config.weights, config.dropout)
     if not config.pretrained:
         logger.info("--weights none: training from scratch, nothing is frozen")
     train_loader = context.make_loader("train", training=True)
@@ -269,8 +302,9 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
         tensorboard = TensorBoardLogger(context.tensorboard_dir, (sample.images, sample.labels),
                                         config.histogram_freq)
         tensorboard.log_samples()
-        train_ds = to_dataset(train_loader, config.image_size)
-        val_ds = to_dataset(val_loader, config.image_size)
+        replicas = strategy.num_replicas_in_sync
+        train_ds = to_dataset(train_loader, config.image_size, replicas)
+        val_ds = to_dataset(val_loader, config.image_size, replicas)
         best_weights = None
         for window in state.schedule(phases):
             phase = window.phase
@@ -279,10 +313,11 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
                 best_weights = load_best_weights(context)
                 model.set_weights(best_weights)
             apply_phase(model, phase)
-            compile_model(model, phase.learning_rate, context.num_classes)
+            with strategy.scope():
+                compile_model(model, phase.learning_rate, context.num_classes)
+                if window.resumed:
+                    restore_training_state(context.run_dir / RESUME_DIR, model)
             saved = (state.resume_point or {}).get("backend", {}) if window.resumed else {}
-            if window.resumed:
-                restore_training_state(context.run_dir / RESUME_DIR, model)
             run_callback = RunCallback(context, state, phase)
             reduce_lr = ReduceLROnPlateau(initial_state=saved.get("reduce_lr"),
                                           monitor="val_loss", factor=config.lr_factor,
@@ -301,7 +336,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
         save_model(model, context.model_path("final"))
         logger.info("saved %s and %s", context.model_path("best").name,
                     context.model_path("final").name)
-        return evaluate_split(model, context, "test")
+        return evaluate_split(model, context, "test", replicas)
     finally:
         train_loader.close()
         val_loader.close()
@@ -315,13 +350,15 @@ def load_best_weights(context: RunContext):
     return keras.models.load_model(path, compile=False).get_weights()
 
 
-def evaluate_split(model: keras.Model, context: RunContext, split: str) -> dict:
+def evaluate_split(model: keras.Model, context: RunContext, split: str,
+                   replicas: int = 1) -> dict:
     """Loss, accuracy and top-5 of ``model`` on a split of the run (empty dict if no images)."""
     if not context.splits.get(split):
         return {}
     loader = context.make_loader(split, training=False)
     try:
-        results = model.evaluate(to_dataset(loader, context.config.image_size), verbose=0,
+        results = model.evaluate(to_dataset(loader, context.config.image_size, replicas),
+                                 verbose=0,
                                  return_dict=True)
     finally:
         loader.close()

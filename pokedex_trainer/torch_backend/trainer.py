@@ -30,6 +30,42 @@ def _progress_interval() -> float:
     return 0.1 if sys.stderr.isatty() else 30.0
 
 
+def init_distributed() -> None:
+    """Join the torchrun process group: NCCL on GPUs, gloo on CPUs."""
+    import os
+
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def broadcast(value):
+    """Rank 0's ``value`` on every rank (the run context, so all ranks share one run)."""
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device() -> torch.device:
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -60,6 +96,18 @@ class EpochMeter:
         self.top5 += float((top == labels[:, None]).any(dim=1).sum())
         self.count += n
 
+    def all_reduce(self, device: torch.device) -> None:
+        """Sum the counts of every DDP rank, so each rank reports the whole epoch."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        totals = torch.tensor([self.loss, self.correct, self.top5, float(self.count)],
+                              dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        self.loss, self.correct, self.top5, count = totals.tolist()
+        self.count = int(count)
+
     def results(self, prefix: str = "") -> dict:
         n = max(1, self.count)
         return {f"{prefix}loss": self.loss / n, f"{prefix}accuracy": self.correct / n,
@@ -83,6 +131,8 @@ class Runner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=mixed and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
         self.reported: set[str] = set()
+        self.rank, self.world = _world()
+        self.main = self.rank == 0
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         # The loader gives NHWC uint8; permuting gives NCHW with channels-last strides.
@@ -99,18 +149,21 @@ class Runner:
                 self.reported.add(relative)
                 logger.warning("skipped unreadable image %s: %s", relative, reason)
 
-    def train_one_epoch(self, loader, optimizer, phase: Phase, epoch: int) -> dict:
+    def train_one_epoch(self, loader, optimizer, phase: Phase, epoch: int,
+                        module: nn.Module | None = None) -> dict:
+        """One pass over the training data; ``module`` is the DDP wrapper when there is one."""
+        module = module or self.model
         set_train_mode(self.model, phase)
         meter = EpochMeter(self.context.num_classes)
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1} {phase.name}", unit="batch", leave=False,
-                   mininterval=_progress_interval())
+                   mininterval=_progress_interval(), disable=not self.main)
         for images, labels, failed in bar:
             self.report_failed(failed)
             x, y = self.to_input(images), labels.to(self.device, non_blocking=True).long()
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
-                logits = self.model(x)
+                logits = module(x)
                 loss = self.loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 meter.update(loss.detach(), logits.detach(), y)
@@ -125,6 +178,7 @@ class Runner:
                             lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{seen:.1f}",
                             refresh=False)
         bar.close()
+        meter.all_reduce(self.device)
         return meter.results()
 
     @torch.no_grad()
@@ -132,7 +186,8 @@ class Runner:
         self.model.eval()
         meter = EpochMeter(self.context.num_classes)
         for images, labels, failed in tqdm(loader, desc="validate", unit="batch", leave=False,
-                                           mininterval=_progress_interval()):
+                                           mininterval=_progress_interval(),
+                                           disable=not self.main):
             self.report_failed(failed)
             x, y = self.to_input(images), labels.to(self.device).long()
             with self.autocast():
@@ -178,7 +233,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     """Run ``phases`` and save the models; returns the best model's test-split metrics."""
     config = context.config
     seed_everything(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
     model = build_model(context.spec, context.num_classes, config.weights, config.dropout)
     model = model.to(device)
     if device.type == "cuda":
@@ -191,11 +246,16 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     runner = Runner(context, model, device)
     train_plan = context.make_loader("train", training=True)
     val_plan = context.make_loader("val", training=False)
-    train_loader, train_sampler = make_data_loader(train_plan, runner.cuda)
+    # Each rank trains on its share of the batches and validates on all of them, so every rank
+    # reaches the same early-stopping decision without a message.
+    train_loader, train_sampler = make_data_loader(train_plan, runner.cuda, runner.rank,
+                                                   runner.world)
     val_loader, _ = make_data_loader(val_plan, runner.cuda)
-    tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq)
-    sample = train_plan.source.load_batch(train_plan.batch_indices(0)[0][:16], 0, 0)
-    tensorboard.log_samples(sample.images)
+    tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq) \
+        if runner.main else None
+    if tensorboard:
+        sample = train_plan.source.load_batch(train_plan.batch_indices(0)[0][:16], 0, 0)
+        tensorboard.log_samples(sample.images)
     best_state = None
     resume_file = context.run_dir / RESUME_DIR / "last.pth"
     try:
@@ -213,34 +273,57 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
                 min_lr=config.min_lr)
             if window.resumed:
                 restore_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
+            module = wrap_distributed(model, device, runner.world)
             for epoch in range(window.first, window.end):
                 state.start_epoch()
                 train_sampler.set_epoch(epoch)
-                logs = runner.train_one_epoch(train_loader, optimizer, phase, epoch)
+                logs = runner.train_one_epoch(train_loader, optimizer, phase, epoch, module)
                 logs.update(runner.evaluate(val_loader))
                 logs["learning_rate"] = optimizer.param_groups[0]["lr"]
                 improved, stop = state.end_epoch(epoch, phase, logs)
                 if improved:
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    save_checkpoint(model, context, "best")
-                tensorboard.log_epoch(epoch, logs, model)
                 scheduler.step(logs["val_loss"])
-                periodic = state.periodic_name(epoch, config.save_every)
-                if periodic:
-                    save_checkpoint(model, context, periodic)
-                save_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
-                state.save_resume_point(context.run_dir, window, epoch, stop)
+                if runner.main:
+                    if improved:
+                        save_checkpoint(model, context, "best")
+                    tensorboard.log_epoch(epoch, logs, model)
+                    periodic = state.periodic_name(epoch, config.save_every)
+                    if periodic:
+                        save_checkpoint(model, context, periodic)
+                    save_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
+                    state.save_resume_point(context.run_dir, window, epoch, stop)
                 if stop:
                     break
             best_state = best_state or load_best_state(context)
             if best_state is not None:
                 model.load_state_dict(best_state)  # early stopping restores the best weights
+        if not runner.main:
+            return {}
         save_checkpoint(model, context, "final")
         logger.info("saved %s and %s", context.model_path("best").name,
                     context.model_path("final").name)
         return evaluate_split(runner, context, "test")
     finally:
-        tensorboard.close()
+        if tensorboard:
+            tensorboard.close()
+        if runner.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def wrap_distributed(model: Classifier, device: torch.device, world: int) -> nn.Module:
+    """DistributedDataParallel over the parameters that train in this phase (or the model).
+
+    Wrapped anew each phase: DDP registers the trainable parameters when it is built.
+    """
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
 
 
 def load_best_state(context: RunContext) -> dict | None:
