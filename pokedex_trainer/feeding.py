@@ -164,6 +164,10 @@ class BatchLoader:
                    for i in range(0, len(order), self.batch_size)]
         return batches[:len(self)]
 
+    def sample_batch(self, size: int = 16) -> Batch:
+        """The first ``size`` images of epoch 0, as training sees them (TensorBoard's grid)."""
+        return self.source.load_batch(self.batch_indices(0)[0][:size], 0, 0)
+
     def _get_pool(self):
         if self._pool is None:
             context = multiprocessing.get_context(self.start_method)

@@ -12,6 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton);
+# the other order works. Users never meet it (a run loads one framework), but this test process
+# loads both, so torchvision goes first.
+try:
+    import torchvision.models  # noqa: E402,F401
+except ImportError:
+    pass
+
 from pokedex_trainer.synthetic import write_dataset  # noqa: E402
 
 TINY_CLASSES = ("Gato", "León", "Perro")

@@ -1,7 +1,6 @@
 """Worker processes (spawn included) feed exactly what the in-process loader does."""
 
 import numpy as np
-import pytest
 
 from pokedex_trainer.dataset import scan_dataset
 from pokedex_trainer.feeding import BatchLoader, BatchSource

@@ -183,3 +183,18 @@ def test_efficientnet_seed_command_runs_on_small_images(tmp_path, tiny_dataset):
     assert len(_history(run_dir)) == 1
     model = keras.models.load_model(run_dir / "efficientnet_b7_best.keras")
     assert model.count_params() > 60_000_000  # the real B7, not a stand-in
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_best_model(tmp_path, tiny_dataset):
+    argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
+            "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
+            "--workers", "0", "--val_split", "0.25", "--test_split", "0.25",
+            "--model_type", "mobilenet", "--weights", "none", "--epochs", "6",
+            "--fine_tune_epochs", "2", "--learning_rate", "1e30", "--histogram_freq", "0"]
+    assert run_main(train_main, argv) == 1
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
+    assert rows[0]["status"] == "nan_loss"
+    assert int(rows[0]["epochs_run"]) < 8
+    assert (run_dir / "mobilenet_v2_best.keras").exists()
+    assert "loss is nan" in (run_dir / "training.log").read_text("utf-8").lower()

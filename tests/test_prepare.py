@@ -1,12 +1,8 @@
 """prepare_dataset.py on a messy generated collection."""
 
-import io
 import json
-import os
-import shutil
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +198,15 @@ def test_trainer_trains_on_the_output_without_an_unreadable_file(messy, tmp_path
     assert not find_unreadable_headers(index)
     for relative, _ in index.samples:
         assert read_image(out / relative).dtype == np.uint8
+
+
+def test_prepare_imports_no_framework(messy, tmp_path):
+    code = ("import sys, runpy; sys.path.insert(0, {root!r}); sys.argv = ['prepare_dataset.py', "
+            "'--input_dir', {raw!r}, '--check', '--workers', '1'];\n"
+            "try:\n runpy.run_path({script!r}, run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print('HEAVY', [m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules])"
+            ).format(root=str(ROOT), raw=str(messy), script=str(ROOT / "prepare_dataset.py"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert "HEAVY []" in result.stdout, result.stderr[-2000:]

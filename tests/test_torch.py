@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,7 +15,15 @@ from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
 from pokedex_trainer.models import IMAGENET_MEAN, get_spec  # noqa: E402
 from pokedex_trainer.phases import BATCHNORM, Phase, layers_to_unfreeze  # noqa: E402
-from pokedex_trainer.torch_backend import models as tmodels  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tmodels():
+    """Imported by the tests, not at collection: this module switches TensorBoard to its
+    TensorFlow-free stub when TensorFlow is not loaded yet, which the Keras tests must not see."""
+    from pokedex_trainer.torch_backend import models
+
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,7 @@ def resnet_weights(tmp_path_factory) -> Path:
     return path
 
 
-def test_model_takes_0_255_and_normalizes_inside():
+def test_model_takes_0_255_and_normalizes_inside(tmodels):
     model = tmodels.build_model(get_spec("resnet"), 3, "none", 0.1)
     mean_pixel = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     assert torch.allclose(model.normalize(mean_pixel.expand(1, 3, 4, 4)), torch.zeros(1, 3, 4, 4),
@@ -42,7 +48,7 @@ def test_model_takes_0_255_and_normalizes_inside():
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
 
 
-def test_phases_freeze_the_backbone_then_unfreeze_the_last_n(resnet_weights):
+def test_phases_freeze_the_backbone_then_unfreeze_the_last_n(tmodels, resnet_weights):
     model = tmodels.build_model(get_spec("resnet"), 3, str(resnet_weights), 0.1)
     tmodels.apply_phase(model, Phase("head", 1, 1e-3, "head"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -62,7 +68,7 @@ def test_phases_freeze_the_backbone_then_unfreeze_the_last_n(resnet_weights):
     assert model.head.training and model.dropout.training
 
 
-def test_a_checkpoint_cannot_execute_code(tmp_path):
+def test_a_checkpoint_cannot_execute_code(tmodels, tmp_path):
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -78,14 +84,14 @@ def test_a_checkpoint_cannot_execute_code(tmp_path):
     assert not marker.exists()
 
 
-def test_weights_file_that_does_not_fit_is_a_clear_message(tmp_path):
+def test_weights_file_that_does_not_fit_is_a_clear_message(tmodels, tmp_path):
     bad = tmp_path / "small.pth"
     torch.save(torch.nn.Linear(3, 3).state_dict(), bad)
     with pytest.raises(UserError, match="does not fit ResNet152"):
         tmodels.build_model(get_spec("resnet"), 3, str(bad), 0.1)
 
 
-def test_imagenet_download_failure_is_a_clear_message(monkeypatch):
+def test_imagenet_download_failure_is_a_clear_message(tmodels, monkeypatch):
     import torchvision.models._api as api
 
     def offline(self, *args, **kwargs):
@@ -109,7 +115,7 @@ print("TENSORFLOW_IMPORTED", "tensorflow" in sys.modules)
 """
 
 
-def test_resnet_seed_command_runs_and_writes_every_output(tmp_path, tiny_dataset,
+def test_resnet_seed_command_runs_and_writes_every_output(tmodels, tmp_path, tiny_dataset,
                                                           resnet_weights):
     argv = ["--data_path", str(tiny_dataset), "--model_type", "resnet", "--epochs", "2",
             "--batch_size", "8", "--learning_rate", "0.001", "--image_size", "32", "32",
@@ -144,3 +150,17 @@ def test_resnet_seed_command_runs_and_writes_every_output(tmp_path, tiny_dataset
     assert KERAS_STYLE_SCALARS <= tags["validation"]
     assert any(t.endswith("/histogram") for t in tags["train"])
     assert any(t.startswith("gradients/") for t in tags["train"])
+
+
+def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
+    from pokedex_trainer.cli import run_main, train_main
+
+    argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
+            "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
+            "--workers", "0", "--val_split", "0.25", "--test_split", "0.25",
+            "--model_type", "resnet", "--weights", "none", "--epochs", "6",
+            "--fine_tune_epochs", "2", "--learning_rate", "1e30", "--histogram_freq", "0",
+            "--mixed_precision"]
+    assert run_main(train_main, argv) == 1
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
+    assert rows[0]["status"] == "nan_loss" and int(rows[0]["epochs_run"]) < 8

@@ -298,7 +298,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     train_loader = context.make_loader("train", training=True)
     val_loader = context.make_loader("val", training=False)
     try:
-        sample = train_loader.source.load_batch(train_loader.batch_indices(0)[0][:16])
+        sample = train_loader.sample_batch()
         tensorboard = TensorBoardLogger(context.tensorboard_dir, (sample.images, sample.labels),
                                         config.histogram_freq)
         tensorboard.log_samples()

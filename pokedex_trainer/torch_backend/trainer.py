@@ -254,8 +254,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq) \
         if runner.main else None
     if tensorboard:
-        sample = train_plan.source.load_batch(train_plan.batch_indices(0)[0][:16], 0, 0)
-        tensorboard.log_samples(sample.images)
+        tensorboard.log_samples(train_plan.sample_batch().images)
     best_state = None
     resume_file = context.run_dir / RESUME_DIR / "last.pth"
     try:
