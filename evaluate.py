@@ -1,8 +1,8 @@
-"""Evaluate a trained model (not available yet)."""
+"""Compare training runs (and, once built, evaluate models): python evaluate.py --help"""
 
 import sys
 
-from pokedex_trainer.cli import not_yet_available, run_main
+from pokedex_trainer.cli import evaluate_main, run_main
 
 if __name__ == "__main__":
-    sys.exit(run_main(not_yet_available("evaluate.py", "the evaluation report")))
+    sys.exit(run_main(evaluate_main))

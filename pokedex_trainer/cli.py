@@ -145,6 +145,35 @@ def train_main(argv: list[str] | None = None) -> None:
     run_training(config, Path(resume) if resume else None)
 
 
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Compare training runs (--experiments). Model evaluation (--run_dir, "
+                    "--model) is planned.")
+    parser.add_argument("--experiments", metavar="OUTPUT_DIR",
+                        help="print the experiments table of OUTPUT_DIR (e.g. model/ultra) "
+                             "sorted by --sort_by and write experiments.png beside it")
+    parser.add_argument("--sort_by", default="best_val_accuracy",
+                        help="column to sort by, best first (default: %(default)s)")
+    parser.add_argument("--run_dir", help="(planned) evaluate a run's best model")
+    parser.add_argument("--model", help="(planned) evaluate a model file")
+    return parser
+
+
+def evaluate_main(argv: list[str] | None = None) -> None:
+    """``evaluate.py``: the experiments view today; model evaluation is planned."""
+    from .errors import UserError
+
+    args = build_evaluate_parser().parse_args(argv)
+    if args.experiments:
+        from .experiments import show_experiments
+
+        show_experiments(args.experiments, args.sort_by)
+        return
+    raise UserError("evaluate.py is not available yet for models: the evaluation report is "
+                    "planned but not built; --experiments DIR compares runs")
+
+
 def not_yet_available(name: str, what: str):
     """main() of a script whose feature has not landed yet."""
     def main(argv=None):

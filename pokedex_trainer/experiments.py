@@ -1,0 +1,111 @@
+"""The experiments view: every run of a grid loop in one sorted table and one plot."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from .errors import UserError
+from .runs import EXPERIMENT_COLUMNS, atomic_write_bytes, read_experiments
+
+HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "image_size",
+                   "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
+                   "augment", "seed", "model_type", "class_weight", "sampler")
+SHOWN = ("run_name", "model_type", "status", "best_val_accuracy", "best_val_top5_accuracy",
+         "test_accuracy", "learning_rate", "batch_size", "image_size", "epochs_run",
+         "duration_s")
+
+
+def load_experiments(output_dir: Path | str) -> list[dict]:
+    """Rows of ``<output_dir>/experiments.csv`` (or of that file itself)."""
+    path = Path(output_dir)
+    if path.is_dir():
+        path = path / "experiments.csv"
+    if not path.is_file():
+        raise UserError(f"no experiments table at '{path}': train a run first")
+    rows = read_experiments(path)
+    if not rows:
+        raise UserError(f"'{path}' holds no runs yet")
+    return rows
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -math.inf
+
+
+def sort_rows(rows: list[dict], metric: str) -> list[dict]:
+    """Best first; runs without the metric (failed, interrupted) last."""
+    if metric not in EXPERIMENT_COLUMNS:
+        raise UserError(f"--sort_by: unknown column '{metric}'; choose one of "
+                        + ", ".join(EXPERIMENT_COLUMNS))
+    descending = not metric.endswith(("loss", "duration_s"))
+    present = [r for r in rows if _number(r.get(metric)) != -math.inf]
+    missing = [r for r in rows if _number(r.get(metric)) == -math.inf]
+    return sorted(present, key=lambda r: _number(r[metric]), reverse=descending) + missing
+
+
+def varied_hyperparameters(rows: list[dict]) -> list[str]:
+    """The hyperparameters that take more than one value across the runs."""
+    return [name for name in HYPERPARAMETERS
+            if len({row.get(name, "") for row in rows}) > 1]
+
+
+def format_table(rows: list[dict], columns=SHOWN) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def plot_experiments(rows: list[dict], metric: str, path: Path) -> list[str]:
+    """One panel per varied hyperparameter: ``metric`` against its values. Returns the names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    varied = varied_hyperparameters(rows) or ["run_name"]
+    figure, axes = plt.subplots(1, len(varied), figsize=(4.5 * len(varied), 4), squeeze=False)
+    for axis, name in zip(axes[0], varied):
+        points = [(r.get(name, ""), _number(r.get(metric))) for r in rows
+                  if _number(r.get(metric)) != -math.inf]
+        numeric = all(_number(x) != -math.inf for x, _ in points)
+        if numeric:
+            xs = [_number(x) for x, _ in points]
+            axis.scatter(xs, [y for _, y in points], color="#3b7dd8")
+            if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+                axis.set_xscale("log")
+        else:
+            labels = sorted({str(x) for x, _ in points})
+            axis.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points],
+                         color="#3b7dd8")
+            axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axis.set_xlabel(name)
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{metric} by hyperparameter ({len(rows)} runs)")
+    figure.tight_layout()
+    with io.BytesIO() as buffer:
+        figure.savefig(buffer, format="png", dpi=100)
+        atomic_write_bytes(path, buffer.getvalue())
+    plt.close(figure)
+    return varied
+
+
+def show_experiments(output_dir: Path | str, metric: str = "best_val_accuracy") -> list[dict]:
+    """Print the sorted table, write ``experiments.png`` beside the CSV; returns sorted rows."""
+    rows = sort_rows(load_experiments(output_dir), metric)
+    folder = Path(output_dir) if Path(output_dir).is_dir() else Path(output_dir).parent
+    print(format_table(rows))
+    varied = plot_experiments(rows, metric, folder / "experiments.png")
+    best = rows[0]
+    settings = ", ".join(f"{name}={best.get(name, '')}" for name in varied
+                         if name != "run_name")
+    print(f"\nbest {metric}: {best.get(metric)} -- {best['run_name']}"
+          + (f" ({settings})" if settings else ""))
+    print(f"plot: {folder / 'experiments.png'}")
+    return rows
