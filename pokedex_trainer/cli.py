@@ -79,6 +79,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=d.seed,
                        help="seed of the split, the augmentation and the weights "
                             "(default: %(default)s)")
+    train.add_argument("--class_weight", choices=("none", "balanced"), default=d.class_weight,
+                       help="balanced: weigh each class's loss by n / (classes x its count) "
+                            "(default: %(default)s)")
+    train.add_argument("--sampler", choices=("none", "balanced"), default=d.sampler,
+                       help="balanced: draw training images so every class is seen as often "
+                            "(rare classes oversampled) (default: %(default)s)")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels where the framework has them (slower); with "
+                            "--seed, a repeated run gives the same numbers")
     train.add_argument("--mixed_precision", action="store_true",
                        help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
 

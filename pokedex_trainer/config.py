@@ -46,6 +46,9 @@ class TrainConfig:
     augment: bool = True
     histogram_freq: int = 1
     save_every: int = 0
+    class_weight: str = "none"
+    sampler: str = "none"
+    deterministic: bool = False
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -88,6 +91,8 @@ class TrainConfig:
             (self.workers >= 0, "--workers must be 0 or more"),
             (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
             (self.save_every >= 0, "--save_every must be 0 or more"),
+            (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),
+            (self.sampler in ("none", "balanced"), "--sampler must be none or balanced"),
         ]
         for ok, message in checks:
             if not ok:

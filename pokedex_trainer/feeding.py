@@ -133,11 +133,13 @@ class BatchLoader:
             a process that already runs TensorFlow or PyTorch threads can deadlock the child.
         drop_last: leave out the last, smaller batch of each epoch (training: a tiny batch
             gives noisy BatchNorm statistics and a second compiled graph for a new shape).
+        balanced: draw each epoch's samples (with replacement) so that every class is equally
+            likely, instead of a permutation.
     """
 
     def __init__(self, source: BatchSource, batch_size: int, shuffle: bool, workers: int = 0,
                  seed: int = 0, prefetch: int = 2, start_method: str = "spawn",
-                 drop_last: bool = False):
+                 drop_last: bool = False, balanced: bool = False):
         self.source = source
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -145,6 +147,7 @@ class BatchLoader:
         self.seed = seed
         self.prefetch = max(1, prefetch)
         self.start_method = start_method
+        self.balanced = balanced
         # Never drop the only batch of a tiny dataset.
         self.drop_last = drop_last and len(source.samples) > batch_size
         self.epoch = 0
@@ -158,8 +161,15 @@ class BatchLoader:
 
     def batch_indices(self, epoch: int) -> list[list[int]]:
         order = np.arange(len(self.source.samples))
-        if self.shuffle:
-            np.random.default_rng([self.seed, epoch]).shuffle(order)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.balanced:
+            from .balance import balanced_sample_probabilities
+
+            labels = [label for _, label in self.source.samples]
+            p = balanced_sample_probabilities(labels, max(labels) + 1)
+            order = rng.choice(len(order), size=len(order), replace=True, p=p)
+        elif self.shuffle:
+            rng.shuffle(order)
         batches = [order[i:i + self.batch_size].tolist()
                    for i in range(0, len(order), self.batch_size)]
         return batches[:len(self)]

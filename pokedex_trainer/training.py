@@ -71,7 +71,17 @@ class RunContext:
         return BatchLoader(source, self.config.batch_size,
                            shuffle=training if shuffle is None else shuffle,
                            workers=self.config.workers if workers is None else workers,
-                           seed=self.config.seed, drop_last=training)
+                           seed=self.config.seed, drop_last=training,
+                           balanced=training and self.config.sampler == "balanced")
+
+    def class_weights(self):
+        """Per-class loss weights of ``--class_weight`` (None when off), from the train split."""
+        if self.config.class_weight != "balanced":
+            return None
+        from .balance import balanced_class_weights
+
+        return balanced_class_weights([label for _, label in self.splits["train"]],
+                                      self.num_classes)
 
 
 RESUME_DIR = "resume"
@@ -106,6 +116,7 @@ class RunState:
     best_logs: dict = field(default_factory=dict)
     epochs_run: int = 0
     stop_reason: str | None = None
+    device: str = ""
     resume_point: dict | None = None
     main_process: bool = True  # under DistributedDataParallel only rank 0 writes
 
@@ -248,13 +259,33 @@ def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
         notes.append(f"{len(bad)} unreadable files skipped (run prepare_dataset.py --check for "
                      "a full report)")
     notes.extend(dataset_warnings(index, config.image_size))
+    from .balance import IMBALANCE_WARNING_RATIO, imbalance_ratio
+
+    ratio = imbalance_ratio(index.counts().values())
+    if ratio > IMBALANCE_WARNING_RATIO and config.class_weight == config.sampler == "none":
+        notes.append(f"classes are imbalanced (largest/smallest = {ratio:.1f}): consider "
+                     "--class_weight balanced or --sampler balanced")
     splits = stratified_split(index, config.val_split, config.test_split, config.seed)
     return index, splits, notes
 
 
+LIBRARIES = ("tensorflow", "keras", "torch", "torchvision", "albumentations",
+             "opencv-python-headless", "numpy", "pillow")
+
+
 def environment_info() -> dict:
+    """What it takes to repeat a run: versions, platform and the exact command line."""
+    from importlib import metadata
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "pokedex_trainer": __version__, "command": sys.argv}
+            "pokedex_trainer": __version__, "libraries": versions,
+            "command": [sys.executable] + sys.argv}
 
 
 def experiment_row(context: RunContext, state: RunState, status: str, started: float,
@@ -275,7 +306,8 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         "batch_size": config.batch_size, "image_size": "x".join(map(str, config.image_size)),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs,
         "fine_tune_layers": config.fine_tune_layers, "weights": config.weights,
-        "dropout": config.dropout, "augment": config.augment, "seed": config.seed,
+        "dropout": config.dropout, "augment": config.augment,
+        "class_weight": config.class_weight, "sampler": config.sampler, "seed": config.seed,
         "run_dir": str(context.run_dir),
     }
 
@@ -409,6 +441,7 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
         finally:
             summary = experiment_row(context, state, status, started, test_metrics)
             summary["environment"] = environment_info()
+            summary["environment"]["device"] = state.device
             atomic_write_json(run_dir / "summary.json", summary)
             append_experiment(output_dir / "experiments.csv", summary)
     if status == "nan_loss":

@@ -12,11 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton);
-# the other order works. Users never meet it (a run loads one framework), but this test process
-# loads both, so torchvision goes first.
+# This test process loads both frameworks, which a user's run never does. Two orders matter:
+# importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton),
+# and TensorFlow must be loaded before the PyTorch backend, which otherwise switches TensorBoard
+# to its TensorFlow-free stub for the whole process (see torch_backend/__init__.py).
 try:
     import torchvision.models  # noqa: E402,F401
+except ImportError:
+    pass
+try:
+    import tensorflow  # noqa: E402,F401
 except ImportError:
     pass
 

@@ -19,21 +19,25 @@ from .models import apply_phase, build_model
 logger = logging.getLogger(__name__)
 
 
-def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1) -> tf.data.Dataset:
+def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1,
+               class_weights=None) -> tf.data.Dataset:
     """Wrap a BatchLoader as a tf.data pipeline; each pass over it is one epoch.
 
-    With several replicas (MirroredStrategy) a last batch smaller than the replica count would
-    leave a GPU with an empty batch, which TensorFlow's kernels reject; it is padded with
-    copies that carry a sample weight of 0, so they count in no metric.
+    ``class_weights`` (per class) become per-sample weights, which Keras multiplies into the
+    loss exactly as PyTorch's trainer does. With several replicas (MirroredStrategy) a last
+    batch smaller than the replica count would leave a GPU with an empty batch, which
+    TensorFlow's kernels reject; it is padded with copies that carry a sample weight of 0.
     """
     height, width = image_size
+    weighted = replicas > 1 or class_weights is not None
 
     def generate():
         for batch in loader.iter_epoch():
-            if replicas == 1:
+            if not weighted:
                 yield batch.images, batch.labels
                 continue
-            weights = np.ones(len(batch.labels), np.float32)
+            weights = np.ones(len(batch.labels), np.float32) if class_weights is None else \
+                np.asarray(class_weights, np.float32)[batch.labels]
             missing = -len(batch.labels) % replicas
             images, labels = batch.images, batch.labels
             if missing:
@@ -45,7 +49,7 @@ def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1) -> tf.dat
 
     signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
                  tf.TensorSpec((None,), tf.int32))
-    if replicas > 1:
+    if weighted:
         signature += (tf.TensorSpec((None,), tf.float32),)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
@@ -288,6 +292,10 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     config = context.config
     enable_memory_growth()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_logical_devices("GPU")
+    state.device = f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
     configure_precision(config.mixed_precision)
     strategy = make_strategy()
     with strategy.scope():
@@ -303,7 +311,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
                                         config.histogram_freq)
         tensorboard.log_samples()
         replicas = strategy.num_replicas_in_sync
-        train_ds = to_dataset(train_loader, config.image_size, replicas)
+        train_ds = to_dataset(train_loader, config.image_size, replicas, context.class_weights())
         val_ds = to_dataset(val_loader, config.image_size, replicas)
         best_weights = None
         for window in state.schedule(phases):

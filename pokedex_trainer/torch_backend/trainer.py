@@ -114,6 +114,19 @@ class EpochMeter:
                 f"{prefix}top5_accuracy": self.top5 / n}
 
 
+class _WeightedLoss(nn.Module):
+    """mean(class_weight[y] * cross_entropy): what Keras computes with sample weights (torch's
+    own weighted mean would divide by the sum of the weights instead)."""
+
+    def __init__(self, class_weights: torch.Tensor):
+        super().__init__()
+        self.class_weights = class_weights
+        self.loss = nn.CrossEntropyLoss(reduction="none")
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (self.class_weights[labels] * self.loss(logits, labels)).mean()
+
+
 class Runner:
     """Device, precision and the per-batch work of one run.
 
@@ -130,6 +143,10 @@ class Runner:
         self.autocast_dtype = (torch.float16 if self.cuda else torch.bfloat16) if mixed else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=mixed and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
+        weights = context.class_weights()
+        # Per-sample weights averaged over the batch: Keras' sample-weight arithmetic.
+        self.train_loss_fn = self.loss_fn if weights is None else _WeightedLoss(
+            torch.tensor(weights, dtype=torch.float32, device=device))
         self.reported: set[str] = set()
         self.rank, self.world = _world()
         self.main = self.rank == 0
@@ -164,7 +181,7 @@ class Runner:
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = module(x)
-                loss = self.loss_fn(logits.float(), y)
+                loss = self.train_loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 meter.update(loss.detach(), logits.detach(), y)
                 break
@@ -233,7 +250,15 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     """Run ``phases`` and save the models; returns the best model's test-split metrics."""
     config = context.config
     seed_everything(config.seed)
+    if config.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     device = _device()
+    state.device = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
+        else "cpu"
     model = build_model(context.spec, context.num_classes, config.weights, config.dropout)
     model = model.to(device)
     if device.type == "cuda":
