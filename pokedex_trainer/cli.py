@@ -17,6 +17,15 @@ def _defaults_line() -> str:
     return "per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
 
 
+def _batch_size(value: str):
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'auto'") from None
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
     d = TrainConfig()
@@ -56,8 +65,14 @@ def build_train_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=d.epochs,
                        help="phase 1 epochs: new head on a frozen backbone (default: %(default)s)")
-    train.add_argument("--batch_size", type=int, default=None,
-                       help="images per step (default: the model's, see below)")
+    train.add_argument("--batch_size", type=_batch_size, default=None,
+                       help="images per step, or 'auto' for the largest that trains on this "
+                            "machine, with a safety margin (default: the model's, see below)")
+    train.add_argument("--find_batch_size", action="store_true",
+                       help="only find and print the largest batch size that trains, then exit")
+    train.add_argument("--memory_limit_mb", type=int, default=None,
+                       help="memory the batch-size search may use (default: the GPU's memory, "
+                            "or free RAM on CPU)")
     train.add_argument("--learning_rate", type=float, default=d.learning_rate,
                        help="phase 1 learning rate, Adam (default: %(default)s)")
     train.add_argument("--fine_tune_epochs", type=int, default=d.fine_tune_epochs,
@@ -116,6 +131,7 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     args = build_train_parser().parse_args(argv)
     values = vars(args)
     values.pop("resume", None)
+    values.pop("find_batch_size", None)
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     return TrainConfig(**values)
@@ -146,12 +162,15 @@ def run_main(main, argv: list[str] | None = None) -> int:
 def train_main(argv: list[str] | None = None) -> None:
     """``train_professional_models.py``: parse, train, report."""
     config = parse_train_args(argv)  # --help exits here, before any heavy import
-    resume = build_train_parser().parse_args(argv).resume
+    args = build_train_parser().parse_args(argv)
     from pathlib import Path
 
-    from .training import run_training
+    from .training import find_batch_size_only, run_training
 
-    run_training(config, Path(resume) if resume else None)
+    if args.find_batch_size:
+        find_batch_size_only(config)
+        return
+    run_training(config, Path(args.resume) if args.resume else None)
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ class TrainConfig:
     epochs: int = 50
     fine_tune_epochs: int = 30
     fine_tune_layers: int = 50
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # "auto": the largest that fits, found at start
     learning_rate: float = 0.001
     fine_tune_learning_rate: float = 0.0001
     image_size: tuple[int, int] | None = None
@@ -49,6 +49,7 @@ class TrainConfig:
     class_weight: str = "none"
     sampler: str = "none"
     deterministic: bool = False
+    memory_limit_mb: int | None = None
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -76,7 +77,8 @@ class TrainConfig:
             (self.fine_tune_epochs >= 0, "--fine_tune_epochs must be 0 or more"),
             (self.epochs + self.fine_tune_epochs > 0, "--epochs and --fine_tune_epochs are both 0"),
             (self.fine_tune_layers >= 0, "--fine_tune_layers must be 0 or more"),
-            (self.batch_size >= 1, "--batch_size must be at least 1"),
+            (self.batch_size == "auto" or self.batch_size >= 1,
+             "--batch_size must be at least 1, or 'auto'"),
             (self.learning_rate > 0, "--learning_rate must be positive"),
             (self.fine_tune_learning_rate > 0, "--fine_tune_learning_rate must be positive"),
             (self.patience >= 1, "--patience must be at least 1"),

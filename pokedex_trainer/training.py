@@ -316,6 +316,24 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def search_batch_size(config: TrainConfig, num_classes: int):
+    """Run the backend's batch-size search for ``config``; returns a BatchSearch."""
+    spec = get_spec(config.model_type)
+    logger.info("looking for the largest batch size that trains (%s, %dx%d%s)...",
+                spec.display_name, *config.image_size,
+                ", mixed precision" if config.mixed_precision else "")
+    return load_backend(spec.framework).search_batch_size(config, spec, num_classes)
+
+
+def find_batch_size_only(config: TrainConfig) -> int:
+    """``--find_batch_size``: print the batch size ``--batch_size auto`` would use."""
+    config = config.resolved()
+    num_classes = len(scan_dataset(config.data_path).class_names)
+    result = search_batch_size(config, num_classes)
+    print(result.describe())
+    return result.chosen
+
+
 def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
     """Check the data, make the run directory and write what the run starts from."""
     spec = get_spec(config.model_type)
@@ -323,6 +341,10 @@ def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
     index, splits, notes = prepare_data(config)
+    if config.batch_size == "auto":
+        result = search_batch_size(config, len(index.class_names))
+        config.batch_size = result.chosen
+        notes.insert(0, f"--batch_size auto chose {result.describe()}")
     started_stamp = timestamp()
     run_dir = create_run_dir(Path(config.output_dir),
                              config.run_name or f"{config.model_type}_{started_stamp}")

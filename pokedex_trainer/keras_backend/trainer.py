@@ -274,6 +274,40 @@ def restore_training_state(folder, model: keras.Model) -> None:
         variable.assign(value)
 
 
+def search_batch_size(config, spec, num_classes: int):
+    """--batch_size auto: real training steps at growing batch sizes (see batch_size.py)."""
+    from ..batch_size import PeakRSS, find_batch_size, ram_limit
+    from ..phases import Phase
+
+    configure_precision(config.mixed_precision)
+    enable_memory_growth()
+    # Random weights, everything trainable: the most memory either phase can need.
+    model = build_model(spec, num_classes, config.image_size, "none", config.dropout)
+    apply_phase(model, Phase("probe", 1, 1e-3, "all"))
+    compile_model(model, 1e-3, num_classes)
+    gpus = tf.config.list_logical_devices("GPU")
+    height, width = config.image_size
+
+    def measure(batch: int):
+        try:
+            if gpus:
+                tf.config.experimental.reset_memory_stats(gpus[0].name)
+                model.train_on_batch(np.full((batch, height, width, 3), 128, np.float32),
+                                     np.zeros(batch, np.int32))
+                return tf.config.experimental.get_memory_info(gpus[0].name)["peak"]
+            with PeakRSS() as watch:
+                model.train_on_batch(np.full((batch, height, width, 3), 128, np.float32),
+                                     np.zeros(batch, np.int32))
+            return watch.peak
+        except tf.errors.ResourceExhaustedError:
+            return None
+
+    if gpus:
+        limit = (config.memory_limit_mb or 0) * 2**20 or 2**62  # the GPU's own OOM decides
+        return find_batch_size(measure, limit, "GPU memory", resettable=True)
+    return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
+
+
 def make_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over every visible GPU when there are several, else the default.
 

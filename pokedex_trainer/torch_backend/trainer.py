@@ -337,6 +337,49 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
             dist.destroy_process_group()
 
 
+def search_batch_size(config, spec, num_classes: int):
+    """--batch_size auto: real training steps at growing batch sizes (see batch_size.py)."""
+    from ..batch_size import PeakRSS, find_batch_size, ram_limit
+
+    device = _device()
+    # Random weights, everything trainable: the most memory either phase can need.
+    model = build_model(spec, num_classes, "none", config.dropout).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cuda = device.type == "cuda"
+    mixed = config.mixed_precision
+    dtype = (torch.float16 if cuda else torch.bfloat16) if mixed else None
+    height, width = config.image_size
+
+    def step(batch: int) -> None:
+        x = torch.full((batch, 3, height, width), 128.0, device=device)
+        y = torch.zeros(batch, dtype=torch.long, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def measure(batch: int):
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+                step(batch)
+                return torch.cuda.max_memory_allocated(device)
+            with PeakRSS() as watch:
+                step(batch)
+            return watch.peak
+        except torch.cuda.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            return None
+
+    if cuda:
+        total = torch.cuda.get_device_properties(device).total_memory
+        limit = (config.memory_limit_mb or 0) * 2**20 or total
+        return find_batch_size(measure, limit, "GPU memory", resettable=True)
+    return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
+
+
 def wrap_distributed(model: Classifier, device: torch.device, world: int) -> nn.Module:
     """DistributedDataParallel over the parameters that train in this phase (or the model).
 
