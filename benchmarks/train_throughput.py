@@ -1,0 +1,184 @@
+"""Training throughput of one model_type: images/s and peak memory, data loader on or off.
+
+    python benchmarks/train_throughput.py --model_type mobilenet --steps 30 --loader on
+    python benchmarks/train_throughput.py --model_type resnet --mixed_precision --loader off
+
+"off" feeds one pre-made batch again and again (the bare framework's speed); "on" feeds the
+project's loader (read + decode + full augmentation in worker processes) over generated
+photo-like JPEGs. The gap between the two is what the input pipeline costs on this machine.
+Prints a table and writes JSON (--output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pokedex_trainer.config import TrainConfig, default_workers  # noqa: E402
+from pokedex_trainer.dataset import scan_dataset  # noqa: E402
+from pokedex_trainer.feeding import BatchLoader, BatchSource  # noqa: E402
+from pokedex_trainer.models import MODEL_SPECS, get_spec  # noqa: E402
+
+
+def photo_like_dataset(root: Path, size: int, classes: int = 10, per_class: int = 24) -> Path:
+    """Generated JPEGs of realistic size and texture (not flat colours), written once."""
+    from pokedex_trainer.synthetic import write_dataset
+
+    target = root / f"photos_{size}"
+    if not target.exists():
+        names = [f"Clase{i:02d}" for i in range(classes)]
+        write_dataset(target, classes=names, per_class=per_class,
+                      size=(size * 4 // 3, size), seed=0, quality=92)
+    return target
+
+
+def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from pokedex_trainer.keras_backend.models import apply_phase, build_model
+    from pokedex_trainer.keras_backend.trainer import compile_model, configure_precision, \
+        to_dataset
+    from pokedex_trainer.phases import Phase
+
+    configure_precision(config.mixed_precision)
+    spec = get_spec(config.model_type)
+    model = build_model(spec, 10, config.image_size, "none", config.dropout)
+    apply_phase(model, Phase("bench", 1, 1e-3, "all"))
+    compile_model(model, 1e-3, 10)
+    if loader is None:
+        images = np.random.default_rng(0).uniform(0, 255, (config.batch_size,
+                                                              *config.image_size, 3))
+        labels = np.zeros(config.batch_size, np.int32)
+        dataset = tf.data.Dataset.from_tensors((images.astype("float32"), labels)).repeat()
+    else:
+        dataset = to_dataset(loader, config.image_size).repeat()
+    model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # build the graph
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        tf.config.experimental.reset_memory_stats(gpus[0].name)
+    start = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    elapsed = time.perf_counter() - start
+    peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] if gpus else None
+    return {"seconds": elapsed, "gpu_peak_mb": peak / 2**20 if peak else None,
+            "device": gpus[0].name if gpus else "CPU"}
+
+
+def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
+    import torch
+
+    from pokedex_trainer.torch_backend.data import make_data_loader
+    from pokedex_trainer.torch_backend.models import build_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(get_spec("resnet"), 10, "none", config.dropout).to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mixed = config.mixed_precision
+    dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if mixed else None
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed and device.type == "cuda")
+
+    def batches():
+        if loader is None:
+            x = torch.rand(config.batch_size, *config.image_size, 3) * 255
+            y = torch.zeros(config.batch_size, dtype=torch.long)
+            while True:
+                yield x, y
+        data_loader, sampler = make_data_loader(loader, device.type == "cuda")
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            for images, labels, _ in data_loader:
+                yield images, labels
+            epoch += 1
+
+    stream = batches()
+
+    def step():
+        images, labels = next(stream)
+        x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(),
+                                                     labels.to(device).long())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(3):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return {"seconds": elapsed, "gpu_peak_mb": peak,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_type", choices=sorted(MODEL_SPECS), default="mobilenet")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up)")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--image_size", type=int, nargs=2, default=None)
+    parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--loader", choices=("on", "off"), default="on")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--data_dir", default="benchmarks/data",
+                        help="where generated photos are cached")
+    parser.add_argument("--output", default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    config = TrainConfig(model_type=args.model_type, batch_size=args.batch_size,
+                         image_size=tuple(args.image_size) if args.image_size else None,
+                         mixed_precision=args.mixed_precision, workers=args.workers).resolved()
+    loader = None
+    if args.loader == "on":
+        root = photo_like_dataset(Path(args.data_dir), max(config.image_size))
+        index = scan_dataset(root)
+        source = BatchSource(root, index.samples, config.image_size, training=True)
+        loader = BatchLoader(source, config.batch_size, shuffle=True, workers=args.workers,
+                             drop_last=True)
+    run = torch_throughput if get_spec(args.model_type).framework == "torch" else \
+        keras_throughput
+    try:
+        result = run(config, loader, args.steps)
+    finally:
+        if loader is not None:
+            loader.close()
+    images = args.steps * config.batch_size
+    result.update({"model_type": args.model_type, "loader": args.loader,
+                   "batch_size": config.batch_size, "image_size": list(config.image_size),
+                   "mixed_precision": args.mixed_precision, "steps": args.steps,
+                   "workers": args.workers if args.loader == "on" else 0,
+                   "images_per_second": images / result["seconds"],
+                   "machine": platform.platform(), "python": platform.python_version()})
+    print(f"{'model_type':<12}{'loader':<8}{'batch':>6}{'size':>10}{'amp':>5}"
+          f"{'img/s':>10}{'GPU MB':>9}  device")
+    gpu = f"{result['gpu_peak_mb']:.0f}" if result["gpu_peak_mb"] else "-"
+    print(f"{args.model_type:<12}{args.loader:<8}{config.batch_size:>6}"
+          f"{'x'.join(map(str, config.image_size)):>10}{'yes' if args.mixed_precision else 'no':>5}"
+          f"{result['images_per_second']:>10.1f}{gpu:>9}  {result['device']}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
