@@ -9,9 +9,17 @@ import sys
 from conftest import ROOT
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_torchrun_two_processes_train_and_write_one_set_of_outputs(tmp_path, tiny_dataset):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29533", str(ROOT / "train_professional_models.py"),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "train_professional_models.py"),
                "--data_path", str(tiny_dataset), "--model_type", "resnet", "--weights", "none",
                "--image_size", "32", "32", "--batch_size", "4", "--epochs", "2",
                "--fine_tune_epochs", "0", "--val_split", "0.25", "--test_split", "0.25",
