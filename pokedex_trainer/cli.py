@@ -126,15 +126,19 @@ def build_train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse the trainer's command line into an unresolved TrainConfig."""
-    args = build_train_parser().parse_args(argv)
-    values = vars(args)
-    values.pop("resume", None)
-    values.pop("find_batch_size", None)
+def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dict]:
+    """The trainer's command line as an unresolved TrainConfig and the actions
+    (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
+    values = vars(build_train_parser().parse_args(argv))
+    actions = {key: values.pop(key) for key in ("resume", "find_batch_size")}
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
-    return TrainConfig(**values)
+    return TrainConfig(**values), actions
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse the trainer's command line into an unresolved TrainConfig."""
+    return parse_train_command(argv)[0]
 
 
 def run_main(main, argv: list[str] | None = None) -> int:
@@ -161,16 +165,15 @@ def run_main(main, argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> None:
     """``train_professional_models.py``: parse, train, report."""
-    config = parse_train_args(argv)  # --help exits here, before any heavy import
-    args = build_train_parser().parse_args(argv)
+    config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
     from pathlib import Path
 
     from .training import find_batch_size_only, run_training
 
-    if args.find_batch_size:
+    if actions["find_batch_size"]:
         find_batch_size_only(config)
         return
-    run_training(config, Path(args.resume) if args.resume else None)
+    run_training(config, Path(actions["resume"]) if actions["resume"] else None)
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:

@@ -96,6 +96,19 @@ class BatchSource:
         return Batch(np.stack(images), np.asarray(labels, dtype=np.int32), failed)
 
 
+class UnreadableReporter:
+    """Warns once per unreadable file, however many epochs meet it."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def __call__(self, failed: list[tuple[str, str]]) -> None:
+        for relative, reason in failed:
+            if relative not in self.seen:
+                self.seen.add(relative)
+                logger.warning("skipped unreadable image %s: %s", relative, reason)
+
+
 _WORKER_SOURCE: BatchSource | None = None
 
 
@@ -152,7 +165,7 @@ class BatchLoader:
         self.drop_last = drop_last and len(source.samples) > batch_size
         self.epoch = 0
         self._pool = None
-        self._reported: set[str] = set()
+        self._report_failed = UnreadableReporter()
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -185,12 +198,6 @@ class BatchLoader:
                                       initargs=(self.source,))
         return self._pool
 
-    def _report(self, batch: Batch) -> None:
-        for relative, reason in batch.failed:
-            if relative not in self._reported:
-                self._reported.add(relative)
-                logger.warning("skipped unreadable image %s: %s", relative, reason)
-
     def iter_epoch(self, epoch: int | None = None) -> Iterator[Batch]:
         """Yield the batches of one epoch in order; the next call gives the next epoch."""
         if epoch is None:
@@ -200,7 +207,7 @@ class BatchLoader:
         if self.workers == 0:
             for task in tasks:
                 batch = self.source.load_batch(*task)
-                self._report(batch)
+                self._report_failed(batch.failed)
                 yield batch
             return
         pool = self._get_pool()
@@ -215,7 +222,7 @@ class BatchLoader:
             next_task = next(queue, None)
             if next_task is not None:
                 pending.append(pool.apply_async(_worker_load, (next_task,)))
-            self._report(batch)
+            self._report_failed(batch.failed)
             yield batch
 
     def __iter__(self) -> Iterator[Batch]:
@@ -224,7 +231,7 @@ class BatchLoader:
     @property
     def unreadable(self) -> set[str]:
         """Relative paths that failed to decode so far."""
-        return set(self._reported)
+        return set(self._report_failed.seen)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -472,11 +472,3 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     logger.info("done: best %s %s at epoch %s; outputs in %s", MONITOR,
                 summary["best_val_accuracy"], summary["best_epoch"], run_dir)
     return run_dir
-
-
-def read_run_config(run_dir: Path) -> TrainConfig:
-    return TrainConfig.load(Path(run_dir) / "config.json")
-
-
-def read_class_names(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / "class_names.json").read_text(encoding="utf-8"))

@@ -164,3 +164,24 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
     assert run_main(train_main, argv) == 1
     rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
     assert rows[0]["status"] == "nan_loss" and int(rows[0]["epochs_run"]) < 8
+
+
+def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_copy, caplog):
+    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.feeding import BatchLoader, BatchSource, UnreadableReporter
+    from pokedex_trainer.torch_backend.data import make_data_loader
+
+    bad = dataset_copy / "León" / "León_0002.jpg"
+    bad.write_bytes(bad.read_bytes()[:150])
+    index = scan_dataset(dataset_copy)
+    plan = BatchLoader(BatchSource(index.root, index.samples, (32, 32), training=False), 9,
+                       shuffle=False)
+    loader, _ = make_data_loader(plan, use_cuda=False)
+    report = UnreadableReporter()
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # two epochs, one warning
+            for images, labels, failed in loader:
+                assert images.shape == (9, 32, 32, 3)
+                report(failed)
+    assert report.seen == {"León/León_0002.jpg"}
+    assert caplog.text.count("skipped unreadable image León/León_0002.jpg") == 1

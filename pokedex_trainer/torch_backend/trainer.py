@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..feeding import UnreadableReporter
 from ..phases import Phase
 from ..runs import atomic_target
 from ..summaries import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
@@ -147,7 +148,7 @@ class Runner:
         # Per-sample weights averaged over the batch: Keras' sample-weight arithmetic.
         self.train_loss_fn = self.loss_fn if weights is None else _WeightedLoss(
             torch.tensor(weights, dtype=torch.float32, device=device))
-        self.reported: set[str] = set()
+        self.report_failed = UnreadableReporter()
         self.rank, self.world = _world()
         self.main = self.rank == 0
 
@@ -159,12 +160,6 @@ class Runner:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
-
-    def report_failed(self, failed) -> None:
-        for relative, reason in failed:
-            if relative not in self.reported:
-                self.reported.add(relative)
-                logger.warning("skipped unreadable image %s: %s", relative, reason)
 
     def train_one_epoch(self, loader, optimizer, phase: Phase, epoch: int,
                         module: nn.Module | None = None) -> dict:
