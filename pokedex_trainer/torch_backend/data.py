@@ -8,7 +8,12 @@ main process) decides the epoch, so persistent workers need no message to follow
 from __future__ import annotations
 
 import torch
+import torch.multiprocessing
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+# Batches cross from workers as shared-memory files rather than passed file descriptors: the
+# descriptor server thread of the default strategy printed a traceback when Ctrl-C ended a run.
+torch.multiprocessing.set_sharing_strategy("file_system")
 
 from ..feeding import BatchLoader, ignore_interrupts
 
