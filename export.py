@@ -1,8 +1,9 @@
-"""Export a trained model to TFLite / ONNX / TorchScript (not available yet)."""
+"""Export a trained model to TFLite / ONNX / SavedModel / TorchScript, each file verified:
+python export.py --help"""
 
 import sys
 
-from pokedex_trainer.cli import not_yet_available, run_main
+from pokedex_trainer.cli import export_main, run_main
 
 if __name__ == "__main__":
-    sys.exit(run_main(not_yet_available("export.py", "verified TFLite/ONNX/TorchScript export")))
+    sys.exit(run_main(export_main))

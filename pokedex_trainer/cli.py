@@ -26,6 +26,11 @@ def _batch_size(value: str):
         raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'auto'") from None
 
 
+EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models "
+                       "(efficientnet, mobilenet); torchscript, torch_export, onnx for PyTorch "
+                       "(resnet)")
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
     d = TrainConfig()
@@ -51,8 +56,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                       help="train without data augmentation (resize only)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", choices=sorted(MODEL_SPECS), default=d.model_type,
-                       help="network to train (default: %(default)s)")
+    model.add_argument("--model_type", choices=sorted(MODEL_SPECS), default=None,
+                       help=f"network to train (default: {d.model_type}, or the network of "
+                            "--base_model)")
+    model.add_argument("--base_model", default=None, metavar="MODEL_FILE",
+                       help="start from a model this tool trained (model/ultra/<run>/<arch>_best"
+                            ".keras or .pth): its backbone is kept, its head is replaced by a new "
+                            "one for this data's classes, then the usual two phases")
     model.add_argument("--weights", default=d.weights,
                        help="'imagenet' (downloaded once, then cached), 'none' (train from "
                             "scratch) or the path of a backbone weights file "
@@ -121,6 +131,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run from its last finished epoch, with its "
                           "own configuration (other flags but --workers are ignored)")
+    out.add_argument("--export", nargs="?", const="all", default=None, metavar="FORMATS",
+                     help="after training, export the best model and check each file against "
+                          "it; " + EXPORT_FORMATS_HELP + ". Without a value: every format of the "
+                          "network's framework")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
     return parser
@@ -130,9 +144,13 @@ def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dic
     """The trainer's command line as an unresolved TrainConfig and the actions
     (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
     values = vars(build_train_parser().parse_args(argv))
-    actions = {key: values.pop(key) for key in ("resume", "find_batch_size")}
+    actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export")}
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
+    if values["model_type"] is None:
+        values["model_type"] = TrainConfig.model_type
+        if values["base_model"]:
+            values["model_type"] = None  # taken from the base model (apply_base_model)
     return TrainConfig(**values), actions
 
 
@@ -145,7 +163,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     """Run a script's ``main`` and turn expected failures into one line and an exit code."""
     import sys
 
-    from .errors import TrainingStopped, UserError
+    from .errors import ExportCheckFailed, TrainingStopped, UserError
     from .runs import setup_console_logging
 
     setup_console_logging()
@@ -154,7 +172,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainingStopped as exc:
+    except (TrainingStopped, ExportCheckFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -168,12 +186,25 @@ def train_main(argv: list[str] | None = None) -> None:
     config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
     from pathlib import Path
 
-    from .training import find_batch_size_only, run_training
+    from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
+    if config.base_model and not actions["resume"]:
+        apply_base_model(config)
     if actions["find_batch_size"]:
         find_batch_size_only(config)
         return
-    run_training(config, Path(actions["resume"]) if actions["resume"] else None)
+    resume = Path(actions["resume"]) if actions["resume"] else None
+    formats = None
+    if actions["export"]:
+        from .exporters import parse_formats
+
+        # checked before training: a typo must not wait for the end of a long run
+        formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
+    run_dir = run_training(config, resume)
+    if formats and run_dir is not None:
+        from .exporters import export_command
+
+        export_command(run_dir=str(run_dir), formats=formats)
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -205,10 +236,45 @@ def evaluate_main(argv: list[str] | None = None) -> None:
                     "planned but not built; --experiments DIR compares runs")
 
 
-def not_yet_available(name: str, what: str):
-    """main() of a script whose feature has not landed yet."""
-    def main(argv=None):
-        from .errors import UserError
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a trained model to TFLite / ONNX / SavedModel (Keras) or "
+                    "TorchScript / torch.export / ONNX (PyTorch). Every file is checked against "
+                    "its source model on validation images, in its own runtime, before it is "
+                    "reported as written; each gets a sidecar JSON (class names, input) beside it.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run_dir", help="export the best model of this run directory")
+    source.add_argument("--model", help="export this model file (.keras, .h5 or .pth)")
+    parser.add_argument("--formats", default=None,
+                        help=EXPORT_FORMATS_HELP + " (default: every format of the framework)")
+    parser.add_argument("--tflite_precisions", default=None,
+                        help="comma-separated TFLite precisions: float32, float16 (the guide's "
+                             "default), dynamic_int8, int8 (full integer, calibrated on training "
+                             "images) (default: all four)")
+    parser.add_argument("--output_dir", default=None,
+                        help="where the files go (default: <run_dir>/export)")
+    parser.add_argument("--data_path", default=None,
+                        help="labelled folder for the check and the int8 calibration, for a "
+                             "model outside a run directory (default: the run's own split)")
+    parser.add_argument("--check_images", type=int, default=100,
+                        help="validation images the parity check uses (default: %(default)s)")
+    parser.add_argument("--calibration_images", type=int, default=200,
+                        help="training images that calibrate full int8 (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=18,
+                        help="ONNX opset (default: %(default)s)")
+    return parser
 
-        raise UserError(f"{name} is not available yet: {what} is planned but not built")
-    return main
+
+def export_main(argv: list[str] | None = None) -> None:
+    """``export.py``: write each format, check it against the source, print the figures."""
+    args = build_export_parser().parse_args(argv)
+    from .errors import UserError
+
+    if args.check_images < 1 or args.calibration_images < 1:
+        raise UserError("--check_images and --calibration_images must be at least 1")
+    from .exporters import export_command
+
+    export_command(args.run_dir, args.model, args.formats, args.output_dir, args.data_path,
+                   args.check_images, args.calibration_images, args.opset,
+                   args.tflite_precisions)

@@ -50,6 +50,7 @@ class TrainConfig:
     sampler: str = "none"
     deterministic: bool = False
     memory_limit_mb: int | None = None
+    base_model: str | None = None  # a .keras/.pth of an earlier run: its backbone, a new head
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -102,8 +103,8 @@ class TrainConfig:
 
     @property
     def pretrained(self) -> bool:
-        """True when the backbone starts from trained weights (ImageNet or a file)."""
-        return self.weights.lower() != "none"
+        """True when the backbone starts from trained weights (ImageNet, a file, a base model)."""
+        return bool(self.base_model) or self.weights.lower() != "none"
 
     def to_dict(self) -> dict:
         values = asdict(self)

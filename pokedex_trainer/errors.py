@@ -11,3 +11,9 @@ class TrainingStopped(Exception):
     """Training ended before its plan (NaN loss); outputs written so far are kept."""
 
     exit_code = 1
+
+
+class ExportCheckFailed(Exception):
+    """An exported file did not match its source model; it was deleted. Exit code 1."""
+
+    exit_code = 1

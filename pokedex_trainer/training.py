@@ -305,7 +305,9 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         "fine_tune_learning_rate": config.fine_tune_learning_rate,
         "batch_size": config.batch_size, "image_size": "x".join(map(str, config.image_size)),
         "epochs": config.epochs, "fine_tune_epochs": config.fine_tune_epochs,
-        "fine_tune_layers": config.fine_tune_layers, "weights": config.weights,
+        "fine_tune_layers": config.fine_tune_layers,
+        "weights": f"base_model:{Path(config.base_model).name}" if config.base_model
+        else config.weights,
         "dropout": config.dropout, "augment": config.augment,
         "class_weight": config.class_weight, "sampler": config.sampler, "seed": config.seed,
         "run_dir": str(context.run_dir),
@@ -334,10 +336,33 @@ def find_batch_size_only(config: TrainConfig) -> int:
     return result.chosen
 
 
+def apply_base_model(config: TrainConfig) -> None:
+    """Take the network (and, unless given, the input size) of ``--base_model``."""
+    from .transfer import describe_base_model
+
+    base = describe_base_model(config.base_model)
+    if config.model_type not in (None, base.model_type):
+        raise UserError(f"--model_type {config.model_type} does not match --base_model "
+                        f"'{base.path}', a {get_spec(base.model_type).display_name} model")
+    config.model_type = base.model_type
+    if config.image_size is None:
+        config.image_size = base.image_size
+
+
+def run_framework(config: TrainConfig, resume_dir: Path | None) -> str:
+    """keras or torch: the framework a run (new or resumed) trains with."""
+    if resume_dir is not None and (Path(resume_dir) / "config.json").is_file():
+        return get_spec(TrainConfig.load(Path(resume_dir) / "config.json").model_type).framework
+    return get_spec(config.model_type).framework
+
+
 def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
     """Check the data, make the run directory and write what the run starts from."""
     spec = get_spec(config.model_type)
-    if config.weights.lower() not in ("imagenet", "none") and not Path(config.weights).is_file():
+    if config.base_model:
+        config.base_model = str(Path(config.base_model).resolve())
+    elif config.weights.lower() not in ("imagenet", "none") and \
+            not Path(config.weights).is_file():
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
     index, splits, notes = prepare_data(config)
@@ -395,8 +420,9 @@ def distributed_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path:
-    """Train one run end to end (or continue ``resume_dir``); returns its directory.
+def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path | None:
+    """Train one run end to end (or continue ``resume_dir``); returns its directory (None on
+    the other ranks of a torchrun).
 
     Under ``torchrun`` every process trains, and rank 0 alone makes the run directory, logs,
     saves and writes the experiments row.
@@ -431,7 +457,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path:
         state = RunState(context.run_dir / "history.csv", context.config.patience,
                          resume_point=resume_point, main_process=False)
         backend.train(context, state, plan_phases(context.config))
-        return context.run_dir
+        return None  # rank 0 reports, exports and returns the run directory
     return _train_and_record(context, notes, resume_point, backend)
 
 

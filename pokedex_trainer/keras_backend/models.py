@@ -58,16 +58,35 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], weights: str) -
     return backbone
 
 
+def backbone_of_base_model(path: str | Path) -> keras.Model:
+    """The trained backbone of a model this tool saved earlier (``--base_model``)."""
+    try:
+        base = keras.models.load_model(path, compile=False)
+        backbone = base.get_layer(BACKBONE_NAME)
+    except Exception as exc:
+        raise UserError(f"could not take the backbone of --base_model '{path}': "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    head = base.get_layer(HEAD_NAME)
+    logger.info("base model %s: keeping its backbone, replacing its %d-class head",
+                Path(path).name, head.units)
+    return backbone
+
+
 def build_model(spec: ModelSpec, num_classes: int, image_size: tuple[int, int], weights: str,
-                dropout: float) -> keras.Model:
+                dropout: float, base_model: str | None = None) -> keras.Model:
     """RGB 0..255 in, class probabilities out; the network's normalization is inside.
 
     A pretrained backbone is always called in inference mode, so its BatchNorm layers keep their
-    ImageNet statistics in both phases (the standard Keras fine-tuning recipe).
+    ImageNet statistics in both phases (the standard Keras fine-tuning recipe). ``base_model``
+    (a .keras of this tool) replaces ``weights``: its backbone is reused, its head is not.
     """
     height, width = image_size
-    backbone = build_backbone(spec, image_size, weights)
-    pretrained = weights.lower() != "none"
+    if base_model:
+        backbone = backbone_of_base_model(base_model)
+    else:
+        backbone = build_backbone(spec, image_size, weights)
+    pretrained = bool(base_model) or weights.lower() != "none"
     if not pretrained:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

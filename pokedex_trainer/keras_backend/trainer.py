@@ -334,7 +334,7 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     strategy = make_strategy()
     with strategy.scope():
         model = build_model(context.spec, context.num_classes, config.image_size,
-                            config.weights, config.dropout)
+                            config.weights, config.dropout, config.base_model)
     if not config.pretrained:
         logger.info("--weights none: training from scratch, nothing is frozen")
     train_loader = context.make_loader("train", training=True)

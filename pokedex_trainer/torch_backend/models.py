@@ -90,10 +90,24 @@ def load_backbone_file(model: nn.Module, path: Path) -> None:
                         f"{len(result.unexpected_keys)} unexpected tensors")
 
 
-def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float) -> Classifier:
-    """ResNet152 with ``weights`` ('imagenet', 'none' or a file) and a new head."""
+def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
+                base_model: str | None = None) -> Classifier:
+    """ResNet152 with ``weights`` ('imagenet', 'none' or a file) and a new head.
+
+    ``base_model`` (a .pth of this tool) replaces ``weights``: its trained backbone is reused,
+    its head is not.
+    """
     if spec.model_type != "resnet":
         raise ValueError(f"no PyTorch network for {spec.model_type}")
+    if base_model:
+        try:
+            base, payload = load_checkpoint(Path(base_model))
+        except Exception as exc:
+            raise UserError(f"could not take the backbone of --base_model '{base_model}': "
+                            f"{str(exc).splitlines()[0]}") from None
+        logger.info("base model %s: keeping its backbone, replacing its %d-class head",
+                    Path(base_model).name, len(payload["class_names"]))
+        return Classifier(base.backbone, base.head.in_features, num_classes, dropout)
     backbone = _resnet152(weights)
     num_features = backbone.fc.in_features
     backbone.fc = nn.Identity()

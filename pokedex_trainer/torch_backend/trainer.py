@@ -254,7 +254,8 @@ def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
     device = _device()
     state.device = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
         else "cpu"
-    model = build_model(context.spec, context.num_classes, config.weights, config.dropout)
+    model = build_model(context.spec, context.num_classes, config.weights, config.dropout,
+                        config.base_model)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

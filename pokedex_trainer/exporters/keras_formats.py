@@ -1,0 +1,94 @@
+"""Keras networks to TFLite (four precisions), ONNX (tf2onnx) and a TensorFlow SavedModel.
+
+Everything goes through one SavedModel made by Keras 3's own ``model.export``: the TFLite
+converter's ``from_keras_model`` and tf2onnx's Keras path both trip over Keras 3 models in some
+versions, while a SavedModel is the input every TensorFlow converter is tested on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..runs import atomic_write_bytes
+from .metadata import add_onnx_metadata, add_tflite_metadata
+from .quiet import quiet_converters
+
+logger = logging.getLogger(__name__)
+
+TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+
+
+def write_saved_model(model, path: Path) -> Path:
+    """A SavedModel folder whose ``serve`` signature takes (batch, H, W, 3) float32 0..255."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        with quiet_converters():
+            model.export(str(tmp / "model"), format="tf_saved_model", verbose=False)
+        if path.exists():
+            shutil.rmtree(path)
+        (tmp / "model").replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def convert_tflite(saved_model: Path, precision: str,
+                   calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> bytes:
+    """TFLite flatbuffer of ``saved_model`` in ``precision`` (see TFLITE_PRECISIONS).
+
+    ``int8`` is full integer quantization calibrated on ``calibration`` (batches of uint8 RGB);
+    its input and output stay float32, so the app feeds the same pixels to every precision.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic_int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        if calibration is None:
+            raise ValueError("full int8 needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+        def representative():
+            for batch in calibration():
+                for image in batch:
+                    yield [image[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+    elif precision != "float32":
+        raise ValueError(f"unknown TFLite precision {precision}")
+    with quiet_converters():
+        return converter.convert()
+
+
+def write_tflite(saved_model: Path, path: Path, precision: str, sidecar: dict,
+                 calibration=None) -> Path:
+    flatbuffer = convert_tflite(saved_model, precision, calibration)
+    atomic_write_bytes(path, add_tflite_metadata(flatbuffer, sidecar))
+    return path
+
+
+def write_onnx(model, path: Path, opset: int, sidecar: dict) -> Path:
+    """ONNX through tf2onnx with a dynamic batch dimension named ``batch``."""
+    import tensorflow as tf
+    import tf2onnx
+
+    height, width = model.input_shape[1:3]
+    signature = (tf.TensorSpec((None, height, width, 3), tf.float32, name="image"),)
+    function = tf.function(lambda image: model(image, training=False), input_signature=signature)
+    with quiet_converters():
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature,
+                                                 opset=opset)
+    atomic_write_bytes(path, add_onnx_metadata(proto, sidecar).SerializeToString())
+    return path

@@ -1,0 +1,90 @@
+"""ResNet152 to TorchScript (the seed's ``torch.jit.trace``), ``torch.export`` and ONNX.
+
+Every exported module outputs probabilities (softmax inside), like the Keras exports, so an app
+reads the same kind of answer from every file. TorchScript is deprecated upstream; the
+``torch.export`` program (``.pt2``) is its successor and is written beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..runs import atomic_target, atomic_write_bytes
+from .metadata import EXTRA_FILE, add_onnx_metadata
+from .quiet import quiet_converters
+
+logger = logging.getLogger(__name__)
+
+# Trace with more than one image so no converter specializes the batch dimension to 1.
+EXAMPLE_BATCH = 2
+
+
+class ProbabilityModel(nn.Module):
+    """Classifier + softmax: RGB 0..255 (N, 3, H, W) in, probabilities out."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.classifier(x).float(), dim=1)
+
+
+def _example(image_size) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(EXAMPLE_BATCH, 3, *image_size, generator=generator) * 255.0
+
+
+def write_torchscript(classifier: nn.Module, image_size, path: Path, sidecar: dict) -> Path:
+    module = ProbabilityModel(classifier).eval()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
+        traced = torch.jit.trace(module, _example(image_size))
+        with atomic_target(path, ".pt") as tmp:
+            torch.jit.save(traced, str(tmp),
+                           _extra_files={EXTRA_FILE: json.dumps(sidecar, ensure_ascii=False)})
+    return path
+
+
+def write_torch_export(classifier: nn.Module, image_size, path: Path, sidecar: dict) -> Path:
+    module = ProbabilityModel(classifier).eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(module, (_example(image_size),),
+                                  dynamic_shapes={"x": {0: batch}})
+    with atomic_target(path, ".pt2") as tmp:
+        torch.export.save(program, str(tmp),
+                          extra_files={EXTRA_FILE: json.dumps(sidecar, ensure_ascii=False)})
+    return path
+
+
+def write_onnx(classifier: nn.Module, image_size, path: Path, opset: int, sidecar: dict) -> Path:
+    """ONNX through PyTorch's current (``torch.export``-based) exporter, dynamic batch."""
+    module = ProbabilityModel(classifier).eval()
+    with warnings.catch_warnings(), quiet_converters():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (_example(image_size),), dynamo=True,
+                                    input_names=["image"], output_names=["probabilities"],
+                                    dynamic_shapes={"x": {0: "batch"}}, opset_version=opset,
+                                    verbose=False)
+    proto = add_onnx_metadata(program.model_proto, sidecar)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def read_extra_metadata(path: Path) -> dict | None:
+    """The sidecar stored inside a TorchScript (.pt) or torch.export (.pt2) file."""
+    files = {EXTRA_FILE: ""}
+    if Path(path).suffix == ".pt2":
+        torch.export.load(str(path), extra_files=files)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    value = files[EXTRA_FILE]
+    return json.loads(value) if value else None

@@ -1,0 +1,408 @@
+"""Any model file this project writes, run in its own runtime: one ``predict`` for all of them.
+
+``load_predictor(path)`` picks the runtime from the file: Keras (``.keras``/``.h5``), PyTorch
+checkpoints (``.pth``), TorchScript (``.pt``), ``torch.export`` programs (``.pt2``), ONNX Runtime
+(``.onnx``), the LiteRT interpreter (``.tflite``) and TensorFlow SavedModel folders. Exported files
+are described by a sidecar JSON beside them (``model.onnx`` -> ``model.onnx.json``): class names,
+input size, layout and the arithmetic to apply to RGB 0..255 pixels before the model. The
+predictor follows the sidecar exactly as an app would, so a wrong sidecar shows up as wrong
+predictions in the parity check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+KERAS_SUFFIXES = (".keras", ".h5")
+TORCH_SUFFIXES = (".pth", ".pt", ".pt2")
+MODEL_SUFFIXES = KERAS_SUFFIXES + TORCH_SUFFIXES + (".onnx", ".tflite")
+
+
+@dataclass
+class ModelInfo:
+    """What it takes to feed a model and read its answer.
+
+    Args:
+        class_names: output index -> class name.
+        image_size: (height, width) the model takes.
+        layout: ``"NHWC"`` (Keras, TFLite, Keras-made ONNX) or ``"NCHW"`` (PyTorch).
+        mean, std: per RGB channel, applied as ``(pixels - mean) / std`` to pixels in 0..255
+            before the model. Ours are 0 and 1: every network normalizes inside itself.
+        model_type, arch: the network (``mobilenet``, ``mobilenet_v2``).
+        source_framework: ``keras`` or ``torch``.
+        output: ``"probabilities"`` (softmax applied) or ``"logits"``.
+    """
+
+    class_names: list[str]
+    image_size: tuple[int, int]
+    layout: str = "NHWC"
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    model_type: str = ""
+    arch: str = ""
+    source_framework: str = ""
+    output: str = "probabilities"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_sidecar(self, **extra) -> dict:
+        """The sidecar JSON of an exported file: enough to use it without this project."""
+        return {
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "input": {
+                "layout": self.layout, "channels": "RGB", "dtype": "float32",
+                "range": [0, 255], "resize": "area (cv2.INTER_AREA) to image_size",
+                "mean": list(self.mean), "std": list(self.std),
+                "how": "resize the photo to image_size, keep RGB pixel values 0..255 as float32, "
+                       "compute (pixel - mean) / std per channel, lay out as 'layout'; the "
+                       "network's own normalization is inside the model",
+            },
+            "output": {"kind": self.output, "order": "class_names"},
+            "model_type": self.model_type, "arch": self.arch,
+            "source_framework": self.source_framework, **extra,
+        }
+
+    @classmethod
+    def from_sidecar(cls, data: dict) -> "ModelInfo":
+        given = data["input"]
+        return cls(list(data["class_names"]), tuple(int(v) for v in data["image_size"]),
+                   given.get("layout", "NHWC"), list(given.get("mean", [0.0] * 3)),
+                   list(given.get("std", [1.0] * 3)), data.get("model_type", ""),
+                   data.get("arch", ""), data.get("source_framework", ""),
+                   data.get("output", {}).get("kind", "probabilities"))
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json`` (a SavedModel folder gets ``folder.json``)."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(model_path: Path) -> dict:
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise UserError(f"'{model_path}' has no sidecar '{path.name}' beside it (class names and "
+                        "input description): export it with export.py, or keep the JSON with it")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ModelInfo.from_sidecar(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"sidecar '{path}' is not valid: {exc}") from None
+    return data
+
+
+def framework_of(path: Path) -> str:
+    """Which framework a model file needs: keras, torch, onnx or tflite."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").is_file()):
+        return "keras"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    if suffix in (".onnx", ".tflite"):
+        return suffix[1:]
+    raise UserError(f"'{path}' is not a model file this project reads (expected one of "
+                    f"{', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
+
+
+def import_frameworks(frameworks: set[str]) -> None:
+    """Import the frameworks a process will need, in an order that works.
+
+    torchvision imported after TensorFlow has started crashes the process (torch._dynamo's
+    import of triton); the other way round is fine. So torch comes first, always.
+    """
+    if "torch" in frameworks:
+        import torchvision  # noqa: F401  (imports torch)
+    if "keras" in frameworks:
+        from . import keras_backend  # noqa: F401  (sets the Keras backend and TF log level)
+        import tensorflow  # noqa: F401
+
+
+def class_names_near(model_path: Path) -> list[str] | None:
+    """``class_names.json`` beside a model (a run directory), if there is one."""
+    candidate = Path(model_path).parent / "class_names.json"
+    if candidate.is_file():
+        return json.loads(candidate.read_text(encoding="utf-8"))
+    return None
+
+
+def _threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+class Predictor:
+    """A loaded model: ``predict(images)`` takes uint8 RGB (N, H, W, 3), returns probabilities."""
+
+    runtime = ""
+
+    def __init__(self, path: Path, info: ModelInfo):
+        self.path = Path(path)
+        self.info = info
+        self.threads = _threads()
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """Pixels as the model takes them, following ``info`` (the sidecar for exports)."""
+        x = images.astype(np.float32)
+        mean, std = np.asarray(self.info.mean, np.float32), np.asarray(self.info.std, np.float32)
+        if mean.any() or (std != 1).any():
+            x = (x - mean) / std
+        if self.info.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = np.asarray(self._run(self.prepare(images)), dtype=np.float64)
+        if self.info.output == "logits":
+            out = softmax(out)
+        return out
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.path.name} ({self.runtime})"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class KerasPredictor(Predictor):
+    runtime = "keras"
+
+    def __init__(self, path: Path, class_names: list[str] | None = None):
+        import keras
+
+        from .keras_backend import models as keras_models  # noqa: F401  (backend setup)
+
+        try:
+            self.model = keras.models.load_model(path, compile=False)
+        except Exception as exc:
+            raise UserError(f"could not load Keras model '{path}': "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                from None
+        names = class_names or class_names_near(path)
+        if names is None:
+            raise UserError(f"no class list for '{path}': expected class_names.json beside it")
+        _, height, width, _ = self.model.input_shape
+        from .models import MODEL_SPECS
+
+        spec = next((s for s in MODEL_SPECS.values() if s.arch == self.model.name), None)
+        super().__init__(path, ModelInfo(list(names), (height, width), "NHWC",
+                                         model_type=spec.model_type if spec else "",
+                                         arch=self.model.name, source_framework="keras"))
+
+    def _run(self, x):
+        return self.model(x, training=False).numpy()
+
+
+class TorchCheckpointPredictor(Predictor):
+    runtime = "pytorch"
+
+    def __init__(self, path: Path, class_names: list[str] | None = None):
+        import torch
+
+        from .torch_backend.models import load_checkpoint
+
+        try:
+            self.model, payload = load_checkpoint(path)
+        except Exception as exc:
+            raise UserError(f"could not load PyTorch checkpoint '{path}' (only checkpoints "
+                            f"this project wrote are read): {str(exc).splitlines()[0]}") from None
+        self._torch = torch
+        super().__init__(path, ModelInfo(list(payload["class_names"]),
+                                         tuple(payload["image_size"]), "NCHW",
+                                         model_type=payload["model_type"], arch=payload["arch"],
+                                         source_framework="torch"))
+
+    def _run(self, x):
+        with self._torch.inference_mode():
+            return self.model.probabilities(self._torch.from_numpy(x)).numpy()
+
+
+class _SidecarPredictor(Predictor):
+    """An exported file: everything about its input comes from the sidecar."""
+
+    def __init__(self, path: Path):
+        self.sidecar = read_sidecar(path)
+        super().__init__(path, ModelInfo.from_sidecar(self.sidecar))
+        self.load()
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+
+class TorchScriptPredictor(_SidecarPredictor):
+    runtime = "torchscript"
+
+    def load(self):
+        import warnings
+
+        import torch
+
+        self._torch = torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            self.model = torch.jit.load(str(self.path), map_location="cpu").eval()
+
+    def _run(self, x):
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+
+class TorchExportPredictor(_SidecarPredictor):
+    runtime = "torch.export"
+
+    def load(self):
+        import torch
+
+        self._torch = torch
+        self.model = torch.export.load(str(self.path)).module()
+
+    def _run(self, x):
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+
+class OnnxPredictor(_SidecarPredictor):
+    runtime = "onnxruntime"
+
+    def load(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _run(self, x):
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class TFLitePredictor(_SidecarPredictor):
+    """The LiteRT interpreter; quantized inputs and outputs are (de)quantized here."""
+
+    runtime = "litert"
+
+    def load(self):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    def _run(self, x):
+        interpreter = self.interpreter
+        if self._batch != len(x):
+            interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+            interpreter.allocate_tensors()
+            self._batch = len(x)
+        x = _quantize(x, self.input)
+        interpreter.set_tensor(self.input["index"], x)
+        interpreter.invoke()
+        return _dequantize(interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return x
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero_point = detail["quantization"]
+    return (y.astype(np.float32) - zero_point) * scale
+
+
+class SavedModelPredictor(_SidecarPredictor):
+    runtime = "tf.saved_model"
+
+    def load(self):
+        import tensorflow as tf
+
+        self._tf = tf
+        self.model = tf.saved_model.load(str(self.path))
+
+    def _run(self, x):
+        return self.model.serve(self._tf.constant(x)).numpy()
+
+
+_BY_SUFFIX = {".keras": KerasPredictor, ".h5": KerasPredictor,
+              ".pth": TorchCheckpointPredictor, ".pt": TorchScriptPredictor,
+              ".pt2": TorchExportPredictor, ".onnx": OnnxPredictor, ".tflite": TFLitePredictor}
+
+
+def load_predictor(path: Path | str, class_names: list[str] | None = None) -> Predictor:
+    """The predictor of any model file this project writes; UserError when it cannot be read.
+
+    ``class_names`` only matters for Keras files without a ``class_names.json`` beside them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model '{path}' does not exist")
+    framework = framework_of(path)
+    import_frameworks({framework})
+    if path.is_dir():
+        return SavedModelPredictor(path)
+    cls = _BY_SUFFIX[path.suffix.lower()]
+    if cls in (KerasPredictor, TorchCheckpointPredictor):
+        return cls(path, class_names)
+    try:
+        return cls(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not load '{path}' in {cls.runtime}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+
+
+
+def measure_latency(predictor: Predictor, image: np.ndarray, warmup: int = 3,
+                    runs: int = 20) -> dict:
+    """Batch-1 milliseconds per image: median and 95th percentile after ``warmup`` calls."""
+    import time
+
+    batch = image[None]
+    for _ in range(warmup):
+        predictor.predict(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predictor.predict(batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95)),
+            "runs": runs}
+
+
+def measure_throughput(predictor: Predictor, images: np.ndarray, repeats: int = 3) -> float:
+    """Images per second at the batch size of ``images`` (one warm-up call first)."""
+    import time
+
+    predictor.predict(images)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predictor.predict(images)
+    return len(images) * repeats / (time.perf_counter() - start)

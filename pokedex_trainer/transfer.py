@@ -1,0 +1,68 @@
+"""``--base_model``: start a new run from a model this tool trained before (the seed's
+"transfer learning avanzado"): its backbone is kept, its classification head is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .models import MODEL_SPECS
+
+
+@dataclass
+class BaseModel:
+    """What a new run needs to know about its base model before loading any framework."""
+
+    path: Path
+    model_type: str
+    image_size: tuple[int, int]
+    num_classes: int
+
+
+def describe_base_model(path: str | Path) -> BaseModel:
+    """Read the network, input size and class count of a ``.keras`` or ``.pth`` of this tool.
+
+    Raises UserError for a missing file or a file this tool did not write.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--base_model '{path}' does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return _describe_keras(path)
+    if suffix == ".pth":
+        return _describe_torch(path)
+    raise UserError(f"--base_model '{path}': expected a model this tool trained, "
+                    "<arch>_best.keras or <arch>_best.pth")
+
+
+def _describe_keras(path: Path) -> BaseModel:
+    """From the .keras archive's config.json: no TensorFlow needed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))["config"]
+        spec = next(s for s in MODEL_SPECS.values()
+                    if s.framework == "keras" and s.arch == config["name"])
+        shape = config["layers"][0]["config"]["batch_shape"]
+        head = next(layer for layer in config["layers"] if layer["name"] == "predictions")
+        return BaseModel(path, spec.model_type, (int(shape[1]), int(shape[2])),
+                         int(head["config"]["units"]))
+    except (zipfile.BadZipFile, KeyError, StopIteration, ValueError, TypeError, IndexError):
+        raise UserError(f"--base_model '{path}' is not a model this tool trained (expected a "
+                        "Keras EfficientNetB7 or MobileNetV2 with its 'predictions' head)") from None
+
+
+def _describe_torch(path: Path) -> BaseModel:
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return BaseModel(path, payload["model_type"], tuple(payload["image_size"]),
+                         len(payload["class_names"]))
+    except Exception:
+        raise UserError(f"--base_model '{path}' is not a checkpoint this tool wrote "
+                        "(<arch>_best.pth)") from None
