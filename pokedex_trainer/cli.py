@@ -78,6 +78,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=_batch_size, default=None,
                        help="images per step, or 'auto' for the largest that trains on this "
                             "machine, with a safety margin (default: the model's, see below)")
+    train.add_argument("--kfold", type=int, default=None, metavar="K",
+                       help="cross-validation for small datasets: K runs, each tested on one "
+                            "stratified K-th of the data; prints mean and standard deviation")
     train.add_argument("--find_batch_size", action="store_true",
                        help="only find and print the largest batch size that trains, then exit")
     train.add_argument("--memory_limit_mb", type=int, default=None,
@@ -144,7 +147,8 @@ def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dic
     """The trainer's command line as an unresolved TrainConfig and the actions
     (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
     values = vars(build_train_parser().parse_args(argv))
-    actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export")}
+    actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export",
+                                                    "kfold")}
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
@@ -194,6 +198,15 @@ def train_main(argv: list[str] | None = None) -> None:
         find_batch_size_only(config)
         return
     resume = Path(actions["resume"]) if actions["resume"] else None
+    if actions["kfold"] is not None:
+        from .errors import UserError
+        from .kfold import run_kfold
+
+        if resume or actions["export"]:
+            raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
+                            "--export (export the fold you choose with export.py)")
+        run_kfold(config, actions["kfold"])
+        return
     formats = None
     if actions["export"]:
         from .exporters import parse_formats
@@ -210,20 +223,43 @@ def train_main(argv: list[str] | None = None) -> None:
 def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
-        description="Compare training runs (--experiments). Model evaluation (--run_dir, "
-                    "--model) is planned.")
-    parser.add_argument("--experiments", metavar="OUTPUT_DIR",
-                        help="print the experiments table of OUTPUT_DIR (e.g. model/ultra) "
-                             "sorted by --sort_by and write experiments.png beside it")
-    parser.add_argument("--sort_by", default="best_val_accuracy",
-                        help="column to sort by, best first (default: %(default)s)")
-    parser.add_argument("--run_dir", help="(planned) evaluate a run's best model")
-    parser.add_argument("--model", help="(planned) evaluate a model file")
+        description="Evaluate a trained or exported model on images it never saw (accuracy, "
+                    "top-5, per-class precision/recall/F1, confusion matrix, calibration, "
+                    "latency), an ensemble of runs, predict photos for the app, or compare "
+                    "runs (--experiments).")
+    source = parser.add_argument_group("what to evaluate")
+    source.add_argument("--run_dir", help="a run directory: its best model on its test split")
+    source.add_argument("--model", help="any model file this tool writes: .keras, .h5, .pth, "
+                                        ".onnx, .tflite, .pt, .pt2 or a SavedModel folder")
+    source.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                        help="average the calibrated probabilities of these runs' best models")
+    source.add_argument("--data_path", help="evaluate on this labelled folder instead of the "
+                                            "run's test split (same classes as the model)")
+    source.add_argument("--output_dir", help="where the report goes (default: "
+                                             "<run_dir>/evaluation)")
+    source.add_argument("--latency_runs", type=int, default=20,
+                        help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
+    source.add_argument("--latency_batch", type=int, default=32,
+                        help="batch size of the throughput figure (default: %(default)s)")
+    predict = parser.add_argument_group("predictions for the app")
+    predict.add_argument("--predict", metavar="IMAGE_OR_DIR",
+                         help="print the top classes of an image, or of every image of a folder "
+                              "(then also written to predictions.csv / .json)")
+    predict.add_argument("--top_k", type=int, default=3,
+                         help="classes shown per image (default: %(default)s)")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="answer 'unknown' when the top calibrated probability is below it")
+    runs = parser.add_argument_group("comparing runs")
+    runs.add_argument("--experiments", metavar="OUTPUT_DIR",
+                      help="print the experiments table of OUTPUT_DIR (e.g. model/ultra) "
+                           "sorted by --sort_by and write experiments.png beside it")
+    runs.add_argument("--sort_by", default="best_val_accuracy",
+                      help="column to sort by, best first (default: %(default)s)")
     return parser
 
 
 def evaluate_main(argv: list[str] | None = None) -> None:
-    """``evaluate.py``: the experiments view today; model evaluation is planned."""
+    """``evaluate.py``: a model's report, an ensemble, predictions, or the experiments table."""
     from .errors import UserError
 
     args = build_evaluate_parser().parse_args(argv)
@@ -232,8 +268,27 @@ def evaluate_main(argv: list[str] | None = None) -> None:
 
         show_experiments(args.experiments, args.sort_by)
         return
-    raise UserError("evaluate.py is not available yet for models: the evaluation report is "
-                    "planned but not built; --experiments DIR compares runs")
+    if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
+        raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1.01:
+        raise UserError("--threshold is a probability between 0 and 1")
+    from . import evaluating
+
+    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch)
+    if args.ensemble:
+        if args.run_dir or args.model or args.predict:
+            raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
+                            "--model and --predict")
+        evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
+        return
+    if not (args.run_dir or args.model):
+        raise UserError("say what to evaluate: --run_dir RUN_DIR, --model FILE, --ensemble "
+                        "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
+    if args.predict:
+        evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
+                                   args.threshold, args.output_dir)
+        return
+    evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
 
 
 def build_export_parser() -> argparse.ArgumentParser:

@@ -356,8 +356,12 @@ def run_framework(config: TrainConfig, resume_dir: Path | None) -> str:
     return get_spec(config.model_type).framework
 
 
-def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
-    """Check the data, make the run directory and write what the run starts from."""
+def create_run(config: TrainConfig, prepared: tuple | None = None
+               ) -> tuple[RunContext, list[str]]:
+    """Check the data, make the run directory and write what the run starts from.
+
+    ``prepared`` is (index, splits, notes) made beforehand (one fold of --kfold).
+    """
     spec = get_spec(config.model_type)
     if config.base_model:
         config.base_model = str(Path(config.base_model).resolve())
@@ -365,7 +369,8 @@ def create_run(config: TrainConfig) -> tuple[RunContext, list[str]]:
             not Path(config.weights).is_file():
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
-    index, splits, notes = prepare_data(config)
+    index, splits, notes = prepared if prepared else prepare_data(config)
+    notes = list(notes)
     if config.batch_size == "auto":
         result = search_batch_size(config, len(index.class_names))
         config.batch_size = result.chosen

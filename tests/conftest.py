@@ -67,3 +67,81 @@ def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
 
 
 KERAS_STYLE_SCALARS = {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"}
+
+
+def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
+    """Train a small run in this process (weights none, 32 px, one epoch per phase asked)."""
+    from pokedex_trainer.cli import run_main, train_main
+
+    argv = ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
+            "--image_size", "32", "32", "--batch_size", "8", "--epochs", "2",
+            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
+            "--output_dir", str(out / "runs"), "--log_dir", str(out / "tb"),
+            "--run_name", f"{model_type}_tiny", *extra]
+    assert run_main(train_main, argv) == 0
+    return out / "runs" / f"{model_type}_tiny"
+
+
+def tiny_keras_classifier(images, num_classes: int, seed: int = 0):
+    """A small Keras classifier with the interface of this tool's MobileNetV2 models.
+
+    Same input (RGB 0..255, "image"), normalization layer, "backbone" sub-model, pooling,
+    dropout and "predictions" softmax head, but three layers deep. A MobileNetV2 trained from
+    scratch for a few steps answers the same for every image (its BatchNorm statistics lag
+    and the signal vanishes in inference mode), so a broken export could not show against it;
+    this one's answer depends on the image, and its logits are scaled to a spread of 3 on
+    ``images``, the range of a trained classifier.
+    """
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    size = images.shape[1:3]
+    inner = keras.Input((*size, 3))
+    y = layers.Conv2D(8, 3, strides=2, padding="same")(inner)
+    y = layers.BatchNormalization()(y)
+    y = layers.ReLU(6.0)(y)
+    y = layers.DepthwiseConv2D(3, padding="same")(y)
+    y = layers.BatchNormalization()(y)
+    y = layers.ReLU(6.0)(y)
+    y = layers.Conv2D(16, 1)(y)
+    backbone = keras.Model(inner, layers.ReLU(6.0)(y), name="backbone")
+    inputs = keras.Input((*size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize_minus_one_one")(inputs)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone(x))
+    x = layers.Dropout(0.3, name="head_dropout")(x)
+    head = layers.Dense(num_classes, activation="softmax", name="predictions")
+    model = keras.Model(inputs, head(x), name="mobilenet_v2")
+    features = keras.Model(inputs, x)(images.astype("float32")).numpy()
+    kernel, bias = head.get_weights()
+    scale = 3.0 / max(1e-6, float((features @ kernel + bias).std()))
+    head.set_weights([kernel * scale, bias * scale])
+    return model
+
+
+@pytest.fixture(scope="session")
+def mobilenet_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished MobileNetV2 run (Keras) on the tiny dataset, shared by the report and export
+    tests. Its best model is then replaced by ``tiny_keras_classifier`` (see there why)."""
+    from pokedex_trainer.run_files import run_split
+
+    run_dir = train_tiny_run(tiny_dataset, tmp_path_factory.mktemp("mobilenet"), "mobilenet")
+    images, _ = run_split(run_dir, "train").load_all((32, 32))
+    tiny_keras_classifier(images, 3).save(run_dir / "mobilenet_v2_best.keras")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def resnet_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished ResNet152 run (PyTorch) on the tiny dataset."""
+    return train_tiny_run(tiny_dataset, tmp_path_factory.mktemp("resnet"), "resnet")
+
+
+@pytest.fixture(scope="session")
+def keras_exports(mobilenet_run) -> Path:
+    """The MobileNetV2 run after ``export.py --run_dir`` wrote every Keras format."""
+    from pokedex_trainer.cli import export_main, run_main
+
+    assert run_main(export_main, ["--run_dir", str(mobilenet_run), "--check_images", "12",
+                                  "--calibration_images", "16"]) == 0
+    return mobilenet_run

@@ -60,8 +60,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_dataset, case, exp
     assert not (output / "experiments.csv").exists()
 
 
-def test_scripts_not_yet_built_say_so():
-    for script in ("evaluate.py", "export.py"):
-        result = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True,
-                                text=True)
-        _one_line_error(result, "not available yet")
+def test_evaluate_and_export_without_a_model_say_what_they_need():
+    result = subprocess.run([sys.executable, "evaluate.py"], cwd=ROOT, capture_output=True,
+                            text=True)
+    _one_line_error(result, "--run_dir RUN_DIR, --model FILE")
+    result = subprocess.run([sys.executable, "export.py"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "--run_dir --model is required" in result.stderr

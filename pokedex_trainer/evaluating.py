@@ -1,0 +1,490 @@
+"""evaluate.py: the honest report on a model, an ensemble, or predictions for the app.
+
+Any model file this tool writes is evaluated in its own runtime (see inference.py), on images it
+never saw: the run's test split from its manifest, or a separate labelled folder. Confidence is
+calibrated by temperature scaling fitted on the validation split, never on the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .calibration import (CALIBRATION_FILE, apply_temperature, expected_calibration_error,
+                          fit_temperature, negative_log_likelihood, reliability)
+from .errors import UserError
+from .evaluation import compute_metrics, most_confident_mistakes, report_rows
+from .inference import (Predictor, framework_of, import_frameworks, load_predictor,
+                        measure_latency, measure_throughput)
+from .run_files import LabelledImages, best_model_of, folder_images, run_dir_of, run_split
+from .runs import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_DIR = "evaluation"
+
+
+@dataclass
+class Member:
+    """One model with its predictions on the evaluated images."""
+
+    name: str
+    predictor: Predictor
+    run_dir: Path | None
+    probabilities: np.ndarray | None = None
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        return apply_temperature(self.probabilities, self.temperature)
+
+
+def predict_images(predictor: Predictor, images: LabelledImages, batch_size: int = 32,
+                   label: str = "predicting") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of every readable image, with a progress bar."""
+    probabilities, labels = [], []
+    for batch, batch_labels in images.load(predictor.info.image_size, batch_size,
+                                           progress=label):
+        probabilities.append(predictor.predict(batch))
+        labels.append(batch_labels)
+    if not probabilities:
+        raise UserError(f"no readable image in {images.description}")
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def calibrate(member: Member) -> None:
+    """Fit the temperature on the member's validation split and save it in its run directory.
+
+    Without a run (a loose model file) there is no validation split: the saved temperature of
+    the run is used if any, else 1 (uncalibrated), and the report says so.
+    """
+    run_dir = member.run_dir
+    val = run_split(run_dir, "val") if run_dir else None
+    if val is None or not val.samples:
+        saved = _saved_calibration(run_dir, member.predictor.path.name) if run_dir else None
+        member.temperature = saved["temperature"] if saved else 1.0
+        member.calibration = {"temperature": member.temperature,
+                              "fitted_on": saved["fitted_on"] if saved else
+                              "nothing: no validation split, probabilities are uncalibrated"}
+        return
+    probabilities, labels = predict_images(member.predictor, val, label="validation split")
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = apply_temperature(probabilities, temperature)
+    member.temperature = temperature
+    member.calibration = {
+        "temperature": temperature, "fitted_on": f"validation split ({len(labels)} images)",
+        "val_ece_before": expected_calibration_error(probabilities, labels),
+        "val_ece_after": expected_calibration_error(calibrated, labels),
+        "val_loss_before": negative_log_likelihood(probabilities, labels),
+        "val_loss_after": negative_log_likelihood(calibrated, labels),
+    }
+    _save_calibration(run_dir, member.predictor.path, member.calibration)
+
+
+def _save_calibration(run_dir: Path, model_path: Path, details: dict) -> None:
+    """calibration.json: per model file, and at the top the run's best model's (used by
+    export sidecars and by default)."""
+    path = run_dir / CALIBRATION_FILE
+    data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    data.setdefault("models", {})[model_path.name] = details
+    if "_best." in model_path.name or "temperature" not in data:
+        data.update({k: v for k, v in details.items()})
+        data["model"] = model_path.name
+    atomic_write_json(path, data)
+
+
+def _saved_calibration(run_dir: Path, model_name: str) -> dict | None:
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text("utf-8"))
+    entry = data.get("models", {}).get(model_name)
+    if entry is None and "temperature" in data:
+        entry = {"temperature": data["temperature"],
+                 "fitted_on": f"{data.get('fitted_on', 'validation split')} of "
+                              f"{data.get('model', 'the run')}"}
+    return entry
+
+
+def resolve_model(run_dir: str | None, model: str | None) -> tuple[Path, Path | None]:
+    if run_dir and model:
+        return Path(model), Path(run_dir)
+    if run_dir:
+        return best_model_of(Path(run_dir)), Path(run_dir)
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"model '{path}' does not exist")
+    return path, run_dir_of(path)
+
+
+def evaluation_images(run_dir: Path | None, data_path: str | None,
+                      class_names: list[str]) -> LabelledImages:
+    """The images a model is judged on: ``--data_path`` or the run's test split."""
+    if data_path:
+        return folder_images(Path(data_path), class_names)
+    if run_dir is None:
+        raise UserError("this model is not inside a run directory: pass --data_path DIR (a "
+                        "labelled folder, one sub-folder per class) to evaluate it")
+    images = run_split(run_dir, "test")
+    if images.class_names != list(class_names):
+        raise UserError(f"the model's {len(class_names)} classes do not match the "
+                        f"{len(images.class_names)} classes of run '{run_dir.name}'")
+    if not images.samples:
+        raise UserError(f"run '{run_dir.name}' has no test split (--test_split 0): pass "
+                        "--data_path DIR with labelled images it never saw")
+    return images
+
+
+def device_of(predictor: Predictor) -> str:
+    if predictor.runtime in ("keras", "tf.saved_model"):
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return f"GPU ({gpus[0].name})" if gpus else "CPU"
+    if predictor.runtime in ("pytorch", "torchscript", "torch.export"):
+        return "CPU"  # the predictors run PyTorch files on the CPU
+    if predictor.runtime == "onnxruntime":
+        return "CPU (" + ", ".join(predictor.session.get_providers()) + ")"
+    return "CPU"
+
+
+def latency(predictor: Predictor, images: np.ndarray, runs: int, batch: int) -> dict:
+    """Batch-1 milliseconds (median, p95) and images/s at ``batch``."""
+    single = measure_latency(predictor, images[0], warmup=3, runs=runs)
+    tiled = np.resize(images, (batch, *images.shape[1:]))
+    return {"batch1_median_ms": single["median_ms"], "batch1_p95_ms": single["p95_ms"],
+            "runs": runs, "throughput_batch": batch,
+            "throughput_images_per_s": measure_throughput(predictor, tiled, repeats=2),
+            "runtime": predictor.runtime, "device": device_of(predictor),
+            "threads": predictor.threads}
+
+
+@dataclass
+class EvaluateOptions:
+    output_dir: str | None = None
+    latency_runs: int = 20
+    latency_batch: int = 32
+    mistakes: int = 16
+
+
+def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None,
+                   options: EvaluateOptions) -> Path:
+    """Evaluate one model; writes the report and returns its folder."""
+    model_path, run = resolve_model(run_dir, model)
+    predictor = _load(model_path, run)
+    images = evaluation_images(run, data_path, predictor.info.class_names)
+    member = Member(model_path.name, predictor, run)
+    calibrate(member)
+    member.probabilities, labels = predict_images(predictor, images, label="test images")
+    metrics = member_metrics(member, labels)
+    sample = next(images.load(predictor.info.image_size, batch_size=options.latency_batch))[0]
+    metrics["latency"] = latency(predictor, sample, options.latency_runs, options.latency_batch)
+    metrics.update(model=str(model_path), runtime=predictor.runtime,
+                   evaluated_on=images.description, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out = _output_dir(options.output_dir, run, model_path)
+    write_report(out, metrics, member, labels, images, options.mistakes)
+    print_summary(metrics, out)
+    return out
+
+
+def _load(model_path: Path, run: Path | None) -> Predictor:
+    names = None
+    if run is not None and (run / "class_names.json").is_file():
+        names = json.loads((run / "class_names.json").read_text("utf-8"))
+    return load_predictor(model_path, names)
+
+
+def _output_dir(given: str | None, run: Path | None, model_path: Path) -> Path:
+    if given:
+        out = Path(given)
+    elif run is not None:
+        best = "_best." in model_path.name and model_path.parent == run
+        out = run / EVALUATION_DIR if best else run / EVALUATION_DIR / model_path.name
+    else:
+        out = model_path.parent / f"{EVALUATION_DIR}_{model_path.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def member_metrics(member: Member, labels: np.ndarray) -> dict:
+    names = member.predictor.info.class_names
+    metrics = compute_metrics(labels, member.probabilities, names)
+    calibrated = member.calibrated
+    metrics["calibration"] = dict(member.calibration)
+    metrics["calibration"].update(
+        test_ece_before=metrics["ece"],
+        test_ece_after=expected_calibration_error(calibrated, labels),
+        test_loss_after=negative_log_likelihood(calibrated, labels))
+    return metrics
+
+
+def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
+                 images: LabelledImages, mistakes: int) -> None:
+    """metrics.json, classification_report.csv, the PNGs and report.md in ``out``."""
+    from . import report_plots as plots
+
+    names = member.predictor.info.class_names
+    matrix = np.asarray(metrics["confusion_matrix"])
+    plots.plot_confusion(matrix, names, out / "confusion_matrix.png", normalized=False)
+    plots.plot_confusion(matrix, names, out / "confusion_matrix_normalized.png", normalized=True)
+    cal = metrics["calibration"]
+    plots.plot_reliability(reliability(member.probabilities, labels),
+                           reliability(member.calibrated, labels), out / "reliability.png",
+                           cal["test_ece_before"], cal["test_ece_after"], cal["temperature"])
+    plots.plot_per_class_f1(metrics["per_class"], out / "per_class_f1.png")
+    wrong = most_confident_mistakes(labels, member.calibrated, mistakes)
+    gallery, titles = _mistake_images(wrong, member, images, names)
+    plots.plot_mistakes(gallery, titles, out / "mistakes.png")
+    metrics["most_confident_mistakes"] = [
+        {"image": images.samples[i][0], "true": names[labels[i]],
+         "predicted": names[int(member.calibrated[i].argmax())],
+         "confidence": float(member.calibrated[i].max())} for i in wrong]
+    atomic_write_json(out / "metrics.json", metrics)
+    _write_csv(out / "classification_report.csv", report_rows(metrics))
+    (out / "report.md").write_text(report_markdown(metrics, names), encoding="utf-8")
+
+
+def _mistake_images(indices: list[int], member: Member, images: LabelledImages,
+                    names: list[str]) -> tuple[list[np.ndarray], list[str]]:
+    from .augment import build_eval_transform
+    from .images import UnreadableImageError, read_image
+
+    transform = build_eval_transform(member.predictor.info.image_size)
+    pictures, titles = [], []
+    for i in indices:
+        relative, label = images.samples[i]
+        try:
+            picture = transform(image=read_image(images.root / relative))["image"]
+        except UnreadableImageError:
+            continue
+        p = member.calibrated[i]
+        pictures.append(picture)
+        titles.append(f"true: {names[label]}\npred: {names[int(p.argmax())]} ({p.max():.0%})")
+    return pictures, titles
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def report_markdown(metrics: dict, names: list[str]) -> str:
+    cal, lat = metrics["calibration"], metrics.get("latency")
+    lines = [f"# Evaluation of {Path(metrics['model']).name}", "",
+             f"Evaluated on {metrics['evaluated_on']} with {metrics['runtime']}, "
+             f"{metrics['date']}.", "",
+             "| metric | value |", "| --- | --- |",
+             f"| accuracy | {metrics['accuracy']:.4f} |",
+             f"| top-5 accuracy | {metrics['top5_accuracy']:.4f} |",
+             f"| cross-entropy loss | {metrics['loss']:.4f} |",
+             f"| macro F1 | {metrics['macro_avg']['f1-score']:.4f} |",
+             f"| weighted F1 | {metrics['weighted_avg']['f1-score']:.4f} |",
+             f"| ECE before / after temperature | {cal['test_ece_before']:.4f} / "
+             f"{cal['test_ece_after']:.4f} |",
+             f"| temperature | {cal['temperature']:.3f} (fitted on {cal['fitted_on']}) |"]
+    if lat:
+        lines += [f"| latency, batch 1 | {lat['batch1_median_ms']:.2f} ms median, "
+                  f"{lat['batch1_p95_ms']:.2f} ms p95 ({lat['runtime']}, {lat['device']}, "
+                  f"{lat['threads']} threads) |",
+                  f"| throughput, batch {lat['throughput_batch']} | "
+                  f"{lat['throughput_images_per_s']:.1f} images/s |"]
+    lines += ["", "Per-class precision, recall and F1: [classification_report.csv]"
+              "(classification_report.csv)", "",
+              "![F1 per class](per_class_f1.png)", "",
+              "## Confusion", "", "![confusion matrix](confusion_matrix.png)",
+              "![confusion matrix, row-normalized](confusion_matrix_normalized.png)", ""]
+    if metrics["most_confused"]:
+        lines += ["| true | taken for | count | share of true class |", "| --- | --- | --- | --- |"]
+        lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | "
+                  f"{p['share_of_true']:.1%} |" for p in metrics["most_confused"]]
+    else:
+        lines.append("No confusion: every image was classified correctly.")
+    lines += ["", "## Confidence", "", "![reliability diagram](reliability.png)", "",
+              "## Most confident mistakes", "", "![mistakes](mistakes.png)", ""]
+    return "\n".join(lines)
+
+
+def print_summary(metrics: dict, out: Path) -> None:
+    lat = metrics.get("latency")
+    cal = metrics["calibration"]
+    print(f"{Path(metrics['model']).name} ({metrics['runtime']}) on {metrics['evaluated_on']}")
+    print(f"  accuracy {metrics['accuracy']:.4f}   top-5 {metrics['top5_accuracy']:.4f}   "
+          f"loss {metrics['loss']:.4f}   macro F1 {metrics['macro_avg']['f1-score']:.4f}")
+    print(f"  ECE {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} with temperature "
+          f"{cal['temperature']:.3f}")
+    if lat:
+        print(f"  latency {lat['batch1_median_ms']:.2f} ms/image (p95 {lat['batch1_p95_ms']:.2f})"
+              f", {lat['throughput_images_per_s']:.1f} images/s at batch "
+              f"{lat['throughput_batch']}")
+    for pair in metrics["most_confused"][:3]:
+        print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}x")
+    print(f"report: {out / 'report.md'}")
+
+
+def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
+                      options: EvaluateOptions) -> Path:
+    """Average the members' calibrated probabilities; report the ensemble beside each member."""
+    if len(run_dirs) < 2:
+        raise UserError("--ensemble needs at least two run directories")
+    paths = [best_model_of(Path(d)) for d in run_dirs]
+    import_frameworks({framework_of(p) for p in paths})  # torch before TensorFlow
+    members = [Member(Path(d).name, _load(p, Path(d)), Path(d)) for d, p in zip(run_dirs, paths)]
+    names = members[0].predictor.info.class_names
+    for member in members[1:]:
+        if member.predictor.info.class_names != names:
+            raise UserError(f"run '{member.name}' has other classes than '{members[0].name}'; "
+                            "an ensemble needs the same class list")
+    images = _common_test_images(members, data_path, names)
+    results = {}
+    for member in members:
+        calibrate(member)
+        member.probabilities, labels = predict_images(member.predictor, images,
+                                                      label=member.name)
+        results[member.name] = member_metrics(member, labels)
+        results[member.name]["model"] = str(member.predictor.path)
+    average = np.mean([m.calibrated for m in members], axis=0)
+    ensemble = compute_metrics(labels, average, names)
+    out = Path(options.output_dir) if options.output_dir else \
+        Path(run_dirs[0]) / EVALUATION_DIR / "ensemble"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"ensemble": ensemble, "members": results, "evaluated_on": images.description,
+              "method": "mean of the members' temperature-calibrated probabilities",
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_json(out / "metrics.json", report)
+    rows = [{"model": "ensemble", **_headline(ensemble)}] + \
+        [{"model": name, **_headline(m)} for name, m in results.items()]
+    _write_csv(out / "ensemble.csv", rows)
+    from .report_plots import plot_confusion
+
+    plot_confusion(np.asarray(ensemble["confusion_matrix"]), names,
+                   out / "confusion_matrix.png", normalized=False)
+    (out / "report.md").write_text(_ensemble_markdown(rows, images.description), "utf-8")
+    print(f"ensemble of {len(members)} runs on {images.description}")
+    for row in rows:
+        print(f"  {row['model']:<40} accuracy {row['accuracy']:.4f}  top-5 "
+              f"{row['top5_accuracy']:.4f}  loss {row['loss']:.4f}  ECE {row['ece']:.4f}")
+    print(f"report: {out / 'report.md'}")
+    return out
+
+
+def _headline(metrics: dict) -> dict:
+    return {key: round(metrics[key], 6) for key in ("accuracy", "top5_accuracy", "loss", "ece")} \
+        | {"macro_f1": round(metrics["macro_avg"]["f1-score"], 6)}
+
+
+def _ensemble_markdown(rows: list[dict], description: str) -> str:
+    lines = ["# Ensemble evaluation", "", f"On {description}; the ensemble averages the members' "
+             "calibrated probabilities.", "",
+             "| model | accuracy | top-5 | loss | ECE | macro F1 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['accuracy']:.4f} | {r['top5_accuracy']:.4f} | "
+              f"{r['loss']:.4f} | {r['ece']:.4f} | {r['macro_f1']:.4f} |" for r in rows]
+    return "\n".join(lines + ["", "![ensemble confusion matrix](confusion_matrix.png)", ""])
+
+
+def _common_test_images(members: list[Member], data_path: str | None,
+                        names: list[str]) -> LabelledImages:
+    if data_path:
+        return folder_images(Path(data_path), names)
+    splits = [run_split(m.run_dir, "test") for m in members]
+    first = {p for p, _ in splits[0].samples}
+    for member, split in zip(members[1:], splits[1:]):
+        if {p for p, _ in split.samples} != first:
+            raise UserError(f"runs '{members[0].name}' and '{member.name}' have different test "
+                            "splits (another seed or data), so one's test images may be the "
+                            "other's training images: pass --data_path DIR with images none of "
+                            "them trained on")
+    if not splits[0].samples:
+        raise UserError("the runs have no test split: pass --data_path DIR")
+    return splits[0]
+
+
+def predict_command(target: str, run_dir: str | None, model: str | None, top_k: int,
+                    threshold: float | None, output_dir: str | None) -> list[dict]:
+    """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
+    from .dataset import is_image_file
+
+    model_path, run = resolve_model(run_dir, model)
+    predictor = _load(model_path, run)
+    member = Member(model_path.name, predictor, run)
+    saved = _saved_calibration(run, model_path.name) if run else None
+    member.temperature = saved["temperature"] if saved else 1.0
+    if saved is None:
+        logger.warning("no calibration saved for %s: probabilities are uncalibrated (run "
+                       "evaluate.py --run_dir first to fit the temperature)", model_path.name)
+    target_path = Path(target)
+    if target_path.is_dir():
+        files = sorted(p for p in target_path.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise UserError(f"'{target}' holds no .jpg/.jpeg/.png image")
+    elif target_path.is_file():
+        files = [target_path]
+    else:
+        raise UserError(f"--predict: '{target}' is neither an image nor a folder")
+    rows = _predict_files(files, member, top_k, threshold)
+    for row in rows:
+        shown = ", ".join(f"{c} {p:.1%}" for c, p in zip(row["top_classes"],
+                                                          row["top_probabilities"]))
+        print(f"{row['image']}: {row['prediction']}  ({shown})" if not row.get("error")
+              else f"{row['image']}: skipped ({row['error']})")
+    if target_path.is_dir():
+        out = Path(output_dir) if output_dir else (run or model_path.parent) / "predictions"
+        out.mkdir(parents=True, exist_ok=True)
+        _write_predictions(out, rows, top_k)
+        print(f"{len(rows)} predictions written to {out / 'predictions.csv'} and "
+              f"{out / 'predictions.json'}")
+    return rows
+
+
+def _predict_files(files: list[Path], member: Member, top_k: int,
+                   threshold: float | None) -> list[dict]:
+    from tqdm import tqdm
+
+    from .augment import build_eval_transform
+    from .images import UnreadableImageError, read_image
+
+    names = member.predictor.info.class_names
+    transform = build_eval_transform(member.predictor.info.image_size)
+    rows = []
+    for path in tqdm(files, desc="predicting", unit="img", leave=False,
+                     disable=len(files) < 2):
+        try:
+            image = transform(image=read_image(path))["image"]
+        except UnreadableImageError as exc:
+            logger.warning("skipped unreadable image %s: %s", path, exc.reason)
+            rows.append({"image": str(path), "prediction": "", "confidence": None,
+                         "top_classes": [], "top_probabilities": [], "error": exc.reason})
+            continue
+        probabilities = apply_temperature(member.predictor.predict(image[None]),
+                                          member.temperature)[0]
+        order = np.argsort(-probabilities, kind="stable")[:min(top_k, len(names))]
+        confidence = float(probabilities[order[0]])
+        known = threshold is None or confidence >= threshold
+        rows.append({"image": str(path), "prediction": names[order[0]] if known else "unknown",
+                     "confidence": confidence, "top_classes": [names[i] for i in order],
+                     "top_probabilities": [float(probabilities[i]) for i in order]})
+    return rows
+
+
+def _write_predictions(out: Path, rows: list[dict], top_k: int) -> None:
+    atomic_write_json(out / "predictions.json", rows)
+    flat = []
+    for row in rows:
+        entry = {"image": row["image"], "prediction": row["prediction"],
+                 "confidence": "" if row["confidence"] is None else f"{row['confidence']:.6f}"}
+        for k in range(top_k):
+            has = k < len(row["top_classes"])
+            entry[f"top{k + 1}_class"] = row["top_classes"][k] if has else ""
+            entry[f"top{k + 1}_probability"] = f"{row['top_probabilities'][k]:.6f}" if has else ""
+        entry["error"] = row.get("error", "")
+        flat.append(entry)
+    _write_csv(out / "predictions.csv", flat)
