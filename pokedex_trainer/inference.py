@@ -208,8 +208,16 @@ class KerasPredictor(Predictor):
                                          model_type=spec.model_type if spec else "",
                                          arch=self.model.name, source_framework="keras"))
 
+        import tensorflow as tf
+
+        # One traced graph for every batch size: an eager Keras call costs tens of ms of
+        # Python per batch, which would swamp the batch-1 latency.
+        self._call = tf.function(lambda x: self.model(x, training=False),
+                                 input_signature=[tf.TensorSpec([None, height, width, 3],
+                                                                tf.float32)])
+
     def _run(self, x):
-        return self.model(x, training=False).numpy()
+        return self._call(x).numpy()
 
 
 class TorchCheckpointPredictor(Predictor):

@@ -120,21 +120,27 @@ def tiny_keras_classifier(images, num_classes: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def mobilenet_run(tiny_dataset, tmp_path_factory) -> Path:
+def shared_runs(tmp_path_factory) -> Path:
+    """Output root of the session's shared runs: <root>/runs and one TensorBoard root, <root>/tb."""
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def mobilenet_run(tiny_dataset, shared_runs) -> Path:
     """A finished MobileNetV2 run (Keras) on the tiny dataset, shared by the report and export
     tests. Its best model is then replaced by ``tiny_keras_classifier`` (see there why)."""
     from pokedex_trainer.run_files import run_split
 
-    run_dir = train_tiny_run(tiny_dataset, tmp_path_factory.mktemp("mobilenet"), "mobilenet")
+    run_dir = train_tiny_run(tiny_dataset, shared_runs, "mobilenet", "--histogram_freq", "1")
     images, _ = run_split(run_dir, "train").load_all((32, 32))
     tiny_keras_classifier(images, 3).save(run_dir / "mobilenet_v2_best.keras")
     return run_dir
 
 
 @pytest.fixture(scope="session")
-def resnet_run(tiny_dataset, tmp_path_factory) -> Path:
+def resnet_run(tiny_dataset, shared_runs) -> Path:
     """A finished ResNet152 run (PyTorch) on the tiny dataset."""
-    return train_tiny_run(tiny_dataset, tmp_path_factory.mktemp("resnet"), "resnet")
+    return train_tiny_run(tiny_dataset, shared_runs, "resnet", "--histogram_freq", "1")
 
 
 @pytest.fixture(scope="session")

@@ -27,25 +27,14 @@ def _get(port: int, path: str, **params):
         return json.loads(reply.read())
 
 
-def _train(tmp_path, data, model_type, name):
-    from pokedex_trainer.cli import run_main, train_main
-
-    argv = ["--data_path", str(data), "--output_dir", str(tmp_path / "runs"), "--log_dir",
-            str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
-            "--workers", "0", "--val_split", "0.25", "--test_split", "0.25", "--model_type",
-            model_type, "--weights", "none", "--epochs", "2", "--fine_tune_epochs", "0",
-            "--run_name", name]
-    assert run_main(train_main, argv) == 0
-
-
-def test_live_server_reads_scalars_histograms_and_images_of_every_run(tmp_path, tiny_dataset):
-    pytest.importorskip("torch")
-    pytest.importorskip("keras")
-    _train(tmp_path, tiny_dataset, "resnet", "res")
-    _train(tmp_path, tiny_dataset, "mobilenet", "mob")
+def test_live_server_reads_scalars_histograms_and_images_of_every_run(shared_runs,
+                                                                      mobilenet_run, resnet_run):
+    """The session's two shared runs (2 epochs each, histograms on) in one TensorBoard root."""
+    res, mob = resnet_run.name, mobilenet_run.name
+    expected_runs = {f"{res}/train", f"{res}/validation", f"{mob}/train", f"{mob}/validation"}
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir",
-                               str(tmp_path / "tb"), "--port", str(port), "--host", "127.0.0.1",
+                               str(shared_runs / "tb"), "--port", str(port), "--host", "127.0.0.1",
                                "--load_fast", "false"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -54,16 +43,16 @@ def test_live_server_reads_scalars_histograms_and_images_of_every_run(tmp_path, 
         while time.monotonic() < deadline:
             try:
                 runs = _get(port, "/data/runs")
-                if {"res/train", "res/validation", "mob/train", "mob/validation"} <= set(runs):
+                if expected_runs <= set(runs):
                     break
             except OSError:
                 pass
             if server.poll() is not None:
                 pytest.fail(server.stderr.read()[-2000:])
             time.sleep(1)
-        assert {"res/train", "res/validation", "mob/train", "mob/validation"} <= set(runs)
+        assert expected_runs <= set(runs)
         scalar_tags = _get(port, "/data/plugin/scalars/tags")
-        for run in ("res", "mob"):
+        for run in (res, mob):
             assert {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy",
                     "epoch_learning_rate"} <= set(scalar_tags[f"{run}/train"])
             assert {"epoch_loss", "epoch_accuracy"} <= set(scalar_tags[f"{run}/validation"])
@@ -71,10 +60,10 @@ def test_live_server_reads_scalars_histograms_and_images_of_every_run(tmp_path, 
                           tag="epoch_accuracy")
             assert [step for _, step, _ in points] == [0, 1]
         histogram_tags = _get(port, "/data/plugin/histograms/tags")
-        for run in ("res", "mob"):
+        for run in (res, mob):
             assert any(t.startswith("gradients/") for t in histogram_tags[f"{run}/train"])
         image_tags = _get(port, "/data/plugin/images/tags")
-        for run in ("res", "mob"):
+        for run in (res, mob):
             assert "augmented_samples" in image_tags[f"{run}/train"]
     finally:
         server.terminate()
