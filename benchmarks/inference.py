@@ -52,6 +52,13 @@ def parse_args(argv=None):
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process. On Linux from VmHWM: ru_maxrss survives fork and
+    exec, so a child started by a large parent would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -98,11 +105,11 @@ def build_source(model_type: str, size: int, folder: Path):
     spec = get_spec(model_type)
     if spec.framework == "keras":
         from pokedex_trainer.keras_backend.models import build_model
-        from pokedex_trainer.keras_backend.trainer import save_model
 
         model = build_model(spec, CLASSES, (size, size), "none", 0.3)
         path = folder / f"{spec.arch}_best.keras"
-        save_model(model, path)
+        model.save(path)
+        (folder / "class_names.json").write_text(json.dumps([f"c{i}" for i in range(CLASSES)]))
         return path, lambda x: model(x.astype(np.float32), training=False).numpy()
     import torch
 

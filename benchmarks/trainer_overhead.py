@@ -142,6 +142,9 @@ def main(argv=None) -> int:
                              output_dir=f"{tmp}/runs", log_dir=f"{tmp}/tb",
                              run_name="overhead")
         trainer, run_dir = trainer_epochs(config)
+        from inference import peak_rss_mb
+
+        trainer_rss = peak_rss_mb()  # main process; loader workers are separate processes
         train = decoded_split(run_dir, "train", args.image_size)
         val = decoded_split(run_dir, "val", args.image_size)
         resolved = config.resolved()
@@ -152,12 +155,12 @@ def main(argv=None) -> int:
               "workers": args.workers, "train_images": int(len(train[1])),
               "val_images": int(len(val[1])), "trainer_epoch_s": trainer,
               "bare_epoch_s": bare, "trainer_median_s": trainer_s, "bare_median_s": bare_s,
-              "ratio": trainer_s / bare_s, "machine": platform.platform(),
+              "ratio": trainer_s / bare_s, "trainer_peak_rss_mb": trainer_rss, "machine": platform.platform(),
               "python": platform.python_version()}
     print(f"{'model_type':<12}{'size':>6}{'batch':>6}{'augment':>9}{'trainer s/epoch':>17}"
-          f"{'bare s/epoch':>14}{'ratio':>7}")
+          f"{'bare s/epoch':>14}{'ratio':>7}{'trainer RSS MB':>16}")
     print(f"{args.model_type:<12}{args.image_size:>6}{args.batch_size:>6}{args.augment:>9}"
-          f"{trainer_s:>17.2f}{bare_s:>14.2f}{result['ratio']:>7.2f}")
+          f"{trainer_s:>17.2f}{bare_s:>14.2f}{result['ratio']:>7.2f}{trainer_rss:>16.0f}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))

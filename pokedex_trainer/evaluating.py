@@ -22,7 +22,7 @@ from .errors import UserError
 from .evaluation import compute_metrics, most_confident_mistakes, report_rows
 from .inference import (Predictor, framework_of, import_frameworks, load_predictor,
                         measure_latency, measure_throughput)
-from .run_files import LabelledImages, best_model_of, folder_images, run_dir_of, run_split
+from .run_files import LabelledImages, best_model_of, folder_images, model_and_run, run_split
 from .runs import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -113,17 +113,6 @@ def _saved_calibration(run_dir: Path, model_name: str) -> dict | None:
     return entry
 
 
-def resolve_model(run_dir: str | None, model: str | None) -> tuple[Path, Path | None]:
-    if run_dir and model:
-        return Path(model), Path(run_dir)
-    if run_dir:
-        return best_model_of(Path(run_dir)), Path(run_dir)
-    path = Path(model)
-    if not path.exists():
-        raise UserError(f"model '{path}' does not exist")
-    return path, run_dir_of(path)
-
-
 def evaluation_images(run_dir: Path | None, data_path: str | None,
                       class_names: list[str]) -> LabelledImages:
     """The images a model is judged on: ``--data_path`` or the run's test split."""
@@ -177,7 +166,7 @@ class EvaluateOptions:
 def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None,
                    options: EvaluateOptions) -> Path:
     """Evaluate one model; writes the report and returns its folder."""
-    model_path, run = resolve_model(run_dir, model)
+    model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
     images = evaluation_images(run, data_path, predictor.info.class_names)
     member = Member(model_path.name, predictor, run)
@@ -413,7 +402,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
     from .dataset import is_image_file
 
-    model_path, run = resolve_model(run_dir, model)
+    model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
     member = Member(model_path.name, predictor, run)
     saved = _saved_calibration(run, model_path.name) if run else None

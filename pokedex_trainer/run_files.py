@@ -39,6 +39,19 @@ def run_dir_of(model_path: Path) -> Path | None:
     return None
 
 
+def model_and_run(run_dir: str | None, model: str | None) -> tuple[Path, Path | None]:
+    """(model file, its run directory or None) from ``--run_dir`` and/or ``--model``: a run's
+    best model, or a given file and the run it sits in (if any)."""
+    if run_dir and model:
+        return Path(model), Path(run_dir)
+    if run_dir:
+        return best_model_of(Path(run_dir)), Path(run_dir)
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"model '{path}' does not exist")
+    return path, run_dir_of(path)
+
+
 @dataclass
 class LabelledImages:
     """Images a model is measured on: paths relative to ``root`` with labels in class order."""

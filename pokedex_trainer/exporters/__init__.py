@@ -335,16 +335,11 @@ def results_table(results: list[ExportResult]) -> str:
 
 def resolve_source(run_dir: str | None, model: str | None) -> tuple[Path, Path | None]:
     """(model file, its run directory or None) from ``--run_dir`` or ``--model``."""
-    from ..run_files import best_model_of, run_dir_of
+    from ..run_files import model_and_run
 
     if bool(run_dir) == bool(model):
         raise UserError("give either --run_dir RUN_DIR or --model FILE")
-    if run_dir:
-        return best_model_of(Path(run_dir)), Path(run_dir)
-    path = Path(model)
-    if not path.exists():
-        raise UserError(f"model '{path}' does not exist")
-    return path, run_dir_of(path)
+    return model_and_run(run_dir, model)
 
 
 def export_images(run_dir: Path | None, data_path: str | None, class_names: list[str],
