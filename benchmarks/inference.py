@@ -59,6 +59,11 @@ def peak_rss_mb() -> float:
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
+    import psutil
+
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):  # Windows
+        return info.peak_wset / 2**20
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

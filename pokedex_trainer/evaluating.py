@@ -406,6 +406,8 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     predictor = _load(model_path, run)
     member = Member(model_path.name, predictor, run)
     saved = _saved_calibration(run, model_path.name) if run else None
+    if saved is None and getattr(predictor, "sidecar", {}).get("temperature"):
+        saved = {"temperature": float(predictor.sidecar["temperature"])}  # from export time
     member.temperature = saved["temperature"] if saved else 1.0
     if saved is None:
         logger.warning("no calibration saved for %s: probabilities are uncalibrated (run "

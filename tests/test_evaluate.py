@@ -251,3 +251,27 @@ def test_kfold_trains_one_run_per_fold_and_summarizes(tiny_dataset, tmp_path, ca
         assert not tests[-1] & train_val
     assert not tests[0] & tests[1] and len(tests[0] | tests[1]) == 36
     assert "±" in capsys.readouterr().out
+
+
+def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_exports,
+                                                                        tiny_dataset, tmp_path):
+    from pokedex_trainer.calibration import apply_temperature
+    from pokedex_trainer.evaluating import predict_command
+    from pokedex_trainer.inference import load_predictor
+
+    for suffix in ("", ".json"):
+        shutil.copy(keras_exports / "export" / f"mobilenet_v2_best.onnx{suffix}",
+                    tmp_path / f"model.onnx{suffix}")
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text(encoding="utf-8"))
+    sidecar["temperature"] = 2.5
+    (tmp_path / "model.onnx.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    photo = next((tiny_dataset / "Gato").iterdir())
+    row = predict_command(str(photo), None, str(tmp_path / "model.onnx"), 3, None, None)[0]
+    from pokedex_trainer.augment import build_eval_transform
+    from pokedex_trainer.images import read_image
+
+    image = build_eval_transform((32, 32))(image=read_image(photo))["image"]
+    expected = apply_temperature(load_predictor(tmp_path / "model.onnx").predict(image[None]),
+                                 2.5)[0]
+    assert row["confidence"] == pytest.approx(float(expected.max()), abs=1e-6)
+    assert row["top_probabilities"] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
