@@ -98,7 +98,10 @@ def tiny_keras_classifier(images, num_classes: int, seed: int = 0):
     keras.utils.set_random_seed(seed)
     size = images.shape[1:3]
     inner = keras.Input((*size, 3))
-    y = layers.Conv2D(8, 3, strides=2, padding="same")(inner)
+    # a Normalization layer holds constants the way EfficientNet's does (a converter once
+    # turned them into extra inputs)
+    y = layers.Normalization(mean=[0.0, 0.1, -0.1], variance=[1.0, 1.2, 0.9])(inner)
+    y = layers.Conv2D(8, 3, strides=2, padding="same")(y)
     y = layers.BatchNormalization()(y)
     y = layers.ReLU(6.0)(y)
     y = layers.DepthwiseConv2D(3, padding="same")(y)

@@ -265,7 +265,8 @@ def _keras_writers(job: ExportJob, source: Predictor):
                         _write_with_sidecar(lambda path, sc: saved_model_path())))
     if "onnx" in job.formats:
         writers.append(("onnx", "float32", out / f"{stem}.onnx", _write_with_sidecar(
-            lambda path, sc: keras_formats.write_onnx(model, path, job.opset, sc))))
+            lambda path, sc: keras_formats.write_onnx(saved_model_path(), path, job.opset,
+                                                      sc))))
     if "tflite" in job.formats:
         for precision in job.tflite_precisions:
             writers.append(("tflite", precision, out / f"{stem}_{precision}.tflite",

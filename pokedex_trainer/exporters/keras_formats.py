@@ -79,16 +79,20 @@ def write_tflite(saved_model: Path, path: Path, precision: str, sidecar: dict,
     return path
 
 
-def write_onnx(model, path: Path, opset: int, sidecar: dict) -> Path:
-    """ONNX through tf2onnx with a dynamic batch dimension named ``batch``."""
-    import tensorflow as tf
-    import tf2onnx
+def write_onnx(saved_model: Path, path: Path, opset: int, sidecar: dict) -> Path:
+    """ONNX from the SavedModel through tf2onnx, with a dynamic batch dimension ``batch``.
 
-    height, width = model.input_shape[1:3]
-    signature = (tf.TensorSpec((None, height, width, 3), tf.float32, name="image"),)
-    function = tf.function(lambda image: model(image, training=False), input_signature=signature)
+    The SavedModel path freezes everything the graph holds: converting the Keras call with
+    ``from_function`` leaves tensors captured by layers such as EfficientNet's Normalization as
+    extra graph inputs, and the file then cannot run.
+    """
+    import tf2onnx
+    from tf2onnx import tf_loader
+
     with quiet_converters():
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature,
-                                                 opset=opset)
+        graph_def, inputs, outputs = tf_loader.from_saved_model(
+            str(saved_model), None, None, tag="serve", signatures=["serve"])
+        proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
+                                                  output_names=outputs, opset=opset)
     atomic_write_bytes(path, add_onnx_metadata(proto, sidecar).SerializeToString())
     return path
