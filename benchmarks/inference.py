@@ -144,7 +144,6 @@ def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: in
     job = exporters.ExportJob(source, list(exporters.FORMATS[framework]), folder,
                               LabelledImages(folder, predictor.info.class_names, [], "none"),
                               tflite_precisions=precisions)
-    job.calibration = None
     rng = np.random.default_rng(0)
 
     def calibration():

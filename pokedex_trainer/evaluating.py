@@ -62,13 +62,13 @@ def predict_images(predictor: Predictor, images: LabelledImages, batch_size: int
 def calibrate(member: Member) -> None:
     """Fit the temperature on the member's validation split and save it in its run directory.
 
-    Without a run (a loose model file) there is no validation split: the saved temperature of
-    the run is used if any, else 1 (uncalibrated), and the report says so.
+    Without a validation split (a loose model file) the saved temperature is used if any (see
+    ``saved_calibration``), else 1 (uncalibrated), and the report says so.
     """
     run_dir = member.run_dir
     val = run_split(run_dir, "val") if run_dir else None
     if val is None or not val.samples:
-        saved = _saved_calibration(run_dir, member.predictor.path.name) if run_dir else None
+        saved = saved_calibration(member)
         member.temperature = saved["temperature"] if saved else 1.0
         member.calibration = {"temperature": member.temperature,
                               "fitted_on": saved["fitted_on"] if saved else
@@ -100,17 +100,25 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict) -> None:
     atomic_write_json(path, data)
 
 
-def _saved_calibration(run_dir: Path, model_name: str) -> dict | None:
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text("utf-8"))
-    entry = data.get("models", {}).get(model_name)
-    if entry is None and "temperature" in data:
-        entry = {"temperature": data["temperature"],
-                 "fitted_on": f"{data.get('fitted_on', 'validation split')} of "
-                              f"{data.get('model', 'the run')}"}
-    return entry
+def saved_calibration(member: Member) -> dict | None:
+    """The temperature saved for a model: its run's calibration.json (this file's entry, else
+    the run's), else the one an export recorded in its sidecar; None when there is none."""
+    path = member.run_dir / CALIBRATION_FILE if member.run_dir else None
+    if path is not None and path.is_file():
+        data = json.loads(path.read_text("utf-8"))
+        entry = data.get("models", {}).get(member.predictor.path.name)
+        if entry is None and "temperature" in data:
+            entry = {"temperature": data["temperature"],
+                     "fitted_on": f"{data.get('fitted_on', 'validation split')} of "
+                                  f"{data.get('model', 'the run')}"}
+        if entry is not None:
+            return entry
+    sidecar = getattr(member.predictor, "sidecar", {})
+    if sidecar.get("temperature"):
+        return {"temperature": float(sidecar["temperature"]),
+                "fitted_on": f"the validation split of {sidecar.get('source_model', 'its source')}"
+                             " (from the export's sidecar)"}
+    return None
 
 
 def evaluation_images(run_dir: Path | None, data_path: str | None,
@@ -405,9 +413,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
     member = Member(model_path.name, predictor, run)
-    saved = _saved_calibration(run, model_path.name) if run else None
-    if saved is None and getattr(predictor, "sidecar", {}).get("temperature"):
-        saved = {"temperature": float(predictor.sidecar["temperature"])}  # from export time
+    saved = saved_calibration(member)
     member.temperature = saved["temperature"] if saved else 1.0
     if saved is None:
         logger.warning("no calibration saved for %s: probabilities are uncalibrated (run "

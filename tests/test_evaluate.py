@@ -275,3 +275,24 @@ def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_e
                                  2.5)[0]
     assert row["confidence"] == pytest.approx(float(expected.max()), abs=1e-6)
     assert row["top_probabilities"] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
+
+
+def test_ensemble_of_runs_with_different_test_splits_is_refused(mobilenet_run, resnet_run,
+                                                                 tmp_path, capsys):
+    other = tmp_path / "other_split"
+    shutil.copytree(mobilenet_run, other, ignore=shutil.ignore_patterns("export", "evaluation*"))
+    manifest = json.loads((other / "split_manifest.json").read_text(encoding="utf-8"))
+    manifest["splits"]["train"].append(manifest["splits"]["test"].pop())  # one image moves
+    (other / "split_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert run_main(evaluate_main, ["--ensemble", str(resnet_run), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different test splits" in err and len(err.splitlines()) == 1
+
+
+def test_kfold_with_export_is_a_one_line_error_before_training(tiny_dataset, tmp_path, capsys):
+    from pokedex_trainer.cli import train_main
+
+    assert run_main(train_main, ["--data_path", str(tiny_dataset), "--kfold", "2", "--export",
+                                 "--output_dir", str(tmp_path / "runs")]) == 2
+    assert "--kfold" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
