@@ -45,7 +45,7 @@ def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     from pokedex_trainer.keras_backend.models import apply_phase, build_model
     from pokedex_trainer.keras_backend.trainer import compile_model, configure_precision, \
         to_dataset
-    from pokedex_trainer.phases import Phase
+    from pokedex_trainer.core.phases import Phase
 
     configure_precision(config.mixed_precision)
     spec = get_spec(config.model_type)

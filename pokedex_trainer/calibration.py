@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_FILE = "calibration.json"
+from .layout import CALIBRATION as CALIBRATION_FILE
+
 ECE_BINS = 15
 _EPS = 1e-12
 

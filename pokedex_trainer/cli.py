@@ -193,7 +193,7 @@ def train_main(argv: list[str] | None = None) -> None:
     from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
     if config.base_model and not actions["resume"]:
-        apply_base_model(config)
+        config = apply_base_model(config)
     if actions["find_batch_size"]:
         find_batch_size_only(config)
         return

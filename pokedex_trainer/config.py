@@ -16,9 +16,14 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a run. ``None`` for image_size / batch_size means the model's seed default."""
+    """Every knob of a run. ``None`` for image_size / batch_size means the model's seed default.
+
+    Frozen: a run's configuration is resolved once (``resolved``, then the base model and
+    ``--batch_size auto`` in training.py) and never changed afterwards; derive a new one with
+    ``dataclasses.replace``.
+    """
 
     data_path: str = "data/training"
     model_type: str = "efficientnet"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .layout import MANIFEST as MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 SYSTEM_NAMES = {"__macosx", "$recycle.bin", "system volume information", "@eadir", "thumbs.db",
                 "desktop.ini", ".ds_store"}
 SPLITS = ("train", "val", "test")
-MANIFEST_NAME = "split_manifest.json"
 
 # The seed's guidance: below these numbers a run works but results suffer.
 RECOMMENDED_MIN_CLASSES = 10

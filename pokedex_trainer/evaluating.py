@@ -22,12 +22,12 @@ from .errors import UserError
 from .evaluation import compute_metrics, most_confident_mistakes, report_rows
 from .inference import (Predictor, framework_of, import_frameworks, load_predictor,
                         measure_latency, measure_throughput)
+from .layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
 from .run_files import LabelledImages, best_model_of, folder_images, model_and_run, run_split
 from .runs import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-EVALUATION_DIR = "evaluation"
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict) -> None:
     path = run_dir / CALIBRATION_FILE
     data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
     data.setdefault("models", {})[model_path.name] = details
-    if "_best." in model_path.name or "temperature" not in data:
+    if RunLayout.read(run_dir).is_best_model(model_path) or "temperature" not in data:
         data.update({k: v for k, v in details.items()})
         data["model"] = model_path.name
     atomic_write_json(path, data)
@@ -193,8 +193,8 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
 
 def _load(model_path: Path, run: Path | None) -> Predictor:
     names = None
-    if run is not None and (run / "class_names.json").is_file():
-        names = json.loads((run / "class_names.json").read_text("utf-8"))
+    if run is not None and (run / CLASS_NAMES).is_file():
+        names = json.loads((run / CLASS_NAMES).read_text("utf-8"))
     return load_predictor(model_path, names)
 
 
@@ -202,7 +202,7 @@ def _output_dir(given: str | None, run: Path | None, model_path: Path) -> Path:
     if given:
         out = Path(given)
     elif run is not None:
-        best = "_best." in model_path.name and model_path.parent == run
+        best = RunLayout.read(run).is_best_model(model_path)
         out = run / EVALUATION_DIR if best else run / EVALUATION_DIR / model_path.name
     else:
         out = model_path.parent / f"{EVALUATION_DIR}_{model_path.name}"

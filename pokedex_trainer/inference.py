@@ -134,7 +134,9 @@ def import_frameworks(frameworks: set[str]) -> None:
 
 def class_names_near(model_path: Path) -> list[str] | None:
     """``class_names.json`` beside a model (a run directory), if there is one."""
-    candidate = Path(model_path).parent / "class_names.json"
+    from .layout import CLASS_NAMES
+
+    candidate = Path(model_path).parent / CLASS_NAMES
     if candidate.is_file():
         return json.loads(candidate.read_text(encoding="utf-8"))
     return None

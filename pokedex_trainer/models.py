@@ -6,6 +6,7 @@ network does with them internally, so the app (and the export sidecar) never has
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -51,6 +52,19 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "mobilenet", "keras", "mobilenet_v2", "MobileNetV2", (224, 224), 64, "minus_one_one"
     ),
 }
+
+
+# Tiny networks with the interface of the real ones (same normalization, backbone, pooling,
+# dropout and head), for the tests: they run through the real trainers, savers, exporters and
+# evaluation in seconds. Registered only when POKEDEX_TEST_MODELS=1 (the test suite sets it).
+TEST_MODEL_SPECS: dict[str, ModelSpec] = {
+    "tiny_keras": ModelSpec("tiny_keras", "keras", "tiny_keras", "TinyKeras", (32, 32), 8,
+                            "minus_one_one", min_image_size=8),
+    "tiny_torch": ModelSpec("tiny_torch", "torch", "tiny_torch", "TinyTorch", (32, 32), 8,
+                            "imagenet", min_image_size=8),
+}
+if os.environ.get("POKEDEX_TEST_MODELS") == "1":
+    MODEL_SPECS.update(TEST_MODEL_SPECS)
 
 
 def get_spec(model_type: str) -> ModelSpec:

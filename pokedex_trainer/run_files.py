@@ -13,28 +13,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import MANIFEST_NAME, read_manifest, scan_dataset
+from .dataset import read_manifest, scan_dataset
 from .errors import UserError
+from .layout import CONFIG, MANIFEST, RunLayout
 
 logger = logging.getLogger(__name__)
 
 
 def best_model_of(run_dir: Path) -> Path:
-    """``<arch>_best.keras`` or ``<arch>_best.pth`` of a run directory."""
+    """``<arch>_best.keras`` or ``<arch>_best.pth`` of a run directory, by its exact name."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
-    found = sorted(p for p in run_dir.glob("*_best.*") if p.suffix in (".keras", ".pth"))
-    if not found:
-        raise UserError(f"'{run_dir}' holds no best model (*_best.keras or *_best.pth): is it a "
-                        "run directory whose first epoch finished?")
-    return found[0]
+    layout = RunLayout.read(run_dir)
+    if layout.arch is None:
+        raise UserError(f"'{run_dir}' is not a run directory of this tool (no readable "
+                        f"{CONFIG})")
+    if not layout.best_model.is_file():
+        raise UserError(f"'{run_dir}' holds no best model ({layout.best_model.name}): did its "
+                        "first epoch finish?")
+    return layout.best_model
 
 
 def run_dir_of(model_path: Path) -> Path | None:
     """The run directory a model file lives in (it has a split manifest), if any."""
     for folder in (Path(model_path).parent, Path(model_path).parent.parent):
-        if (folder / MANIFEST_NAME).is_file():
+        if (folder / MANIFEST).is_file():
             return folder
     return None
 
@@ -116,13 +120,13 @@ def run_split(run_dir: Path, split: str) -> LabelledImages:
     recorded in the manifest.
     """
     run_dir = Path(run_dir)
-    manifest_path = run_dir / MANIFEST_NAME
+    manifest_path = run_dir / MANIFEST
     if not manifest_path.is_file():
-        raise UserError(f"'{run_dir}' has no {MANIFEST_NAME}: not a run directory of this tool")
+        raise UserError(f"'{run_dir}' has no {MANIFEST}: not a run directory of this tool")
     manifest = read_manifest(manifest_path)
     samples = manifest["splits"].get(split, [])
     candidates = []
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG
     if config_path.is_file():
         candidates.append(Path(json.loads(config_path.read_text(encoding="utf-8"))["data_path"]))
     candidates.append(Path(manifest["data_path"]))

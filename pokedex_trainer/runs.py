@@ -84,9 +84,23 @@ def atomic_write_json(path: Path, value) -> None:
 
 @contextmanager
 def atomic_target(path: Path, suffix: str):
-    """Yield a temporary path (ending in ``suffix``) that replaces ``path`` on success."""
+    """Yield a temporary path (ending in ``suffix``) that replaces ``path`` on success.
+
+    The temporary file lives in a hidden ``.partial`` folder beside ``path``, so a process
+    killed mid-write leaves nothing that a lookup of model or export files could match.
+    """
+    from .layout import PARTIAL_DIR
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    partial = path.parent / PARTIAL_DIR
+    for attempt in range(3):  # another writer may remove the empty folder in between
+        partial.mkdir(exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=partial, prefix=f"{path.stem}.", suffix=suffix)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     os.close(fd)
     try:
         yield Path(tmp)
@@ -94,6 +108,10 @@ def atomic_target(path: Path, suffix: str):
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+        try:
+            partial.rmdir()  # only when empty: another write may be in flight
+        except OSError:
+            pass
 
 
 @contextmanager

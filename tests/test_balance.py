@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def test_imbalance_warning_suggests_the_flags(dataset_copy):
                          image_size=(32, 32), val_split=0.25, test_split=0.25).resolved()
     notes = prepare_data(config)[2]
     assert any("--class_weight balanced or --sampler balanced" in n for n in notes)
-    config.class_weight = "balanced"
+    config = replace(config, class_weight="balanced")
     assert not any("imbalanced" in n for n in prepare_data(config)[2])
 
 

@@ -47,7 +47,7 @@ def test_model_defaults_when_flags_are_omitted(model_type, size, batch):
 
 
 def test_fine_tune_epochs_zero_skips_phase_two():
-    from pokedex_trainer.phases import plan_phases
+    from pokedex_trainer.core.phases import plan_phases
 
     config = parse_train_args(["--model_type", "mobilenet", "--fine_tune_epochs", "0"]).resolved()
     assert [p.name for p in plan_phases(config)] == ["head"]

@@ -16,7 +16,7 @@ from pokedex_trainer.cli import run_main, train_main  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
 from pokedex_trainer.keras_backend import models as kmodels  # noqa: E402
 from pokedex_trainer.models import get_spec  # noqa: E402
-from pokedex_trainer.phases import BATCHNORM, WEIGHTED, Phase, layers_to_unfreeze  # noqa: E402
+from pokedex_trainer.core.phases import BATCHNORM, WEIGHTED, Phase, layers_to_unfreeze  # noqa: E402
 
 
 @pytest.fixture(scope="module")

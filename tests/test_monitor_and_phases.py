@@ -1,8 +1,8 @@
 """Early stopping and the phase plan, driven by hand-written sequences."""
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.monitor import BestTracker, EarlyStopping
-from pokedex_trainer.phases import (BATCHNORM, OTHER, WEIGHTED, layers_to_unfreeze,
+from pokedex_trainer.core.monitor import BestTracker, EarlyStopping
+from pokedex_trainer.core.phases import (BATCHNORM, OTHER, WEIGHTED, layers_to_unfreeze,
                                     plan_phases, trainable_mask)
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
 from pokedex_trainer.models import IMAGENET_MEAN, get_spec  # noqa: E402
-from pokedex_trainer.phases import BATCHNORM, Phase, layers_to_unfreeze  # noqa: E402
+from pokedex_trainer.core.phases import BATCHNORM, Phase, layers_to_unfreeze  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
+from ..layout import EXPORT_DIR
 from ..inference import (ModelInfo, Predictor, load_predictor, measure_latency, sidecar_path)
 from ..run_files import LabelledImages
 from ..runs import atomic_write_json
@@ -395,7 +396,7 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     if names is None:
         raise UserError(f"no class list for '{source}': expected class_names.json beside it")
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
-    out = Path(output_dir) if output_dir else (run or source.parent) / "export"
+    out = Path(output_dir) if output_dir else (run or source.parent) / EXPORT_DIR
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
                     _temperature(run))
     results = run_export(job)

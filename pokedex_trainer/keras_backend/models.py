@@ -9,16 +9,39 @@ import keras
 
 from ..errors import UserError
 from ..models import ModelSpec
-from ..phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+from ..core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "predictions"
 
+def tiny_backbone(include_top: bool = False, weights=None, input_shape=None) -> keras.Model:
+    """The test network (``tiny_keras``): MobileNetV2's kinds of layer, three deep, with the
+    application's signature. It has no ImageNet weights."""
+    from keras import layers
+
+    if weights == "imagenet":
+        raise ValueError("the test network has no ImageNet weights")
+    inputs = keras.Input(input_shape)
+    y = layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    y = layers.BatchNormalization(name="bn1")(y)
+    y = layers.ReLU(6.0, name="relu1")(y)
+    y = layers.DepthwiseConv2D(3, padding="same", name="dwconv2")(y)
+    y = layers.BatchNormalization(name="bn2")(y)
+    y = layers.ReLU(6.0, name="relu2")(y)
+    y = layers.Conv2D(16, 1, name="conv3")(y)
+    y = layers.ReLU(6.0, name="relu3")(y)
+    model = keras.Model(inputs, y, name="tiny_keras")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
 _APPLICATIONS = {
     "efficientnet": lambda **kw: keras.applications.EfficientNetB7(**kw),
     "mobilenet": lambda **kw: keras.applications.MobileNetV2(**kw),
+    "tiny_keras": tiny_backbone,
 }
 
 # From-scratch BatchNorm: the applications' momentum (0.99 / 0.999) makes the moving statistics

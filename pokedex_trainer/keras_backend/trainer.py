@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import keras
 
-from ..phases import Phase
-from ..runs import atomic_target, atomic_write_bytes
+from ..core.context import RunContext
+from ..core.phases import Phase
+from ..runs import atomic_target
 from ..summaries import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
     split_epoch_logs
-from ..training import RESUME_DIR, PhaseWindow, RunContext, RunState
 from .models import apply_phase, build_model
 
 logger = logging.getLogger(__name__)
@@ -83,39 +84,7 @@ def compile_model(model: keras.Model, learning_rate: float, num_classes: int) ->
     )
 
 
-class RunCallback(keras.callbacks.Callback):
-    """Bridges Keras to the shared RunState: history, best checkpoint, early stopping.
-
-    The best weights are kept in memory as well as on disk, so the final model of the run
-    (and phase 2's starting point) is the best one seen, not the last.
-
-    Args:
-        context: the run.
-        state: shared per-epoch bookkeeping.
-        phase: the phase this fit runs.
-    """
-
-    def __init__(self, context: RunContext, state: RunState, phase: Phase):
-        super().__init__()
-        self.context, self.state, self.phase = context, state, phase
-        self.best_weights = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.state.start_epoch()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-            self.model.optimizer.learning_rate))
-        improved, stop = self.state.end_epoch(epoch, self.phase, logs)
-        if improved:
-            self.best_weights = self.model.get_weights()
-            save_model(self.model, self.context.model_path("best"))
-        if stop:
-            self.model.stop_training = True
-
-
-class TensorBoardLogger(keras.callbacks.Callback):
+class TensorBoardLogger:
     """Keras-named scalars, weight and gradient histograms and an augmented-sample grid.
 
     Written with tf.summary and flushed every epoch so a live TensorBoard shows each epoch.
@@ -126,9 +95,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
         histogram_freq: epochs between weight/gradient histograms; 0 for none.
     """
 
-    def __init__(self, log_dir, sample_batch: tuple[np.ndarray, np.ndarray],
+    def __init__(self, model: keras.Model, log_dir, sample_batch: tuple[np.ndarray, np.ndarray],
                  histogram_freq: int = 1):
-        super().__init__()
+        self.model = model
         self.histogram_freq = histogram_freq
         self.train_writer = tf.summary.create_file_writer(str(log_dir / TRAIN_SUBDIR))
         self.val_writer = tf.summary.create_file_writer(str(log_dir / VALIDATION_SUBDIR))
@@ -164,10 +133,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
             if gradient is not None:
                 tf.summary.histogram(f"gradients/{variable.path}", gradient, step=epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-            self.model.optimizer.learning_rate))
+    def log_epoch(self, epoch: int, logs: dict) -> None:
         train_scalars, val_scalars = split_epoch_logs(logs)
         with self.train_writer.as_default():
             for tag, value in train_scalars.items():
@@ -179,6 +145,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 tf.summary.scalar(tag, value, step=epoch)
         self.train_writer.flush()
         self.val_writer.flush()
+
+    def close(self) -> None:
+        self.train_writer.close()
+        self.val_writer.close()
 
 
 def configure_precision(mixed: bool) -> None:
@@ -202,68 +172,24 @@ def enable_memory_growth() -> None:
             pass
 
 
-class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' callback whose wait/best counters survive a resume.
-
-    Args:
-        initial_state: counters saved by ``state()`` in an interrupted run, or None.
-    """
-
-    def __init__(self, initial_state: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_state = initial_state
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.initial_state:
-            self.wait = self.initial_state["wait"]
-            self.best = self.initial_state["best"]
-            self.cooldown_counter = self.initial_state["cooldown_counter"]
-
-    def state(self) -> dict:
-        return {"wait": int(self.wait), "best": float(self.best),
-                "cooldown_counter": int(self.cooldown_counter)}
+WEIGHTS_FILE = "weights.weights.h5"
+OPTIMIZER_FILE = "optimizer.npz"
+LEGACY_WEIGHTS_FILE = "last.weights.h5"  # the first version's resume/ files
 
 
-class ResumeCheckpoint(keras.callbacks.Callback):
-    """After every epoch (last in the callback list): what ``--resume`` needs, atomically.
-
-    Args:
-        context: the run.
-        state: shared bookkeeping, which records the resume point once the files are written.
-        window: the phase being trained.
-        reduce_lr: the phase's ReduceLROnPlateau, whose counters are saved too.
-    """
-
-    def __init__(self, context: RunContext, state: RunState, window: PhaseWindow,
-                 reduce_lr: ReduceLROnPlateau):
-        super().__init__()
-        self.context, self.state, self.window, self.reduce_lr = context, state, window, reduce_lr
-
-    def on_epoch_end(self, epoch, logs=None):
-        periodic = self.state.periodic_name(epoch, self.context.config.save_every)
-        if periodic:
-            save_model(self.model, self.context.model_path(periodic))
-        save_training_state(self.context.run_dir / RESUME_DIR, self.model)
-        self.state.save_resume_point(self.context.run_dir, self.window, epoch,
-                                     bool(self.model.stop_training),
-                                     {"reduce_lr": self.reduce_lr.state()})
-
-
-def save_training_state(folder, model: keras.Model) -> None:
+def save_training_state(folder: Path, model: keras.Model) -> None:
     """Weights and optimizer variables (moments, step, learning rate) of the last epoch."""
-    folder.mkdir(exist_ok=True)
-    with atomic_target(folder / "last.weights.h5", suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
+    model.save_weights(folder / WEIGHTS_FILE)
     buffer = io.BytesIO()
     np.savez(buffer, *[np.asarray(v) for v in model.optimizer.variables])
-    atomic_write_bytes(folder / "optimizer.npz", buffer.getvalue())
+    (folder / OPTIMIZER_FILE).write_bytes(buffer.getvalue())
 
 
-def restore_training_state(folder, model: keras.Model) -> None:
-    model.load_weights(folder / "last.weights.h5")
+def restore_training_state(folder: Path, model: keras.Model) -> None:
+    weights = folder / WEIGHTS_FILE
+    model.load_weights(weights if weights.is_file() else folder / LEGACY_WEIGHTS_FILE)
     model.optimizer.build(model.trainable_variables)
-    with np.load(folder / "optimizer.npz") as saved:
+    with np.load(folder / OPTIMIZER_FILE) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     variables = model.optimizer.variables
     if len(values) != len(variables):
@@ -277,7 +203,7 @@ def restore_training_state(folder, model: keras.Model) -> None:
 def search_batch_size(config, spec, num_classes: int):
     """--batch_size auto: real training steps at growing batch sizes (see batch_size.py)."""
     from ..batch_size import PeakRSS, find_batch_size, ram_limit
-    from ..phases import Phase
+    from ..core.phases import Phase
 
     configure_precision(config.mixed_precision)
     enable_memory_growth()
@@ -321,97 +247,127 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
-    """Run ``phases`` and save the models; returns the best model's test-split metrics."""
-    config = context.config
-    enable_memory_growth()
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    gpus = tf.config.list_logical_devices("GPU")
-    state.device = f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
-    configure_precision(config.mixed_precision)
-    strategy = make_strategy()
-    with strategy.scope():
-        model = build_model(context.spec, context.num_classes, config.image_size,
-                            config.weights, config.dropout, config.base_model)
-    if not config.pretrained:
-        logger.info("--weights none: training from scratch, nothing is frozen")
-    train_loader = context.make_loader("train", training=True)
-    val_loader = context.make_loader("val", training=False)
-    try:
-        sample = train_loader.sample_batch()
-        tensorboard = TensorBoardLogger(context.tensorboard_dir, (sample.images, sample.labels),
-                                        config.histogram_freq)
-        tensorboard.log_samples()
-        replicas = strategy.num_replicas_in_sync
-        train_ds = to_dataset(train_loader, config.image_size, replicas, context.class_weights())
-        val_ds = to_dataset(val_loader, config.image_size, replicas)
-        best_weights = None
-        for window in state.schedule(phases):
-            phase = window.phase
-            state.start_phase(phase, window.resumed)
-            if window.restore_best:
-                best_weights = load_best_weights(context)
-                model.set_weights(best_weights)
-            apply_phase(model, phase)
-            with strategy.scope():
-                compile_model(model, phase.learning_rate, context.num_classes)
-                if window.resumed:
-                    restore_training_state(context.run_dir / RESUME_DIR, model)
-            saved = (state.resume_point or {}).get("backend", {}) if window.resumed else {}
-            run_callback = RunCallback(context, state, phase)
-            reduce_lr = ReduceLROnPlateau(initial_state=saved.get("reduce_lr"),
-                                          monitor="val_loss", factor=config.lr_factor,
-                                          patience=config.lr_patience, min_lr=config.min_lr,
-                                          verbose=1)
-            callbacks = [run_callback, reduce_lr, tensorboard, keras.callbacks.TerminateOnNaN(),
-                         ResumeCheckpoint(context, state, window, reduce_lr)]
-            train_loader.epoch = window.first
-            model.fit(train_ds, validation_data=val_ds, initial_epoch=window.first,
-                      epochs=window.end, shuffle=False, callbacks=callbacks,
-                      verbose=1 if _interactive() else 2)
-            best_weights = run_callback.best_weights or best_weights or \
-                load_best_weights(context)
-            if best_weights is not None:
-                model.set_weights(best_weights)  # early stopping restores the best weights
-        save_model(model, context.model_path("final"))
-        logger.info("saved %s and %s", context.model_path("best").name,
-                    context.model_path("final").name)
-        return evaluate_split(model, context, "test", replicas)
-    finally:
-        train_loader.close()
-        val_loader.close()
+class _BatchProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar without its "Epoch e/E" header: the core fits one epoch at a time
+    (E would be wrong) and logs each epoch's own line."""
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = 1
 
 
-def load_best_weights(context: RunContext):
-    """The best checkpoint's weights from disk (a resumed run has none in memory)."""
-    path = context.model_path("best")
-    if not path.exists():
-        return None
-    return keras.models.load_model(path, compile=False).get_weights()
+class KerasBackend:
+    """Keras 3 work for the core phase loop (see core/backend.py for the contract).
+
+    Args:
+        context: the run.
+    """
+
+    main_process = True
+
+    def __init__(self, context: RunContext):
+        config = context.config
+        self.context = context
+        enable_memory_growth()
+        keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
+        configure_precision(config.mixed_precision)
+        self.strategy = make_strategy()
+        with self.strategy.scope():
+            self.model = build_model(context.spec, context.num_classes, config.image_size,
+                                     config.weights, config.dropout, config.base_model)
+        if not config.pretrained:
+            logger.info("--weights none: training from scratch, nothing is frozen")
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.train_loader = context.make_loader("train", training=True)
+        self.val_loader = context.make_loader("val", training=False)
+        self.tensorboard = None
+        try:
+            self._start_feeding(context)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_feeding(self, context: RunContext) -> None:
+        config = context.config
+        sample = self.train_loader.sample_batch()
+        self.tensorboard = TensorBoardLogger(self.model, context.tensorboard_dir,
+                                             (sample.images, sample.labels),
+                                             config.histogram_freq)
+        self.tensorboard.log_samples()
+        self.train_ds = to_dataset(self.train_loader, config.image_size, self.replicas,
+                                   context.class_weights())
+        self.val_ds = to_dataset(self.val_loader, config.image_size, self.replicas)
+
+    def start_phase(self, phase: Phase, learning_rate: float) -> None:
+        apply_phase(self.model, phase)
+        with self.strategy.scope():
+            compile_model(self.model, learning_rate, self.context.num_classes)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        self.model.optimizer.learning_rate = learning_rate
+
+    def learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def fit_epoch(self, epoch: int, phase: Phase) -> dict:
+        self.train_loader.epoch = epoch
+        history = self.model.fit(self.train_ds, initial_epoch=epoch, epochs=epoch + 1,
+                                 shuffle=False, verbose=1 if _interactive() else 0,
+                                 callbacks=[keras.callbacks.TerminateOnNaN(), _BatchProgress()])
+        return {key: float(values[-1]) for key, values in history.history.items()}
+
+    def evaluate(self, split: str) -> dict:
+        if split == "val":
+            return _evaluate(self.model, self.val_ds)
+        loader = self.context.make_loader(split, training=False)
+        try:
+            return _evaluate(self.model, to_dataset(loader, self.context.config.image_size,
+                                                    self.replicas))
+        finally:
+            loader.close()
+
+    def get_weights(self):
+        return self.model.get_weights()
+
+    def set_weights(self, weights) -> None:
+        self.model.set_weights(weights)
+
+    def save_model(self, path: Path) -> None:
+        save_model(self.model, path)
+
+    def read_model_weights(self, path: Path):
+        return keras.models.load_model(path, compile=False).get_weights()
+
+    def save_state(self, folder: Path) -> None:
+        save_training_state(folder, self.model)
+
+    def load_state(self, folder: Path) -> dict | None:
+        restore_training_state(folder, self.model)
+        return None  # the first version kept its plateau counters in state.json
+
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        self.tensorboard.log_epoch(epoch, logs)
+
+    def close(self) -> None:
+        self.train_loader.close()
+        self.val_loader.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
-def evaluate_split(model: keras.Model, context: RunContext, split: str,
-                   replicas: int = 1) -> dict:
-    """Loss, accuracy and top-5 of ``model`` on a split of the run (empty dict if no images)."""
-    if not context.splits.get(split):
-        return {}
-    loader = context.make_loader(split, training=False)
-    try:
-        results = model.evaluate(to_dataset(loader, context.config.image_size, replicas),
-                                 verbose=0,
-                                 return_dict=True)
-    finally:
-        loader.close()
-    metrics = {k: float(v) for k, v in results.items()}
-    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split,
-                metrics.get("accuracy", float("nan")), metrics.get("top5_accuracy", float("nan")),
-                metrics.get("loss", float("nan")))
-    return metrics
+def _evaluate(model: keras.Model, dataset) -> dict:
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in results.items()}
 
 
 def _interactive() -> bool:
     import sys
 
     return sys.stdout.isatty()
+
+
+Backend = KerasBackend

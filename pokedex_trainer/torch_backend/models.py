@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from ..phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+from ..core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,38 @@ def _resnet152(weights: str) -> nn.Module:
     return model
 
 
+class TinyConvNet(nn.Module):
+    """The test network (``tiny_torch``): ResNet's kinds of layer, two convolutions deep, with
+    torchvision's ``fc`` head. It has no ImageNet weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _tiny(weights: str) -> nn.Module:
+    if weights.lower() == "imagenet":
+        raise UserError("the test network tiny_torch has no ImageNet weights")
+    model = TinyConvNet()
+    if weights.lower() != "none":
+        load_backbone_file(model, Path(weights))
+    return model
+
+
+NETWORKS = {"resnet": _resnet152, "tiny_torch": _tiny}
+
+
 def load_backbone_file(model: nn.Module, path: Path) -> None:
     """Load a torchvision resnet152 state dict (fc may be absent); never executes code."""
     try:
@@ -97,7 +129,7 @@ def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
     ``base_model`` (a .pth of this tool) replaces ``weights``: its trained backbone is reused,
     its head is not.
     """
-    if spec.model_type != "resnet":
+    if spec.model_type not in NETWORKS:
         raise ValueError(f"no PyTorch network for {spec.model_type}")
     if base_model:
         try:
@@ -108,7 +140,7 @@ def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
         logger.info("base model %s: keeping its backbone, replacing its %d-class head",
                     Path(base_model).name, len(payload["class_names"]))
         return Classifier(base.backbone, base.head.in_features, num_classes, dropout)
-    backbone = _resnet152(weights)
+    backbone = NETWORKS[spec.model_type](weights)
     num_features = backbone.fc.in_features
     backbone.fc = nn.Identity()
     return Classifier(backbone, num_features, num_classes, dropout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,11 +13,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..feeding import UnreadableReporter
-from ..phases import Phase
+from ..core.context import RunContext
+from ..core.phases import Phase
 from ..runs import atomic_target
 from ..summaries import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
                          split_epoch_logs)
-from ..training import RESUME_DIR, RunContext, RunState
 from .data import make_data_loader
 from .models import (Classifier, apply_phase, build_model, checkpoint_payload,
                      set_train_mode)
@@ -71,14 +72,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def save_checkpoint(model: Classifier, context: RunContext, kind: str) -> None:
-    """Write ``<arch>_best.pth`` / ``<arch>_final_<ts>.pth`` atomically."""
-    payload = checkpoint_payload(model, context.class_names, context.config.image_size,
-                                 context.spec, context.config.dropout)
-    with atomic_target(context.model_path(kind), suffix=".pth") as tmp:
-        torch.save(payload, tmp)
 
 
 class EpochMeter:
@@ -223,6 +216,7 @@ class TensorBoardLogger:
         self.train.flush()
 
     def log_epoch(self, epoch: int, logs: dict, model: nn.Module) -> None:
+        """Scalars, and weight/gradient histograms when due."""
         train_scalars, val_scalars = split_epoch_logs(logs)
         for tag, value in train_scalars.items():
             self.train.add_scalar(tag, value, epoch)
@@ -241,96 +235,153 @@ class TensorBoardLogger:
         self.val.close()
 
 
-def train(context: RunContext, state: RunState, phases: list[Phase]) -> dict:
-    """Run ``phases`` and save the models; returns the best model's test-split metrics."""
-    config = context.config
-    seed_everything(config.seed)
-    if config.deterministic:
-        import os
+class TorchBackend:
+    """PyTorch work for the core phase loop (see core/backend.py for the contract).
 
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    device = _device()
-    state.device = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
-        else "cpu"
-    model = build_model(context.spec, context.num_classes, config.weights, config.dropout,
-                        config.base_model)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if not config.pretrained:
-        logger.info("--weights none: training from scratch, nothing is frozen")
-    if config.mixed_precision and device.type != "cuda":
-        logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
-                       "slower than float32")
-    runner = Runner(context, model, device)
-    train_plan = context.make_loader("train", training=True)
-    val_plan = context.make_loader("val", training=False)
-    # Each rank trains on its share of the batches and validates on all of them, so every rank
-    # reaches the same early-stopping decision without a message.
-    train_loader, train_sampler = make_data_loader(train_plan, runner.cuda, runner.rank,
-                                                   runner.world)
-    val_loader, _ = make_data_loader(val_plan, runner.cuda)
-    tensorboard = TensorBoardLogger(context.tensorboard_dir, config.histogram_freq) \
-        if runner.main else None
-    if tensorboard:
-        tensorboard.log_samples(train_plan.sample_batch().images)
-    best_state = None
-    resume_file = context.run_dir / RESUME_DIR / "last.pth"
-    try:
-        for window in state.schedule(phases):
-            phase = window.phase
-            state.start_phase(phase, window.resumed)
-            if window.restore_best:
-                best_state = load_best_state(context)
-                model.load_state_dict(best_state)
-            apply_phase(model, phase)
-            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                         lr=phase.learning_rate)
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
-                min_lr=config.min_lr)
-            if window.resumed:
-                restore_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
-            module = wrap_distributed(model, device, runner.world)
-            for epoch in range(window.first, window.end):
-                state.start_epoch()
-                train_sampler.set_epoch(epoch)
-                logs = runner.train_one_epoch(train_loader, optimizer, phase, epoch, module)
-                logs.update(runner.evaluate(val_loader))
-                logs["learning_rate"] = optimizer.param_groups[0]["lr"]
-                improved, stop = state.end_epoch(epoch, phase, logs)
-                if improved:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                scheduler.step(logs["val_loss"])
-                if runner.main:
-                    if improved:
-                        save_checkpoint(model, context, "best")
-                    tensorboard.log_epoch(epoch, logs, model)
-                    periodic = state.periodic_name(epoch, config.save_every)
-                    if periodic:
-                        save_checkpoint(model, context, periodic)
-                    save_training_state(resume_file, model, optimizer, scheduler, runner.scaler)
-                    state.save_resume_point(context.run_dir, window, epoch, stop)
-                if stop:
-                    break
-            best_state = best_state or load_best_state(context)
-            if best_state is not None:
-                model.load_state_dict(best_state)  # early stopping restores the best weights
-        if not runner.main:
-            return {}
-        save_checkpoint(model, context, "final")
-        logger.info("saved %s and %s", context.model_path("best").name,
-                    context.model_path("final").name)
-        return evaluate_split(runner, context, "test")
-    finally:
-        if tensorboard:
-            tensorboard.close()
-        if runner.world > 1:
+    Under torchrun each process trains its share of every batch; rank 0 alone writes.
+
+    Args:
+        context: the run.
+    """
+
+    def __init__(self, context: RunContext):
+        config = context.config
+        self.context = context
+        seed_everything(config.seed)
+        if config.deterministic:
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        device = _device()
+        self.device = f"{device} ({torch.cuda.get_device_name(device)})" \
+            if device.type == "cuda" else "cpu"
+        model = build_model(context.spec, context.num_classes, config.weights, config.dropout,
+                            config.base_model).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        if not config.pretrained:
+            logger.info("--weights none: training from scratch, nothing is frozen")
+        if config.mixed_precision and device.type != "cuda":
+            logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
+                           "slower than float32")
+        self.model, self.runner = model, Runner(context, model, device)
+        self.main_process = self.runner.main
+        self.optimizer = self.module = None
+        self.loaders: list = []
+        self.tensorboard = None
+        try:
+            self._start_feeding(context)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_feeding(self, context: RunContext) -> None:
+        runner = self.runner
+        train_plan = context.make_loader("train", training=True)
+        # Each rank trains on its share of the batches and validates on all of them, so every
+        # rank reaches the same early-stopping decision without a message.
+        self.train_loader, self.train_sampler = make_data_loader(
+            train_plan, runner.cuda, runner.rank, runner.world)
+        self.val_loader, _ = make_data_loader(context.make_loader("val", training=False),
+                                              runner.cuda)
+        self.loaders += [self.train_loader, self.val_loader]
+        if self.main_process:
+            self.tensorboard = TensorBoardLogger(context.tensorboard_dir,
+                                                 context.config.histogram_freq)
+            self.tensorboard.log_samples(train_plan.sample_batch().images)
+
+    def start_phase(self, phase: Phase, learning_rate: float) -> None:
+        apply_phase(self.model, phase)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters()
+                                           if p.requires_grad], lr=learning_rate)
+        self.module = wrap_distributed(self.model, self.runner.device, self.runner.world)
+
+    def set_learning_rate(self, learning_rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def fit_epoch(self, epoch: int, phase: Phase) -> dict:
+        self.train_sampler.set_epoch(epoch)
+        return self.runner.train_one_epoch(self.train_loader, self.optimizer, phase, epoch,
+                                           self.module)
+
+    def evaluate(self, split: str) -> dict:
+        if split == "val":
+            return self.runner.evaluate(self.val_loader, prefix="")
+        loader, _ = make_data_loader(self.context.make_loader(split, training=False),
+                                     self.runner.cuda)
+        try:
+            return self.runner.evaluate(loader, prefix="")
+        finally:
+            shutdown_workers(loader)
+
+    def get_weights(self):
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights) -> None:
+        self.model.load_state_dict(weights)
+
+    def save_model(self, path: Path) -> None:
+        """``<arch>_best.pth`` / ``<arch>_final_<ts>.pth``: tensors, numbers and strings only."""
+        context = self.context
+        payload = checkpoint_payload(self.model, context.class_names, context.config.image_size,
+                                     context.spec, context.config.dropout)
+        with atomic_target(path, suffix=".pth") as tmp:
+            torch.save(payload, tmp)
+
+    def read_model_weights(self, path: Path):
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    def save_state(self, folder: Path) -> None:
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.runner.scaler.state_dict()}, folder / STATE_FILE)
+
+    def load_state(self, folder: Path) -> dict | None:
+        path = folder / STATE_FILE
+        saved = torch.load(path if path.is_file() else folder / LEGACY_STATE_FILE,
+                           map_location="cpu", weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            self.runner.scaler.load_state_dict(saved["scaler"])
+        scheduler = saved.get("scheduler")  # the first version's torch ReduceLROnPlateau
+        if scheduler:
+            return {"best": scheduler.get("best"), "wait": scheduler.get("num_bad_epochs", 0),
+                    "cooldown_counter": scheduler.get("cooldown_counter", 0)}
+        return None
+
+    def log_epoch(self, epoch: int, logs: dict) -> None:
+        if self.tensorboard:
+            self.tensorboard.log_epoch(epoch, logs, self.model)
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            shutdown_workers(loader)
+        if self.tensorboard:
+            self.tensorboard.close()
+        if self.runner.world > 1:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+STATE_FILE = "state.pth"
+LEGACY_STATE_FILE = "last.pth"  # the first version's resume/ file
+
+
+def shutdown_workers(loader) -> None:
+    """Stop a DataLoader's persistent workers now, not whenever the garbage collector runs
+    (a worker still alive at interpreter exit prints a traceback from ``__del__``)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 def search_batch_size(config, spec, num_classes: int):
@@ -389,37 +440,4 @@ def wrap_distributed(model: Classifier, device: torch.device, world: int) -> nn.
                                    else None)
 
 
-def load_best_state(context: RunContext) -> dict | None:
-    """The best checkpoint's weights from disk (a resumed run has none in memory)."""
-    path = context.model_path("best")
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def save_training_state(path, model, optimizer, scheduler, scaler) -> None:
-    """Everything needed to continue after the last finished epoch, written atomically."""
-    path.parent.mkdir(exist_ok=True)
-    with atomic_target(path, suffix=".pth") as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, tmp)
-
-
-def restore_training_state(path, model, optimizer, scheduler, scaler) -> None:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if saved.get("scaler"):
-        scaler.load_state_dict(saved["scaler"])
-
-
-def evaluate_split(runner: Runner, context: RunContext, split: str) -> dict:
-    """Loss, accuracy and top-5 on a split of the run (empty dict if it has no images)."""
-    if not context.splits.get(split):
-        return {}
-    loader, _ = make_data_loader(context.make_loader(split, training=False), runner.cuda)
-    metrics = runner.evaluate(loader, prefix="")
-    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split, metrics["accuracy"],
-                metrics["top5_accuracy"], metrics["loss"])
-    return metrics
+Backend = TorchBackend

@@ -1,0 +1,115 @@
+"""One object owns every model file of a run: best, final, every N epochs, resume state.
+
+The resume state is committed in two steps that a kill at any moment cannot tear apart: the
+backend writes weights and optimizer into a new folder ``resume/epoch_NNN`` (built under
+``.partial`` and renamed into place), then ``resume/state.json``, which names that folder, is
+replaced atomically. Until the rename of ``state.json`` the previous position and its own
+folder stand; older folders are removed only afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..layout import RunLayout
+from ..runs import atomic_write_json
+from .backend import TrainingBackend
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 2
+_STATE_DIR = re.compile(r"^epoch_\d{3,}$")
+# What the first version wrote into resume/ (kept readable, removed once a new state exists).
+LEGACY_STATE_FILES = ("last.pth", "last.weights.h5", "optimizer.npz")
+
+
+class CheckpointSaver:
+    """Writes the model files of a run, and reads back what resuming needs.
+
+    Args:
+        layout: the run's file names.
+        stamp: the timestamp in the final model's name.
+        save_every: keep a copy of the model every N epochs (0: never).
+        enabled: False on the ranks of a multi-process run that must not write.
+    """
+
+    def __init__(self, layout: RunLayout, stamp: str, save_every: int = 0, enabled: bool = True):
+        self.layout, self.stamp, self.save_every, self.enabled = layout, stamp, save_every, enabled
+        if enabled and layout.partial_dir.is_dir():
+            shutil.rmtree(layout.partial_dir, ignore_errors=True)  # a killed save's leftovers
+
+    @property
+    def best_path(self) -> Path:
+        return self.layout.best_model
+
+    @property
+    def final_path(self) -> Path:
+        return self.layout.model("final", self.stamp)
+
+    def save_best(self, backend: TrainingBackend) -> None:
+        if self.enabled:
+            backend.save_model(self.best_path)
+
+    def save_final(self, backend: TrainingBackend) -> None:
+        if self.enabled:
+            backend.save_model(self.final_path)
+            logger.info("saved %s and %s", self.best_path.name, self.final_path.name)
+
+    def best_weights(self, backend: TrainingBackend):
+        """The best checkpoint's weights from disk (a resumed run has none in memory)."""
+        return backend.read_model_weights(self.best_path) if self.best_path.is_file() else None
+
+    def save_epoch(self, backend: TrainingBackend, epoch: int, position: dict) -> None:
+        """After 0-based ``epoch``: the periodic copy when due, then the resume state."""
+        if not self.enabled:
+            return
+        if self.save_every and (epoch + 1) % self.save_every == 0:
+            backend.save_model(self.layout.model(f"epoch_{epoch + 1:03d}"))
+        name = f"epoch_{epoch + 1:03d}"
+        building = self.layout.partial_dir / f"resume_{name}"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        backend.save_state(building)
+        _fsync_folder(building)
+        target = self.layout.resume_dir / name
+        self.layout.resume_dir.mkdir(exist_ok=True)
+        if target.exists():  # this epoch ran before a kill, and again after --resume
+            shutil.rmtree(target)
+        os.replace(building, target)
+        atomic_write_json(self.layout.resume_state,
+                          {"format": STATE_FORMAT, "state_dir": name, **position})
+        self._remove_older_states(keep=name)
+
+    def _remove_older_states(self, keep: str) -> None:
+        for path in self.layout.resume_dir.iterdir():
+            if path.name == keep:
+                continue
+            if path.is_dir() and _STATE_DIR.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name in LEGACY_STATE_FILES:
+                path.unlink(missing_ok=True)
+
+    def read_position(self) -> dict | None:
+        """The saved position of an interrupted run, or None when it has none."""
+        if not self.layout.resume_state.is_file():
+            return None
+        return json.loads(self.layout.resume_state.read_text(encoding="utf-8"))
+
+    def restore(self, backend: TrainingBackend, position: dict) -> dict | None:
+        """Load the weights and optimizer saved with ``position`` into ``backend``."""
+        folder = self.layout.resume_dir / position["state_dir"] if "state_dir" in position \
+            else self.layout.resume_dir  # the first version's flat files
+        return backend.load_state(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the files of ``folder`` to disk before they become the resume state."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "r+b") as handle:  # Windows flushes only writable handles
+                os.fsync(handle.fileno())

@@ -1,0 +1,67 @@
+"""Everything a backend needs to know about the run it trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..dataset import DatasetIndex
+from ..feeding import BatchLoader, BatchSource
+from ..layout import RunLayout
+from ..models import ModelSpec
+
+
+@dataclass
+class RunContext:
+    """One run: its resolved configuration, network, data, split and files.
+
+    Args:
+        config: the resolved configuration (not changed after the run starts).
+        spec: the network.
+        index: the dataset's classes and samples.
+        splits: ``{"train"|"val"|"test": [(relative path, label), ...]}``.
+        run_dir: the run directory.
+        tensorboard_dir: this run's TensorBoard folder.
+        timestamp: the stamp in the final model's name.
+    """
+
+    config: TrainConfig
+    spec: ModelSpec
+    index: DatasetIndex
+    splits: dict[str, list[tuple[str, int]]]
+    run_dir: Path
+    tensorboard_dir: Path
+    timestamp: str
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout.for_spec(self.run_dir, self.spec)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.index.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.class_names)
+
+    def make_loader(self, split: str, training: bool, shuffle: bool | None = None,
+                    workers: int | None = None) -> BatchLoader:
+        """A batch loader over ``split``; augmentation only when ``training`` and enabled."""
+        source = BatchSource(self.index.root, self.splits[split], self.config.image_size,
+                             training=training and self.config.augment, seed=self.config.seed)
+        return BatchLoader(source, self.config.batch_size,
+                           shuffle=training if shuffle is None else shuffle,
+                           workers=self.config.workers if workers is None else workers,
+                           seed=self.config.seed, drop_last=training,
+                           balanced=training and self.config.sampler == "balanced")
+
+    def class_weights(self):
+        """Per-class loss weights of ``--class_weight`` (None when off), from the train split."""
+        if self.config.class_weight != "balanced":
+            return None
+        from ..balance import balanced_class_weights
+
+        return balanced_class_weights([label for _, label in self.splits["train"]],
+                                      self.num_classes)
