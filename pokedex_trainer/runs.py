@@ -143,20 +143,40 @@ def _locked(handle):
 
 
 def append_experiment(path: Path, row: dict) -> None:
-    """Append one row to experiments.csv under a file lock (grid loops may run side by side)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EXPERIMENT_COLUMNS, extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writerow({key: row.get(key, "") for key in EXPERIMENT_COLUMNS})
+    """Append one row to experiments.csv under a file lock (grid loops may run side by side).
+
+    A table written by an earlier version with fewer columns is migrated first, under the same
+    lock: rewritten with today's header (old columns keep their values, new ones are empty), so
+    rows never end up under the wrong header. Columns this version does not know are kept.
+    """
     with open(path, "a+", encoding="utf-8", newline="") as handle:
         with _locked(handle):
+            handle.seek(0)
+            existing = handle.read()
+            header = next(csv.reader(io.StringIO(existing)), None) if existing else None
+            columns = list(EXPERIMENT_COLUMNS)
+            if header is not None:
+                columns += [c for c in header if c not in columns]
+            if header is not None and header != columns:
+                old_rows = list(csv.DictReader(io.StringIO(existing)))
+                handle.seek(0)
+                handle.truncate()
+                _write_rows(handle, columns, old_rows, header=True)
+                logger.info("%s: added the columns %s", Path(path).name,
+                            ", ".join(c for c in columns if c not in header))
             handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                header = io.StringIO()
-                csv.writer(header, lineterminator="\n").writerow(EXPERIMENT_COLUMNS)
-                handle.write(header.getvalue())
-            handle.write(buffer.getvalue())
+            _write_rows(handle, columns, [row], header=handle.tell() == 0)
             handle.flush()
+
+
+def _write_rows(handle, columns: list[str], rows: list[dict], header: bool) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", restval="",
+                            lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows({key: row.get(key, "") for key in columns} for row in rows)
+    handle.write(buffer.getvalue())
 
 
 def read_experiments(path: Path) -> list[dict]:

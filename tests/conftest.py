@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tiny test networks (tiny_keras, tiny_torch) are registered in this process and in every
+# script a test starts (they inherit the environment).
+os.environ["POKEDEX_TEST_MODELS"] = "1"
 
 # This test process loads both frameworks, which a user's run never does. Two orders matter:
 # importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton),
@@ -48,7 +52,8 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: builds a full-size network (EfficientNetB7)")
+    config.addinivalue_line("markers", "slow: a full-size network (EfficientNetB7, ResNet152) "
+                            "or several processes; run by .ci/run after the default set")
 
 
 def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
@@ -70,7 +75,7 @@ KERAS_STYLE_SCALARS = {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"}
 
 
 def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
-    """Train a small run in this process (weights none, 32 px, one epoch per phase asked)."""
+    """Train a small run in this process (weights none, 32 px, 2 epochs unless overridden)."""
     from pokedex_trainer.cli import run_main, train_main
 
     argv = ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
@@ -82,46 +87,6 @@ def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
     return out / "runs" / f"{model_type}_tiny"
 
 
-def tiny_keras_classifier(images, num_classes: int, seed: int = 0):
-    """A small Keras classifier with the interface of this tool's MobileNetV2 models.
-
-    Same input (RGB 0..255, "image"), normalization layer, "backbone" sub-model, pooling,
-    dropout and "predictions" softmax head, but three layers deep. A MobileNetV2 trained from
-    scratch for a few steps answers the same for every image (its BatchNorm statistics lag
-    and the signal vanishes in inference mode), so a broken export could not show against it;
-    this one's answer depends on the image, and its logits are scaled to a spread of 3 on
-    ``images``, the range of a trained classifier.
-    """
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(seed)
-    size = images.shape[1:3]
-    inner = keras.Input((*size, 3))
-    # a Normalization layer holds constants the way EfficientNet's does (a converter once
-    # turned them into extra inputs)
-    y = layers.Normalization(mean=[0.0, 0.1, -0.1], variance=[1.0, 1.2, 0.9])(inner)
-    y = layers.Conv2D(8, 3, strides=2, padding="same")(y)
-    y = layers.BatchNormalization()(y)
-    y = layers.ReLU(6.0)(y)
-    y = layers.DepthwiseConv2D(3, padding="same")(y)
-    y = layers.BatchNormalization()(y)
-    y = layers.ReLU(6.0)(y)
-    y = layers.Conv2D(16, 1)(y)
-    backbone = keras.Model(inner, layers.ReLU(6.0)(y), name="backbone")
-    inputs = keras.Input((*size, 3), name="image")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize_minus_one_one")(inputs)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone(x))
-    x = layers.Dropout(0.3, name="head_dropout")(x)
-    head = layers.Dense(num_classes, activation="softmax", name="predictions")
-    model = keras.Model(inputs, head(x), name="mobilenet_v2")
-    features = keras.Model(inputs, x)(images.astype("float32")).numpy()
-    kernel, bias = head.get_weights()
-    scale = 3.0 / max(1e-6, float((features @ kernel + bias).std()))
-    head.set_weights([kernel * scale, bias * scale])
-    return model
-
-
 @pytest.fixture(scope="session")
 def shared_runs(tmp_path_factory) -> Path:
     """Output root of the session's shared runs: <root>/runs and one TensorBoard root, <root>/tb."""
@@ -129,28 +94,63 @@ def shared_runs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mobilenet_run(tiny_dataset, shared_runs) -> Path:
-    """A finished MobileNetV2 run (Keras) on the tiny dataset, shared by the report and export
-    tests. Its best model is then replaced by ``tiny_keras_classifier`` (see there why)."""
-    from pokedex_trainer.run_files import run_split
-
-    run_dir = train_tiny_run(tiny_dataset, shared_runs, "mobilenet", "--histogram_freq", "1")
-    images, _ = run_split(run_dir, "train").load_all((32, 32))
-    tiny_keras_classifier(images, 3).save(run_dir / "mobilenet_v2_best.keras")
-    return run_dir
+def keras_run(tiny_dataset, shared_runs) -> Path:
+    """A finished run of the tiny Keras network on the tiny dataset, trained by the real
+    trainer and shared by the report, export and TensorBoard tests."""
+    return train_tiny_run(tiny_dataset, shared_runs, "tiny_keras", "--histogram_freq", "1",
+                          "--epochs", "4")
 
 
 @pytest.fixture(scope="session")
-def resnet_run(tiny_dataset, shared_runs) -> Path:
-    """A finished ResNet152 run (PyTorch) on the tiny dataset."""
-    return train_tiny_run(tiny_dataset, shared_runs, "resnet", "--histogram_freq", "1")
+def torch_run(tiny_dataset, shared_runs) -> Path:
+    """A finished run of the tiny PyTorch network on the tiny dataset."""
+    return train_tiny_run(tiny_dataset, shared_runs, "tiny_torch", "--histogram_freq", "1",
+                          "--epochs", "4")
 
 
 @pytest.fixture(scope="session")
-def keras_exports(mobilenet_run) -> Path:
-    """The MobileNetV2 run after ``export.py --run_dir`` wrote every Keras format."""
+def keras_exports(keras_run) -> Path:
+    """The Keras run after ``export.py --run_dir`` wrote every Keras format."""
     from pokedex_trainer.cli import export_main, run_main
 
-    assert run_main(export_main, ["--run_dir", str(mobilenet_run), "--check_images", "12",
+    assert run_main(export_main, ["--run_dir", str(keras_run), "--check_images", "12",
                                   "--calibration_images", "16"]) == 0
-    return mobilenet_run
+    return keras_run
+
+
+# Runs a script and sends a signal to its own process group at one chosen moment of a save:
+# just before (or after) the rename that commits a file. Every writer of the tool commits with
+# os.replace, so this reaches any moment of any save, whatever the speed of the machine.
+SIGNAL_AT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+real_replace, seen = os.replace, []
+def replace(src, dst, *args, **kwargs):
+    name = (os.path.basename(str(src)), os.path.basename(str(dst)))
+    seen.append(name)
+    if not {after} and ({condition}):
+        os.killpg(os.getpgid(0), signal.{signal})
+    result = real_replace(src, dst, *args, **kwargs)
+    if {after} and ({condition}):
+        os.killpg(os.getpgid(0), signal.{signal})
+    return result
+os.replace = replace
+import runpy
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def nth_commit(filename: str, n: int) -> str:
+    """A SIGNAL_AT condition: the n-th rename onto ``filename``."""
+    return f"name[1] == {filename!r} and sum(1 for s in seen if s[1] == {filename!r}) == {n}"
+
+
+def run_with_signal_at(cwd: Path, argv: list[str], condition: str, signal: str = "SIGKILL",
+                       after: bool = False) -> subprocess.CompletedProcess:
+    """Run ``argv`` (a script and its arguments) in a new session and send ``signal`` to its
+    process group (the script and its workers, as a terminal's Ctrl-C does) at ``condition``."""
+    code = SIGNAL_AT.format(root=str(ROOT), argv=[str(a) for a in argv], condition=condition,
+                            signal=signal, after=after)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, start_new_session=True)

@@ -95,7 +95,7 @@ def _seeded_run(tmp_path, data, name, *extra):
     argv = ["--data_path", str(data), "--output_dir", str(tmp_path / "runs"), "--log_dir",
             str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
             "--workers", "0", "--val_split", "0.25", "--test_split", "0.25", "--model_type",
-            "resnet", "--weights", "none", "--epochs", "1", "--fine_tune_epochs", "0",
+            "tiny_torch", "--weights", "none", "--epochs", "1", "--fine_tune_epochs", "0",
             "--seed", "7", "--deterministic", "--histogram_freq", "0", "--run_name", name,
             *extra]
     assert run_main(train_main, argv) == 0

@@ -54,7 +54,7 @@ def test_nothing_fits_is_a_clear_message():
 
 def test_batch_size_auto_trains_with_the_found_batch(tmp_path, tiny_dataset):
     argv = [sys.executable, str(ROOT / "train_professional_models.py"), "--data_path",
-            str(tiny_dataset), "--model_type", "resnet", "--weights", "none", "--image_size",
+            str(tiny_dataset), "--model_type", "tiny_torch", "--weights", "none", "--image_size",
             "32", "32", "--batch_size", "auto", "--epochs", "1", "--fine_tune_epochs", "0",
             "--val_split", "0.25", "--test_split", "0.25", "--workers", "0",
             "--histogram_freq", "0", "--output_dir", str(tmp_path / "runs"),

@@ -6,6 +6,8 @@ import csv
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -17,6 +19,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_write_one_set_of_outputs(tmp_path, tiny_dataset):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "train_professional_models.py"),
@@ -57,6 +60,7 @@ print("EXIT", code, "REPLICAS", strategies[0].num_replicas_in_sync)
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus_trains_a_keras_model(tmp_path, tiny_dataset):
     argv = ["--data_path", str(tiny_dataset), "--model_type", "mobilenet", "--weights", "none",
             "--image_size", "32", "32", "--batch_size", "8", "--epochs", "1",

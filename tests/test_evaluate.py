@@ -70,7 +70,7 @@ def test_temperature_scaling_fixes_over_confident_logits():
 
 
 @pytest.fixture(scope="module")
-def run_report(mobilenet_run, monkeypatch_module):
+def run_report(keras_run, monkeypatch_module):
     """evaluate.py --run_dir, with the temperature fit spied on."""
     import pokedex_trainer.evaluating as evaluating
 
@@ -82,8 +82,8 @@ def run_report(mobilenet_run, monkeypatch_module):
         return original(probabilities, labels)
 
     monkeypatch_module.setattr(evaluating, "fit_temperature", spy)
-    assert run_main(evaluate_main, ["--run_dir", str(mobilenet_run), *FAST]) == 0
-    return mobilenet_run / "evaluation", seen
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), *FAST]) == 0
+    return keras_run / "evaluation", seen
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +92,14 @@ def monkeypatch_module():
         yield patch
 
 
-def test_run_report_has_every_part(run_report, mobilenet_run):
+def test_run_report_has_every_part(run_report, keras_run):
     out, _ = run_report
     for name in ("metrics.json", "classification_report.csv", "report.md",
                  "confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png",
                  "mistakes.png", "per_class_f1.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    manifest = json.loads((mobilenet_run / "split_manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((keras_run / "split_manifest.json").read_text(encoding="utf-8"))
     assert metrics["images"] == len(manifest["splits"]["test"])
     for key in ("accuracy", "top5_accuracy", "loss", "ece", "macro_avg", "weighted_avg"):
         assert key in metrics
@@ -116,17 +116,17 @@ def test_run_report_has_every_part(run_report, mobilenet_run):
         assert f"({picture})" in report
 
 
-def test_temperature_is_fitted_on_the_validation_split_and_saved(run_report, mobilenet_run):
+def test_temperature_is_fitted_on_the_validation_split_and_saved(run_report, keras_run):
     from pokedex_trainer.evaluating import predict_images
     from pokedex_trainer.inference import load_predictor
     from pokedex_trainer.run_files import run_split
 
     _, seen = run_report
-    predictor = load_predictor(mobilenet_run / "mobilenet_v2_best.keras")
-    val_probs, val_labels = predict_images(predictor, run_split(mobilenet_run, "val"))
+    predictor = load_predictor(keras_run / "tiny_keras_best.keras")
+    val_probs, val_labels = predict_images(predictor, run_split(keras_run, "val"))
     np.testing.assert_array_equal(seen["labels"], val_labels)
     np.testing.assert_allclose(seen["probabilities"], val_probs, atol=1e-6)
-    saved = json.loads((mobilenet_run / "calibration.json").read_text(encoding="utf-8"))
+    saved = json.loads((keras_run / "calibration.json").read_text(encoding="utf-8"))
     assert saved["fitted_on"] == f"validation split ({len(val_labels)} images)"
     assert 0.05 <= saved["temperature"] <= 20
 
@@ -160,7 +160,7 @@ def test_every_png_is_a_valid_image_of_the_expected_size(run_report, tmp_path):
 
 def test_exported_onnx_and_tflite_report_the_same_as_the_keras_model(keras_exports, run_report):
     keras_metrics = json.loads((run_report[0] / "metrics.json").read_text(encoding="utf-8"))
-    for name in ("mobilenet_v2_best.onnx", "mobilenet_v2_best_float32.tflite"):
+    for name in ("tiny_keras_best.onnx", "tiny_keras_best_float32.tflite"):
         exported = keras_exports / "export" / name
         assert run_main(evaluate_main, ["--model", str(exported), *FAST]) == 0
         out = keras_exports / "evaluation" / name
@@ -171,16 +171,16 @@ def test_exported_onnx_and_tflite_report_the_same_as_the_keras_model(keras_expor
         assert metrics["loss"] == pytest.approx(keras_metrics["loss"], abs=1e-4)
 
 
-def test_ensemble_of_two_runs_across_frameworks_reports_three_result_sets(mobilenet_run,
-                                                                          resnet_run, tmp_path):
+def test_ensemble_of_two_runs_across_frameworks_reports_three_result_sets(keras_run,
+                                                                          torch_run, tmp_path):
     out = tmp_path / "ensemble"
-    assert run_main(evaluate_main, ["--ensemble", str(mobilenet_run), str(resnet_run),
+    assert run_main(evaluate_main, ["--ensemble", str(keras_run), str(torch_run),
                                     "--output_dir", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert set(report["members"]) == {mobilenet_run.name, resnet_run.name}
+    assert set(report["members"]) == {keras_run.name, torch_run.name}
     with open(out / "ensemble.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["model"] for r in rows] == ["ensemble", mobilenet_run.name, resnet_run.name]
+    assert [r["model"] for r in rows] == ["ensemble", keras_run.name, torch_run.name]
     for row in rows:
         assert 0 <= float(row["accuracy"]) <= 1 and math.isfinite(float(row["loss"]))
     images = report["ensemble"]["images"]
@@ -188,10 +188,10 @@ def test_ensemble_of_two_runs_across_frameworks_reports_three_result_sets(mobile
 
 
 def test_predict_folder_writes_one_row_per_image_and_unknown_below_threshold(
-        mobilenet_run, tiny_dataset, tmp_path, capsys):
+        keras_run, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "predictions"
     folder = tiny_dataset / "León"
-    assert run_main(evaluate_main, ["--run_dir", str(mobilenet_run), "--predict", str(folder),
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--predict", str(folder),
                                     "--threshold", "0.5", "--top_k", "2",
                                     "--output_dir", str(out)]) == 0
     with open(out / "predictions.csv", encoding="utf-8") as handle:
@@ -202,16 +202,16 @@ def test_predict_folder_writes_one_row_per_image_and_unknown_below_threshold(
         assert row["prediction"] == ("unknown" if confidence < 0.5 else row["top1_class"])
         assert float(row["top1_probability"]) >= float(row["top2_probability"])
     assert len(json.loads((out / "predictions.json").read_text(encoding="utf-8"))) == 12
-    assert run_main(evaluate_main, ["--run_dir", str(mobilenet_run), "--predict",
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--predict",
                                     str(rows[0]["image"]), "--threshold", "1.01"]) == 0
     assert ": unknown" in capsys.readouterr().out
 
 
-def test_mismatched_classes_and_missing_model_are_one_line_errors(mobilenet_run, tmp_path,
+def test_mismatched_classes_and_missing_model_are_one_line_errors(keras_run, tmp_path,
                                                                   capsys):
     other = write_dataset(tmp_path / "other", classes=("Gato", "Perro", "Zorro"), per_class=3,
                           size=(32, 32), seed=2)
-    assert run_main(evaluate_main, ["--run_dir", str(mobilenet_run), "--data_path",
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--data_path",
                                     str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "do not match" in err and "Zorro" in err and len(err.splitlines()) == 1
@@ -220,13 +220,13 @@ def test_mismatched_classes_and_missing_model_are_one_line_errors(mobilenet_run,
     assert "does not exist" in err and len(err.splitlines()) == 1
 
 
-def test_loose_model_is_evaluated_on_a_labelled_folder(mobilenet_run, tiny_dataset, tmp_path):
-    loose = tmp_path / "mobilenet_v2_best.keras"
-    shutil.copy(mobilenet_run / "mobilenet_v2_best.keras", loose)
-    shutil.copy(mobilenet_run / "class_names.json", tmp_path / "class_names.json")
+def test_loose_model_is_evaluated_on_a_labelled_folder(keras_run, tiny_dataset, tmp_path):
+    loose = tmp_path / "tiny_keras_best.keras"
+    shutil.copy(keras_run / "tiny_keras_best.keras", loose)
+    shutil.copy(keras_run / "class_names.json", tmp_path / "class_names.json")
     assert run_main(evaluate_main, ["--model", str(loose), "--data_path", str(tiny_dataset),
                                     *FAST]) == 0
-    metrics = json.loads((tmp_path / "evaluation_mobilenet_v2_best.keras" / "metrics.json")
+    metrics = json.loads((tmp_path / "evaluation_tiny_keras_best.keras" / "metrics.json")
                          .read_text(encoding="utf-8"))
     assert metrics["images"] == 36
     assert "uncalibrated" in metrics["calibration"]["fitted_on"] or \
@@ -234,9 +234,9 @@ def test_loose_model_is_evaluated_on_a_labelled_folder(mobilenet_run, tiny_datas
 
 
 def test_kfold_trains_one_run_per_fold_and_summarizes(tiny_dataset, tmp_path, capsys):
-    train_tiny_run(tiny_dataset, tmp_path, "mobilenet", "--kfold", "2", "--epochs", "1")
+    train_tiny_run(tiny_dataset, tmp_path, "tiny_keras", "--kfold", "2", "--epochs", "1")
     runs = tmp_path / "runs"
-    summary = json.loads((runs / "mobilenet_tiny_kfold2.json").read_text(encoding="utf-8"))
+    summary = json.loads((runs / "tiny_keras_tiny_kfold2.json").read_text(encoding="utf-8"))
     assert summary["folds"] == 2
     stats = summary["metrics"]["test_accuracy"]
     assert len(stats["folds"]) == 2
@@ -244,7 +244,7 @@ def test_kfold_trains_one_run_per_fold_and_summarizes(tiny_dataset, tmp_path, ca
     assert stats["std"] == pytest.approx(np.std(stats["folds"], ddof=1))
     tests = []
     for fold in (1, 2):
-        manifest = json.loads((runs / f"mobilenet_tiny_fold{fold}of2" / "split_manifest.json")
+        manifest = json.loads((runs / f"tiny_keras_tiny_fold{fold}of2" / "split_manifest.json")
                               .read_text(encoding="utf-8"))
         tests.append({p for p, _ in manifest["splits"]["test"]})
         train_val = {p for s in ("train", "val") for p, _ in manifest["splits"][s]}
@@ -260,7 +260,7 @@ def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_e
     from pokedex_trainer.inference import load_predictor
 
     for suffix in ("", ".json"):
-        shutil.copy(keras_exports / "export" / f"mobilenet_v2_best.onnx{suffix}",
+        shutil.copy(keras_exports / "export" / f"tiny_keras_best.onnx{suffix}",
                     tmp_path / f"model.onnx{suffix}")
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text(encoding="utf-8"))
     sidecar["temperature"] = 2.5
@@ -277,14 +277,14 @@ def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_e
     assert row["top_probabilities"] == pytest.approx(sorted(expected, reverse=True), abs=1e-6)
 
 
-def test_ensemble_of_runs_with_different_test_splits_is_refused(mobilenet_run, resnet_run,
+def test_ensemble_of_runs_with_different_test_splits_is_refused(keras_run, torch_run,
                                                                  tmp_path, capsys):
     other = tmp_path / "other_split"
-    shutil.copytree(mobilenet_run, other, ignore=shutil.ignore_patterns("export", "evaluation*"))
+    shutil.copytree(keras_run, other, ignore=shutil.ignore_patterns("export", "evaluation*"))
     manifest = json.loads((other / "split_manifest.json").read_text(encoding="utf-8"))
     manifest["splits"]["train"].append(manifest["splits"]["test"].pop())  # one image moves
     (other / "split_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    assert run_main(evaluate_main, ["--ensemble", str(resnet_run), str(other)]) == 2
+    assert run_main(evaluate_main, ["--ensemble", str(torch_run), str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "different test splits" in err and len(err.splitlines()) == 1
 

@@ -17,7 +17,7 @@ def test_two_runs_started_at_once_append_two_rows_and_share_no_files(tmp_path, t
     def start(lr):
         return subprocess.Popen(
             [sys.executable, str(ROOT / "train_professional_models.py"), "--data_path",
-             str(tiny_dataset), "--model_type", "resnet", "--weights", "none", "--image_size",
+             str(tiny_dataset), "--model_type", "tiny_torch", "--weights", "none", "--image_size",
              "32", "32", "--batch_size", "8", "--epochs", "1", "--fine_tune_epochs", "0",
              "--val_split", "0.25", "--test_split", "0.25", "--workers", "0",
              "--learning_rate", lr, "--histogram_freq", "0",

@@ -27,8 +27,8 @@ def test_keras_model_exports_every_format_and_each_passes_its_check(keras_export
     from pokedex_trainer.exporters.metadata import read_onnx_metadata, read_tflite_metadata
 
     export = keras_exports / "export"
-    expected = ["mobilenet_v2_best_saved_model", "mobilenet_v2_best.onnx"] + [
-        f"mobilenet_v2_best_{p}.tflite" for p in ("float32", "float16", "dynamic_int8", "int8")]
+    expected = ["tiny_keras_best_saved_model", "tiny_keras_best.onnx"] + [
+        f"tiny_keras_best_{p}.tflite" for p in ("float32", "float16", "dynamic_int8", "int8")]
     entries = _entries(keras_exports)
     assert sorted(entries) == sorted(expected)
     class_names = json.loads((keras_exports / "class_names.json").read_text(encoding="utf-8"))
@@ -38,16 +38,16 @@ def test_keras_model_exports_every_format_and_each_passes_its_check(keras_export
         assert (export / name).exists() and (export / f"{name}.json").is_file()
         assert entry["max_abs_diff"] <= TOLERANCES[entry["precision"]].max_abs_diff
         assert entry["images"] == 6 and entry["latency_ms"] > 0 and entry["size_mb"] > 0  # val
-    assert entries["mobilenet_v2_best_int8.tflite"]["decisive_agreement"] >= 0.9
-    assert read_onnx_metadata(export / "mobilenet_v2_best.onnx")["class_names"] == class_names
-    assert read_tflite_metadata(export / "mobilenet_v2_best_int8.tflite")["class_names"] == \
+    assert entries["tiny_keras_best_int8.tflite"]["decisive_agreement"] >= 0.9
+    assert read_onnx_metadata(export / "tiny_keras_best.onnx")["class_names"] == class_names
+    assert read_tflite_metadata(export / "tiny_keras_best_int8.tflite")["class_names"] == \
         class_names
 
 
 def test_onnx_export_takes_any_batch_size(keras_exports):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(keras_exports / "export" / "mobilenet_v2_best.onnx"),
+    session = ort.InferenceSession(str(keras_exports / "export" / "tiny_keras_best.onnx"),
                                    providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[0] == "batch"
     for batch in (1, 5):
@@ -85,7 +85,7 @@ for path in sys.argv[1:]:
 print(json.dumps(results))
 """
     export = keras_exports / "export"
-    files = [str(export / "mobilenet_v2_best.onnx"), str(export / "mobilenet_v2_best_float32.tflite")]
+    files = [str(export / "tiny_keras_best.onnx"), str(export / "tiny_keras_best_float32.tflite")]
     done = subprocess.run([sys.executable, "-c", script, *files], capture_output=True,
                           text=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -94,7 +94,7 @@ print(json.dumps(results))
     from pokedex_trainer.inference import load_predictor
     from pokedex_trainer.run_files import folder_images
 
-    source = load_predictor(keras_exports / "mobilenet_v2_best.keras")
+    source = load_predictor(keras_exports / "tiny_keras_best.keras")
     images = folder_images(tiny_dataset, source.info.class_names)
     index = [p for p, _ in images.samples].index(f"León/{photo.name}")
     image = images.subset(None).load_all((32, 32))[0][index]
@@ -110,11 +110,11 @@ def test_wrong_normalization_in_the_sidecar_fails_the_check(keras_exports, tmp_p
     from pokedex_trainer.run_files import run_split
 
     onnx_file = tmp_path / "broken.onnx"
-    shutil.copy(keras_exports / "export" / "mobilenet_v2_best.onnx", onnx_file)
-    sidecar = json.loads(sidecar_path(keras_exports / "export" / "mobilenet_v2_best.onnx")
+    shutil.copy(keras_exports / "export" / "tiny_keras_best.onnx", onnx_file)
+    sidecar = json.loads(sidecar_path(keras_exports / "export" / "tiny_keras_best.onnx")
                          .read_text(encoding="utf-8"))
     images, labels = run_split(keras_exports, "val").load_all((32, 32))
-    reference = predict_all(load_predictor(keras_exports / "mobilenet_v2_best.keras"), images)
+    reference = predict_all(load_predictor(keras_exports / "tiny_keras_best.keras"), images)
 
     sidecar_path(onnx_file).write_text(json.dumps(sidecar), encoding="utf-8")
     assert verify_file(onnx_file, "onnx", "float32", reference, images, labels).passed
@@ -143,22 +143,22 @@ def test_a_failed_check_deletes_the_file_and_exits_1(keras_exports, tmp_path, mo
                                   "--output_dir", str(out), *FAST])
     assert code == 1
     assert "failed their check" in capsys.readouterr().err
-    assert not (out / "mobilenet_v2_best.onnx").exists()
-    assert not _entries(keras_exports)["mobilenet_v2_best.onnx"]["passed"]
+    assert not (out / "tiny_keras_best.onnx").exists()
+    assert not _entries(keras_exports)["tiny_keras_best.onnx"]["passed"]
 
 
-def test_torch_model_exports_torchscript_torch_export_and_onnx(resnet_run):
+def test_torch_model_exports_torchscript_torch_export_and_onnx(torch_run):
     from pokedex_trainer.exporters.torch_formats import read_extra_metadata
 
-    assert run_main(export_main, ["--run_dir", str(resnet_run), *FAST]) == 0
-    entries = _entries(resnet_run)
-    assert sorted(entries) == ["resnet152_best.onnx", "resnet152_best.pt", "resnet152_best.pt2"]
+    assert run_main(export_main, ["--run_dir", str(torch_run), *FAST]) == 0
+    entries = _entries(torch_run)
+    assert sorted(entries) == ["tiny_torch_best.onnx", "tiny_torch_best.pt", "tiny_torch_best.pt2"]
     assert all(e["passed"] and e["max_abs_diff"] <= 1e-4 for e in entries.values())
     assert {e["runtime"] for e in entries.values()} == {"torchscript", "torch.export",
                                                         "onnxruntime"}
-    class_names = json.loads((resnet_run / "class_names.json").read_text(encoding="utf-8"))
-    for name in ("resnet152_best.pt", "resnet152_best.pt2"):
-        meta = read_extra_metadata(resnet_run / "export" / name)
+    class_names = json.loads((torch_run / "class_names.json").read_text(encoding="utf-8"))
+    for name in ("tiny_torch_best.pt", "tiny_torch_best.pt2"):
+        meta = read_extra_metadata(torch_run / "export" / name)
         assert meta["class_names"] == class_names and meta["input"]["layout"] == "NCHW"
 
 
@@ -166,23 +166,23 @@ def test_torch_model_exports_torchscript_torch_export_and_onnx(resnet_run):
     (["--formats", "torchscript"], "tflite, onnx, savedmodel"),
     (["--formats", "onnx", "--tflite_precisions", "int4"], "unknown TFLite precision"),
 ])
-def test_bad_export_requests_are_one_line_errors(mobilenet_run, capsys, argv_tail, message):
-    assert run_main(export_main, ["--run_dir", str(mobilenet_run), *argv_tail]) == 2
+def test_bad_export_requests_are_one_line_errors(keras_run, capsys, argv_tail, message):
+    assert run_main(export_main, ["--run_dir", str(keras_run), *argv_tail]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_model_outside_a_run_needs_labelled_images(mobilenet_run, tmp_path, capsys):
-    loose = tmp_path / "mobilenet_v2_best.keras"
-    shutil.copy(mobilenet_run / "mobilenet_v2_best.keras", loose)
-    shutil.copy(mobilenet_run / "class_names.json", tmp_path / "class_names.json")
+def test_model_outside_a_run_needs_labelled_images(keras_run, tmp_path, capsys):
+    loose = tmp_path / "tiny_keras_best.keras"
+    shutil.copy(keras_run / "tiny_keras_best.keras", loose)
+    shutil.copy(keras_run / "class_names.json", tmp_path / "class_names.json")
     assert run_main(export_main, ["--model", str(loose), "--formats", "onnx"]) == 2
     assert "--data_path" in capsys.readouterr().err
 
 
 def test_trainer_refuses_an_unknown_export_format_before_training(tiny_dataset, tmp_path):
     done = subprocess.run([sys.executable, "train_professional_models.py", "--data_path",
-                           str(tiny_dataset), "--model_type", "resnet", "--export", "tflite",
+                           str(tiny_dataset), "--model_type", "tiny_torch", "--export", "tflite",
                            "--output_dir", str(tmp_path / "runs")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -190,16 +190,16 @@ def test_trainer_refuses_an_unknown_export_format_before_training(tiny_dataset, 
     assert not (tmp_path / "runs").exists()
 
 
-def test_base_model_keeps_the_backbone_and_trains_a_new_head_then_exports(mobilenet_run,
+def test_base_model_keeps_the_backbone_and_trains_a_new_head_then_exports(keras_run,
                                                                           tmp_path):
     import keras
 
     four = write_dataset(tmp_path / "four", classes=("Aguila", "Gato", "León", "Zorro"),
                          per_class=10, size=(40, 40), seed=5)
-    base = mobilenet_run / "mobilenet_v2_best.keras"
-    run_dir = train_tiny_run(four, tmp_path, "mobilenet", "--base_model", str(base),
+    base = keras_run / "tiny_keras_best.keras"
+    run_dir = train_tiny_run(four, tmp_path, "tiny_keras", "--base_model", str(base),
                              "--epochs", "1", "--export", "onnx")
-    new = keras.models.load_model(run_dir / "mobilenet_v2_best.keras", compile=False)
+    new = keras.models.load_model(run_dir / "tiny_keras_best.keras", compile=False)
     old = keras.models.load_model(base, compile=False)
     assert new.get_layer("predictions").units == 4 and old.get_layer("predictions").units == 3
     # phase 1 trains only the head: the backbone is the base model's, weight for weight
@@ -208,20 +208,20 @@ def test_base_model_keeps_the_backbone_and_trains_a_new_head_then_exports(mobile
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(new.get_layer("predictions").get_weights()[0][:, :3],
                            old.get_layer("predictions").get_weights()[0])
-    assert _entries(run_dir)["mobilenet_v2_best.onnx"]["passed"]
+    assert _entries(run_dir)["tiny_keras_best.onnx"]["passed"]
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    assert summary["weights"] == "base_model:mobilenet_v2_best.keras"
+    assert summary["weights"] == "base_model:tiny_keras_best.keras"
 
 
-def test_torch_base_model_carries_the_backbone_over(resnet_run):
+def test_torch_base_model_carries_the_backbone_over(torch_run):
     import torch
 
     from pokedex_trainer.models import get_spec
     from pokedex_trainer.torch_backend.models import build_model
 
-    base = resnet_run / "resnet152_best.pth"
+    base = torch_run / "tiny_torch_best.pth"
     saved = torch.load(base, map_location="cpu", weights_only=True)["state_dict"]
-    model = build_model(get_spec("resnet"), 5, "none", 0.3, base_model=str(base))
+    model = build_model(get_spec("tiny_torch"), 5, "none", 0.3, base_model=str(base))
     assert model.head.out_features == 5
     for name, tensor in model.state_dict().items():
         if name.startswith("backbone."):

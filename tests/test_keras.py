@@ -158,11 +158,10 @@ def test_weights_file_is_loaded_and_phase_one_leaves_the_backbone_untouched(
     assert [r["phase"] for r in _history(run_dir)] == ["head", "head"]
 
 
-def test_early_stopping_and_reduce_lr_fire_on_a_plateau(tmp_path, tiny_dataset,
-                                                        mobilenet_weights):
-    # A learning rate of 1e-6 barely moves the head: validation metrics stay flat.
-    run_dir = _train(tmp_path, tiny_dataset, "--model_type", "mobilenet", "--weights",
-                     str(mobilenet_weights), "--epochs", "10", "--fine_tune_epochs", "0",
+def test_early_stopping_and_reduce_lr_fire_on_a_plateau(tmp_path, tiny_dataset):
+    # A learning rate of 1e-6 barely moves the weights: validation metrics stay flat.
+    run_dir = _train(tmp_path, tiny_dataset, "--model_type", "tiny_keras", "--weights",
+                     "none", "--epochs", "10", "--fine_tune_epochs", "0",
                      "--learning_rate", "1e-6", "--patience", "3", "--lr_patience", "1",
                      "--lr_factor", "0.5")
     history = _history(run_dir)
@@ -185,7 +184,7 @@ def test_efficientnet_seed_command_runs_on_small_images(tmp_path, tiny_dataset):
     assert model.count_params() > 60_000_000  # the real B7, not a stand-in
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_best_model(tmp_path, tiny_dataset):
+def test_nan_loss_stops_the_run_and_keeps_no_broken_model(tmp_path, tiny_dataset):
     argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
             "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
             "--workers", "0", "--val_split", "0.25", "--test_split", "0.25",
@@ -196,5 +195,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_model(tmp_path, tiny_dataset)
     rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
     assert rows[0]["status"] == "nan_loss"
     assert int(rows[0]["epochs_run"]) < 8
-    assert (run_dir / "mobilenet_v2_best.keras").exists()
+    for model_file in run_dir.glob("*.keras"):  # whatever was kept is a usable model
+        model = keras.models.load_model(model_file)
+        assert np.isfinite(model.predict(np.full((1, 32, 32, 3), 100.0), verbose=0)).all()
     assert "loss is nan" in (run_dir / "training.log").read_text("utf-8").lower()

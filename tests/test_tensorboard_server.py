@@ -28,9 +28,9 @@ def _get(port: int, path: str, **params):
 
 
 def test_live_server_reads_scalars_histograms_and_images_of_every_run(shared_runs,
-                                                                      mobilenet_run, resnet_run):
+                                                                      keras_run, torch_run):
     """The session's two shared runs (2 epochs each, histograms on) in one TensorBoard root."""
-    res, mob = resnet_run.name, mobilenet_run.name
+    res, mob = torch_run.name, keras_run.name
     expected_runs = {f"{res}/train", f"{res}/validation", f"{mob}/train", f"{mob}/validation"}
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir",
@@ -58,7 +58,7 @@ def test_live_server_reads_scalars_histograms_and_images_of_every_run(shared_run
             assert {"epoch_loss", "epoch_accuracy"} <= set(scalar_tags[f"{run}/validation"])
             points = _get(port, "/data/plugin/scalars/scalars", run=f"{run}/validation",
                           tag="epoch_accuracy")
-            assert [step for _, step, _ in points] == [0, 1]
+            assert [step for _, step, _ in points] == [0, 1, 2, 3]  # one per epoch
         histogram_tags = _get(port, "/data/plugin/histograms/tags")
         for run in (res, mob):
             assert any(t.startswith("gradients/") for t in histogram_tags[f"{run}/train"])

@@ -115,11 +115,27 @@ print("TENSORFLOW_IMPORTED", "tensorflow" in sys.modules)
 """
 
 
-def test_resnet_seed_command_runs_and_writes_every_output(tmodels, tmp_path, tiny_dataset,
-                                                          resnet_weights):
-    argv = ["--data_path", str(tiny_dataset), "--model_type", "resnet", "--epochs", "2",
+@pytest.fixture(scope="module")
+def tiny_torch_weights(tmp_path_factory) -> Path:
+    """A backbone state dict of the tiny PyTorch network, saved by the test."""
+    from pokedex_trainer.torch_backend.models import TinyConvNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny_torch_test.pth"
+    torch.save(TinyConvNet().state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("model_type, arch", [
+    ("tiny_torch", "tiny_torch"),
+    pytest.param("resnet", "resnet152", marks=pytest.mark.slow)])
+def test_seed_command_runs_and_writes_every_output(tmodels, tmp_path, tiny_dataset, request,
+                                                   model_type, arch):
+    weights = request.getfixturevalue("resnet_weights" if model_type == "resnet"
+                                      else "tiny_torch_weights")
+    argv = ["--data_path", str(tiny_dataset), "--model_type", model_type, "--epochs", "2",
             "--batch_size", "8", "--learning_rate", "0.001", "--image_size", "32", "32",
-            "--weights", str(resnet_weights), "--fine_tune_epochs", "1", "--fine_tune_layers",
+            "--weights", str(weights), "--fine_tune_epochs", "1", "--fine_tune_layers",
             "3", "--val_split", "0.25", "--test_split", "0.25", "--workers", "1",
             "--output_dir", str(tmp_path / "runs"), "--log_dir", str(tmp_path / "tb"),
             "--run_name", "res"]
@@ -131,15 +147,15 @@ def test_resnet_seed_command_runs_and_writes_every_output(tmodels, tmp_path, tin
     assert "TENSORFLOW_IMPORTED False" in result.stdout  # a ResNet run never loads TensorFlow
     run_dir = tmp_path / "runs" / "res"
     names = {p.name for p in run_dir.iterdir()}
-    assert {"resnet152_best.pth", "class_names.json", "config.json", "split_manifest.json",
+    assert {f"{arch}_best.pth", "class_names.json", "config.json", "split_manifest.json",
             "history.csv", "training.log", "summary.json"} <= names
-    assert any(n.startswith("resnet152_final_") and n.endswith(".pth") for n in names)
+    assert any(n.startswith(f"{arch}_final_") and n.endswith(".pth") for n in names)
     history = list(csv.DictReader(open(run_dir / "history.csv", encoding="utf-8")))
     assert [r["phase"] for r in history] == ["head", "head", "fine_tune"]
     rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
-    assert rows[0]["model_type"] == "resnet" and rows[0]["status"] == "completed"
+    assert rows[0]["model_type"] == model_type and rows[0]["status"] == "completed"
 
-    model, payload = tmodels.load_checkpoint(run_dir / "resnet152_best.pth")
+    model, payload = tmodels.load_checkpoint(run_dir / f"{arch}_best.pth")
     assert payload["class_names"] == ["Gato", "León", "Perro"]
     assert payload["image_size"] == [32, 32] and payload["input"]["range"] == [0, 255]
     probabilities = model.probabilities(torch.full((1, 3, 32, 32), 100.0))
@@ -158,7 +174,7 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
     argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
             "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
             "--workers", "0", "--val_split", "0.25", "--test_split", "0.25",
-            "--model_type", "resnet", "--weights", "none", "--epochs", "6",
+            "--model_type", "tiny_torch", "--weights", "none", "--epochs", "6",
             "--fine_tune_epochs", "2", "--learning_rate", "1e30", "--histogram_freq", "0",
             "--mixed_precision"]
     assert run_main(train_main, argv) == 1

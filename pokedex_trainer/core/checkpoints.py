@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
 _STATE_DIR = re.compile(r"^epoch_\d{3,}$")
+_STATE_TMP = re.compile(r"^\.state\.json\..*\.tmp$")  # a killed write of state.json
 # What the first version wrote into resume/ (kept readable, removed once a new state exists).
 LEGACY_STATE_FILES = ("last.pth", "last.weights.h5", "optimizer.npz")
 
@@ -81,6 +82,10 @@ class CheckpointSaver:
         if target.exists():  # this epoch ran before a kill, and again after --resume
             shutil.rmtree(target)
         os.replace(building, target)
+        try:
+            self.layout.partial_dir.rmdir()
+        except OSError:
+            pass
         atomic_write_json(self.layout.resume_state,
                           {"format": STATE_FORMAT, "state_dir": name, **position})
         self._remove_older_states(keep=name)
@@ -91,7 +96,7 @@ class CheckpointSaver:
                 continue
             if path.is_dir() and _STATE_DIR.match(path.name):
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.name in LEGACY_STATE_FILES:
+            elif path.name in LEGACY_STATE_FILES or _STATE_TMP.match(path.name):
                 path.unlink(missing_ok=True)
 
     def read_position(self) -> dict | None:

@@ -168,6 +168,10 @@ def run_phases(backend: TrainingBackend, context: RunContext, state: RunState,
     best = None
     for window in state.schedule(phases):
         best = train_phase(backend, context, state, window, saver, best)
+    if best is None and state.stop_reason == "nan_loss":
+        logger.error("no epoch ended with a finite loss and a validation score: no model was "
+                     "saved")
+        return {}
     saver.save_final(backend)
     return evaluate_split(backend, context, "test") if saver.enabled else {}
 

@@ -116,8 +116,8 @@ class PlateauScheduler:
         if self.best is None:
             return True
         if self.mode == "min":
-            return value - self.min_delta < self.best
-        return value + self.min_delta > self.best
+            return value + self.min_delta < self.best
+        return value - self.min_delta > self.best
 
     def step(self, value: float | None, learning_rate: float) -> float:
         """Count one epoch's ``value``; returns the learning rate for the next epoch."""
