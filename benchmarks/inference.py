@@ -135,9 +135,9 @@ def build_source(model_type: str, size: int, folder: Path):
 def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: int) -> list:
     """Every export format of the source's framework, written without the parity check (the
     weights are random; export.py and the tests check parity)."""
-    from pokedex_trainer import exporters
+    from pokedex_trainer.exporters import export_run as exporters
     from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.run_files import LabelledImages
+    from pokedex_trainer.finished_runs import LabelledImages
 
     predictor = load_predictor(source)
     framework = "keras" if predictor.runtime == "keras" else "torch"

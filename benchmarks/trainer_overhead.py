@@ -58,7 +58,7 @@ def trainer_epochs(config: TrainConfig) -> tuple[list[float], Path]:
 
 
 def decoded_split(run_dir: Path, split: str, size: int):
-    from pokedex_trainer.run_files import run_split
+    from pokedex_trainer.finished_runs import run_split
 
     return run_split(run_dir, split).load_all((size, size))
 

@@ -41,7 +41,21 @@ def build_train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_defaults_line(),
     )
-    data = parser.add_argument_group("data")
+    _add_data_options(parser.add_argument_group("data"), d)
+    _add_model_options(parser.add_argument_group("model"), d)
+    _add_training_options(parser.add_argument_group("training"), d)
+    _add_output_options(parser.add_argument_group("output"), d)
+    return parser
+
+
+def _add_workers_option(group) -> None:
+    """``--workers``: one meaning (and default) in every script that has it."""
+    group.add_argument("--workers", type=int, default=default_workers(),
+                       help="worker processes for reading and decoding images; 0 works in "
+                            "the main process (default: %(default)s)")
+
+
+def _add_data_options(data, d: TrainConfig) -> None:
     data.add_argument("--data_path", default=d.data_path,
                       help="folder with one sub-folder of images per class (default: %(default)s)")
     data.add_argument("--val_split", type=float, default=d.val_split,
@@ -49,13 +63,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     data.add_argument("--test_split", type=float, default=d.test_split,
                       help="fraction of each class held out for the final test "
                            "(default: %(default)s)")
-    data.add_argument("--workers", type=int, default=default_workers(),
-                      help="data-loading processes; 0 loads in the main process "
-                           "(default: %(default)s)")
+    _add_workers_option(data)
     data.add_argument("--no_augment", dest="augment", action="store_false",
                       help="train without data augmentation (resize only)")
 
-    model = parser.add_argument_group("model")
+
+def _add_model_options(model, d: TrainConfig) -> None:
     model.add_argument("--model_type", choices=sorted(MODEL_SPECS), default=None,
                        help=f"network to train (default: {d.model_type}, or the network of "
                             "--base_model)")
@@ -72,7 +85,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=d.dropout,
                        help="dropout before the new classification layer (default: %(default)s)")
 
-    train = parser.add_argument_group("training")
+
+def _add_training_options(train, d: TrainConfig) -> None:
     train.add_argument("--epochs", type=int, default=d.epochs,
                        help="phase 1 epochs: new head on a frozen backbone (default: %(default)s)")
     train.add_argument("--batch_size", type=_batch_size, default=None,
@@ -119,7 +133,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed_precision", action="store_true",
                        help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
 
-    out = parser.add_argument_group("output")
+
+def _add_output_options(out, d: TrainConfig) -> None:
     out.add_argument("--output_dir", default=d.output_dir,
                      help="where run directories and experiments.csv go (default: %(default)s)")
     out.add_argument("--log_dir", default=d.log_dir,
@@ -140,7 +155,6 @@ def build_train_parser() -> argparse.ArgumentParser:
                           "network's framework")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
-    return parser
 
 
 def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dict]:
@@ -168,7 +182,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     import sys
 
     from .errors import ExportCheckFailed, TrainingStopped, UserError
-    from .runs import setup_console_logging
+    from .records import setup_console_logging
 
     setup_console_logging()
     try:
@@ -209,15 +223,45 @@ def train_main(argv: list[str] | None = None) -> None:
         return
     formats = None
     if actions["export"]:
-        from .exporters import parse_formats
+        from .exporters.export_run import parse_formats
 
         # checked before training: a typo must not wait for the end of a long run
         formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
     run_dir = run_training(config, resume)
     if formats and run_dir is not None:
-        from .exporters import export_command
+        from .exporters.export_run import export_command
 
         export_command(run_dir=str(run_dir), formats=formats)
+
+
+def build_prepare_parser() -> argparse.ArgumentParser:
+    """Parser of ``prepare_dataset.py``."""
+    from .prepare import MODES
+
+    parser = argparse.ArgumentParser(
+        prog="prepare_dataset.py",
+        description="Standardize a raw photo collection (one folder per class) into a clean "
+                    "training folder, and report unreadable files, duplicates, small images and "
+                    "class balance.")
+    parser.add_argument("--input_dir", default="data/raw_images",
+                        help="raw collection, one sub-folder per class (default: %(default)s)")
+    parser.add_argument("--output_dir", default="data/training",
+                        help="where the standardized images go (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=600,
+                        help="side of the square output images in px (default: %(default)s)")
+    parser.add_argument("--mode", choices=MODES, default="crop",
+                        help="crop: centre square, keeps the aspect ratio (default); pad: whole "
+                             "image on a square canvas; stretch: squash to a square (the guide's "
+                             "original script)")
+    parser.add_argument("--check", action="store_true",
+                        help="only inspect --input_dir and write the report; no image is written")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with code 1 when the guide's minimums are not met (10 classes, "
+                             "100 images per class, 224 px)")
+    parser.add_argument("--class_map", default=None,
+                        help="rename classes: a JSON file {\"old\": \"New\"} or 'animals10'")
+    _add_workers_option(parser)
+    return parser
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -272,7 +316,7 @@ def evaluate_main(argv: list[str] | None = None) -> None:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1.01:
         raise UserError("--threshold is a probability between 0 and 1")
-    from . import evaluating
+    from .evaluation import report as evaluating
 
     options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch)
     if args.ensemble:
@@ -328,7 +372,7 @@ def export_main(argv: list[str] | None = None) -> None:
 
     if args.check_images < 1 or args.calibration_images < 1:
         raise UserError("--check_images and --calibration_images must be at least 1")
-    from .exporters import export_command
+    from .exporters.export_run import export_command
 
     export_command(args.run_dir, args.model, args.formats, args.output_dir, args.data_path,
                    args.check_images, args.calibration_images, args.opset,

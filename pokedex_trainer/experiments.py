@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .errors import UserError
-from .runs import EXPERIMENT_COLUMNS, atomic_write_bytes, read_experiments
+from .records import EXPERIMENT_COLUMNS, atomic_write_bytes, read_experiments
 
 HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "image_size",
                    "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",

@@ -18,7 +18,7 @@ import numpy as np
 from .config import TrainConfig
 from .dataset import DatasetIndex, stratified_split
 from .errors import UserError
-from .runs import atomic_write_json, timestamp
+from .records import atomic_write_json, timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import numpy as np
 from .dataset import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
                       RECOMMENDED_MIN_IMAGES_PER_CLASS, list_class_dirs, list_images)
 from .errors import UserError
-from .runs import atomic_write_bytes, atomic_write_json
+from .records import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,34 +47,6 @@ CLASS_MAPS = {
         "ragno": "Arana", "scoiattolo": "Ardilla",
     },
 }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prepare_dataset.py",
-        description="Standardize a raw photo collection (one folder per class) into a clean "
-                    "training folder, and report unreadable files, duplicates, small images and "
-                    "class balance.")
-    parser.add_argument("--input_dir", default="data/raw_images",
-                        help="raw collection, one sub-folder per class (default: %(default)s)")
-    parser.add_argument("--output_dir", default="data/training",
-                        help="where the standardized images go (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=600,
-                        help="side of the square output images in px (default: %(default)s)")
-    parser.add_argument("--mode", choices=MODES, default="crop",
-                        help="crop: centre square, keeps the aspect ratio (default); pad: whole "
-                             "image on a square canvas; stretch: squash to a square (the guide's "
-                             "original script)")
-    parser.add_argument("--check", action="store_true",
-                        help="only inspect --input_dir and write the report; no image is written")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with code 1 when the guide's minimums are not met (10 classes, "
-                             "100 images per class, 224 px)")
-    parser.add_argument("--class_map", default=None,
-                        help="rename classes: a JSON file {\"old\": \"New\"} or 'animals10'")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)),
-                        help="processes (default: %(default)s)")
-    return parser
 
 
 @dataclass
@@ -495,7 +467,9 @@ def remove_stale(output_dir: Path, keep: set[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``prepare_dataset.py``: exit 0, or 1 with ``--strict`` when the minimums are missed."""
-    args = build_parser().parse_args(argv)
+    from .cli import build_prepare_parser
+
+    args = build_prepare_parser().parse_args(argv)
     report = prepare(args)
     strict_failures = report.too_few_classes or report.classes_below_minimum or \
         report.small_images

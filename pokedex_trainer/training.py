@@ -25,7 +25,7 @@ from .environment import environment_info, experiment_row
 from .errors import TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
 from .models import get_spec
-from .runs import (append_experiment, atomic_write_json, capture_to_log, create_run_dir,
+from .records import (append_experiment, atomic_write_json, capture_to_log, create_run_dir,
                    ensure_writable_dir, timestamp)
 
 logger = logging.getLogger(__name__)

@@ -51,11 +51,6 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
     return target
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a full-size network (EfficientNetB7, ResNet152) "
-                            "or several processes; run by .ci/run after the default set")
-
-
 def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
     """Tags per subdirectory (train, validation) of a run, whatever summary kind wrote them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -130,7 +130,7 @@ def test_runs_of_the_previous_version_evaluate_export_and_resume(legacy):
 
 
 def test_an_older_experiments_table_is_migrated_not_misaligned(tmp_path):
-    from pokedex_trainer.runs import EXPERIMENT_COLUMNS, append_experiment, read_experiments
+    from pokedex_trainer.records import EXPERIMENT_COLUMNS, append_experiment, read_experiments
 
     path = tmp_path / "experiments.csv"
     older = [c for c in EXPERIMENT_COLUMNS if c not in ("sampler", "class_weight")]

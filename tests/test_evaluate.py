@@ -24,7 +24,7 @@ PROBS = np.array([[0.70, 0.20, 0.10], [0.10, 0.60, 0.30], [0.20, 0.50, 0.30],
 
 
 def test_metrics_match_values_worked_out_by_hand():
-    from pokedex_trainer.evaluation import compute_metrics, top_k_accuracy
+    from pokedex_trainer.evaluation.metrics import compute_metrics, top_k_accuracy
 
     m = compute_metrics(LABELS, PROBS, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
@@ -42,7 +42,7 @@ def test_metrics_match_values_worked_out_by_hand():
 
 
 def test_expected_calibration_error_by_hand():
-    from pokedex_trainer.calibration import expected_calibration_error
+    from pokedex_trainer.evaluation.calibration import expected_calibration_error
 
     probs = np.array([[0.9, 0.1]] * 4 + [[0.3, 0.7]] * 2)
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -51,7 +51,7 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_temperature_scaling_fixes_over_confident_logits():
-    from pokedex_trainer.calibration import (apply_temperature, expected_calibration_error,
+    from pokedex_trainer.evaluation.calibration import (apply_temperature, expected_calibration_error,
                                              fit_temperature)
     from pokedex_trainer.inference import softmax
 
@@ -72,7 +72,7 @@ def test_temperature_scaling_fixes_over_confident_logits():
 @pytest.fixture(scope="module")
 def run_report(keras_run, monkeypatch_module):
     """evaluate.py --run_dir, with the temperature fit spied on."""
-    import pokedex_trainer.evaluating as evaluating
+    import pokedex_trainer.evaluation.report as evaluating
 
     seen = {}
     original = evaluating.fit_temperature
@@ -117,9 +117,9 @@ def test_run_report_has_every_part(run_report, keras_run):
 
 
 def test_temperature_is_fitted_on_the_validation_split_and_saved(run_report, keras_run):
-    from pokedex_trainer.evaluating import predict_images
+    from pokedex_trainer.evaluation.report import predict_images
     from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.run_files import run_split
+    from pokedex_trainer.finished_runs import run_split
 
     _, seen = run_report
     predictor = load_predictor(keras_run / "tiny_keras_best.keras")
@@ -134,7 +134,7 @@ def test_temperature_is_fitted_on_the_validation_split_and_saved(run_report, ker
 def test_every_png_is_a_valid_image_of_the_expected_size(run_report, tmp_path):
     from PIL import Image
 
-    from pokedex_trainer import report_plots as plots
+    from pokedex_trainer.evaluation import plots
 
     out, _ = run_report
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -255,8 +255,8 @@ def test_kfold_trains_one_run_per_fold_and_summarizes(tiny_dataset, tmp_path, ca
 
 def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_exports,
                                                                         tiny_dataset, tmp_path):
-    from pokedex_trainer.calibration import apply_temperature
-    from pokedex_trainer.evaluating import predict_command
+    from pokedex_trainer.evaluation.calibration import apply_temperature
+    from pokedex_trainer.evaluation.report import predict_command
     from pokedex_trainer.inference import load_predictor
 
     for suffix in ("", ".json"):

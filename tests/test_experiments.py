@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import ROOT
 from pokedex_trainer.experiments import show_experiments, sort_rows, varied_hyperparameters
-from pokedex_trainer.runs import append_experiment
+from pokedex_trainer.records import append_experiment
 
 
 def test_two_runs_started_at_once_append_two_rows_and_share_no_files(tmp_path, tiny_dataset):

@@ -23,7 +23,7 @@ def _entries(run_dir) -> dict:
 
 
 def test_keras_model_exports_every_format_and_each_passes_its_check(keras_exports):
-    from pokedex_trainer.exporters import TOLERANCES
+    from pokedex_trainer.exporters.export_run import TOLERANCES
     from pokedex_trainer.exporters.metadata import read_onnx_metadata, read_tflite_metadata
 
     export = keras_exports / "export"
@@ -92,7 +92,7 @@ print(json.dumps(results))
     answers = json.loads(done.stdout.strip().splitlines()[-1])
 
     from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.run_files import folder_images
+    from pokedex_trainer.finished_runs import folder_images
 
     source = load_predictor(keras_exports / "tiny_keras_best.keras")
     images = folder_images(tiny_dataset, source.info.class_names)
@@ -105,9 +105,9 @@ print(json.dumps(results))
 
 
 def test_wrong_normalization_in_the_sidecar_fails_the_check(keras_exports, tmp_path):
-    from pokedex_trainer.exporters import predict_all, verify_file
+    from pokedex_trainer.exporters.export_run import predict_all, verify_file
     from pokedex_trainer.inference import load_predictor, sidecar_path
-    from pokedex_trainer.run_files import run_split
+    from pokedex_trainer.finished_runs import run_split
 
     onnx_file = tmp_path / "broken.onnx"
     shutil.copy(keras_exports / "export" / "tiny_keras_best.onnx", onnx_file)
@@ -128,7 +128,7 @@ def test_wrong_normalization_in_the_sidecar_fails_the_check(keras_exports, tmp_p
 
 def test_a_failed_check_deletes_the_file_and_exits_1(keras_exports, tmp_path, monkeypatch,
                                                      capsys):
-    import pokedex_trainer.exporters as exporters
+    import pokedex_trainer.exporters.export_run as exporters
 
     original = exporters._sidecar
 

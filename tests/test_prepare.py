@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pokedex_trainer.prepare import build_parser, prepare, square_image
+from pokedex_trainer.cli import build_prepare_parser as build_parser
+from pokedex_trainer.prepare import prepare, square_image
 from pokedex_trainer.synthetic import draw_pattern
 
 

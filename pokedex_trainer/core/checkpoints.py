@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..layout import RunLayout
-from ..runs import atomic_write_json
+from ..records import atomic_write_json
 from .backend import TrainingBackend
 
 logger = logging.getLogger(__name__)

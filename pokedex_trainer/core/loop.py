@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import HistoryWriter
+from ..records import HistoryWriter
 from .backend import TrainingBackend
 from .checkpoints import CheckpointSaver
 from .context import RunContext

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..runs import atomic_write_bytes
+from ..records import atomic_write_bytes
 from .metadata import add_onnx_metadata, add_tflite_metadata
 from .quiet import quiet_converters
 

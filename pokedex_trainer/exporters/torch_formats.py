@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..runs import atomic_target, atomic_write_bytes
+from ..records import atomic_target, atomic_write_bytes
 from .metadata import EXTRA_FILE, add_onnx_metadata
 from .quiet import quiet_converters
 

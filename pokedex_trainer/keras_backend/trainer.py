@@ -12,8 +12,8 @@ import keras
 
 from ..core.context import RunContext
 from ..core.phases import Phase
-from ..runs import atomic_target
-from ..summaries import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
+from ..records import atomic_target
+from ..tensorboard_tags import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
     split_epoch_logs
 from .models import apply_phase, build_model
 

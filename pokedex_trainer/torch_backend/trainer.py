@@ -15,8 +15,8 @@ from tqdm import tqdm
 from ..feeding import UnreadableReporter
 from ..core.context import RunContext
 from ..core.phases import Phase
-from ..runs import atomic_target
-from ..summaries import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
+from ..records import atomic_target
+from ..tensorboard_tags import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
                          split_epoch_logs)
 from .data import make_data_loader
 from .models import (Classifier, apply_phase, build_model, checkpoint_payload,

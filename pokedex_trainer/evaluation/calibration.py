@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import CALIBRATION as CALIBRATION_FILE
+from ..layout import CALIBRATION as CALIBRATION_FILE
 
 ECE_BINS = 15
 _EPS = 1e-12
@@ -76,7 +76,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
-    from .runs import atomic_write_json
+    from ..records import atomic_write_json
 
     path = Path(run_dir) / CALIBRATION_FILE
     atomic_write_json(path, {"temperature": temperature, **details})

@@ -18,13 +18,13 @@ import numpy as np
 
 from .calibration import (CALIBRATION_FILE, apply_temperature, expected_calibration_error,
                           fit_temperature, negative_log_likelihood, reliability)
-from .errors import UserError
-from .evaluation import compute_metrics, most_confident_mistakes, report_rows
-from .inference import (Predictor, framework_of, import_frameworks, load_predictor,
+from ..errors import UserError
+from .metrics import compute_metrics, most_confident_mistakes, report_rows
+from ..inference import (Predictor, framework_of, import_frameworks, load_predictor,
                         measure_latency, measure_throughput)
-from .layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
-from .run_files import LabelledImages, best_model_of, folder_images, model_and_run, run_split
-from .runs import atomic_write_json
+from ..layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
+from ..finished_runs import LabelledImages, best_model_of, folder_images, model_and_run, run_split
+from ..records import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def member_metrics(member: Member, labels: np.ndarray) -> dict:
 def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
                  images: LabelledImages, mistakes: int) -> None:
     """metrics.json, classification_report.csv, the PNGs and report.md in ``out``."""
-    from . import report_plots as plots
+    from . import plots
 
     names = member.predictor.info.class_names
     matrix = np.asarray(metrics["confusion_matrix"])
@@ -250,8 +250,8 @@ def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
 
 def _mistake_images(indices: list[int], member: Member, images: LabelledImages,
                     names: list[str]) -> tuple[list[np.ndarray], list[str]]:
-    from .augment import build_eval_transform
-    from .images import UnreadableImageError, read_image
+    from ..augment import build_eval_transform
+    from ..images import UnreadableImageError, read_image
 
     transform = build_eval_transform(member.predictor.info.image_size)
     pictures, titles = [], []
@@ -360,7 +360,7 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
     rows = [{"model": "ensemble", **_headline(ensemble)}] + \
         [{"model": name, **_headline(m)} for name, m in results.items()]
     _write_csv(out / "ensemble.csv", rows)
-    from .report_plots import plot_confusion
+    from .plots import plot_confusion
 
     plot_confusion(np.asarray(ensemble["confusion_matrix"]), names,
                    out / "confusion_matrix.png", normalized=False)
@@ -408,7 +408,7 @@ def _common_test_images(members: list[Member], data_path: str | None,
 def predict_command(target: str, run_dir: str | None, model: str | None, top_k: int,
                     threshold: float | None, output_dir: str | None) -> list[dict]:
     """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
-    from .dataset import is_image_file
+    from ..dataset import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
@@ -446,8 +446,8 @@ def _predict_files(files: list[Path], member: Member, top_k: int,
                    threshold: float | None) -> list[dict]:
     from tqdm import tqdm
 
-    from .augment import build_eval_transform
-    from .images import UnreadableImageError, read_image
+    from ..augment import build_eval_transform
+    from ..images import UnreadableImageError, read_image
 
     names = member.predictor.info.class_names
     transform = build_eval_transform(member.predictor.info.image_size)
