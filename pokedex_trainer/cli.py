@@ -181,7 +181,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     """Run a script's ``main`` and turn expected failures into one line and an exit code."""
     import sys
 
-    from .errors import ExportCheckFailed, TrainingStopped, UserError
+    from .errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
     from .records import setup_console_logging
 
     setup_console_logging()
@@ -190,7 +190,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (TrainingStopped, ExportCheckFailed) as exc:
+    except (TrainingStopped, ExportCheckFailed, RunFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -281,6 +281,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                                             "run's test split (same classes as the model)")
     source.add_argument("--output_dir", help="where the report goes (default: "
                                              "<run_dir>/evaluation)")
+    source.add_argument("--trust_model_file", action="store_true",
+                        help="open a TorchScript (.pt) or SavedModel file that export.py did not "
+                             "write for you: they can run code when opened, so only for files "
+                             "you know the origin of")
     source.add_argument("--latency_runs", type=int, default=20,
                         help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
     source.add_argument("--latency_batch", type=int, default=32,
@@ -316,6 +320,12 @@ def evaluate_main(argv: list[str] | None = None) -> None:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1.01:
         raise UserError("--threshold is a probability between 0 and 1")
+    if args.trust_model_file:
+        if not args.model:
+            raise UserError("--trust_model_file goes with --model FILE")
+        from .safe_loading import vouch_for
+
+        vouch_for(args.model)
     from .evaluation import report as evaluating
 
     options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch)

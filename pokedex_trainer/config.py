@@ -11,6 +11,9 @@ from .errors import UserError
 from .models import get_spec
 
 
+MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
+
+
 def default_workers() -> int:
     """Data-loading processes: leave one core to the framework, use at most 8."""
     return max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -101,10 +104,34 @@ class TrainConfig:
             (self.save_every >= 0, "--save_every must be 0 or more"),
             (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),
             (self.sampler in ("none", "balanced"), "--sampler must be none or balanced"),
+            (0 <= self.seed < 2**32, "--seed must be a whole number from 0 to 4294967295"),
+            (max(height, width) <= MAX_IMAGE_SIDE,
+             f"--image_size {height} {width}: each side must be at most {MAX_IMAGE_SIDE} px"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        if self.run_name is not None:
+            from .layout import check_single_component
+
+            check_single_component(self.run_name, "--run_name")
+        self._check_batch_memory()
+
+    def _check_batch_memory(self) -> None:
+        """One batch of input pixels alone must fit in the memory there is (a first check;
+        the framework's own out-of-memory error is reported as one line too)."""
+        if self.batch_size == "auto":
+            return
+        import psutil
+
+        height, width = self.image_size
+        needed = self.batch_size * height * width * 3 * 4  # float32 pixels
+        available = psutil.virtual_memory().available
+        if needed > available:
+            raise UserError(f"--image_size {height} {width} with --batch_size {self.batch_size} "
+                            f"needs {needed / 2**30:.1f} GiB for the input pixels alone, more "
+                            f"than the {available / 2**30:.1f} GiB of free memory: use a "
+                            "smaller size or batch (or --batch_size auto)")
 
     @property
     def pretrained(self) -> bool:

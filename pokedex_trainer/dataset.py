@@ -86,10 +86,17 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
     if not samples:
         raise UserError(f"no images found in '{root}': expected {root}/<Class>/*.jpg "
                         "(jpg, jpeg or png, one sub-folder per class)")
-    if len(class_names) < 2:
-        raise UserError(f"'{root}' holds only {len(class_names)} class "
-                        f"({', '.join(class_names)}); a classifier needs at least 2")
-    return DatasetIndex(root, class_names, samples)
+    index = DatasetIndex(root, class_names, samples)
+    check_class_count(index)
+    return index
+
+
+def check_class_count(index: "DatasetIndex", why: str = "") -> None:
+    """A classifier needs at least 2 classes; raises UserError otherwise."""
+    if len(index.class_names) < 2:
+        raise UserError(f"'{index.root}' holds only {len(index.class_names)} class"
+                        f"{why} ({', '.join(index.class_names) or 'none'}); a classifier needs "
+                        "at least 2")
 
 
 def split_counts(n: int, val_split: float, test_split: float) -> tuple[int, int, int]:
@@ -182,7 +189,12 @@ def find_unreadable_headers(index: DatasetIndex) -> list[tuple[str, str]]:
     return bad
 
 
-def drop_samples(index: DatasetIndex, relatives: set[str]) -> DatasetIndex:
-    """A copy of ``index`` without the given files (class indices unchanged)."""
+def drop_samples(index: DatasetIndex, relatives: set[str]) -> tuple[DatasetIndex, list[str]]:
+    """A copy of ``index`` without the given files, and the classes left with no image (they
+    are dropped, the other classes renumbered in order)."""
     kept = [(p, label) for p, label in index.samples if p not in relatives]
-    return DatasetIndex(index.root, index.class_names, kept)
+    present = sorted({label for _, label in kept})
+    emptied = [name for i, name in enumerate(index.class_names) if i not in present]
+    renumber = {old: new for new, old in enumerate(present)}
+    return (DatasetIndex(index.root, [index.class_names[i] for i in present],
+                         [(p, renumber[label]) for p, label in kept]), emptied)

@@ -13,6 +13,13 @@ class TrainingStopped(Exception):
     exit_code = 1
 
 
+class RunFailed(Exception):
+    """Training failed while running (out of memory, a full disk...); what was saved is kept
+    and the run is recorded as failed. Exit code 1."""
+
+    exit_code = 1
+
+
 class ExportCheckFailed(Exception):
     """An exported file did not match its source model; it was deleted. Exit code 1."""
 

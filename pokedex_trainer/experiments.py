@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 from pathlib import Path
@@ -24,7 +25,11 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
         path = path / "experiments.csv"
     if not path.is_file():
         raise UserError(f"no experiments table at '{path}': train a run first")
-    rows = read_experiments(path)
+    try:
+        rows = read_experiments(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"'{path}' is not an experiments table this tool can read (UTF-8 CSV): "
+                        f"{str(exc).splitlines()[0]}") from None
     if not rows:
         raise UserError(f"'{path}' holds no runs yet")
     return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,14 @@ def ignore_interrupts(*_) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _init_worker(source: BatchSource) -> None:
+def _init_worker(source: BatchSource, parent_pid: int) -> None:
     global _WORKER_SOURCE
     import cv2
 
+    from .processes import exit_with_parent
+
     ignore_interrupts()
+    exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     _WORKER_SOURCE = source
 
@@ -195,7 +199,7 @@ class BatchLoader:
         if self._pool is None:
             context = multiprocessing.get_context(self.start_method)
             self._pool = context.Pool(self.workers, initializer=_init_worker,
-                                      initargs=(self.source,))
+                                      initargs=(self.source, os.getpid()))
         return self._pool
 
     def iter_epoch(self, epoch: int | None = None) -> Iterator[Batch]:

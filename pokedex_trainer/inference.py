@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +94,58 @@ def sidecar_path(model_path: Path) -> Path:
 
 
 def read_sidecar(model_path: Path) -> dict:
+    """The sidecar of an exported file, checked against its schema (UserError otherwise)."""
     path = sidecar_path(model_path)
     if not path.is_file():
         raise UserError(f"'{model_path}' has no sidecar '{path.name}' beside it (class names and "
                         "input description): export it with export.py, or keep the JSON with it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        ModelInfo.from_sidecar(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"sidecar '{path}' is not valid: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"sidecar '{path}' is not valid JSON: {exc}") from None
+    problem = sidecar_problem(data)
+    if problem:
+        raise UserError(f"sidecar '{path}' is not valid: {problem}")
     return data
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def sidecar_problem(data) -> str | None:
+    """What is wrong with a sidecar's content, or None: the schema export.py writes."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    names = data.get("class_names")
+    if not (isinstance(names, list) and len(names) >= 2 and
+            all(isinstance(n, str) and n for n in names)):
+        return "class_names must be a list of at least 2 non-empty strings"
+    size = data.get("image_size")
+    if not (isinstance(size, list) and len(size) == 2 and
+            all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
+                for v in size)):
+        return "image_size must be [height, width], whole numbers from 1 to 4096"
+    given = data.get("input")
+    if not isinstance(given, dict):
+        return "input must be an object"
+    if given.get("layout", "NHWC") not in ("NHWC", "NCHW"):
+        return "input.layout must be NHWC or NCHW"
+    for key, default in (("mean", [0.0] * 3), ("std", [1.0] * 3)):
+        values = given.get(key, default)
+        if not (isinstance(values, list) and len(values) == 3 and all(map(_number, values))):
+            return f"input.{key} must be 3 finite numbers"
+    if any(v <= 0 for v in given.get("std", [1.0] * 3)):
+        return "input.std must be positive"
+    output = data.get("output", {})
+    if not isinstance(output, dict) or output.get("kind", "probabilities") not in (
+            "probabilities", "logits"):
+        return "output.kind must be probabilities or logits"
+    if "temperature" in data and not (_number(data["temperature"]) and
+                                      data["temperature"] > 0):
+        return "temperature must be a positive number"
+    return None
 
 
 def framework_of(path: Path) -> str:
@@ -247,12 +290,28 @@ class TorchCheckpointPredictor(Predictor):
 
 
 class _SidecarPredictor(Predictor):
-    """An exported file: everything about its input comes from the sidecar."""
+    """An exported file: everything about its input comes from the sidecar, which must
+    describe the file (one image of its size and layout in, one score per class out)."""
 
     def __init__(self, path: Path):
         self.sidecar = read_sidecar(path)
         super().__init__(path, ModelInfo.from_sidecar(self.sidecar))
         self.load()
+        self._check_sidecar()
+
+    def _check_sidecar(self) -> None:
+        info = self.info
+        try:
+            out = np.asarray(self._run(self.prepare(np.zeros((1, *info.image_size, 3),
+                                                             np.uint8))))
+        except Exception as exc:
+            raise UserError(f"'{self.path}' does not take the input its sidecar describes "
+                            f"({info.layout}, {info.image_size[0]}x{info.image_size[1]}): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+        if out.shape != (1, info.num_classes):
+            raise UserError(f"'{self.path}' answers with shape {tuple(out.shape)}, but its "
+                            f"sidecar names {info.num_classes} classes")
 
     def load(self) -> None:
         raise NotImplementedError
@@ -364,15 +423,22 @@ _BY_SUFFIX = {".keras": KerasPredictor, ".h5": KerasPredictor,
               ".pt2": TorchExportPredictor, ".onnx": OnnxPredictor, ".tflite": TFLitePredictor}
 
 
-def load_predictor(path: Path | str, class_names: list[str] | None = None) -> Predictor:
-    """The predictor of any model file this project writes; UserError when it cannot be read.
+def load_predictor(path: Path | str, class_names: list[str] | None = None,
+                   trust: bool = False) -> Predictor:
+    """The predictor of any model file this project writes; UserError when it cannot be read
+    or could run code when opened (see safe_loading.py).
 
     ``class_names`` only matters for Keras files without a ``class_names.json`` beside them.
+    ``trust``: open a code-bearing file (TorchScript, SavedModel) without the trust record,
+    for the file export.py has just written.
     """
+    from .safe_loading import check_can_open
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"model '{path}' does not exist")
     framework = framework_of(path)
+    check_can_open(path, trust)
     import_frameworks({framework})
     if path.is_dir():
         return SavedModelPredictor(path)

@@ -102,6 +102,10 @@ def load_class_map(value: str | None) -> dict[str, str]:
                                                 for k, v in mapping.items()):
         raise UserError(f"--class_map: '{value}' must hold a JSON object of "
                         "\"old name\": \"New name\" strings")
+    from .layout import check_single_component
+
+    for target in mapping.values():
+        check_single_component(target, "--class_map target class")
     return mapping
 
 
@@ -190,8 +194,11 @@ def _parallel(function, tasks: list, workers: int, description: str) -> list:
         return []
     if workers <= 1 or len(tasks) < 8:
         return [function(task) for task in tqdm(tasks, desc=description, unit="img")]
+    from .processes import exit_with_parent
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         return list(tqdm(pool.map(function, tasks, chunksize=chunk), total=len(tasks),
                          desc=description, unit="img"))
@@ -227,11 +234,17 @@ def _load_state(output_dir: Path) -> dict:
         return {"settings": None, "files": {}}
 
 
-def assign_outputs(sources: list[SourceFile], state: dict) -> dict[str, str]:
-    """Output name per source, stable across runs: a known source keeps its number."""
+def assign_outputs(sources: list[SourceFile], state: dict,
+                   occupied: set[str] = frozenset()) -> dict[str, str]:
+    """Output name per source, stable across runs: a known source keeps its number, and no
+    name is given that a file this tool did not write already has (``occupied``)."""
     known = state.get("files", {})
     names: dict[str, str] = {}
     taken: dict[str, set[int]] = {}
+    for name in occupied:
+        cls, _, number = Path(name).stem.rpartition("_")
+        if number.isdigit() and name.startswith(f"{cls}/"):
+            taken.setdefault(cls, set()).add(int(number))
     for relative, entry in known.items():
         name = entry.get("output", "")
         cls, _, number = Path(name).stem.rpartition("_")
@@ -416,8 +429,12 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
         raise UserError(f"cannot create output directory '{output_dir}': "
                         f"{exc.strerror or exc}") from None
     state = _load_state(output_dir)
+    written = set(state.get("written", [])) | {e["output"] for e in
+                                                 state.get("files", {}).values()}
+    remove_killed_writes(output_dir, written)
     same_settings = state.get("settings") == settings
-    names = assign_outputs(candidates, state if same_settings else {"files": {}})
+    names = assign_outputs(candidates, state if same_settings else {"files": {}},
+                           occupied=user_files(output_dir, written))
     old_files = state.get("files", {}) if same_settings else {}
     todo = []
     for source in candidates:
@@ -436,6 +453,10 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
     chunk = CHUNK_SIZE
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
+        # recorded before they are written: a kill mid-chunk leaves nothing unaccounted for
+        written |= {names[s.relative] for s in part}
+        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
+                                                    "written": sorted(written)})
         tasks = [(str(input_dir), s.relative, str(output_dir / names[s.relative]), args.size,
                   args.mode) for s in part]
         results = dict(_parallel(_convert, tasks, args.workers,
@@ -447,22 +468,48 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
                 files[source.relative] = {"sha256": source.sha256,
                                           "output": names[source.relative]}
                 report.written += 1
-        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files})
-    atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files})
-    report.removed_stale = remove_stale(output_dir, {entry["output"] for entry in files.values()})
+        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
+                                                    "written": sorted(written)})
+    keep = {entry["output"] for entry in files.values()}
+    report.removed_stale = remove_stale(output_dir, written - keep)
+    atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
+                                                "written": sorted(keep)})
     return failures
 
 
-def remove_stale(output_dir: Path, keep: set[str]) -> list[str]:
-    """Delete outputs this tool wrote earlier whose source is gone (never source files)."""
-    removed = []
+def user_files(output_dir: Path, written: set[str]) -> set[str]:
+    """Images in the output folder that this tool did not write: never touched."""
+    found = set()
     for class_dir in list_class_dirs(output_dir):
         for image in list_images(class_dir):
             relative = image.relative_to(output_dir).as_posix()
-            if relative not in keep and image.name.startswith(f"{class_dir.name}_"):
-                image.unlink()
-                removed.append(relative)
+            if relative not in written:
+                found.add(relative)
+    return found
+
+
+def remove_stale(output_dir: Path, stale: set[str]) -> list[str]:
+    """Delete outputs this tool wrote earlier whose source is gone; only names in its own
+    record of what it wrote (``.prepare_state.json``), never a file of the user's."""
+    removed = []
+    for relative in sorted(stale):
+        path = output_dir / relative
+        if path.is_file():
+            path.unlink()
+            removed.append(relative)
     return removed
+
+
+def remove_killed_writes(output_dir: Path, written: set[str]) -> None:
+    """Temporary files (``.<name>.<random>.tmp``) of outputs whose writing was killed."""
+    import re
+
+    pattern = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
+    for class_dir in list_class_dirs(output_dir):
+        for leftover in class_dir.iterdir():
+            match = pattern.match(leftover.name)
+            if match and f"{class_dir.name}/{match.group(1)}" in written:
+                leftover.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

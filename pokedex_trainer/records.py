@@ -23,7 +23,7 @@ EXPERIMENT_COLUMNS = [
     "best_val_accuracy", "best_val_top5_accuracy", "best_epoch", "test_accuracy",
     "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
     "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
-    "augment", "class_weight", "sampler", "seed", "run_dir",
+    "augment", "class_weight", "sampler", "seed", "run_dir", "reason",
 ]
 
 
@@ -142,6 +142,61 @@ def _locked(handle):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def locked_append(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` under the file lock (several processes may append)."""
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        with _locked(handle):
+            handle.seek(0, os.SEEK_END)
+            handle.write(text)
+            handle.flush()
+
+
+class RunLock:
+    """One writer per run directory: an exclusive lock on ``<run>/.lock``, held by the live
+    process. The operating system drops it when the process ends, however it ends, so the lock
+    of a killed run never stands in the way of the ``--resume`` that recovers it.
+
+    Args:
+        run_dir: the run directory.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.handle = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock now or raise UserError: another process trains this run."""
+        handle = open(self.run_dir / self.NAME, "a+", encoding="utf-8")
+        try:
+            _try_lock(handle)
+        except OSError:
+            handle.close()
+            raise UserError(f"'{self.run_dir}' is being trained by another process right now; "
+                            "wait for it to end (or stop it) before resuming") from None
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing drops the lock
+            self.handle = None
+
+
+def _try_lock(handle) -> None:
+    """Exclusive, non-blocking lock of an open file; OSError when another process holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def append_experiment(path: Path, row: dict) -> None:
     """Append one row to experiments.csv under a file lock (grid loops may run side by side).
 
@@ -152,7 +207,13 @@ def append_experiment(path: Path, row: dict) -> None:
     with open(path, "a+", encoding="utf-8", newline="") as handle:
         with _locked(handle):
             handle.seek(0)
-            existing = handle.read()
+            try:
+                existing = handle.read()
+            except UnicodeDecodeError:  # saved by another program in another encoding
+                logger.warning("%s is not UTF-8: the row is appended without checking its "
+                               "header", Path(path).name)
+                existing = ""
+                handle.seek(0, os.SEEK_END)
             header = next(csv.reader(io.StringIO(existing)), None) if existing else None
             columns = list(EXPERIMENT_COLUMNS)
             if header is not None:

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,14 +20,15 @@ from .core.checkpoints import CheckpointSaver
 from .core.context import RunContext
 from .core.loop import MONITOR, RunState, run_phases
 from .core.phases import plan_phases
-from .dataset import (DatasetIndex, dataset_warnings, drop_samples, find_unreadable_headers,
-                      read_manifest, scan_dataset, stratified_split, write_manifest)
+from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
+                      find_unreadable_headers, read_manifest, scan_dataset, stratified_split,
+                      write_manifest)
 from .environment import environment_info, experiment_row
-from .errors import TrainingStopped, UserError
+from .errors import RunFailed, TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
 from .models import get_spec
-from .records import (append_experiment, atomic_write_json, capture_to_log, create_run_dir,
-                   ensure_writable_dir, timestamp)
+from .records import (RunLock, append_experiment, atomic_write_json, capture_to_log,
+                      create_run_dir, ensure_writable_dir, timestamp)
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,12 @@ def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
     bad = find_unreadable_headers(index)
     notes = [f"skipped unreadable image {relative}: {reason}" for relative, reason in bad]
     if bad:
-        index = drop_samples(index, {relative for relative, _ in bad})
+        index, emptied = drop_samples(index, {relative for relative, _ in bad})
         notes.append(f"{len(bad)} unreadable files skipped (run prepare_dataset.py --check for "
                      "a full report)")
+        if emptied:
+            notes.append(f"class folders with no readable image, left out: {', '.join(emptied)}")
+            check_class_count(index, " with readable images")
     notes.extend(dataset_warnings(index, config.image_size))
     from .balance import IMBALANCE_WARNING_RATIO, imbalance_ratio
 
@@ -134,9 +139,9 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     config, resolve_notes = resolve_for_run(config, len(index.class_names))
     notes = resolve_notes + list(notes)
     started_stamp = timestamp()
+    tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
     run_dir = create_run_dir(Path(config.output_dir),
                              config.run_name or f"{config.model_type}_{started_stamp}")
-    tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
     spec = get_spec(config.model_type)
     context = RunContext(config, spec, index, splits, run_dir, tensorboard_dir / run_dir.name,
                          started_stamp)
@@ -195,16 +200,61 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         backend.close()
 
 
+FINISHED = ("completed", "nan_loss")
+
+
+def finished_status(layout: RunLayout) -> str | None:
+    """The status of a run that ended (completed, nan_loss), None when it can continue."""
+    try:
+        status = json.loads(layout.summary.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if status in FINISHED else None
+
+
 def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path | None:
     """Train one run end to end (or continue ``resume_dir``); returns its directory (None on
     the other ranks of a torchrun).
 
-    Under ``torchrun`` every process trains, and rank 0 alone makes the run directory, logs,
-    saves and writes the experiments row.
-
-    Raises UserError on bad input, TrainingStopped when the loss became NaN.
+    One process at a time trains a run directory (``RunLock``); the run is recorded whatever
+    happens, except when bad input stops it before its first epoch (then the new run
+    directory is removed again).
     """
     rank, world = distributed_world()
+    if rank != 0 or world > 1:
+        return _run_distributed(config, resume_dir, rank, world)
+    if resume_dir is not None:
+        layout = RunLayout.read(Path(resume_dir))
+        if layout.config.is_file() and finished_status(layout):
+            return _already_finished(layout)
+        if not Path(resume_dir).is_dir():
+            raise UserError(f"--resume: '{resume_dir}' is not a run directory")
+        lock = RunLock(Path(resume_dir)).acquire()
+        try:
+            if finished_status(layout):  # it finished while this process was starting
+                return _already_finished(layout)
+            context, resume_point = open_resumed_run(resume_dir, config.workers)
+            return _train_and_record(context, [], resume_point)
+        finally:
+            lock.release()
+    context, notes = create_run(config)
+    lock = RunLock(context.run_dir).acquire()
+    try:
+        return _train_and_record(context, notes, None, fresh=True, lock=lock)
+    finally:
+        lock.release()
+
+
+def _already_finished(layout: RunLayout) -> Path:
+    print(f"'{layout.root}' already finished ({finished_status(layout)}): nothing to resume; "
+          f"evaluate it with: python evaluate.py --run_dir {layout.root}")
+    return layout.root
+
+
+def _run_distributed(config: TrainConfig, resume_dir: Path | None, rank: int,
+                     world: int) -> Path | None:
+    """Under ``torchrun`` every process trains, and rank 0 alone makes the run directory,
+    logs, saves and writes the experiments row."""
     module = None
     if world > 1:
         if get_spec(config.model_type).framework != "torch":
@@ -247,31 +297,111 @@ def _log_run_header(context: RunContext, notes: list[str], resumed: bool) -> Non
 
 
 def _train_and_record(context: RunContext, notes: list[str], resume_point: dict | None,
-                      module=None) -> Path:
+                      module=None, fresh: bool = False, lock: RunLock | None = None) -> Path:
+    """Train, then record the outcome (summary.json, experiments.csv) whatever it is.
+
+    ``fresh``: the run directory was made for this run; when bad input stops the run before
+    its first epoch, it is removed again (``lock`` released first) instead of recorded.
+    """
     layout = context.layout
     state = RunState(layout.history, context.config.patience, resume_point=resume_point)
-    started = time.time()
-    status, test_metrics = "failed", {}
+    epochs_before, started = state.epochs_run, time.time()
+    status, failure, test_metrics, summary = "failed", None, {}, None
     with capture_to_log(layout.log):
         _log_run_header(context, notes, bool(resume_point))
         try:
             module = module or load_backend(context.spec.framework)
             test_metrics = train_with_backend(module, context, state)
             status = state.stop_reason or "completed"
-        except KeyboardInterrupt:
-            status = "interrupted"
+        except KeyboardInterrupt as exc:
+            status, failure = "interrupted", exc
             logger.warning("interrupted: the last finished epoch is saved. Continue with: "
                            "python train_professional_models.py --resume %s", context.run_dir)
-            raise
-        finally:
-            summary = experiment_row(context, state, status, started, test_metrics)
-            summary["environment"] = environment_info()
-            summary["environment"]["device"] = state.device
-            atomic_write_json(layout.summary, summary)
-            append_experiment(layout.root.parent / EXPERIMENTS, summary)
+        except UserError as exc:
+            failure = exc
+        except Exception as exc:  # out of memory, a full disk, a folder gone...
+            failure = RunFailed(f"training failed: {describe_failure(exc)}; what was saved is "
+                                f"kept in {context.run_dir}")
+            failure.details = traceback.format_exc()
+        unstarted = isinstance(failure, UserError) and state.epochs_run == epochs_before
+        if not unstarted:
+            summary = record_outcome(context, state, status, started, test_metrics, failure)
+    if getattr(failure, "details", None):
+        _append_text(layout.log, failure.details)  # the traceback, for a bug report
+    if unstarted and fresh:
+        if lock is not None:
+            lock.release()
+        remove_unstarted_run(context)
+    if failure is not None:
+        raise failure
     if status == "nan_loss":
         raise TrainingStopped(f"training stopped: the loss became NaN; best model kept in "
                               f"{context.run_dir}")
     logger.info("done: best %s %s at epoch %s; outputs in %s", MONITOR,
                 summary["best_val_accuracy"], summary["best_epoch"], context.run_dir)
     return context.run_dir
+
+
+def record_outcome(context: RunContext, state: RunState, status: str, started: float,
+                   test_metrics: dict, failure: BaseException | None) -> dict:
+    """summary.json and the experiments row; a write that fails is reported, never raised
+    (it must not hide the error that ended the run)."""
+    summary = experiment_row(context, state, status, started, test_metrics)
+    if failure is not None and not isinstance(failure, KeyboardInterrupt):
+        summary["reason"] = str(failure)
+    summary["environment"] = environment_info()
+    summary["environment"]["device"] = state.device
+    layout = context.layout
+    for what, write in (("summary.json", lambda: atomic_write_json(layout.summary, summary)),
+                        (EXPERIMENTS, lambda: append_experiment(
+                            layout.root.parent / EXPERIMENTS, summary))):
+        try:
+            write()
+        except Exception as exc:  # a full disk, a file another program holds...
+            logger.error("could not write %s: %s", what, describe_failure(exc))
+    return summary
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an error that ended a run."""
+    import errno
+
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or "OutOfMemory" in name or "ResourceExhausted" in name:
+        return ("out of memory: use a smaller --batch_size or --image_size "
+                "(or --batch_size auto)")
+    if isinstance(exc, OSError):
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the disk{where}: free some space, then --resume"
+        return f"{exc.strerror or exc}{where}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: {first}" if first else name
+
+
+def remove_unstarted_run(context: RunContext) -> None:
+    """Undo a run that never trained: the files it wrote, then its folders if they are empty
+    (nothing else in them is touched)."""
+    import shutil
+
+    layout = context.layout
+    for path in (layout.config, layout.class_names, layout.manifest, layout.log,
+                 layout.history, layout.root / RunLock.NAME):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    shutil.rmtree(layout.partial_dir, ignore_errors=True)
+    shutil.rmtree(context.tensorboard_dir, ignore_errors=True)  # named after this new run
+    try:
+        layout.root.rmdir()
+    except OSError:
+        logger.warning("left %s in place: it holds files this run did not write", layout.root)
+
+
+def _append_text(path: Path, text: str) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError:
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The tiny test networks (tiny_keras, tiny_torch) are registered in this process and in every
 # script a test starts (they inherit the environment).
 os.environ["POKEDEX_TEST_MODELS"] = "1"
+# The record of code-bearing files export.py wrote (safe_loading.py), kept out of the home folder.
+os.environ["POKEDEX_TRUST_STORE"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_trust_"),
+                                                 "trusted_models.jsonl")
 
 # This test process loads both frameworks, which a user's run never does. Two orders matter:
 # importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton),
@@ -124,10 +128,10 @@ def replace(src, dst, *args, **kwargs):
     name = (os.path.basename(str(src)), os.path.basename(str(dst)))
     seen.append(name)
     if not {after} and ({condition}):
-        os.killpg(os.getpgid(0), signal.{signal})
+        {action}
     result = real_replace(src, dst, *args, **kwargs)
     if {after} and ({condition}):
-        os.killpg(os.getpgid(0), signal.{signal})
+        {action}
     return result
 os.replace = replace
 import runpy
@@ -142,10 +146,13 @@ def nth_commit(filename: str, n: int) -> str:
 
 
 def run_with_signal_at(cwd: Path, argv: list[str], condition: str, signal: str = "SIGKILL",
-                       after: bool = False) -> subprocess.CompletedProcess:
+                       after: bool = False, action: str | None = None
+                       ) -> subprocess.CompletedProcess:
     """Run ``argv`` (a script and its arguments) in a new session and send ``signal`` to its
-    process group (the script and its workers, as a terminal's Ctrl-C does) at ``condition``."""
+    process group (the script and its workers, as a terminal's Ctrl-C does) at ``condition``;
+    or run ``action`` there instead (a Python statement, such as raising an OSError)."""
+    action = action or f"os.killpg(os.getpgid(0), signal.{signal})"
     code = SIGNAL_AT.format(root=str(ROOT), argv=[str(a) for a in argv], condition=condition,
-                            signal=signal, after=after)
+                            action=action, after=after)
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
                           text=True, timeout=600, start_new_session=True)

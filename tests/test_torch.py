@@ -78,7 +78,7 @@ def test_a_checkpoint_cannot_execute_code(tmodels, tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": Exploit()}}, evil)
     with pytest.raises(UserError, match="only plain tensors"):
-        tmodels.load_backbone_file(tmodels._resnet152("none"), evil)
+        tmodels.load_backbone_file(tmodels._resnet152("none"), evil, "ResNet152")
     with pytest.raises(Exception):
         tmodels.load_checkpoint(evil)
     assert not marker.exists()

@@ -83,12 +83,24 @@ def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
     return path
 
 
+def checked_temperature(value, where: str) -> float:
+    """A saved temperature as a float; UserError unless it is a finite positive number (a
+    negative one would silently turn the ranking of the classes upside down)."""
+    from ..errors import UserError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where}: temperature {value!r} is not a positive number")
+    return float(value)
+
+
 def read_temperature(run_dir: Path) -> float | None:
     """The temperature saved in a run directory, or None before calibration."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
     try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+        value = json.loads(path.read_text(encoding="utf-8"))["temperature"]
     except (ValueError, KeyError, TypeError):
         return None
+    return checked_temperature(value, str(path))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import (CALIBRATION_FILE, apply_temperature, expected_calibration_error,
+from .calibration import (CALIBRATION_FILE, apply_temperature, checked_temperature,
+                          expected_calibration_error,
                           fit_temperature, negative_log_likelihood, reliability)
 from ..errors import UserError
 from .metrics import compute_metrics, most_confident_mistakes, report_rows
@@ -112,6 +113,7 @@ def saved_calibration(member: Member) -> dict | None:
                      "fitted_on": f"{data.get('fitted_on', 'validation split')} of "
                                   f"{data.get('model', 'the run')}"}
         if entry is not None:
+            checked_temperature(entry.get("temperature"), str(path))
             return entry
     sidecar = getattr(member.predictor, "sidecar", {})
     if sidecar.get("temperature"):

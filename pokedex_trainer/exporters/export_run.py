@@ -24,6 +24,7 @@ from ..layout import EXPORT_DIR
 from ..inference import (ModelInfo, Predictor, load_predictor, measure_latency, sidecar_path)
 from ..finished_runs import LabelledImages
 from ..records import atomic_write_json
+from ..safe_loading import file_sha256, is_code_bearing, remember_written
 from .keras_formats import TFLITE_PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def verify_file(path: Path, fmt: str, precision: str, reference: np.ndarray,
     tolerance = TOLERANCES[precision]
     result = ExportResult(Path(path).name, fmt, precision, tolerance=asdict(tolerance))
     try:
-        predictor = load_predictor(path)
+        predictor = load_predictor(path, trust=True)  # written by this process just now
         exported = predict_all(predictor, images)
     except Exception as exc:  # a file its runtime cannot run is a failed export
         result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -316,6 +317,11 @@ def record_results(results: list[ExportResult], json_path: Path, job: ExportJob)
     for result in results:
         entry = asdict(result)
         entry["path"] = str(job.output_dir / result.file)
+        written = job.output_dir / result.file
+        if result.passed and written.exists():
+            # code-bearing formats open later only with this record (see safe_loading.py)
+            entry["sha256"] = remember_written(written) if is_code_bearing(written) else \
+                file_sha256(written)
         entry["checked_on"] = job.check.description
         entry["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
         previous[result.file] = entry

@@ -66,7 +66,7 @@ def _resnet152(weights: str) -> nn.Module:
                 "from scratch") from None
     model = resnet152(weights=None)
     if weights.lower() != "none":
-        load_backbone_file(model, Path(weights))
+        load_backbone_file(model, Path(weights), "ResNet152")
     return model
 
 
@@ -95,14 +95,14 @@ def _tiny(weights: str) -> nn.Module:
         raise UserError("the test network tiny_torch has no ImageNet weights")
     model = TinyConvNet()
     if weights.lower() != "none":
-        load_backbone_file(model, Path(weights))
+        load_backbone_file(model, Path(weights), "TinyTorch")
     return model
 
 
 NETWORKS = {"resnet": _resnet152, "tiny_torch": _tiny}
 
 
-def load_backbone_file(model: nn.Module, path: Path) -> None:
+def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
     """Load a torchvision resnet152 state dict (fc may be absent); never executes code."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -115,11 +115,16 @@ def load_backbone_file(model: nn.Module, path: Path) -> None:
         raise UserError(f"--weights '{path}' does not hold a state dict")
     state = {k.removeprefix("backbone."): v for k, v in state.items()
              if not k.startswith(("fc.", "head.", "normalize."))}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of another shape: another network's weights
+        shapes = str(exc).count("size mismatch")
+        raise UserError(f"--weights '{path}' does not fit {network}: {shapes} "
+                        "tensors have another shape (weights of another network?)") from None
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
-        raise UserError(f"--weights '{path}' does not fit ResNet152: {len(missing)} missing and "
-                        f"{len(result.unexpected_keys)} unexpected tensors")
+        raise UserError(f"--weights '{path}' does not fit {network}: {len(missing)} missing "
+                        f"and {len(result.unexpected_keys)} unexpected tensors")
 
 
 def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
