@@ -39,15 +39,20 @@ def photo_like_dataset(root: Path, size: int, classes: int = 10, per_class: int 
 
 
 def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
+    """Keras on the backend of --keras_backend (TensorFlow, PyTorch or JAX)."""
+    from pokedex_trainer.keras_backend.select import activate, choose
+
+    backend, _ = choose(config.keras_backend)
+    activate(backend)
     import numpy as np
-    import tensorflow as tf
 
-    from pokedex_trainer.keras_backend.models import apply_phase, build_model
-    from pokedex_trainer.keras_backend.trainer import compile_model, configure_precision, \
-        to_dataset
     from pokedex_trainer.core.phases import Phase
+    from pokedex_trainer.keras_backend.models import apply_phase, build_model
+    from pokedex_trainer.keras_backend.platforms import current_platform
+    from pokedex_trainer.keras_backend.trainer import compile_model, configure_precision
 
-    configure_precision(config.mixed_precision)
+    platform = current_platform()
+    configure_precision(config.mixed_precision, platform)
     spec = get_spec(config.model_type)
     model = build_model(spec, 10, config.image_size, "none", config.dropout)
     apply_phase(model, Phase("bench", 1, 1e-3, "all"))
@@ -55,20 +60,26 @@ def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     if loader is None:
         images = np.random.default_rng(0).uniform(0, 255, (config.batch_size,
                                                               *config.image_size, 3))
-        labels = np.zeros(config.batch_size, np.int32)
-        dataset = tf.data.Dataset.from_tensors((images.astype("float32"), labels)).repeat()
+        batch = (images.astype("float32"), np.zeros(config.batch_size, np.int32))
+        feed = [batch] * (steps + 3)
+
+        def fit(count):
+            for x, y in feed[:count]:
+                model.train_on_batch(x, y)
     else:
-        dataset = to_dataset(loader, config.image_size).repeat()
-    model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # build the graph
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        tf.config.experimental.reset_memory_stats(gpus[0].name)
+        feed = platform.feed(loader, config.image_size)
+
+        def fit(count):
+            model.fit(feed, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
+
+    fit(3)  # build the graph / warm the kernels
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    peak = platform.peak_memory(lambda: fit(steps))
+    if peak is None:  # no GPU: the steps ran here instead
+        fit(steps)
     elapsed = time.perf_counter() - start
-    peak = tf.config.experimental.get_memory_info(gpus[0].name)["peak"] if gpus else None
     return {"seconds": elapsed, "gpu_peak_mb": peak / 2**20 if peak else None,
-            "device": gpus[0].name if gpus else "CPU"}
+            "device": f"{platform.describe()}, Keras on {platform.name}"}
 
 
 def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
@@ -138,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--image_size", type=int, nargs=2, default=None)
     parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
+                        default="auto", help="Keras networks: the Keras 3 backend")
     parser.add_argument("--loader", choices=("on", "off"), default="on")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--data_dir", default="benchmarks/data",
@@ -146,7 +159,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = TrainConfig(model_type=args.model_type, batch_size=args.batch_size,
                          image_size=tuple(args.image_size) if args.image_size else None,
-                         mixed_precision=args.mixed_precision, workers=args.workers).resolved()
+                         mixed_precision=args.mixed_precision, workers=args.workers,
+                         keras_backend=args.keras_backend).resolved()
     loader = None
     if args.loader == "on":
         root = photo_like_dataset(Path(args.data_dir), max(config.image_size))

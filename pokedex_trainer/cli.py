@@ -82,6 +82,12 @@ def _add_model_options(model, d: TrainConfig) -> None:
                             "(default: %(default)s)")
     model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                        default=None, help="input size (default: the model's, see below)")
+    model.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
+                       default=d.keras_backend,
+                       help="Keras 3 backend of efficientnet and mobilenet: auto picks "
+                            "TensorFlow when it sees a GPU, else PyTorch when it sees CUDA or "
+                            "MPS (native Windows, macOS), else JAX with a GPU, else TensorFlow "
+                            "on the CPU; wins over KERAS_BACKEND (default: %(default)s)")
     model.add_argument("--dropout", type=float, default=d.dropout,
                        help="dropout before the new classification layer (default: %(default)s)")
 
@@ -229,9 +235,33 @@ def train_main(argv: list[str] | None = None) -> None:
         formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
     run_dir = run_training(config, resume)
     if formats and run_dir is not None:
+        export_after_training(run_dir, formats)
+
+
+def export_after_training(run_dir, formats: str) -> None:
+    """``--export``: in this process, or in a new one when Keras trained here on another
+    backend than TensorFlow (the exporters are TensorFlow's; a process has one backend)."""
+    import sys
+
+    keras = sys.modules.get("keras")
+    if keras is None or keras.backend.backend() == "tensorflow":
         from .exporters.export_run import export_command
 
         export_command(run_dir=str(run_dir), formats=formats)
+        return
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from .errors import ExportCheckFailed
+
+    script = Path(__file__).resolve().parents[1] / "export.py"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, str(script), "--run_dir", str(run_dir),
+                             "--formats", formats], env=env)
+    if result.returncode != 0:
+        raise ExportCheckFailed(f"export of {run_dir} failed (exit code {result.returncode}); "
+                                f"see the lines above")
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:

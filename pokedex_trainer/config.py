@@ -59,6 +59,7 @@ class TrainConfig:
     deterministic: bool = False
     memory_limit_mb: int | None = None
     base_model: str | None = None  # a .keras/.pth of an earlier run: its backbone, a new head
+    keras_backend: str = "auto"  # Keras networks: auto, tensorflow, torch or jax (resolved)
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
@@ -105,6 +106,8 @@ class TrainConfig:
             (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),
             (self.sampler in ("none", "balanced"), "--sampler must be none or balanced"),
             (0 <= self.seed < 2**32, "--seed must be a whole number from 0 to 4294967295"),
+            (self.keras_backend in ("auto", "tensorflow", "torch", "jax"),
+             "--keras_backend must be auto, tensorflow, torch or jax"),
             (max(height, width) <= MAX_IMAGE_SIDE,
              f"--image_size {height} {width}: each side must be at most {MAX_IMAGE_SIDE} px"),
         ]

@@ -52,6 +52,7 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         else config.weights,
         "dropout": config.dropout, "augment": config.augment,
         "class_weight": config.class_weight, "sampler": config.sampler, "seed": config.seed,
+        "keras_backend": config.keras_backend if context.spec.framework == "keras" else "",
         "run_dir": str(context.run_dir),
     }
 

@@ -171,8 +171,12 @@ def import_frameworks(frameworks: set[str]) -> None:
     if "torch" in frameworks:
         import torchvision  # noqa: F401  (imports torch)
     if "keras" in frameworks:
-        from . import keras_backend  # noqa: F401  (sets the Keras backend and TF log level)
-        import tensorflow  # noqa: F401
+        from .keras_backend.select import activate, reading_backend
+
+        backend = reading_backend()
+        activate(backend)
+        if backend == "tensorflow":
+            import tensorflow  # noqa: F401
 
 
 def class_names_near(model_path: Path) -> list[str] | None:
@@ -253,6 +257,9 @@ class KerasPredictor(Predictor):
                                          model_type=spec.model_type if spec else "",
                                          arch=self.model.name, source_framework="keras"))
 
+        if keras.backend.backend() != "tensorflow":
+            self._call = lambda x: self.model(x, training=False)
+            return
         import tensorflow as tf
 
         # One traced graph for every batch size: an eager Keras call costs tens of ms of
@@ -262,7 +269,9 @@ class KerasPredictor(Predictor):
                                                                 tf.float32)])
 
     def _run(self, x):
-        return self._call(x).numpy()
+        import keras
+
+        return keras.ops.convert_to_numpy(self._call(x))
 
 
 class TorchCheckpointPredictor(Predictor):

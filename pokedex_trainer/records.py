@@ -23,7 +23,7 @@ EXPERIMENT_COLUMNS = [
     "best_val_accuracy", "best_val_top5_accuracy", "best_epoch", "test_accuracy",
     "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
     "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
-    "augment", "class_weight", "sampler", "seed", "run_dir", "reason",
+    "augment", "class_weight", "sampler", "seed", "run_dir", "reason", "keras_backend",
 ]
 
 

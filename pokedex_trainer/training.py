@@ -83,7 +83,7 @@ def search_batch_size(config: TrainConfig, num_classes: int):
 
 def find_batch_size_only(config: TrainConfig) -> int:
     """``--find_batch_size``: print the batch size ``--batch_size auto`` would use."""
-    config = config.resolved()
+    config, _ = select_keras_backend(config.resolved())
     num_classes = len(scan_dataset(config.data_path).class_names)
     result = search_batch_size(config, num_classes)
     print(result.describe())
@@ -110,11 +110,29 @@ def run_framework(config: TrainConfig, resume_dir: Path | None) -> str:
     return get_spec(config.model_type).framework
 
 
+def select_keras_backend(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """For a Keras network: the backend it trains on, chosen once and recorded in the config
+    (a resumed run keeps its own), and made the backend of this process."""
+    if get_spec(config.model_type).framework != "keras":
+        return config, []
+    from .keras_backend.select import activate, choose
+
+    if config.keras_backend == "auto":
+        backend, why = choose("auto")
+        config = replace(config, keras_backend=backend)
+        notes = [f"Keras backend {backend} ({why})"]
+    else:
+        backend, why = choose(config.keras_backend)
+        notes = []
+    activate(backend)
+    return config, notes
+
+
 def resolve_for_run(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, list[str]]:
-    """The run's final configuration: model defaults, base model path, ``--batch_size auto``.
-    Nothing changes it afterwards."""
+    """The run's final configuration: model defaults, base model path, Keras backend,
+    ``--batch_size auto``. Nothing changes it afterwards."""
     config = config.resolved()
-    notes = []
+    config, notes = select_keras_backend(config)
     if config.base_model:
         config = replace(config, base_model=str(Path(config.base_model).resolve()))
     elif config.weights.lower() not in ("imagenet", "none") and \
@@ -164,6 +182,7 @@ def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, di
     config = TrainConfig.load(layout.config).resolved()
     if workers is not None:
         config = replace(config, workers=workers)
+    config, _ = select_keras_backend(config)  # the run's own backend (auto: chosen again)
     manifest = read_manifest(layout.manifest)
     root = Path(config.data_path)
     if not root.is_dir():

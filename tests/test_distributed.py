@@ -47,13 +47,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-from pokedex_trainer.keras_backend import trainer
+from pokedex_trainer.keras_backend import platforms
 strategies = []
 def two_cpus():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     strategies.append(strategy)
     return strategy
-trainer.make_strategy = two_cpus
+platforms.make_strategy = two_cpus
 from pokedex_trainer.cli import run_main, train_main
 code = run_main(train_main, {argv!r})
 print("EXIT", code, "REPLICAS", strategies[0].num_replicas_in_sync)

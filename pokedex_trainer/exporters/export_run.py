@@ -395,6 +395,10 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     framework = framework_of_source(source)
     wanted = parse_formats(formats, framework)
     precisions = _parse_precisions(tflite_precisions)
+    if framework == "keras":
+        from ..keras_backend.select import activate
+
+        activate("tensorflow")  # the converters are TensorFlow's, whatever backend trained it
     import_frameworks({framework})
     names = class_names_near(source)
     if names is None and framework == "torch":

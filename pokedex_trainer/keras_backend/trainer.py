@@ -1,4 +1,5 @@
-"""Two-phase Keras training of EfficientNetB7 / MobileNetV2 over the shared data layer."""
+"""Keras 3 work for the core phase loop: EfficientNetB7 / MobileNetV2 on TensorFlow, PyTorch
+or JAX. Written once; what differs between those backends is in platforms.py."""
 
 from __future__ import annotations
 
@@ -6,57 +7,24 @@ import io
 import logging
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
 import keras
+import numpy as np
 
 from ..core.context import RunContext
 from ..core.phases import Phase
 from ..records import atomic_target
-from ..tensorboard_tags import SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid, \
-    split_epoch_logs
+from ..tensorboard_tags import SAMPLE_IMAGES_TAG, image_grid, split_epoch_logs
 from .models import apply_phase, build_model
+from .platforms import current_platform
 
 logger = logging.getLogger(__name__)
 
 
-def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1,
-               class_weights=None) -> tf.data.Dataset:
-    """Wrap a BatchLoader as a tf.data pipeline; each pass over it is one epoch.
-
-    ``class_weights`` (per class) become per-sample weights, which Keras multiplies into the
-    loss exactly as PyTorch's trainer does. With several replicas (MirroredStrategy) a last
-    batch smaller than the replica count would leave a GPU with an empty batch, which
-    TensorFlow's kernels reject; it is padded with copies that carry a sample weight of 0.
-    """
-    height, width = image_size
-    weighted = replicas > 1 or class_weights is not None
-
-    def generate():
-        for batch in loader.iter_epoch():
-            if not weighted:
-                yield batch.images, batch.labels
-                continue
-            weights = np.ones(len(batch.labels), np.float32) if class_weights is None else \
-                np.asarray(class_weights, np.float32)[batch.labels]
-            missing = -len(batch.labels) % replicas
-            images, labels = batch.images, batch.labels
-            if missing:
-                take = np.arange(missing) % len(labels)
-                images = np.concatenate([images, images[take]])
-                labels = np.concatenate([labels, labels[take]])
-                weights = np.concatenate([weights, np.zeros(missing, np.float32)])
-            yield images, labels, weights
-
-    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
-                 tf.TensorSpec((None,), tf.int32))
-    if weighted:
-        signature += (tf.TensorSpec((None,), tf.float32),)
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
-    # uint8 crosses the pipe (4x smaller); the model gets float pixels in 0..255.
-    dataset = dataset.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
-    return dataset.prefetch(2)
+def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1, class_weights=None):
+    """The Keras feed of a BatchLoader on this process's backend (tf.data on TensorFlow)."""
+    platform = current_platform()
+    platform.replicas = replicas
+    return platform.feed(loader, image_size, class_weights)
 
 
 def save_model(model: keras.Model, path) -> None:
@@ -85,91 +53,59 @@ def compile_model(model: keras.Model, learning_rate: float, num_classes: int) ->
 
 
 class TensorBoardLogger:
-    """Keras-named scalars, weight and gradient histograms and an augmented-sample grid.
-
-    Written with tf.summary and flushed every epoch so a live TensorBoard shows each epoch.
+    """Keras-named scalars, weight and gradient histograms and an augmented-sample grid,
+    flushed every epoch so a live TensorBoard shows each epoch; the same tags on every backend.
 
     Args:
+        platform: the Keras backend's platform (writer and gradients).
+        model: the model being trained.
         log_dir: the run's TensorBoard directory.
         sample_batch: (images uint8, labels) of training data, for gradients and the image grid.
         histogram_freq: epochs between weight/gradient histograms; 0 for none.
     """
 
-    def __init__(self, model: keras.Model, log_dir, sample_batch: tuple[np.ndarray, np.ndarray],
-                 histogram_freq: int = 1):
-        self.model = model
+    def __init__(self, platform, model: keras.Model, log_dir,
+                 sample_batch: tuple[np.ndarray, np.ndarray], histogram_freq: int = 1):
+        self.platform, self.model = platform, model
         self.histogram_freq = histogram_freq
-        self.train_writer = tf.summary.create_file_writer(str(log_dir / TRAIN_SUBDIR))
-        self.val_writer = tf.summary.create_file_writer(str(log_dir / VALIDATION_SUBDIR))
+        self.writer = platform.writer(log_dir)
         self.sample_batch = sample_batch
-        self._gradient_fn = None
-        self._gradient_vars = -1
 
     def log_samples(self) -> None:
-        grid = image_grid(self.sample_batch[0])
-        with self.train_writer.as_default():
-            tf.summary.image(SAMPLE_IMAGES_TAG, grid[None], step=0)
-        self.train_writer.flush()
-
-    def _gradients(self):
-        images = tf.cast(self.sample_batch[0], tf.float32)
-        labels = tf.convert_to_tensor(self.sample_batch[1])
-        variables = self.model.trainable_variables
-        if self._gradient_fn is None or self._gradient_vars != len(variables):
-            # Compiled once per phase: eager backprop through a large backbone costs seconds.
-            @tf.function
-            def gradient_fn(images, labels):
-                with tf.GradientTape() as tape:
-                    loss = self.model.loss(labels, self.model(images, training=True))
-                return tape.gradient(loss, self.model.trainable_variables)
-
-            self._gradient_fn, self._gradient_vars = gradient_fn, len(variables)
-        return zip(variables, self._gradient_fn(images, labels))
+        self.writer.image(SAMPLE_IMAGES_TAG, image_grid(self.sample_batch[0]), 0)
+        self.writer.flush()
 
     def _log_histograms(self, epoch: int) -> None:
         for weight in self.model.weights:
-            tf.summary.histogram(f"{weight.path}/histogram", weight, step=epoch)
-        for variable, gradient in self._gradients():
-            if gradient is not None:
-                tf.summary.histogram(f"gradients/{variable.path}", gradient, step=epoch)
+            self.writer.histogram(f"{weight.path}/histogram", weight.value, epoch)
+        images, labels = self.sample_batch
+        for variable, gradient in self.platform.gradients(self.model, images, labels) or []:
+            self.writer.histogram(f"gradients/{variable.path}", gradient, epoch)
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         train_scalars, val_scalars = split_epoch_logs(logs)
-        with self.train_writer.as_default():
-            for tag, value in train_scalars.items():
-                tf.summary.scalar(tag, value, step=epoch)
-            if self.histogram_freq and epoch % self.histogram_freq == 0:
-                self._log_histograms(epoch)
-        with self.val_writer.as_default():
-            for tag, value in val_scalars.items():
-                tf.summary.scalar(tag, value, step=epoch)
-        self.train_writer.flush()
-        self.val_writer.flush()
+        for tag, value in train_scalars.items():
+            self.writer.scalar("train", tag, value, epoch)
+        for tag, value in val_scalars.items():
+            self.writer.scalar("val", tag, value, epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_histograms(epoch)
+        self.writer.flush()
 
     def close(self) -> None:
-        self.train_writer.close()
-        self.val_writer.close()
+        self.writer.close()
 
 
-def configure_precision(mixed: bool) -> None:
+def configure_precision(mixed: bool, platform) -> None:
     if not mixed:
         keras.mixed_precision.set_global_policy("float32")
         return
-    if tf.config.list_physical_devices("GPU"):
+    if platform.gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     else:
         logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
                        "slower than float32")
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-
-
-def enable_memory_growth() -> None:
-    """Take GPU memory as needed instead of all at once (the seed's OOM advice)."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
 
 
 WEIGHTS_FILE = "weights.weights.h5"
@@ -205,46 +141,32 @@ def search_batch_size(config, spec, num_classes: int):
     from ..batch_size import PeakRSS, find_batch_size, ram_limit
     from ..core.phases import Phase
 
-    configure_precision(config.mixed_precision)
-    enable_memory_growth()
+    platform = current_platform()
+    configure_precision(config.mixed_precision, platform)
     # Random weights, everything trainable: the most memory either phase can need.
     model = build_model(spec, num_classes, config.image_size, "none", config.dropout)
     apply_phase(model, Phase("probe", 1, 1e-3, "all"))
     compile_model(model, 1e-3, num_classes)
-    gpus = tf.config.list_logical_devices("GPU")
     height, width = config.image_size
 
     def measure(batch: int):
+        def step():
+            model.train_on_batch(np.full((batch, height, width, 3), 128, np.float32),
+                                 np.zeros(batch, np.int32))
+
         try:
-            if gpus:
-                tf.config.experimental.reset_memory_stats(gpus[0].name)
-                model.train_on_batch(np.full((batch, height, width, 3), 128, np.float32),
-                                     np.zeros(batch, np.int32))
-                return tf.config.experimental.get_memory_info(gpus[0].name)["peak"]
+            if platform.gpus:
+                return platform.peak_memory(step)
             with PeakRSS() as watch:
-                model.train_on_batch(np.full((batch, height, width, 3), 128, np.float32),
-                                     np.zeros(batch, np.int32))
+                step()
             return watch.peak
-        except tf.errors.ResourceExhaustedError:
+        except platform.out_of_memory:
             return None
 
-    if gpus:
+    if platform.gpus:
         limit = (config.memory_limit_mb or 0) * 2**20 or 2**62  # the GPU's own OOM decides
         return find_batch_size(measure, limit, "GPU memory", resettable=True)
     return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
-
-
-def make_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over every visible GPU when there are several, else the default.
-
-    The batch size stays global: each of N GPUs gets batch_size / N images per step.
-    """
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        strategy = tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
-        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
-        return strategy
-    return tf.distribute.get_strategy()
 
 
 class _BatchProgress(keras.callbacks.ProgbarLogger):
@@ -268,20 +190,18 @@ class KerasBackend:
     def __init__(self, context: RunContext):
         config = context.config
         self.context = context
-        enable_memory_growth()
-        keras.utils.set_random_seed(config.seed)
+        self.platform = current_platform()
+        self.platform.seed(config.seed)
         if config.deterministic:
-            tf.config.experimental.enable_op_determinism()
-        gpus = tf.config.list_logical_devices("GPU")
-        self.device = f"{len(gpus)} GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
-        configure_precision(config.mixed_precision)
-        self.strategy = make_strategy()
-        with self.strategy.scope():
+            self.platform.set_deterministic()
+        self.device = f"{self.platform.describe()}, Keras on {self.platform.name}"
+        logger.info("Keras backend: %s, device: %s", self.platform.name, self.platform.describe())
+        configure_precision(config.mixed_precision, self.platform)
+        with self.platform.strategy_scope():
             self.model = build_model(context.spec, context.num_classes, config.image_size,
                                      config.weights, config.dropout, config.base_model)
         if not config.pretrained:
             logger.info("--weights none: training from scratch, nothing is frozen")
-        self.replicas = self.strategy.num_replicas_in_sync
         self.train_loader = context.make_loader("train", training=True)
         self.val_loader = context.make_loader("val", training=False)
         self.tensorboard = None
@@ -294,17 +214,17 @@ class KerasBackend:
     def _start_feeding(self, context: RunContext) -> None:
         config = context.config
         sample = self.train_loader.sample_batch()
-        self.tensorboard = TensorBoardLogger(self.model, context.tensorboard_dir,
+        self.tensorboard = TensorBoardLogger(self.platform, self.model, context.tensorboard_dir,
                                              (sample.images, sample.labels),
                                              config.histogram_freq)
         self.tensorboard.log_samples()
-        self.train_ds = to_dataset(self.train_loader, config.image_size, self.replicas,
-                                   context.class_weights())
-        self.val_ds = to_dataset(self.val_loader, config.image_size, self.replicas)
+        self.train_ds = self.platform.feed(self.train_loader, config.image_size,
+                                           context.class_weights())
+        self.val_ds = self.platform.feed(self.val_loader, config.image_size)
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         apply_phase(self.model, phase)
-        with self.strategy.scope():
+        with self.platform.strategy_scope():
             compile_model(self.model, learning_rate, self.context.num_classes)
 
     def set_learning_rate(self, learning_rate: float) -> None:
@@ -315,6 +235,7 @@ class KerasBackend:
 
     def fit_epoch(self, epoch: int, phase: Phase) -> dict:
         self.train_loader.epoch = epoch
+        self.platform.set_epoch(self.train_ds, epoch)
         history = self.model.fit(self.train_ds, initial_epoch=epoch, epochs=epoch + 1,
                                  shuffle=False, verbose=1 if _interactive() else 0,
                                  callbacks=[keras.callbacks.TerminateOnNaN(), _BatchProgress()])
@@ -325,8 +246,8 @@ class KerasBackend:
             return _evaluate(self.model, self.val_ds)
         loader = self.context.make_loader(split, training=False)
         try:
-            return _evaluate(self.model, to_dataset(loader, self.context.config.image_size,
-                                                    self.replicas))
+            return _evaluate(self.model, self.platform.feed(loader,
+                                                            self.context.config.image_size))
         finally:
             loader.close()
 
