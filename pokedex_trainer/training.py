@@ -210,6 +210,8 @@ def distributed_world() -> tuple[int, int]:
 def train_with_backend(module, context: RunContext, state: RunState) -> dict:
     """Build the framework's backend and run the core phase loop over it."""
     backend = module.Backend(context)
+    if not context.config.pretrained:
+        logger.info("--weights none: training from scratch, nothing is frozen")
     try:
         state.device = backend.device
         saver = CheckpointSaver(context.layout, context.timestamp, context.config.save_every,

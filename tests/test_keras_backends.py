@@ -55,6 +55,19 @@ def test_an_absent_backend_is_a_one_line_error_with_the_install_command(machine)
         _choose(machine, "jax")
 
 
+def test_an_absent_backend_on_the_command_line_is_exit_code_2(machine, tmp_path, tiny_dataset,
+                                                               capsys):
+    from pokedex_trainer.cli import run_main, train_main
+
+    machine["installed"] = {"tensorflow"}
+    assert run_main(train_main, ["--data_path", str(tiny_dataset), "--model_type", "tiny_keras",
+                                 "--keras_backend", "torch", "--output_dir",
+                                 str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --keras_backend torch: torch is not installed")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_process_running_keras_on_one_backend_refuses_another():
     import keras
 
@@ -63,7 +76,7 @@ def test_a_process_running_keras_on_one_backend_refuses_another():
         select.activate(other)
 
 
-def test_the_backend_neutral_feed_gives_the_loaders_batches_in_order(tiny_dataset):
+def test_every_backend_is_fed_the_same_augmented_batches(tiny_dataset):
     from pokedex_trainer.dataset import scan_dataset
     from pokedex_trainer.feeding import BatchLoader, BatchSource
     from pokedex_trainer.keras_backend.platforms import LoaderFeed
@@ -72,17 +85,25 @@ def test_the_backend_neutral_feed_gives_the_loaders_batches_in_order(tiny_datase
     source = BatchSource(index.root, index.samples, (32, 32), training=True, seed=3)
     loader = BatchLoader(source, 8, shuffle=True, seed=3)
     feed = LoaderFeed(loader, class_weights=[1.0, 2.0, 3.0])
+    from pokedex_trainer.keras_backend.platforms import TensorFlowPlatform
+
+    tf_loader = BatchLoader(source, 8, shuffle=True, seed=3)
+    tf_feed = TensorFlowPlatform().feed(tf_loader, (32, 32), [1.0, 2.0, 3.0])
     for epoch in (0, 1):
         feed.epoch = epoch
+        tf_loader.epoch = epoch
         expected = list(BatchLoader(source, 8, shuffle=True, seed=3).iter_epoch(epoch))
         got = [feed[i] for i in range(len(feed))]
         feed.on_epoch_end()
-        assert len(got) == len(expected)
-        for (images, labels, weights), batch in zip(got, expected):
+        on_tf = [tuple(np.asarray(t) for t in item) for item in tf_feed]
+        assert len(got) == len(expected) == len(on_tf)
+        for (images, labels, weights), batch, tf_batch in zip(got, expected, on_tf):
             assert images.dtype == np.float32
             np.testing.assert_array_equal(images, batch.images.astype(np.float32))
             np.testing.assert_array_equal(labels, batch.labels)
             np.testing.assert_array_equal(weights, np.array([1.0, 2.0, 3.0])[batch.labels])
+            for ours, theirs in zip((images, labels, weights), tf_batch):  # the same on TF
+                np.testing.assert_array_equal(ours, theirs)
 
 
 TRAIN_AND_REPORT = """
@@ -152,3 +173,16 @@ def test_the_real_keras_networks_train_and_resume_on_the_torch_backend(tmp_path,
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
     log = (tmp_path / "runs" / "run" / "training.log").read_text("utf-8")
     assert log.count("Keras backend: torch") == 2  # the resumed run kept its backend
+
+
+@pytest.mark.slow
+def test_every_training_option_works_on_the_torch_backend(tmp_path, tiny_dataset):
+    result = _torch_backend_run(tmp_path, tiny_dataset, "tiny_keras", "--batch_size", "auto",
+                                "--memory_limit_mb", "3000", "--mixed_precision",
+                                "--deterministic", "--class_weight", "balanced", "--sampler",
+                                "balanced", "--save_every", "1")
+    assert "EXIT 0 BACKEND torch" in result.stdout, result.stderr[-3000:]
+    run = tmp_path / "runs" / "on_torch"
+    config = json.loads((run / "config.json").read_text("utf-8"))
+    assert isinstance(config["batch_size"], int) and config["mixed_precision"]
+    assert (run / "tiny_keras_epoch_003.keras").exists()

@@ -200,8 +200,6 @@ class KerasBackend:
         with self.platform.strategy_scope():
             self.model = build_model(context.spec, context.num_classes, config.image_size,
                                      config.weights, config.dropout, config.base_model)
-        if not config.pretrained:
-            logger.info("--weights none: training from scratch, nothing is frozen")
         self.train_loader = context.make_loader("train", training=True)
         self.val_loader = context.make_loader("val", training=False)
         self.tensorboard = None

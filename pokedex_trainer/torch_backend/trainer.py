@@ -261,8 +261,6 @@ class TorchBackend:
                             config.base_model).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        if not config.pretrained:
-            logger.info("--weights none: training from scratch, nothing is frozen")
         if config.mixed_precision and device.type != "cuda":
             logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
                            "slower than float32")
