@@ -202,6 +202,14 @@ def run_main(main, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a folder it cannot write, a disk that filled...
+        import errno
+
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        pointed_at = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                      errno.EISDIR)
+        return 2 if exc.errno in pointed_at else 1
     return int(code or 0)
 
 

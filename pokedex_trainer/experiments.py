@@ -30,6 +30,9 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"'{path}' is not an experiments table this tool can read (UTF-8 CSV): "
                         f"{str(exc).splitlines()[0]}") from None
+    if rows and "run_name" not in rows[0]:
+        raise UserError(f"'{path}' is not an experiments table of this tool (no run_name "
+                        "column)")
     if not rows:
         raise UserError(f"'{path}' holds no runs yet")
     return rows

@@ -122,6 +122,8 @@ def sidecar_problem(data) -> str | None:
     if not (isinstance(names, list) and len(names) >= 2 and
             all(isinstance(n, str) and n for n in names)):
         return "class_names must be a list of at least 2 non-empty strings"
+    if len(set(names)) != len(names):
+        return "class_names holds the same name twice"
     size = data.get("image_size")
     if not (isinstance(size, list) and len(size) == 2 and
             all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
@@ -280,13 +282,13 @@ class TorchCheckpointPredictor(Predictor):
     def __init__(self, path: Path, class_names: list[str] | None = None):
         import torch
 
-        from .torch_backend.models import load_checkpoint
+        from .torch_backend.models import load_checkpoint, why_not_tensors
 
         try:
             self.model, payload = load_checkpoint(path)
         except Exception as exc:
             raise UserError(f"could not load PyTorch checkpoint '{path}' (only checkpoints "
-                            f"this project wrote are read): {str(exc).splitlines()[0]}") from None
+                            f"this project wrote are read): {why_not_tensors(exc)}") from None
         self._torch = torch
         super().__init__(path, ModelInfo(list(payload["class_names"]),
                                          tuple(payload["image_size"]), "NCHW",

@@ -308,8 +308,8 @@ def summarize(report: Report, counts: dict[str, int], kept: list[SourceFile]) ->
     report.problems = problems
 
 
-def plot_counts(counts: dict[str, int], path: Path) -> None:
-    """Bar chart of images per class with the guide's 100 and 500 lines."""
+def plot_counts(counts: dict[str, int]) -> bytes:
+    """Bar chart of images per class with the guide's 100 and 500 lines, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,8 +331,9 @@ def plot_counts(counts: dict[str, int], path: Path) -> None:
     figure.tight_layout()
     with io.BytesIO() as buffer:
         figure.savefig(buffer, format="png", dpi=100)
-        atomic_write_bytes(path, buffer.getvalue())
+        data = buffer.getvalue()
     plt.close(figure)
+    return data
 
 
 def print_summary(report: Report, counts: dict[str, int]) -> None:
@@ -375,6 +376,8 @@ def prepare(args: argparse.Namespace) -> Report:
     validate_dirs(input_dir, output_dir)
     if args.size < 32:
         raise UserError("--size must be at least 32")
+    if args.workers < 0:
+        raise UserError("--workers must be 0 or more")
     class_map = load_class_map(args.class_map)
     sources = collect_sources(input_dir, class_map)
     if not sources:
@@ -413,11 +416,48 @@ def prepare(args: argparse.Namespace) -> Report:
     kept = [s for s in candidates if s.relative not in failures]
     summarize(report, counts, kept)
     report_dir = output_dir if output_dir is not None else input_dir
-    atomic_write_json(report_dir / REPORT_NAME, report.to_dict())
-    plot_counts(counts, report_dir / CHART_NAME)
+    written = [name for name, data in (
+        (REPORT_NAME, json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode()),
+        (CHART_NAME, plot_counts(counts))) if write_own_file(report_dir, name, data)]
     print_summary(report, counts)
-    print(f"report: {report_dir / REPORT_NAME} and {report_dir / CHART_NAME}")
+    if written:
+        print(f"report: {' and '.join(str(report_dir / name) for name in written)}")
     return report
+
+
+REPORTS_RECORD = ".prepare_reports.json"
+
+
+def _report_of_an_earlier_version(folder: Path) -> bool:
+    """Reports written before REPORTS_RECORD existed: recognised by their content."""
+    try:
+        data = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"input_dir", "settings", "classes"} <= set(data)
+
+
+def write_own_file(folder: Path, name: str, data: bytes) -> bool:
+    """Write ``folder/name`` unless a file of that name exists that this tool did not write
+    (or that was changed since): the user's files are never replaced. Returns True if written.
+    """
+    record_path = folder / REPORTS_RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    path = folder / name
+    ours = path.is_file() and (
+        hashlib.sha256(path.read_bytes()).hexdigest() == record.get(name) or
+        (not record_path.exists() and _report_of_an_earlier_version(folder)))
+    if path.exists() and not ours:
+        logger.warning("%s is not a file prepare_dataset.py wrote (or it was changed): left as "
+                       "it is, this report part is not saved", path)
+        return False
+    atomic_write_bytes(path, data)
+    record[name] = hashlib.sha256(data).hexdigest()
+    atomic_write_json(record_path, record)
+    return True
 
 
 def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile],

@@ -207,13 +207,7 @@ def append_experiment(path: Path, row: dict) -> None:
     with open(path, "a+", encoding="utf-8", newline="") as handle:
         with _locked(handle):
             handle.seek(0)
-            try:
-                existing = handle.read()
-            except UnicodeDecodeError:  # saved by another program in another encoding
-                logger.warning("%s is not UTF-8: the row is appended without checking its "
-                               "header", Path(path).name)
-                existing = ""
-                handle.seek(0, os.SEEK_END)
+            existing = _read_table(handle, path)
             header = next(csv.reader(io.StringIO(existing)), None) if existing else None
             columns = list(EXPERIMENT_COLUMNS)
             if header is not None:
@@ -228,6 +222,29 @@ def append_experiment(path: Path, row: dict) -> None:
             handle.seek(0, os.SEEK_END)
             _write_rows(handle, columns, [row], header=handle.tell() == 0)
             handle.flush()
+
+
+def _read_table(handle, path: Path) -> str:
+    """The text of an experiments table; UserError when it is someone else's file (another
+    encoding, other columns): it is never rewritten then."""
+    try:
+        text = handle.read()
+    except UnicodeDecodeError:
+        raise UserError(f"'{path}' is not a UTF-8 CSV (saved by another program?): move it "
+                        "away, this tool never rewrites a file it did not write") from None
+    header = next(csv.reader(io.StringIO(text)), None) if text else None
+    if header is not None and "run_name" not in header:
+        raise UserError(f"'{path}' is not an experiments table of this tool (no run_name "
+                        "column): move it away, this tool never rewrites a file it did not "
+                        "write")
+    return text
+
+
+def check_experiments_table(path: Path) -> None:
+    """Before a run starts: raise UserError if ``path`` exists and cannot take its row."""
+    if Path(path).is_file():
+        with open(path, encoding="utf-8", newline="") as handle:
+            _read_table(handle, path)
 
 
 def _write_rows(handle, columns: list[str], rows: list[dict], header: bool) -> None:

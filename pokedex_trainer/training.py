@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .core.checkpoints import CheckpointSaver
 from .core.context import RunContext
+from .core.interrupt import INTERRUPT
 from .core.loop import MONITOR, RunState, run_phases
 from .core.phases import plan_phases
 from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
@@ -28,7 +29,7 @@ from .errors import RunFailed, TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
 from .models import get_spec
 from .records import (RunLock, append_experiment, atomic_write_json, capture_to_log,
-                      create_run_dir, ensure_writable_dir, timestamp)
+                      check_experiments_table, create_run_dir, ensure_writable_dir, timestamp)
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     notes = resolve_notes + list(notes)
     started_stamp = timestamp()
     tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
+    check_experiments_table(Path(config.output_dir) / EXPERIMENTS)
     run_dir = create_run_dir(Path(config.output_dir),
                              config.run_name or f"{config.model_type}_{started_stamp}")
     spec = get_spec(config.model_type)
@@ -216,7 +218,12 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         state.device = backend.device
         saver = CheckpointSaver(context.layout, context.timestamp, context.config.save_every,
                                 enabled=backend.main_process)
-        return run_phases(backend, context, state, plan_phases(context.config), saver)
+        # Every rank of a torchrun must stop at the same step, and the PyTorch loader's
+        # shared-memory manager dies with the first Ctrl-C: both stop at once, as Python does.
+        if distributed_world()[1] > 1 or not backend.graceful_interrupt:
+            return run_phases(backend, context, state, plan_phases(context.config), saver)
+        with INTERRUPT:
+            return run_phases(backend, context, state, plan_phases(context.config), saver)
     finally:
         backend.close()
 

@@ -32,6 +32,7 @@ def test_input_pipeline_writes_a_table_and_json(tmp_path):
     assert "bare loop" in result.stdout
 
 
+@pytest.mark.slow
 def test_inference_benchmark_times_the_eager_call_and_every_export(tmp_path):
     output = tmp_path / "inference.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"),

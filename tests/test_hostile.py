@@ -396,3 +396,82 @@ def test_idle_pool_workers_end_when_their_parent_is_killed(tmp_path):
     for orphan in alive:
         orphan.kill()
     assert not alive, "pool workers outlived their parent"
+
+
+def test_prepare_keeps_a_report_file_of_the_users(tmp_path, caplog):
+    from pokedex_trainer.prepare import main
+    from pokedex_trainer.synthetic import write_dataset
+
+    raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))
+    out = tmp_path / "training"
+    out.mkdir()
+    (out / "dataset_report.json").write_text('{"mine": true}', encoding="utf-8")
+    argv = ["--input_dir", str(raw), "--output_dir", str(out), "--size", "32", "--workers", "0"]
+    assert run_main(main, argv) == 0
+    assert (out / "dataset_report.json").read_text(encoding="utf-8") == '{"mine": true}'
+    assert "left as it is" in caplog.text
+    chart = (out / "dataset_report.png").read_bytes()
+    (raw / "Gato" / "Gato_0000.jpg").unlink()
+    assert run_main(main, argv) == 0  # its own chart it keeps up to date
+    assert (out / "dataset_report.png").read_bytes() != chart
+
+
+@pytest.mark.slow
+def test_a_keras_run_killed_after_its_last_save_resumes_to_the_end(tmp_path, tiny_dataset):
+    argv = [ROOT / "train_professional_models.py",
+            *_train_argv(tmp_path, tiny_dataset, "--epochs", "2", "--run_name", "run")]
+    argv[argv.index("tiny_torch")] = "tiny_keras"
+    killed = run_with_signal_at(tmp_path, argv, "name[1].startswith('tiny_keras_final_')",
+                                after=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    import subprocess
+    import sys
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "train_professional_models.py"),
+                              "--resume", str(tmp_path / "runs" / "run")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text("utf-8"))
+    assert summary["status"] == "completed" and summary["test_accuracy"]
+
+
+@pytest.mark.parametrize("content", ["foo,bar\n1,2\n", "run_name,status\nLe\xf3n,x\n"])
+def test_an_experiments_table_that_is_not_ours_is_never_rewritten(tmp_path, tiny_dataset,
+                                                                  capsys, content):
+    (tmp_path / "runs").mkdir()
+    table = tmp_path / "runs" / "experiments.csv"
+    table.write_bytes(content.encode("cp1252"))
+    before = table.read_bytes()
+    assert run_main(train_main, _train_argv(tmp_path, tiny_dataset)) == 2
+    assert "never rewrites a file it did not write" in _one_line_error(capsys)
+    assert table.read_bytes() == before
+    assert run_main(evaluate_main, ["--experiments", str(tmp_path / "runs")]) == 2
+
+
+def test_loader_workers_end_when_the_trainer_is_killed(tmp_path, tiny_dataset):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    argv = [sys.executable, str(ROOT / "train_professional_models.py"),
+            *_train_argv(tmp_path, tiny_dataset, "--epochs", "50")]
+    argv[argv.index("--workers") + 1] = "1"
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 180
+    workers = []
+    while not workers and time.monotonic() < deadline and process.poll() is None:
+        workers = [p for p in parent.children(recursive=True)
+                   if "resource_tracker" not in " ".join(p.cmdline())]
+        time.sleep(0.1)
+    assert workers, "no loader worker started"
+    process.send_signal(signal.SIGKILL)  # the trainer alone, not its process group
+    process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, "loader workers outlived the trainer"

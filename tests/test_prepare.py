@@ -135,7 +135,8 @@ def test_check_writes_no_image(messy):
     report = prepare(build_parser().parse_args(["--input_dir", str(messy), "--check",
                                                 "--workers", "1"]))
     after = sorted(p.name for p in messy.rglob("*"))
-    assert sorted(set(after) - set(before)) == ["dataset_report.json", "dataset_report.png"]
+    assert sorted(set(after) - set(before)) == [".prepare_reports.json", "dataset_report.json",
+                                                "dataset_report.png"]
     assert len(report.unreadable) == 3 and report.written == 0
 
 

@@ -59,11 +59,15 @@ def test_sigkill_then_resume_continues_at_the_right_epoch_and_phase(tmp_path, ti
         assert (run_dir / f"{model_type}_{name}{ext}").exists()
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset):
-    """Ctrl-C right after an epoch is saved, to the trainer and its DataLoader workers."""
+@pytest.mark.parametrize("model_type, workers", [("tiny_torch", "1"), ("tiny_keras", "0")])
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset, model_type, workers):
+    """Ctrl-C right after an epoch is saved, to the trainer and its loader workers (Keras
+    with no worker: the loader runs inside TensorFlow's data pipeline)."""
     run_dir = tmp_path / "runs" / "run"
-    result = run_with_signal_at(tmp_path, _argv(tmp_path, tiny_dataset, "tiny_torch"),
-                                nth_commit("state.json", 1), signal="SIGINT", after=True)
+    argv = _argv(tmp_path, tiny_dataset, model_type)
+    argv[argv.index("--workers") + 1] = workers
+    result = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), signal="SIGINT",
+                                after=True)
     assert result.returncode == 130, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "--resume" in (run_dir / "training.log").read_text("utf-8")

@@ -24,6 +24,7 @@ class TrainingBackend(Protocol):
 
     device: str
     main_process: bool
+    graceful_interrupt: bool  # first Ctrl-C ends the batch, then the loop stops (else at once)
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         """Freeze/unfreeze for ``phase`` and make a fresh optimizer at ``learning_rate``."""

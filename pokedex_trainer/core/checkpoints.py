@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 2
 _STATE_DIR = re.compile(r"^epoch_\d{3,}$")
 _STATE_TMP = re.compile(r"^\.state\.json\..*\.tmp$")  # a killed write of state.json
+_RUN_FILE_TMP = re.compile(r"^\.(summary|config|class_names|split_manifest|calibration|exports)"
+                           r"\.json\.[^.]+\.tmp$")
 # What the first version wrote into resume/ (kept readable, removed once a new state exists).
 LEGACY_STATE_FILES = ("last.pth", "last.weights.h5", "optimizer.npz")
 
@@ -41,8 +43,11 @@ class CheckpointSaver:
 
     def __init__(self, layout: RunLayout, stamp: str, save_every: int = 0, enabled: bool = True):
         self.layout, self.stamp, self.save_every, self.enabled = layout, stamp, save_every, enabled
-        if enabled and layout.partial_dir.is_dir():
-            shutil.rmtree(layout.partial_dir, ignore_errors=True)  # a killed save's leftovers
+        if enabled:  # a killed save's leftovers
+            shutil.rmtree(layout.partial_dir, ignore_errors=True)
+            for leftover in layout.root.glob(".*.json.*.tmp"):
+                if _RUN_FILE_TMP.match(leftover.name):
+                    leftover.unlink(missing_ok=True)
 
     @property
     def best_path(self) -> Path:

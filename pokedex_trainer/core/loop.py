@@ -21,6 +21,7 @@ from ..records import HistoryWriter
 from .backend import TrainingBackend
 from .checkpoints import CheckpointSaver
 from .context import RunContext
+from .interrupt import INTERRUPT
 from .monitor import BestTracker, EarlyStopping, PlateauScheduler
 from .phases import Phase
 
@@ -168,6 +169,10 @@ def run_phases(backend: TrainingBackend, context: RunContext, state: RunState,
     best = None
     for window in state.schedule(phases):
         best = train_phase(backend, context, state, window, saver, best)
+    if best is None:  # a resumed run killed after its last epoch: nothing left to train
+        best = saver.best_weights(backend)
+        if best is not None:
+            backend.set_weights(best)
     if best is None and state.stop_reason == "nan_loss":
         logger.error("no epoch ended with a finite loss and a validation score: no model was "
                      "saved")
@@ -214,6 +219,7 @@ def run_epoch(backend: TrainingBackend, state: RunState, phase: Phase, epoch: in
     """Train and validate one epoch; returns (logs, improved, stop)."""
     started = time.perf_counter()
     logs = backend.fit_epoch(epoch, phase)
+    INTERRUPT.check()  # Ctrl-C: this epoch is not recorded, the last one stands
     if math.isfinite(logs.get("loss", 0.0)):
         logs.update({f"val_{k}": v for k, v in backend.evaluate("val").items()})
     logs["learning_rate"] = learning_rate

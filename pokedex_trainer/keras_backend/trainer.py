@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from ..core.context import RunContext
+from ..core.interrupt import INTERRUPT
 from ..core.phases import Phase
 from ..records import atomic_target
 from ..tensorboard_tags import SAMPLE_IMAGES_TAG, image_grid, split_epoch_logs
@@ -33,7 +34,7 @@ def save_model(model: keras.Model, path) -> None:
     The optimizer state is left out (it would triple the file: 770 MB for EfficientNetB7), and
     so is the compile configuration, so the file loads with no warning and no training state.
     """
-    optimizer, compiled = model.optimizer, model.compiled
+    optimizer, compiled = getattr(model, "optimizer", None), model.compiled
     model.optimizer, model.compiled = None, False
     try:
         with atomic_target(path, suffix=".keras") as tmp:
@@ -122,8 +123,12 @@ def save_training_state(folder: Path, model: keras.Model) -> None:
 
 
 def restore_training_state(folder: Path, model: keras.Model) -> None:
+    import warnings
+
     weights = folder / WEIGHTS_FILE
-    model.load_weights(weights if weights.is_file() else folder / LEGACY_WEIGHTS_FILE)
+    with warnings.catch_warnings():  # the optimizer is restored below, from optimizer.npz
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(weights if weights.is_file() else folder / LEGACY_WEIGHTS_FILE)
     model.optimizer.build(model.trainable_variables)
     with np.load(folder / OPTIMIZER_FILE) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -169,6 +174,14 @@ def search_batch_size(config, spec, num_classes: int):
     return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
 
 
+class _StopOnInterrupt(keras.callbacks.Callback):
+    """End fit after the current batch when Ctrl-C asked to stop (see core/interrupt.py)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if INTERRUPT.requested:
+            self.model.stop_training = True
+
+
 class _BatchProgress(keras.callbacks.ProgbarLogger):
     """Keras' progress bar without its "Epoch e/E" header: the core fits one epoch at a time
     (E would be wrong) and logs each epoch's own line."""
@@ -186,6 +199,7 @@ class KerasBackend:
     """
 
     main_process = True
+    graceful_interrupt = True  # a KeyboardInterrupt inside tf.data can deadlock: see core/interrupt
 
     def __init__(self, context: RunContext):
         config = context.config
@@ -200,6 +214,8 @@ class KerasBackend:
         with self.platform.strategy_scope():
             self.model = build_model(context.spec, context.num_classes, config.image_size,
                                      config.weights, config.dropout, config.base_model)
+            # compiled from the start: a resumed run with no epoch left still evaluates
+            compile_model(self.model, config.learning_rate, context.num_classes)
         self.train_loader = context.make_loader("train", training=True)
         self.val_loader = context.make_loader("val", training=False)
         self.tensorboard = None
@@ -236,7 +252,8 @@ class KerasBackend:
         self.platform.set_epoch(self.train_ds, epoch)
         history = self.model.fit(self.train_ds, initial_epoch=epoch, epochs=epoch + 1,
                                  shuffle=False, verbose=1 if _interactive() else 0,
-                                 callbacks=[keras.callbacks.TerminateOnNaN(), _BatchProgress()])
+                                 callbacks=[keras.callbacks.TerminateOnNaN(), _StopOnInterrupt(),
+                                            _BatchProgress()])
         return {key: float(values[-1]) for key, values in history.history.items()}
 
     def evaluate(self, split: str) -> dict:

@@ -7,6 +7,9 @@ main process) decides the epoch, so persistent workers need no message to follow
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.multiprocessing
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -66,6 +69,15 @@ class EpochBatchSampler(Sampler):
         return iter([(self.epoch, n) for n in numbers])
 
 
+def _init_worker(parent_pid: int, worker_id: int) -> None:
+    """A DataLoader worker: Ctrl-C is the trainer's, and it ends when the trainer does (even
+    by kill -9, even while it was still starting)."""
+    from ..processes import exit_with_parent
+
+    ignore_interrupts()
+    exit_with_parent(parent_pid)
+
+
 def _identity(item):
     return item
 
@@ -81,6 +93,6 @@ def make_data_loader(plan: BatchLoader, use_cuda: bool, rank: int = 0,
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context="spawn" if workers > 0 else None,
-        worker_init_fn=ignore_interrupts if workers > 0 else None,
+        worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers > 0 else None,
     )
     return loader, sampler

@@ -105,10 +105,10 @@ NETWORKS = {"resnet": _resnet152, "tiny_torch": _tiny}
 def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
     """Load a torchvision resnet152 state dict (fc may be absent); never executes code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except Exception as exc:
-        raise UserError(f"could not read --weights '{path}' as a PyTorch state dict "
-                        f"(only plain tensors are accepted): {str(exc).splitlines()[0]}") from None
+        raise UserError(f"could not read --weights '{path}' as a PyTorch state dict: "
+                        f"{why_not_tensors(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -205,11 +205,28 @@ def checkpoint_payload(model: Classifier, class_names: list[str], image_size, sp
     }
 
 
+def load_tensors(path: Path):
+    """``torch.load`` of a file of tensors, numbers and strings only: nothing in it can run
+    code (see safe_loading.py)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def why_not_tensors(exc: Exception) -> str:
+    """One line for a failed ``load_tensors``, without PyTorch's advice to load the file
+    with weights_only=False (which would run whatever code it holds)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return "it holds more than tensors (pickled Python objects); refused, since loading " \
+               "it could run code"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     """Rebuild a Classifier from a ``.pth`` this project wrote (weights_only: no code runs)."""
     from ..models import get_spec
 
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_tensors(path)
     model = build_model(get_spec(payload["model_type"]), len(payload["class_names"]), "none",
                         payload["dropout"])
     model.load_state_dict(payload["state_dict"])

@@ -19,7 +19,7 @@ from ..records import atomic_target
 from ..tensorboard_tags import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
                          split_epoch_logs)
 from .data import make_data_loader
-from .models import (Classifier, apply_phase, build_model, checkpoint_payload,
+from .models import (Classifier, apply_phase, build_model, checkpoint_payload, load_tensors,
                      set_train_mode)
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ class TorchBackend:
         context: the run.
     """
 
+    graceful_interrupt = False  # see training.train_with_backend
+
     def __init__(self, context: RunContext):
         config = context.config
         self.context = context
@@ -333,7 +335,7 @@ class TorchBackend:
             torch.save(payload, tmp)
 
     def read_model_weights(self, path: Path):
-        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        return load_tensors(path)["state_dict"]
 
     def save_state(self, folder: Path) -> None:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -341,8 +343,7 @@ class TorchBackend:
 
     def load_state(self, folder: Path) -> dict | None:
         path = folder / STATE_FILE
-        saved = torch.load(path if path.is_file() else folder / LEGACY_STATE_FILE,
-                           map_location="cpu", weights_only=True)
+        saved = load_tensors(path if path.is_file() else folder / LEGACY_STATE_FILE)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
