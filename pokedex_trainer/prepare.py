@@ -168,8 +168,9 @@ def square_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str]:
-    """Decode one file (and write its output unless ``output`` is None); returns (path, error)."""
+def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str, str]:
+    """Decode one file (and write its output unless ``output`` is None); returns (path, error,
+    SHA-256 of what was written)."""
     root, relative, output, size, mode = task
     from PIL import Image
 
@@ -178,13 +179,14 @@ def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str]:
     try:
         image = read_image(Path(root) / relative, min_size=(size, size))
     except UnreadableImageError as exc:
-        return relative, exc.reason
-    if output is not None:
-        squared = square_image(image, size, mode)
-        buffer = io.BytesIO()
-        Image.fromarray(squared).save(buffer, "JPEG", quality=JPEG_QUALITY)
-        atomic_write_bytes(Path(output), buffer.getvalue())
-    return relative, ""
+        return relative, exc.reason, ""
+    if output is None:
+        return relative, "", ""
+    squared = square_image(image, size, mode)
+    buffer = io.BytesIO()
+    Image.fromarray(squared).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    atomic_write_bytes(Path(output), buffer.getvalue())
+    return relative, "", hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 def _parallel(function, tasks: list, workers: int, description: str) -> list:
@@ -400,7 +402,8 @@ def prepare(args: argparse.Namespace) -> Report:
 
     if output_dir is None:
         tasks = [(str(input_dir), s.relative, None, args.size, args.mode) for s in candidates]
-        failures = dict(r for r in _parallel(_convert, tasks, args.workers, "decode") if r[1])
+        failures = {r[0]: r[1] for r in _parallel(_convert, tasks, args.workers, "decode")
+                    if r[1]}
     else:
         failures = write_outputs(input_dir, output_dir, candidates, settings, args, report)
     for source in sources:
@@ -471,6 +474,8 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
     state = _load_state(output_dir)
     written = set(state.get("written", [])) | {e["output"] for e in
                                                  state.get("files", {}).values()}
+    output_hashes = {e["output"]: e.get("output_sha256")
+                     for e in state.get("files", {}).values()}
     remove_killed_writes(output_dir, written)
     same_settings = state.get("settings") == settings
     names = assign_outputs(candidates, state if same_settings else {"files": {}},
@@ -499,19 +504,21 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
                                                     "written": sorted(written)})
         tasks = [(str(input_dir), s.relative, str(output_dir / names[s.relative]), args.size,
                   args.mode) for s in part]
-        results = dict(_parallel(_convert, tasks, args.workers,
-                                 f"convert {start + 1}-{start + len(part)}/{len(todo)}"))
+        results = {relative: (error, digest) for relative, error, digest in _parallel(
+            _convert, tasks, args.workers, f"convert {start + 1}-{start + len(part)}/{len(todo)}")}
         for source in part:
-            if results.get(source.relative):
-                failures[source.relative] = results[source.relative]
+            error, digest = results.get(source.relative, ("not converted", ""))
+            if error:
+                failures[source.relative] = error
             else:
                 files[source.relative] = {"sha256": source.sha256,
-                                          "output": names[source.relative]}
+                                          "output": names[source.relative],
+                                          "output_sha256": digest}
                 report.written += 1
         atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
                                                     "written": sorted(written)})
     keep = {entry["output"] for entry in files.values()}
-    report.removed_stale = remove_stale(output_dir, written - keep)
+    report.removed_stale = remove_stale(output_dir, written - keep, output_hashes)
     atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
                                                 "written": sorted(keep)})
     return failures
@@ -528,15 +535,23 @@ def user_files(output_dir: Path, written: set[str]) -> set[str]:
     return found
 
 
-def remove_stale(output_dir: Path, stale: set[str]) -> list[str]:
+def remove_stale(output_dir: Path, stale: set[str],
+                 output_hashes: dict[str, str | None] | None = None) -> list[str]:
     """Delete outputs this tool wrote earlier whose source is gone; only names in its own
-    record of what it wrote (``.prepare_state.json``), never a file of the user's."""
+    record of what it wrote (``.prepare_state.json``), never a file of the user's, and not an
+    output the user has changed since (its bytes no longer match the record)."""
     removed = []
     for relative in sorted(stale):
         path = output_dir / relative
-        if path.is_file():
-            path.unlink()
-            removed.append(relative)
+        if not path.is_file():
+            continue
+        expected = (output_hashes or {}).get(relative)
+        if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            logger.warning("kept %s: its source is gone, but it was changed after "
+                           "prepare_dataset.py wrote it", relative)
+            continue
+        path.unlink()
+        removed.append(relative)
     return removed
 
 

@@ -475,3 +475,20 @@ def test_loader_workers_end_when_the_trainer_is_killed(tmp_path, tiny_dataset):
     for orphan in alive:
         orphan.kill()
     assert not alive, "loader workers outlived the trainer"
+
+
+def test_prepare_keeps_an_output_the_user_edited(tmp_path, caplog):
+    from pokedex_trainer.prepare import main
+    from pokedex_trainer.synthetic import write_dataset
+
+    raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))
+    out = tmp_path / "training"
+    argv = ["--input_dir", str(raw), "--output_dir", str(out), "--size", "32", "--workers", "0"]
+    assert run_main(main, argv) == 0
+    (out / "Gato" / "Gato_0000.jpg").write_bytes(b"the user's own picture now")
+    (raw / "Gato" / "Gato_0000.jpg").unlink()
+    (raw / "Gato" / "Gato_0001.jpg").unlink()
+    assert run_main(main, argv) == 0
+    assert (out / "Gato" / "Gato_0000.jpg").read_bytes() == b"the user's own picture now"
+    assert not (out / "Gato" / "Gato_0001.jpg").exists()  # unchanged since written: removed
+    assert "kept Gato/Gato_0000.jpg" in caplog.text

@@ -78,7 +78,11 @@ def write_onnx(classifier: nn.Module, image_size, path: Path, opset: int, sideca
 
 
 def read_extra_metadata(path: Path) -> dict | None:
-    """The sidecar stored inside a TorchScript (.pt) or torch.export (.pt2) file."""
+    """The sidecar stored inside a TorchScript (.pt) or torch.export (.pt2) file (opened only
+    when safe_loading allows it: these formats can carry code)."""
+    from ..safe_loading import check_can_open
+
+    check_can_open(Path(path))
     files = {EXTRA_FILE: ""}
     if Path(path).suffix == ".pt2":
         torch.export.load(str(path), extra_files=files)
