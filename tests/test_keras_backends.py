@@ -154,8 +154,9 @@ def test_a_keras_network_trains_exports_and_evaluates_on_the_torch_backend(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["mobilenet", "efficientnet"])
-def test_the_real_keras_networks_train_and_resume_on_the_torch_backend(tmp_path, tiny_dataset,
-                                                                       model_type):
+def test_the_real_keras_networks_train_resume_export_and_evaluate_on_torch(tmp_path,
+                                                                          tiny_dataset,
+                                                                          model_type):
     from conftest import nth_commit, run_with_signal_at
 
     argv = [ROOT / "train_professional_models.py", "--data_path", tiny_dataset,
@@ -173,6 +174,12 @@ def test_the_real_keras_networks_train_and_resume_on_the_torch_backend(tmp_path,
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
     log = (tmp_path / "runs" / "run" / "training.log").read_text("utf-8")
     assert log.count("Keras backend: torch") == 2  # the resumed run kept its backend
+    for script, extra in (("export.py", ["--formats", "onnx", "--check_images", "6"]),
+                          ("evaluate.py", ["--latency_runs", "2"])):
+        done = subprocess.run([sys.executable, str(ROOT / script), "--run_dir",
+                               str(tmp_path / "runs" / "run"), *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.slow
