@@ -44,13 +44,13 @@ def test_weighted_loss_is_the_same_in_pytorch_and_keras():
 
 def test_keras_dataset_carries_the_class_weights(tiny_dataset):
     pytest.importorskip("keras")
-    from pokedex_trainer.keras_backend.trainer import to_dataset
+    from pokedex_trainer.keras_backend.platforms import current_platform
 
     index = scan_dataset(tiny_dataset)
     loader = BatchLoader(BatchSource(index.root, index.samples, (32, 32), training=False), 12,
                          shuffle=False)
-    images, labels, weights = next(iter(to_dataset(loader, (32, 32),
-                                                   class_weights=[0.5, 1.0, 2.0])))
+    feed = current_platform().feed(loader, (32, 32), class_weights=[0.5, 1.0, 2.0])
+    images, labels, weights = next(iter(feed))
     assert np.allclose(weights.numpy(), np.array([0.5, 1.0, 2.0])[labels.numpy()])
 
 

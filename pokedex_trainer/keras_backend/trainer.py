@@ -21,13 +21,6 @@ from .platforms import current_platform
 logger = logging.getLogger(__name__)
 
 
-def to_dataset(loader, image_size: tuple[int, int], replicas: int = 1, class_weights=None):
-    """The Keras feed of a BatchLoader on this process's backend (tf.data on TensorFlow)."""
-    platform = current_platform()
-    platform.replicas = replicas
-    return platform.feed(loader, image_size, class_weights)
-
-
 def save_model(model: keras.Model, path) -> None:
     """Save an inference-ready model atomically: a crash never leaves a damaged file.
 
