@@ -45,7 +45,29 @@ def build_train_parser() -> argparse.ArgumentParser:
     _add_model_options(parser.add_argument_group("model"), d)
     _add_training_options(parser.add_argument_group("training"), d)
     _add_output_options(parser.add_argument_group("output"), d)
+    _add_search_options(parser.add_argument_group("hyperparameter search (Optuna)"))
     return parser
+
+
+SEARCH_ACTIONS = ("search_trials", "search_name", "search_storage", "search_space")
+
+
+def _add_search_options(search) -> None:
+    search.add_argument("--search_trials", type=int, default=None, metavar="N",
+                        help="search the hyperparameters: run trials (each a normal run) until "
+                             "the study has N finished ones; hopeless trials are pruned after "
+                             "an epoch below the median; flags you give stay fixed")
+    search.add_argument("--search_name", default=None,
+                        help="the study to create or continue (default: <model_type>_<data "
+                             "folder name>)")
+    search.add_argument("--search_storage", default=None, metavar="URL",
+                        help="where the study lives, shared by every process that runs it: "
+                             "sqlite:///file.db, postgresql://user:password@host/db, "
+                             "mysql+pymysql://..., or an Optuna journal file (*.log) "
+                             "(default: sqlite in <output_dir>/search/<name>.db)")
+    search.add_argument("--search_space", default=None, metavar="FILE",
+                        help="YAML or JSON file that narrows or extends the searched "
+                             "hyperparameters (see the README)")
 
 
 def _add_workers_option(group) -> None:
@@ -168,7 +190,7 @@ def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dic
     (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
     values = vars(build_train_parser().parse_args(argv))
     actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export",
-                                                    "kfold")}
+                                                    "kfold", *SEARCH_ACTIONS)}
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
@@ -176,6 +198,15 @@ def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dic
         if values["base_model"]:
             values["model_type"] = None  # taken from the base model (apply_base_model)
     return TrainConfig(**values), actions
+
+
+def explicit_train_options(argv: list[str] | None) -> dict:
+    """The options the command line gives explicitly (destination -> value), defaults left out:
+    what a search keeps fixed."""
+    parser = build_train_parser()
+    for action in parser._actions:  # argparse has no public way to tell given from default
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
@@ -226,6 +257,11 @@ def train_main(argv: list[str] | None = None) -> None:
         find_batch_size_only(config)
         return
     resume = Path(actions["resume"]) if actions["resume"] else None
+    if actions["search_trials"] is not None or any(actions[k] for k in SEARCH_ACTIONS):
+        from .search import search_command
+
+        search_command(config, actions, resume, argv)
+        return
     if actions["kfold"] is not None:
         from .errors import UserError
         from .kfold import run_kfold
@@ -341,6 +377,14 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                            "sorted by --sort_by and write experiments.png beside it")
     runs.add_argument("--sort_by", default="best_val_accuracy",
                       help="column to sort by, best first (default: %(default)s)")
+    search = parser.add_argument_group("hyperparameter search")
+    search.add_argument("--search", metavar="NAME",
+                        help="report of a search (train_professional_models.py "
+                             "--search_trials): its trials, the best one's command line, "
+                             "history and importance plots; NAME or its .db file")
+    search.add_argument("--search_storage", metavar="URL",
+                        help="the search's database when it is not the default SQLite file "
+                             "(the same URL as for the search)")
     return parser
 
 
@@ -353,6 +397,13 @@ def evaluate_main(argv: list[str] | None = None) -> None:
         from .experiments import show_experiments
 
         show_experiments(args.experiments, args.sort_by)
+        return
+    if args.search or args.search_storage:
+        if not args.search:
+            raise UserError("--search_storage goes with --search NAME")
+        from .search_report import search_report_command
+
+        search_report_command(args.search, args.search_storage, args.output_dir)
         return
     if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")

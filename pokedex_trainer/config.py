@@ -60,6 +60,8 @@ class TrainConfig:
     memory_limit_mb: int | None = None
     base_model: str | None = None  # a .keras/.pth of an earlier run: its backbone, a new head
     keras_backend: str = "auto"  # Keras networks: auto, tensorflow, torch or jax (resolved)
+    search_name: str | None = None  # the hyperparameter search this run is a trial of
+    search_trial: int | None = None  # its trial number in that search
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""

@@ -54,6 +54,8 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         "class_weight": config.class_weight, "sampler": config.sampler, "seed": config.seed,
         "keras_backend": config.keras_backend if context.spec.framework == "keras" else "",
         "run_dir": str(context.run_dir),
+        "search_name": config.search_name or "",
+        "search_trial": "" if config.search_trial is None else config.search_trial,
     }
 
 

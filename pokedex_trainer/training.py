@@ -228,11 +228,12 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         backend.close()
 
 
-FINISHED = ("completed", "nan_loss")
+FINISHED = ("completed", "nan_loss", "pruned")
 
 
 def finished_status(layout: RunLayout) -> str | None:
-    """The status of a run that ended (completed, nan_loss), None when it can continue."""
+    """The status of a run that ended (completed, nan_loss, pruned by a search), None when it
+    can continue."""
     try:
         status = json.loads(layout.summary.read_text(encoding="utf-8")).get("status")
     except (OSError, ValueError, AttributeError):
@@ -240,9 +241,10 @@ def finished_status(layout: RunLayout) -> str | None:
     return status if status in FINISHED else None
 
 
-def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path | None:
+def run_training(config: TrainConfig, resume_dir: Path | None = None,
+                 on_epoch=None) -> Path | None:
     """Train one run end to end (or continue ``resume_dir``); returns its directory (None on
-    the other ranks of a torchrun).
+    the other ranks of a torchrun). ``on_epoch``: see ``RunState`` (a search's pruner).
 
     One process at a time trains a run directory (``RunLock``); the run is recorded whatever
     happens, except when bad input stops it before its first epoch (then the new run
@@ -268,7 +270,8 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None) -> Path | 
     context, notes = create_run(config)
     lock = RunLock(context.run_dir).acquire()
     try:
-        return _train_and_record(context, notes, None, fresh=True, lock=lock)
+        return _train_and_record(context, notes, None, fresh=True, lock=lock,
+                                 on_epoch=on_epoch)
     finally:
         lock.release()
 
@@ -325,14 +328,16 @@ def _log_run_header(context: RunContext, notes: list[str], resumed: bool) -> Non
 
 
 def _train_and_record(context: RunContext, notes: list[str], resume_point: dict | None,
-                      module=None, fresh: bool = False, lock: RunLock | None = None) -> Path:
+                      module=None, fresh: bool = False, lock: RunLock | None = None,
+                      on_epoch=None) -> Path:
     """Train, then record the outcome (summary.json, experiments.csv) whatever it is.
 
     ``fresh``: the run directory was made for this run; when bad input stops the run before
     its first epoch, it is removed again (``lock`` released first) instead of recorded.
     """
     layout = context.layout
-    state = RunState(layout.history, context.config.patience, resume_point=resume_point)
+    state = RunState(layout.history, context.config.patience, resume_point=resume_point,
+                     on_epoch=on_epoch)
     epochs_before, started = state.epochs_run, time.time()
     status, failure, test_metrics, summary = "failed", None, {}, None
     with capture_to_log(layout.log):

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,12 +57,15 @@ class RunState:
         patience: early-stopping patience (restarts each phase).
         resume_point: the saved position of an interrupted run (``--resume``), if any.
         main_process: False on the other ranks of a multi-process run (they write nothing).
+        on_epoch: called with (epochs run so far, the epoch's logs) after each epoch; True
+            stops the run as ``pruned`` (a hyperparameter search's pruner).
     """
 
     history_path: Path
     patience: int
     resume_point: dict | None = None
     main_process: bool = True
+    on_epoch: Callable[[int, dict], bool] | None = None
     tracker: BestTracker = field(default_factory=lambda: BestTracker("max"))
     best_logs: dict = field(default_factory=dict)
     epochs_run: int = 0
@@ -139,6 +143,11 @@ class RunState:
         if stop:
             logger.info("early stopping: no better %s for %d epochs (best %.4f at epoch %d)",
                         MONITOR, self.patience, self.tracker.best, self.tracker.best_epoch)
+        if self.on_epoch is not None and self.on_epoch(self.epochs_run, logs) and not stop:
+            self.stop_reason = "pruned"
+            logger.info("pruned by the search after epoch %d: %s below the median of the "
+                        "earlier trials", epoch + 1, MONITOR)
+            return improved, True
         return improved, stop
 
 
