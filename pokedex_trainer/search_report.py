@@ -93,6 +93,14 @@ def _save_plot(study, filename: str, path: Path) -> bool:
         plt.close("all")
 
 
+def _check_exists(url: str) -> None:
+    """A report reads a study: it must not create an empty database or journal file."""
+    path = url.split(":///", 1)[1] if url.startswith("sqlite:///") else \
+        (None if "://" in url else url)
+    if path and not Path(path).is_file():
+        raise UserError(f"--search_storage: no search database '{path}'")
+
+
 def search_report_command(name: str, storage_url: str | None, output_dir: str | None) -> None:
     """``evaluate.py --search NAME``: the report of a search, finished or still running.
 
@@ -111,6 +119,8 @@ def search_report_command(name: str, storage_url: str | None, output_dir: str | 
         if storage_url is None and not (folder / f"{name}.db").is_file():
             raise UserError(f"--search: no search '{name}' in '{folder}' (give its .db file, "
                             "or --search_storage URL for a shared database)")
+    if storage_url is not None:
+        _check_exists(storage_url)
     storage = open_storage(storage_url, folder, name)
     names = optuna.get_all_study_names(storage)
     if name not in names and len(names) == 1 and given.suffix == ".db":

@@ -150,6 +150,10 @@ def test_search_refusals_are_one_line(tiny_dataset, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert run_main(evaluate_main, ["--search", "nothing_here"]) == 2
     assert "no search 'nothing_here'" in capsys.readouterr().err
+    for storage in ("gone.log", f"sqlite:///{tmp_path / 'gone.db'}"):  # never created
+        assert run_main(evaluate_main, ["--search", "s", "--search_storage", storage]) == 2
+        assert "no search database" in capsys.readouterr().err
+    assert not (tmp_path / "gone.db").exists() and not Path("gone.log").exists()
     assert not (tmp_path / "runs" / "s_trial000").exists()
 
 
