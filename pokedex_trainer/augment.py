@@ -48,15 +48,46 @@ def build_train_transform(image_size: tuple[int, int], seed: int | None = None) 
     )
 
 
+def build_light_transform(image_size: tuple[int, int], seed: int | None = None) -> A.Compose:
+    """``--augment light``: the random crop, the horizontal flip and a mild colour change only,
+    so early epochs learn nearly as fast as without augmentation."""
+    height, width = image_size
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(height, width), scale=(0.8, 1.0), p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3),
+        ],
+        seed=seed,
+    )
+
+
 def build_eval_transform(image_size: tuple[int, int]) -> A.Compose:
     """Resize to the network's size; no randomness, the same image gives the same pixels."""
     height, width = image_size
     return A.Compose([A.Resize(height, width, interpolation=cv2.INTER_AREA)])
 
 
+AUGMENT_LEVELS = ("none", "light", "full")
+
+
 def create_transform(image_size: tuple[int, int], is_training: bool,
-                     seed: int | None = None) -> A.Compose:
-    """One factory, two modes: the augmenting train pipeline or the deterministic eval one."""
-    if is_training:
-        return build_train_transform(image_size, seed)
-    return build_eval_transform(image_size)
+                     seed: int | None = None, level: str = "full") -> A.Compose:
+    """One factory: the augmenting train pipeline of ``level`` (none, light, full) or the
+    deterministic eval one."""
+    if not is_training or level == "none":
+        return build_eval_transform(image_size)
+    if level == "light":
+        return build_light_transform(image_size, seed)
+    return build_train_transform(image_size, seed)
+
+
+def full_share(epoch: int, augment: str, warmup: int) -> float:
+    """The fraction of training images that get the full pipeline in 0-based ``epoch`` (the
+    others get the light one): with ``--augment full --augment_warmup N`` it ramps up as
+    1/(N+1), 2/(N+1), ... over the first N epochs, then stays at 1."""
+    if augment != "full":
+        return 0.0
+    if warmup <= 0 or epoch >= warmup:
+        return 1.0
+    return (epoch + 1) / (warmup + 1)

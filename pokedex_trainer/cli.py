@@ -86,8 +86,16 @@ def _add_data_options(data, d: TrainConfig) -> None:
                       help="fraction of each class held out for the final test "
                            "(default: %(default)s)")
     _add_workers_option(data)
-    data.add_argument("--no_augment", dest="augment", action="store_false",
-                      help="train without data augmentation (resize only)")
+    data.add_argument("--augment", choices=("none", "light", "full"), default=d.augment,
+                      help="augmentation strength: full is the guide's 13 transforms, light "
+                           "the random crop, flip and a mild colour change, none resizes only "
+                           "(default: %(default)s)")
+    data.add_argument("--no_augment", dest="augment", action="store_const", const="none",
+                      help="the same as --augment none")
+    data.add_argument("--augment_warmup", type=int, default=d.augment_warmup, metavar="N",
+                      help="with --augment full: over the first N epochs, a growing share of "
+                           "the images (1/(N+1), 2/(N+1), ...) gets the full pipeline and the "
+                           "rest the light one (default: %(default)s)")
 
 
 def _add_model_options(model, d: TrainConfig) -> None:
@@ -155,11 +163,37 @@ def _add_training_options(train, d: TrainConfig) -> None:
     train.add_argument("--sampler", choices=("none", "balanced"), default=d.sampler,
                        help="balanced: draw training images so every class is seen as often "
                             "(rare classes oversampled) (default: %(default)s)")
+    _add_recipe_options(train, d)
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic kernels where the framework has them (slower); with "
                             "--seed, a repeated run gives the same numbers")
     train.add_argument("--mixed_precision", action="store_true",
                        help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
+
+
+def _add_recipe_options(train, d: TrainConfig) -> None:
+    """Options of the training recipe; each has the same meaning in Keras and PyTorch."""
+    train.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
+                       help="train on targets 1 - s + s/classes for the true class and "
+                            "s/classes for the others (default: %(default)s)")
+    train.add_argument("--lr_schedule", choices=("plateau", "cosine"), default=d.lr_schedule,
+                       help="plateau: reduce the rate when the validation loss stalls "
+                            "(--lr_patience, --lr_factor); cosine: in each phase, a linear "
+                            "warm-up over --warmup_epochs then a cosine decay to --min_lr by "
+                            "the phase's last epoch (default: %(default)s)")
+    train.add_argument("--warmup_epochs", type=int, default=d.warmup_epochs,
+                       help="cosine: epochs of linear warm-up at the start of each phase "
+                            "(default: %(default)s)")
+    train.add_argument("--min_lr", type=float, default=d.min_lr,
+                       help="lowest learning rate of either schedule (default: %(default)s)")
+    train.add_argument("--optimizer", choices=("adam", "adamw"), default=d.optimizer,
+                       help="adam, or adamw with decoupled weight decay (default: %(default)s)")
+    train.add_argument("--weight_decay", type=float, default=d.weight_decay,
+                       help="adamw's weight decay (default: %(default)s)")
+    train.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                       help="validate and save an exponential moving average of the weights, "
+                            "updated every step with this decay (e.g. 0.999); 0 turns it off "
+                            "(default: %(default)s)")
 
 
 def _add_output_options(out, d: TrainConfig) -> None:

@@ -51,7 +51,7 @@ class TrainConfig:
     mixed_precision: bool = False
     dropout: float = 0.3
     run_name: str | None = None
-    augment: bool = True
+    augment: str = "full"  # none, light or full (the seed's 13 transforms)
     histogram_freq: int = 1
     save_every: int = 0
     class_weight: str = "none"
@@ -60,6 +60,13 @@ class TrainConfig:
     memory_limit_mb: int | None = None
     base_model: str | None = None  # a .keras/.pth of an earlier run: its backbone, a new head
     keras_backend: str = "auto"  # Keras networks: auto, tensorflow, torch or jax (resolved)
+    augment_warmup: int = 0  # epochs ramping the augmentation from light to full
+    label_smoothing: float = 0.0
+    lr_schedule: str = "plateau"  # plateau (reduce on plateau) or cosine (per phase)
+    warmup_epochs: int = 0  # cosine: linear warm-up epochs at the start of each phase
+    optimizer: str = "adam"  # adam or adamw (decoupled weight decay)
+    weight_decay: float = 0.01  # adamw only
+    ema: float = 0.0  # decay of the moving average of the weights (0: off)
     search_name: str | None = None  # the hyperparameter search this run is a trial of
     search_trial: int | None = None  # its trial number in that search
 
@@ -110,6 +117,18 @@ class TrainConfig:
             (0 <= self.seed < 2**32, "--seed must be a whole number from 0 to 4294967295"),
             (self.keras_backend in ("auto", "tensorflow", "torch", "jax"),
              "--keras_backend must be auto, tensorflow, torch or jax"),
+            (self.augment in ("none", "light", "full"), "--augment must be none, light or full"),
+            (self.augment_warmup >= 0, "--augment_warmup must be 0 or more"),
+            (0 <= self.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
+            (self.lr_schedule in ("plateau", "cosine"), "--lr_schedule must be plateau or "
+                                                        "cosine"),
+            (self.warmup_epochs >= 0, "--warmup_epochs must be 0 or more"),
+            (0 <= self.min_lr < min(self.learning_rate, self.fine_tune_learning_rate),
+             "--min_lr must be 0 or more and below both learning rates"),
+            (self.optimizer in ("adam", "adamw"), "--optimizer must be adam or adamw"),
+            (0 <= self.weight_decay < 1, "--weight_decay must be in [0, 1)"),
+            (self.ema == 0 or 0.5 <= self.ema < 1, "--ema must be 0 (off) or a decay in "
+                                                   "[0.5, 1), such as 0.999"),
             (max(height, width) <= MAX_IMAGE_SIDE,
              f"--image_size {height} {width}: each side must be at most {MAX_IMAGE_SIDE} px"),
         ]
@@ -155,6 +174,8 @@ class TrainConfig:
     def load(cls, path: Path) -> "TrainConfig":
         values = json.loads(Path(path).read_text(encoding="utf-8"))
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("augment"), bool):  # written before --augment had levels
+            known["augment"] = "full" if known["augment"] else "none"
         if known.get("image_size") is not None:
             known["image_size"] = tuple(known["image_size"])
         return cls(**known)

@@ -56,7 +56,12 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         "run_dir": str(context.run_dir),
         "search_name": config.search_name or "",
         "search_trial": "" if config.search_trial is None else config.search_trial,
+        **{name: getattr(config, name) for name in RECIPE_COLUMNS},
     }
+
+
+RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr",
+                  "optimizer", "weight_decay", "ema")
 
 
 def _fmt(value) -> str:

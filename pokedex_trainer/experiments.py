@@ -12,7 +12,10 @@ from .records import EXPERIMENT_COLUMNS, atomic_write_bytes, read_experiments
 
 HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "image_size",
                    "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
-                   "augment", "seed", "model_type", "class_weight", "sampler")
+                   "augment", "seed", "model_type", "class_weight", "sampler", "augment_warmup",
+                   "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr", "optimizer",
+                   "weight_decay", "ema")
+OLD_AUGMENT = {"True": "full", "False": "none"}  # rows written before --augment had levels
 SHOWN = ("run_name", "model_type", "status", "best_val_accuracy", "best_val_top5_accuracy",
          "test_accuracy", "learning_rate", "batch_size", "image_size", "epochs_run",
          "duration_s")
@@ -35,6 +38,14 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
                         "column)")
     if not rows:
         raise UserError(f"'{path}' holds no runs yet")
+    from .config import TrainConfig
+    from .environment import RECIPE_COLUMNS
+
+    for row in rows:
+        row["augment"] = OLD_AUGMENT.get(row.get("augment"), row.get("augment"))
+        for name in RECIPE_COLUMNS:  # runs from before an option existed used its default
+            if row.get(name) in (None, ""):
+                row[name] = str(getattr(TrainConfig, name))
     return rows
 
 

@@ -38,31 +38,53 @@ class BatchSource:
         training: augment (True) or only resize (False).
         seed: base seed; each batch's randomness derives from it, the epoch and the batch index,
             so a run is repeatable whatever the number of workers.
+        augment: strength when training: none, light or full (``augment.AUGMENT_LEVELS``).
+        augment_warmup: with full, epochs over which images move from the light pipeline to
+            the full one (``augment.full_share``).
     """
 
     def __init__(self, root: Path | str, samples: list[tuple[str, int]],
-                 image_size: tuple[int, int], training: bool, seed: int = 0):
+                 image_size: tuple[int, int], training: bool, seed: int = 0,
+                 augment: str = "full", augment_warmup: int = 0):
         self.root = Path(root)
         self.samples = list(samples)
         self.image_size = tuple(image_size)
-        self.training = training
+        self.training = training and augment != "none"
         self.seed = seed
-        self._transform = None
+        self.augment, self.augment_warmup = augment, augment_warmup
+        self._transforms = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_transform"] = None  # rebuilt in the worker
+        state["_transforms"] = {}  # rebuilt in the worker
         return state
+
+    def transform_of(self, level: str):
+        """The pipeline of one strength (built once per process)."""
+        if level not in self._transforms:
+            from .augment import create_transform
+
+            self._transforms[level] = create_transform(self.image_size, self.training,
+                                                       self.seed, level)
+        return self._transforms[level]
 
     @property
     def transform(self):
-        if self._transform is None:
-            from .augment import create_transform
+        """The pipeline after any warm-up (the eval one when not training)."""
+        return self.transform_of(self.augment)
 
-            self._transform = create_transform(self.image_size, self.training, self.seed)
-        return self._transform
+    def levels(self, epoch: int, count: int, rng_seed: int) -> list[str]:
+        """The strength of each of ``count`` images of a batch in 0-based ``epoch``."""
+        from .augment import full_share
 
-    def load_image(self, index: int, rng_seed: int | None = None) -> np.ndarray:
+        share = full_share(epoch, self.augment, self.augment_warmup) if self.training else 0
+        if not self.training or share in (0.0, 1.0):
+            return [self.augment] * count
+        draws = np.random.default_rng(rng_seed).random(count)
+        return ["full" if draw < share else "light" for draw in draws]
+
+    def load_image(self, index: int, rng_seed: int | None = None,
+                   level: str | None = None) -> np.ndarray:
         """Read and transform sample ``index``; raises UnreadableImageError."""
         from .images import read_image
 
@@ -70,7 +92,7 @@ class BatchSource:
         height, width = self.image_size
         # Decode big JPEGs at a reduced scale that still leaves room for the random crop.
         image = read_image(self.root / relative, min_size=(height * 5 // 4, width * 5 // 4))
-        transform = self.transform
+        transform = self.transform_of(level or self.augment)
         if rng_seed is not None and self.training:
             transform.set_random_seed(rng_seed)
         return transform(image=image)["image"]
@@ -81,10 +103,14 @@ class BatchSource:
         from .images import UnreadableImageError
 
         rng_seed = (self.seed * 1_000_003 + epoch * 10_007 + batch_number) % (2**32)
+        levels = self.levels(epoch, len(indices), rng_seed)
+        seeded: set[str] = set()  # each pipeline is seeded once per batch, at its first image
         images, labels, failed = [], [], []
-        for index in indices:
+        for index, level in zip(indices, levels):
             try:
-                images.append(self.load_image(index, rng_seed if not images else None))
+                first = level not in seeded
+                seeded.add(level)
+                images.append(self.load_image(index, rng_seed if first else None, level))
                 labels.append(self.samples[index][1])
             except UnreadableImageError as exc:
                 failed.append((self.samples[index][0], exc.reason))

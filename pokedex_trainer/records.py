@@ -24,7 +24,8 @@ EXPERIMENT_COLUMNS = [
     "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
     "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
     "augment", "class_weight", "sampler", "seed", "run_dir", "reason", "keras_backend",
-    "search_name", "search_trial",
+    "search_name", "search_trial", "augment_warmup", "label_smoothing", "lr_schedule",
+    "warmup_epochs", "min_lr", "optimizer", "weight_decay", "ema",
 ]
 
 

@@ -73,7 +73,10 @@ def default_space(config: TrainConfig) -> dict[str, Param]:
     space = {
         "learning_rate": Param("learning_rate", 1e-4, 1e-2, log=True),
         "dropout": Param("dropout", 0.0, 0.5, step=0.05),
-        "augment": Param("augment", choices=(True, False)),
+        "augment": Param("augment", choices=("none", "light", "full")),
+        "label_smoothing": Param("label_smoothing", 0.0, 0.2, step=0.05),
+        "optimizer": Param("optimizer", choices=("adam", "adamw")),
+        "lr_schedule": Param("lr_schedule", choices=("plateau", "cosine")),
     }
     if isinstance(config.batch_size, int):  # the model's batch or below: what fits in memory
         space["batch_size"] = Param("batch_size", choices=tuple(sorted(
@@ -512,15 +515,18 @@ def command_parts(values: dict) -> list[str]:
     them."""
     from .cli import SEARCH_ACTIONS, build_train_parser
 
-    actions = {a.dest: a for a in build_train_parser()._actions if a.option_strings}
+    actions = {}
+    for action in build_train_parser()._actions:  # the first option of a destination wins
+        if action.option_strings:
+            actions.setdefault(action.dest, action)
     parts = []
     for dest, value in values.items():
         action = actions.get(dest)
         if action is None or dest in SEARCH_ACTIONS or dest == "help":
             continue
         flag = action.option_strings[0]
-        if action.nargs == 0:  # store_true / store_false
-            if bool(value) != bool(action.default):
+        if action.nargs == 0:  # store_true / store_false / store_const
+            if value == action.const and value != action.default:
                 parts.append(flag)
             continue
         parts.append(flag)

@@ -45,8 +45,9 @@ def test_space_file_narrows_extends_and_fixes(tmp_path):
     """A mapping searches an option, null drops it, a value fixes it; flags given on the
     command line stay fixed whatever the file says."""
     config = TrainConfig(model_type="mobilenet", weights="imagenet").resolved()
+    recipe = {"label_smoothing", "optimizer", "lr_schedule"}
     assert set(default_space(config)) == {"learning_rate", "dropout", "augment", "batch_size",
-                                          "fine_tune_learning_rate", "fine_tune_layers"}
+                                          "fine_tune_learning_rate", "fine_tune_layers"} | recipe
     file = tmp_path / "space.yaml"
     file.write_text("learning_rate: {low: 0.001, high: 0.01, log: true}\n"
                     "lr_factor: {low: 0.1, high: 0.5}\n"
@@ -60,7 +61,8 @@ def test_space_file_narrows_extends_and_fixes(tmp_path):
     assert "augment" not in space and "dropout" not in space  # dropped; given as a flag
     assert fixed == {"epochs": 7}
     scratch = TrainConfig(model_type="mobilenet", weights="none", fine_tune_epochs=0).resolved()
-    assert set(default_space(scratch)) == {"learning_rate", "dropout", "augment", "batch_size"}
+    assert set(default_space(scratch)) == {"learning_rate", "dropout", "augment",
+                                           "batch_size"} | recipe
 
 
 @pytest.mark.parametrize("content, message", [
@@ -88,14 +90,16 @@ def test_command_line_repeats_the_trial():
             "none", "--image_size", "64", "64", "--search_trials", "5"]
     explicit = explicit_train_options(argv)
     assert "epochs" not in explicit and explicit["image_size"] == [64, 64]
-    params = {"learning_rate": 0.000123457, "augment": False, "batch_size": 32}
+    params = {"learning_rate": 0.000123457, "augment": "none", "batch_size": 32,
+              "optimizer": "adamw"}
     command = format_command(command_parts({**explicit, **params}))
     assert '"data/mis fotos/León"' in command and "--search_trials" not in command
     import shlex
 
     config, _ = parse_train_command(shlex.split(command)[2:])
     assert (config.data_path, config.learning_rate, config.augment, config.batch_size,
-            config.image_size) == ("data/mis fotos/León", 0.000123457, False, 32, (64, 64))
+            config.image_size, config.optimizer) == ("data/mis fotos/León", 0.000123457, "none",
+                                                     32, (64, 64), "adamw")
 
 
 def test_three_trial_search_prunes_and_reports(tiny_dataset, tmp_path, monkeypatch, capsys):

@@ -32,6 +32,10 @@ class TrainingBackend(Protocol):
     def set_learning_rate(self, learning_rate: float) -> None:
         """Change the optimizer's learning rate (reduce-on-plateau)."""
 
+    def swap_ema_weights(self) -> None:
+        """``--ema``: exchange the weights and their moving average (a no-op without it)."""
+        ...
+
     def learning_rate(self) -> float:
         """The optimizer's current learning rate."""
 

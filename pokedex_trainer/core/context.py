@@ -49,8 +49,10 @@ class RunContext:
     def make_loader(self, split: str, training: bool, shuffle: bool | None = None,
                     workers: int | None = None) -> BatchLoader:
         """A batch loader over ``split``; augmentation only when ``training`` and enabled."""
-        source = BatchSource(self.index.root, self.splits[split], self.config.image_size,
-                             training=training and self.config.augment, seed=self.config.seed)
+        config = self.config
+        source = BatchSource(self.index.root, self.splits[split], config.image_size,
+                             training=training, seed=config.seed, augment=config.augment,
+                             augment_warmup=config.augment_warmup)
         return BatchLoader(source, self.config.batch_size,
                            shuffle=training if shuffle is None else shuffle,
                            workers=self.config.workers if workers is None else workers,

@@ -23,7 +23,7 @@ from .backend import TrainingBackend
 from .checkpoints import CheckpointSaver
 from .context import RunContext
 from .interrupt import INTERRUPT
-from .monitor import BestTracker, EarlyStopping, PlateauScheduler
+from .monitor import BestTracker, EarlyStopping, PlateauScheduler, cosine_learning_rate
 from .phases import Phase
 
 logger = logging.getLogger(__name__)
@@ -204,12 +204,20 @@ def train_phase(backend: TrainingBackend, context: RunContext, state: RunState,
     learning_rate = phase.learning_rate
     if window.resumed:
         learning_rate = restore_position(backend, saver, state.resume_point, plateau)
+    cosine = context.config.lr_schedule == "cosine"
     for epoch in range(window.first, window.end):
-        logs, improved, stop = run_epoch(backend, state, phase, epoch, learning_rate)
+        if cosine:
+            learning_rate = scheduled_rate(context, window, epoch)
+            backend.set_learning_rate(learning_rate)
+        logs, improved, stop = run_epoch(backend, state, phase, epoch, learning_rate,
+                                         bool(context.config.ema))
         if improved:
             best = backend.get_weights()
             saver.save_best(backend)
-        learning_rate = step_plateau(backend, plateau, logs, learning_rate, epoch)
+        if context.config.ema:
+            backend.swap_ema_weights()  # back to the raw weights, which go on training
+        if not cosine:
+            learning_rate = step_plateau(backend, plateau, logs, learning_rate, epoch)
         if backend.main_process:
             backend.log_epoch(epoch, logs)
         saver.save_epoch(backend, epoch, state.position(window, epoch, stop,
@@ -224,17 +232,26 @@ def train_phase(backend: TrainingBackend, context: RunContext, state: RunState,
 
 
 def run_epoch(backend: TrainingBackend, state: RunState, phase: Phase, epoch: int,
-              learning_rate: float) -> tuple[dict, bool, bool]:
+              learning_rate: float, ema: bool = False) -> tuple[dict, bool, bool]:
     """Train and validate one epoch; returns (logs, improved, stop)."""
     started = time.perf_counter()
     logs = backend.fit_epoch(epoch, phase)
     INTERRUPT.check()  # Ctrl-C: this epoch is not recorded, the last one stands
+    if ema:  # the average is what is validated, kept as best and saved
+        backend.swap_ema_weights()
     if math.isfinite(logs.get("loss", 0.0)):
         logs.update({f"val_{k}": v for k, v in backend.evaluate("val").items()})
     logs["learning_rate"] = learning_rate
     logs["epoch_time_s"] = time.perf_counter() - started
     improved, stop = state.end_epoch(epoch, phase, logs)
     return logs, improved, stop
+
+
+def scheduled_rate(context: RunContext, window: PhaseWindow, epoch: int) -> float:
+    """``--lr_schedule cosine``: the rate of global 0-based ``epoch`` inside its phase."""
+    config, phase = context.config, window.phase
+    return cosine_learning_rate(phase.learning_rate, epoch - (window.end - phase.epochs),
+                                phase.epochs, config.warmup_epochs, config.min_lr)
 
 
 def step_plateau(backend: TrainingBackend, plateau: PlateauScheduler, logs: dict,

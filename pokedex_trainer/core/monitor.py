@@ -150,3 +150,17 @@ def _float32(value: float) -> float:
     import struct
 
     return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def cosine_learning_rate(base: float, epoch_in_phase: int, phase_epochs: int,
+                         warmup_epochs: int = 0, min_lr: float = 0.0) -> float:
+    """``--lr_schedule cosine``: the rate of 0-based ``epoch_in_phase``.
+
+    A linear warm-up over the first ``warmup_epochs`` (base x k / (warmup + 1) at the k-th),
+    then a half cosine from ``base`` toward ``min_lr``, reached at the end of the phase.
+    """
+    warmup = min(warmup_epochs, max(0, phase_epochs - 1))
+    if epoch_in_phase < warmup:
+        return base * (epoch_in_phase + 1) / (warmup + 1)
+    progress = (epoch_in_phase - warmup) / max(1, phase_epochs - warmup)
+    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

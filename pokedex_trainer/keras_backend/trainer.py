@@ -36,10 +36,47 @@ def save_model(model: keras.Model, path) -> None:
         model.optimizer, model.compiled = optimizer, compiled
 
 
-def compile_model(model: keras.Model, learning_rate: float, num_classes: int) -> None:
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy on integer labels with ``--label_smoothing``: the target is
+    1 - s + s/classes for the true class and s/classes for the others (PyTorch's
+    ``CrossEntropyLoss(label_smoothing=s)``)."""
+
+    def __init__(self, num_classes: int, smoothing: float, **kwargs):
+        super().__init__(name="smoothed_crossentropy", **kwargs)
+        self.num_classes, self.smoothing = num_classes, smoothing
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, self.num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(target, y_pred,
+                                                     label_smoothing=self.smoothing)
+
+
+def make_optimizer(config, learning_rate: float):
+    """Adam or AdamW (``--optimizer``), keeping a moving average of the weights with
+    ``--ema``; the average is swapped in by ``KerasBackend.swap_ema_weights``, never written
+    over the weights at the end of ``fit`` (Keras' default)."""
+    kwargs = {"learning_rate": learning_rate}
+    if config is not None and config.ema:
+        kwargs.update(use_ema=True, ema_momentum=config.ema)
+    if config is not None and config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **kwargs)
+    else:
+        optimizer = keras.optimizers.Adam(**kwargs)
+    if kwargs.get("use_ema"):
+        optimizer.finalize_variable_values = lambda variables: None
+    return optimizer
+
+
+def compile_model(model: keras.Model, learning_rate: float, num_classes: int,
+                  config=None) -> None:
+    """Optimizer, loss and metrics of ``config``'s recipe (Adam, plain cross-entropy when
+    ``config`` is None)."""
+    smoothing = config.label_smoothing if config is not None else 0.0
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=make_optimizer(config, learning_rate),
+        loss=SmoothedSparseCrossentropy(num_classes, smoothing) if smoothing else
+        keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
                                                              name="top5_accuracy")],
@@ -208,7 +245,7 @@ class KerasBackend:
             self.model = build_model(context.spec, context.num_classes, config.image_size,
                                      config.weights, config.dropout, config.base_model)
             # compiled from the start: a resumed run with no epoch left still evaluates
-            compile_model(self.model, config.learning_rate, context.num_classes)
+            compile_model(self.model, config.learning_rate, context.num_classes, config)
         self.train_loader = context.make_loader("train", training=True)
         self.val_loader = context.make_loader("val", training=False)
         self.tensorboard = None
@@ -232,10 +269,23 @@ class KerasBackend:
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         apply_phase(self.model, phase)
         with self.platform.strategy_scope():
-            compile_model(self.model, learning_rate, self.context.num_classes)
+            compile_model(self.model, learning_rate, self.context.num_classes,
+                          self.context.config)
 
     def set_learning_rate(self, learning_rate: float) -> None:
         self.model.optimizer.learning_rate = learning_rate
+
+    def swap_ema_weights(self) -> None:
+        """Exchange the weights and their moving average (``--ema``; twice restores them)."""
+        optimizer = self.model.optimizer
+        if not getattr(optimizer, "use_ema", False) or \
+                not getattr(optimizer, "_model_variables_moving_average", None):
+            return
+        for variable, average in zip(optimizer._trainable_variables,
+                                     optimizer._model_variables_moving_average):
+            kept = keras.ops.convert_to_numpy(variable)
+            variable.assign(keras.ops.convert_to_numpy(average))
+            average.assign(kept)
 
     def learning_rate(self) -> float:
         return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -112,13 +112,57 @@ class _WeightedLoss(nn.Module):
     """mean(class_weight[y] * cross_entropy): what Keras computes with sample weights (torch's
     own weighted mean would divide by the sum of the weights instead)."""
 
-    def __init__(self, class_weights: torch.Tensor):
+    def __init__(self, class_weights: torch.Tensor, label_smoothing: float = 0.0):
         super().__init__()
         self.class_weights = class_weights
-        self.loss = nn.CrossEntropyLoss(reduction="none")
+        self.loss = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return (self.class_weights[labels] * self.loss(logits, labels)).mean()
+
+
+class WeightAverage:
+    """``--ema``: an exponential moving average of the trainable weights, updated after every
+    step (the first step copies them), as Keras' ``use_ema`` optimizers keep it.
+
+    Args:
+        params: the parameters the optimizer trains.
+        decay: weight of the old average at each update.
+    """
+
+    def __init__(self, params: list, decay: float):
+        self.params, self.decay = list(params), decay
+        self.shadow: list | None = None
+
+    @torch.no_grad()
+    def update(self) -> None:
+        current = [p.detach() for p in self.params]
+        if self.shadow is None:
+            self.shadow = [p.clone() for p in current]
+        else:
+            torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's weights and the average (twice restores them)."""
+        for param, average in zip(self.params, self.shadow or []):
+            kept = param.detach().clone()
+            param.copy_(average)
+            average.copy_(kept)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shadow") is not None:
+            self.shadow = [t.to(p.device) for t, p in zip(state["shadow"], self.params)]
+
+
+def make_optimizer(config, params: list, learning_rate: float) -> torch.optim.Optimizer:
+    """Adam, or AdamW with ``--weight_decay`` (decoupled, as Keras' AdamW)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=learning_rate)
 
 
 class Runner:
@@ -136,11 +180,13 @@ class Runner:
         mixed = context.config.mixed_precision
         self.autocast_dtype = (torch.float16 if self.cuda else torch.bfloat16) if mixed else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=mixed and self.cuda)
-        self.loss_fn = nn.CrossEntropyLoss()
+        smoothing = context.config.label_smoothing
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
         weights = context.class_weights()
         # Per-sample weights averaged over the batch: Keras' sample-weight arithmetic.
         self.train_loss_fn = self.loss_fn if weights is None else _WeightedLoss(
-            torch.tensor(weights, dtype=torch.float32, device=device))
+            torch.tensor(weights, dtype=torch.float32, device=device), smoothing)
+        self.ema: WeightAverage | None = None
         self.report_failed = UnreadableReporter()
         self.rank, self.world = _world()
         self.main = self.rank == 0
@@ -176,6 +222,8 @@ class Runner:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update()
             meter.update(loss.detach(), logits.detach(), y)
             seen = meter.count / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
@@ -294,8 +342,10 @@ class TorchBackend:
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         apply_phase(self.model, phase)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters()
-                                           if p.requires_grad], lr=learning_rate)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        config = self.context.config
+        self.optimizer = make_optimizer(config, params, learning_rate)
+        self.runner.ema = WeightAverage(params, config.ema) if config.ema else None
         self.module = wrap_distributed(self.model, self.runner.device, self.runner.world)
 
     def set_learning_rate(self, learning_rate: float) -> None:
@@ -338,8 +388,10 @@ class TorchBackend:
         return load_tensors(path)["state_dict"]
 
     def save_state(self, folder: Path) -> None:
+        ema = self.runner.ema
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scaler": self.runner.scaler.state_dict()}, folder / STATE_FILE)
+                    "scaler": self.runner.scaler.state_dict(),
+                    "ema": ema.state_dict() if ema else None}, folder / STATE_FILE)
 
     def load_state(self, folder: Path) -> dict | None:
         path = folder / STATE_FILE
@@ -348,11 +400,17 @@ class TorchBackend:
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             self.runner.scaler.load_state_dict(saved["scaler"])
+        if saved.get("ema") and self.runner.ema is not None:
+            self.runner.ema.load_state_dict(saved["ema"])
         scheduler = saved.get("scheduler")  # the first version's torch ReduceLROnPlateau
         if scheduler:
             return {"best": scheduler.get("best"), "wait": scheduler.get("num_bad_epochs", 0),
                     "cooldown_counter": scheduler.get("cooldown_counter", 0)}
         return None
+
+    def swap_ema_weights(self) -> None:
+        if self.runner.ema is not None:
+            self.runner.ema.swap()
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         if self.tensorboard:
