@@ -287,14 +287,14 @@ def train_main(argv: list[str] | None = None) -> None:
 
     if config.base_model and not actions["resume"]:
         config = apply_base_model(config)
-    if actions["find_batch_size"]:
-        find_batch_size_only(config)
-        return
     resume = Path(actions["resume"]) if actions["resume"] else None
-    if actions["search_trials"] is not None or any(actions[k] for k in SEARCH_ACTIONS):
+    if any(actions[key] is not None for key in SEARCH_ACTIONS):
         from .search import search_command
 
         search_command(config, actions, resume, argv)
+        return
+    if actions["find_batch_size"]:
+        find_batch_size_only(config)
         return
     if actions["kfold"] is not None:
         from .errors import UserError

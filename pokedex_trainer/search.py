@@ -124,6 +124,32 @@ def _field_kind(name: str) -> str:
                  if annotation.startswith(kind)), "str")
 
 
+def typed_value(name: str, value, what: str):
+    """``value`` as the type of option ``name``; raises UserError for a value of another type.
+
+    YAML 1.1 reads ``1e-4`` (no dot) as text: such text is taken as the number it spells.
+    """
+    kind = _field_kind(name)
+    if kind in ("int", "float") and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    elif kind == "int" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value == int(value):
+            return int(value)
+    elif kind == "bool" and isinstance(value, bool):
+        return value
+    elif kind == "str" and isinstance(value, str):
+        return value
+    words = {"float": "a number", "int": "a whole number", "bool": "true or false",
+             "str": "a word"}
+    raise UserError(f"{what}: {name} takes {words[kind]}, not {value!r}")
+
+
 def parse_param(name: str, spec: dict, what: str) -> Param:
     """A searched option of the space file; raises UserError naming what is wrong."""
     unknown = set(spec) - SPEC_KEYS
@@ -133,25 +159,40 @@ def parse_param(name: str, spec: dict, what: str) -> Param:
     kind = _field_kind(name)
     if "choices" in spec:
         choices = spec["choices"]
-        if not isinstance(choices, list) or not choices or \
-                not all(isinstance(c, (bool, int, float, str)) for c in choices):
+        if not isinstance(choices, list) or not choices:
             raise UserError(f"{what}: {name}: choices must be a non-empty list of values")
-        return Param(name, choices=tuple(choices))
+        return Param(name, choices=tuple(dict.fromkeys(typed_value(name, c, what)
+                                                       for c in choices)))
     if kind in ("bool", "str"):
         raise UserError(f"{what}: {name} takes choices (a list), not a range")
-    low, high, log, step = spec.get("low"), spec.get("high"), bool(spec.get("log")), \
-        spec.get("step")
-    numbers = [v for v in (low, high, step) if v is not None]
-    if low is None or high is None or \
-            not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in numbers):
-        raise UserError(f"{what}: {name} needs numbers low and high (or choices)")
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{what}: {name} needs low and high (or choices)")
+    low, high = (typed_value(name, spec[key], what) for key in ("low", "high"))
+    step = None if spec.get("step") is None else typed_value(name, spec["step"], what)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{what}: {name}: log takes true or false, not {log!r}")
     if not low < high or (step is not None and step <= 0) or (log and low <= 0):
         raise UserError(f"{what}: {name}: need low < high, a positive step, and low > 0 "
                         "with log")
     if log and step is not None:
         raise UserError(f"{what}: {name}: log and step do not go together")
+    if log and kind == "int" and low < 1:
+        raise UserError(f"{what}: {name}: a log-scale whole-number range starts at 1 or more")
     return Param(name, low, high, log, step, integer=kind == "int")
+
+
+def check_values(config: TrainConfig, space: dict[str, "Param"], what: str) -> None:
+    """Every value a trial may take must make a valid run: both ends of each range and every
+    choice, checked before the first trial."""
+    for param in space.values():
+        values = param.choices if param.choices is not None else (param.low, param.high)
+        for value in values:
+            try:
+                replace(config, **{param.name: value}).resolved()
+            except UserError as exc:
+                raise UserError(f"{what}: {param.name} = {value!r} does not make a valid run: "
+                                f"{exc}") from None
 
 
 def compose_space(config: TrainConfig, file_values: dict, explicit: dict, what: str
@@ -174,7 +215,7 @@ def compose_space(config: TrainConfig, file_values: dict, explicit: dict, what: 
             space[name] = parse_param(name, spec, what)
         else:
             space.pop(name, None)
-            fixed[name] = spec
+            fixed[name] = typed_value(name, spec, what)
     for name in explicit:
         if name in space or name in fixed:
             space.pop(name, None)
@@ -217,6 +258,7 @@ def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:
         raise UserError("--search_trials must be at least 1")
     others = [flag for flag, given in (("--resume", resume), ("--kfold", actions["kfold"]),
                                        ("--export", actions["export"]),
+                                       ("--find_batch_size", actions["find_batch_size"]),
                                        ("--run_name", "run_name" in explicit)) if given]
     if others:
         raise UserError(f"--search_trials does not combine with {', '.join(others)}: each "
@@ -240,12 +282,11 @@ def prepare_search(config: TrainConfig, actions: dict, resume, explicit: dict) -
     try:
         config = replace(config, **fixed)
         config.resolved()
-    except (TypeError, ValueError, UserError) as exc:
+    except UserError as exc:
         raise UserError(f"{what}: a fixed value is not usable: {exc}") from None
+    check_values(config, space, what)
     scan_dataset(config.data_path)  # a wrong folder fails here, not in every trial
-    name = actions["search_name"] or \
-        f"{resolved.model_type}_{Path(config.data_path).resolve().name}"
-    check_single_component(name, "--search_name")
+    name = search_name(actions["search_name"], resolved.model_type, config.data_path)
     folder = Path(config.output_dir) / SEARCH_DIR
     storage = open_storage(actions["search_storage"], folder, name)
     command = command_parts({**explicit, **fixed})
@@ -253,20 +294,68 @@ def prepare_search(config: TrainConfig, actions: dict, resume, explicit: dict) -
                   ensure_writable_dir(folder / name, "search report folder"))
 
 
-def open_storage(url: str | None, folder: Path, name: str):
-    """The Optuna storage of ``--search_storage`` (default: SQLite in ``folder``)."""
+def search_name(given: str | None, model_type: str, data_path: str) -> str:
+    """``--search_name``, or ``<model_type>_<data folder>`` with any character a file name
+    or a database URL could misread replaced by ``_``."""
+    import re
+
+    if given is None:
+        folder = Path(data_path).resolve().name
+        return re.sub(r"[^\w.-]", "_", f"{model_type}_{folder}").strip(".") or model_type
+    check_single_component(given, "--search_name")
+    if re.search(r"[^\w.-]", given):
+        raise UserError(f"--search_name '{given}' is not usable: use letters, digits, '_', "
+                        "'-' and '.' only")
+    return given
+
+
+def open_storage(url: str | None, folder: Path, name: str, create: bool = True):
+    """The Optuna storage of ``--search_storage`` (default: SQLite in ``folder``).
+
+    ``create=False`` (a report) only opens a study database that exists: it never creates
+    one nor adds Optuna's tables to a file of something else.
+    """
     from .records import ensure_writable_dir
 
     if url is None:
-        ensure_writable_dir(folder, "search folder")
+        if create:
+            ensure_writable_dir(folder, "search folder")
         url = "sqlite:///" + (folder / f"{name}.db").resolve().as_posix()
     elif "://" not in url:
         if not url.lower().endswith((".log", ".journal", ".jsonl")):
             raise UserError(f"--search_storage '{url}': give a database URL (sqlite:///file.db,"
                             " postgresql://user:password@host/db, mysql+pymysql://...) or an "
                             "Optuna journal file ending in .log")
+        if not create and not Path(url).is_file():
+            raise UserError(f"--search_storage: no search database '{url}'")
         return journal_storage(Path(url))
-    return rdb_storage(url)
+    if url.startswith("sqlite:"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path in ("", ":memory:"):
+            raise UserError("--search_storage: an in-memory database keeps nothing; give a "
+                            "file, such as sqlite:///search.db")
+        if not create:
+            check_search_database(Path(path))
+    return rdb_storage(url, create=create)
+
+
+def check_search_database(path: Path) -> None:
+    """A file a report may open: an SQLite database that already holds Optuna's tables."""
+    import sqlite3
+
+    if not path.is_file():
+        raise UserError(f"--search: no search database '{path}'")
+    try:
+        connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise UserError(f"--search: '{path}' is not an SQLite database ({exc})") from None
+    if not {"studies", "trials"} <= tables:
+        raise UserError(f"--search: '{path}' is not a search database (no Optuna study in it)")
 
 
 def journal_storage(path: Path):
@@ -276,13 +365,20 @@ def journal_storage(path: Path):
 
     if not path.parent.is_dir():
         raise UserError(f"--search_storage: the folder of '{path}' does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lock = JournalFileOpenLock(str(path)) if os.name == "nt" else None
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lock = JournalFileOpenLock(str(path)) if os.name == "nt" else None
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # not a journal
+        raise UserError(f"--search_storage: '{path}' is not an Optuna journal file "
+                        f"({type(exc).__name__})") from None
 
 
-def rdb_storage(url: str, attempts: int = 5):
+DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql (and a mysql+pymysql:// URL)"}
+
+
+def rdb_storage(url: str, attempts: int = 6, create: bool = True):
     """A database storage (SQLite, PostgreSQL, MySQL) with heartbeats, so a trial whose
     process died on another machine is marked failed by the next process."""
     import optuna
@@ -293,15 +389,19 @@ def rdb_storage(url: str, attempts: int = 5):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=60, grace_period=600)
+                                                  heartbeat_interval=60, grace_period=600,
+                                                  skip_table_creation=not create)
         except ImportError as exc:
-            raise UserError(f"--search_storage: the database driver '{exc.name}' is not "
-                            f"installed (for PostgreSQL: python -m pip install "
-                            f"psycopg2-binary; for MySQL: python -m pip install pymysql)") \
+            dialect = url.split(":", 1)[0].split("+", 1)[0]
+            package = DRIVERS.get(dialect, f"the Python driver of {dialect}")
+            raise UserError(f"--search_storage: the database driver is not installed "
+                            f"({str(exc).splitlines()[0]}): python -m pip install {package}") \
                 from None
         except Exception as exc:  # a server that does not answer, a locked or foreign file
-            if attempt + 1 == attempts or "already exists" not in str(exc):
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            racing = any(sign in first for sign in ("already exists", "UNIQUE constraint",
+                                                    "locked", "IntegrityError"))
+            if attempt + 1 == attempts or not racing:
                 raise UserError(f"--search_storage '{_hide_password(url)}': cannot open the "
                                 f"study database: {first}") from None
             time.sleep(0.5 + attempt)  # another process is creating the same tables
@@ -330,6 +430,7 @@ def open_study(search: Search):
             # steps are epoch numbers from 1; Optuna prunes from step n_warmup_steps on
             pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
                                                n_warmup_steps=PRUNER_WARMUP_EPOCHS + 1))
+    check_space_matches(study, search.space)
     signature = study_signature(search.config)
     saved = study.user_attrs.get("signature")
     if saved is None:
@@ -340,20 +441,58 @@ def open_study(search: Search):
     return study
 
 
+def check_space_matches(study, space: dict[str, Param]) -> None:
+    """Optuna refuses to draw an option with another range or choices than the study's earlier
+    trials did: say so before a trial starts."""
+    from optuna.distributions import check_distribution_compatibility
+
+    earlier = {}
+    for trial in study.get_trials(deepcopy=False):
+        earlier.update(trial.distributions)
+    for name, param in space.items():
+        if name not in earlier:
+            continue
+        try:
+            check_distribution_compatibility(earlier[name], _distribution(param))
+        except ValueError:
+            raise UserError(f"search '{study.study_name}' drew {name} from {earlier[name]}; "
+                            f"this command draws it differently ({_distribution(param)}): keep "
+                            "the study's space or give another --search_name") from None
+
+
+def _distribution(param: Param):
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    if param.choices is not None:
+        return CategoricalDistribution(list(param.choices))
+    if param.integer:
+        return IntDistribution(int(param.low), int(param.high), log=param.log,
+                               step=int(param.step or 1))
+    return FloatDistribution(float(param.low), float(param.high), log=param.log,
+                             step=param.step)
+
+
 def study_signature(config: TrainConfig) -> dict:
     """What every trial of a study must share to be compared (paths may differ per machine)."""
     from .dataset import scan_dataset
 
     resolved = config.resolved()
     return {"model_type": resolved.model_type, "image_size": list(resolved.image_size),
-            "class_names": scan_dataset(config.data_path).class_names}
+            "class_names": scan_dataset(config.data_path).class_names,
+            "split": [resolved.seed, resolved.val_split, resolved.test_split],
+            "epochs": [resolved.epochs, resolved.fine_tune_epochs]}
 
 
 def _describe(signature: dict) -> str:
     names = signature.get("class_names", [])
+    seed, val_split, test_split = signature.get("split", ["?"] * 3)
+    epochs, fine_tune_epochs = signature.get("epochs", ["?"] * 2)
     return (f"--model_type {signature.get('model_type')} at "
             f"{'x'.join(map(str, signature.get('image_size', [])))} on {len(names)} classes "
-            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}), split --seed "
+            f"{seed} --val_split {val_split} --test_split {test_split}, --epochs {epochs} "
+            f"--fine_tune_epochs {fine_tune_epochs}")
 
 
 def run_trials(search: Search, study) -> None:
@@ -428,10 +567,10 @@ def objective(search: Search, trial) -> float:
         run_dir = run_training(config, on_epoch=lambda step, logs: report_epoch(trial, step,
                                                                                 logs))
     except (UserError, RunFailed, TrainingStopped) as exc:
-        trial.set_user_attr("reason", str(exc))
+        _note_failure(trial, config, str(exc))
         raise TrialFailed(str(exc)) from None
     except KeyboardInterrupt:
-        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+        _note_failure(trial, config, "interrupted (Ctrl-C)")
         raise
     finally:
         _free_framework_memory()
@@ -444,6 +583,21 @@ def objective(search: Search, trial) -> float:
         trial.set_user_attr("reason", "no epoch gave a validation accuracy")
         raise TrialFailed("no validation accuracy")
     return float(value)
+
+
+def _note_failure(trial, config: TrainConfig, reason: str) -> None:
+    """The reason, and the run directory a failed trial left (it can be resumed by hand)."""
+    trial.set_user_attr("reason", reason)
+    output = Path(config.output_dir)
+    for candidate in sorted(output.glob(f"{config.run_name}*")):
+        try:
+            saved = json.loads((candidate / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if saved.get("search_name") == config.search_name and \
+                saved.get("search_trial") == config.search_trial:
+            trial.set_user_attr("run_dir", str(candidate))
+            return
 
 
 def epoch_score(trial, logs: dict) -> float | None:
@@ -474,6 +628,14 @@ def fail_dead_trials(study) -> None:
     import psutil
     from optuna.trial import TrialState
 
+    with warnings.catch_warnings():  # a database storage: trials whose heartbeat stopped
+        warnings.simplefilter("ignore")
+        try:
+            import optuna
+
+            optuna.storages.fail_stale_trials(study)
+        except Exception as exc:  # a storage without heartbeats, a busy database
+            logger.debug("stale trials not checked: %s", exc)
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
@@ -538,25 +700,37 @@ def _token(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def quote_token(token: str) -> str:
+    """One argument as bash and PowerShell both read it: bare when plain, else in single
+    quotes (literal in both shells). A token holding a single quote cannot be written alike
+    in both: it is quoted for bash (and logged)."""
+    import shlex
+
+    if token and not any(c in token for c in " \t\"'$`;&|<>(){}#,@!*?[]~\\%"):
+        return token
+    if "'" not in token:
+        return f"'{token}'"
+    logger.warning("the command line holds a value with a single quote (%s): it is written "
+                   "for bash; in PowerShell double that quote instead", token)
+    return shlex.quote(token)
+
+
 def format_command(parts: list[str]) -> str:
     """The command line, quoted so that bash and PowerShell read it alike."""
-    def quote(token: str) -> str:
-        if token and not any(c in token for c in " \t\"'$`;&|<>(){}#,@"):
-            return token
-        return "'" + token.replace("'", "''") + "'" if '"' in token else f'"{token}"'
-
-    return " ".join(["python", "train_professional_models.py", *map(quote, parts)])
+    return " ".join(["python", "train_professional_models.py", *map(quote_token, parts)])
 
 
-def trial_rows(study) -> list[dict]:
-    """One row per trial: number, state, score, epochs, values, run directory, reason."""
+def trial_rows(study, exact: bool = False) -> list[dict]:
+    """One row per trial: number, state, score, epochs, values, run directory, reason
+    (values shortened for the screen unless ``exact``)."""
     names = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     rows = []
     for trial in study.get_trials(deepcopy=False):
         row = {"trial": trial.number, "state": trial.state.name.lower(),
                "val_accuracy": "" if trial.value is None else f"{trial.value:.4f}",
                "epochs": len(trial.intermediate_values)}
-        row.update({name: _short(trial.params[name]) if name in trial.params else ""
+        shown = repr if exact else _short
+        row.update({name: shown(trial.params[name]) if name in trial.params else ""
                     for name in names})
         row["run_dir"] = trial.user_attrs.get("run_dir", "")
         row["reason"] = trial.user_attrs.get("reason", "") if trial.state.name == "FAIL" else ""

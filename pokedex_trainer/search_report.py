@@ -25,12 +25,16 @@ PLOTS = {"history.png": "plot_optimization_history",
 def report_search(study, report_dir: Path, storage=None) -> None:
     """Print the trials and the best trial's command; write trials.csv, best_command.txt and
     the plots into ``report_dir``."""
-    rows = trial_rows(study)
+    rows = trial_rows(study, exact=False)
     if not rows:
         raise UserError(f"search '{study.study_name}' has no trials yet")
     print(format_table(rows, list(rows[0])))
-    _write_csv(report_dir / "trials.csv", rows)
-    written = [name for name in PLOTS if _save_plot(study, name, report_dir / name)]
+    _write_csv(report_dir / "trials.csv", trial_rows(study, exact=True))
+    values = {t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+    complete = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    plots = [name for name in PLOTS if name != "importance.png" or
+             (complete >= 2 and len(values) > 1)]  # else every option weighs the same
+    written = [name for name in plots if _save_plot(study, name, report_dir / name)]
     best = _completed_best(study)
     if best is None:
         print(f"search '{study.study_name}': no trial has completed yet")
@@ -93,14 +97,6 @@ def _save_plot(study, filename: str, path: Path) -> bool:
         plt.close("all")
 
 
-def _check_exists(url: str) -> None:
-    """A report reads a study: it must not create an empty database or journal file."""
-    path = url.split(":///", 1)[1] if url.startswith("sqlite:///") else \
-        (None if "://" in url else url)
-    if path and not Path(path).is_file():
-        raise UserError(f"--search_storage: no search database '{path}'")
-
-
 def search_report_command(name: str, storage_url: str | None, output_dir: str | None) -> None:
     """``evaluate.py --search NAME``: the report of a search, finished or still running.
 
@@ -111,18 +107,18 @@ def search_report_command(name: str, storage_url: str | None, output_dir: str | 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     given = Path(name)
     if storage_url is None and given.suffix == ".db":
-        if not given.is_file():
-            raise UserError(f"--search: no search database '{given}'")
         folder, name = given.parent, given.stem
     else:
         folder = Path("model/ultra") / SEARCH_DIR
         if storage_url is None and not (folder / f"{name}.db").is_file():
             raise UserError(f"--search: no search '{name}' in '{folder}' (give its .db file, "
                             "or --search_storage URL for a shared database)")
-    if storage_url is not None:
-        _check_exists(storage_url)
-    storage = open_storage(storage_url, folder, name)
-    names = optuna.get_all_study_names(storage)
+    storage = open_storage(storage_url, folder, name, create=False)
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as exc:  # a database of something else
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--search: cannot read the search database: {first}") from None
     if name not in names and len(names) == 1 and given.suffix == ".db":
         name = names[0]  # a renamed database file
     if name not in names:

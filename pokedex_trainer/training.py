@@ -348,8 +348,14 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             status = state.stop_reason or "completed"
         except KeyboardInterrupt as exc:
             status, failure = "interrupted", exc
-            logger.warning("interrupted: the last finished epoch is saved. Continue with: "
-                           "python train_professional_models.py --resume %s", context.run_dir)
+            if context.config.search_name:  # a search trial: the search is what continues
+                logger.warning("interrupted: trial %s of search '%s' is recorded as failed; "
+                               "run the same search command again to continue the search",
+                               context.config.search_trial, context.config.search_name)
+            else:
+                logger.warning("interrupted: the last finished epoch is saved. Continue with: "
+                               "python train_professional_models.py --resume %s",
+                               context.run_dir)
         except UserError as exc:
             failure = exc
         except Exception as exc:  # out of memory, a full disk, a folder gone...

@@ -16,8 +16,8 @@ from conftest import ROOT, nth_commit, run_with_signal_at
 from pokedex_trainer.cli import explicit_train_options, parse_train_command
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.search import (command_parts, compose_space, default_space,
-                                    format_command, read_space_file)
+from pokedex_trainer.search import (check_values, command_parts, compose_space,
+                                    default_space, format_command, read_space_file)
 
 
 def tiny_search_argv(data: Path, out: Path, trials: int, *extra: str) -> list[str]:
@@ -74,14 +74,34 @@ def test_space_file_narrows_extends_and_fixes(tmp_path):
     ("learning_rate: [1, 2", "not valid YAML"),
     ("- 1\n- 2", "expected a mapping"),
     ("!!python/object/apply:os.system ['echo hacked']", "not valid YAML"),
+    ("epochs: {low: 1, high: 3, step: 0.5}", "takes a whole number"),
+    ("fine_tune_layers: {low: 0.5, high: 10, log: true}", "takes a whole number"),
+    ("fine_tune_layers: {low: 0, high: 10, log: true}", "low > 0 with log"),
+    ("dropout: {choices: [x]}", "takes a number"),
+    ("epochs: true", "takes a whole number"),
+    ("augment: {choices: [no]}", "takes a word"),
+    ("dropout: {low: 0.1, high: 0.4, log: 'false'}", "log takes true or false"),
+    ("dropout: {low: 0.5, high: 3}", "does not make a valid run"),
 ])
 def test_space_file_errors_are_one_line(tmp_path, content, message):
     file = tmp_path / "space.yaml"
     file.write_text(content, encoding="utf-8")
     config = TrainConfig(model_type="mobilenet").resolved()
     with pytest.raises(UserError, match=message) as error:
-        compose_space(config, read_space_file(str(file)), {}, "--search_space")
+        space, _ = compose_space(config, read_space_file(str(file)), {}, "--search_space")
+        check_values(config, space, "--search_space")
     assert "\n" not in str(error.value)
+
+
+def test_space_file_reads_yaml_exponents(tmp_path):
+    """YAML 1.1 reads 1e-4 as text: it is taken as the number it spells."""
+    file = tmp_path / "space.yaml"
+    file.write_text("learning_rate: {low: 1e-4, high: 1e-2, log: true}\npatience: 3\n",
+                    encoding="utf-8")
+    config = TrainConfig(model_type="mobilenet").resolved()
+    space, fixed = compose_space(config, read_space_file(str(file)), {}, "x")
+    assert (space["learning_rate"].low, space["learning_rate"].high) == (1e-4, 1e-2)
+    assert fixed == {"patience": 3}
 
 
 def test_command_line_repeats_the_trial():
@@ -93,9 +113,11 @@ def test_command_line_repeats_the_trial():
     params = {"learning_rate": 0.000123457, "augment": "none", "batch_size": 32,
               "optimizer": "adamw"}
     command = format_command(command_parts({**explicit, **params}))
-    assert '"data/mis fotos/León"' in command and "--search_trials" not in command
+    assert "'data/mis fotos/León'" in command and "--search_trials" not in command
     import shlex
 
+    for token in ("pr$ice", "a`b", "x;y"):  # literal in bash (and in PowerShell)
+        assert shlex.split(format_command([token]))[2] == token
     config, _ = parse_train_command(shlex.split(command)[2:])
     assert (config.data_path, config.learning_rate, config.augment, config.batch_size,
             config.image_size, config.optimizer) == ("data/mis fotos/León", 0.000123457, "none",
@@ -154,11 +176,52 @@ def test_search_refusals_are_one_line(tiny_dataset, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert run_main(evaluate_main, ["--search", "nothing_here"]) == 2
     assert "no search 'nothing_here'" in capsys.readouterr().err
+    foreign = tmp_path / "people.db"  # a database of something else is only read
+    import sqlite3
+
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE people (name TEXT)")
+    before = foreign.read_bytes()
+    assert run_main(evaluate_main, ["--search", str(foreign)]) == 2
+    assert "not a search database" in capsys.readouterr().err
+    assert foreign.read_bytes() == before
+    for argv, message in ((base + ["--search_storage", "sqlite://"], "in-memory"),
+                          (base + ["--search_name", "a%41b"], "letters, digits"),
+                          (base + ["--search_name", ""], "is not usable"),
+                          (base + ["--find_batch_size"], "--find_batch_size")):
+        assert run_main(train_main, argv) == 2
+        assert message in capsys.readouterr().err
     for storage in ("gone.log", f"sqlite:///{tmp_path / 'gone.db'}"):  # never created
         assert run_main(evaluate_main, ["--search", "s", "--search_storage", storage]) == 2
         assert "no search database" in capsys.readouterr().err
     assert not (tmp_path / "gone.db").exists() and not Path("gone.log").exists()
     assert not (tmp_path / "runs" / "s_trial000").exists()
+
+
+def test_a_study_refuses_another_space_or_split(tiny_dataset, tmp_path, capsys):
+    """Continuing a study with another range of an option, or another split, is refused
+    before any trial starts."""
+    import optuna
+
+    from pokedex_trainer.cli import run_main, train_main
+
+    folder = tmp_path / "runs" / "search"
+    folder.mkdir(parents=True)
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{folder / 's.db'}",
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 0.001}, value=0.5,
+        distributions={"learning_rate": optuna.distributions.FloatDistribution(
+            1e-4, 1e-2, log=True)}))
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {low: 0.001, high: 0.01}\n", encoding="utf-8")
+    argv = tiny_search_argv(tiny_dataset, tmp_path, 2)
+    assert run_main(train_main, argv + ["--search_space", str(space)]) == 2
+    assert "drew learning_rate" in capsys.readouterr().err
+    study.set_user_attr("signature", {"model_type": "tiny_torch"})
+    assert run_main(train_main, argv) == 2
+    assert "give another --search_name" in capsys.readouterr().err
+    assert len(study.get_trials()) == 1 and not list(tmp_path.glob("runs/s_trial*"))
 
 
 @pytest.mark.slow
