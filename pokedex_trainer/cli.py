@@ -161,14 +161,22 @@ def _add_output_options(out, d: TrainConfig) -> None:
                           "network's framework")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
+    out.add_argument("--live_log", default=None, metavar="FILE",
+                     help="shared live log every run appends to, each line prefixed with the "
+                          "run name; follow it with tail -f or Get-Content -Wait; 'none' turns "
+                          "it off (default: training.log in the current folder)")
 
 
-def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dict]:
+TRAIN_ACTIONS = ("resume", "find_batch_size", "export", "kfold", "live_log")
+
+
+def parse_train_command(argv: list[str] | None = None,
+                        parser: argparse.ArgumentParser | None = None
+                        ) -> tuple[TrainConfig, dict]:
     """The trainer's command line as an unresolved TrainConfig and the actions
-    (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
-    values = vars(build_train_parser().parse_args(argv))
-    actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export",
-                                                    "kfold")}
+    (``resume``, ``find_batch_size``...) that are not part of a run's configuration."""
+    values = vars((parser or build_train_parser()).parse_args(argv))
+    actions = {key: values.pop(key) for key in TRAIN_ACTIONS}
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
@@ -216,15 +224,23 @@ def run_main(main, argv: list[str] | None = None) -> int:
 def train_main(argv: list[str] | None = None) -> None:
     """``train_professional_models.py``: parse, train, report."""
     config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
+    train_command(config, actions)
+
+
+def train_command(config: TrainConfig, actions: dict):
+    """What ``train_professional_models.py`` does once parsed (the Python API calls it too):
+    the run directory, or the batch size of ``--find_batch_size``, or the ``--kfold`` summary
+    file; None on the other ranks of a torchrun."""
     from pathlib import Path
 
+    from .live_log import configure
     from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
+    configure(actions.get("live_log"))
     if config.base_model and not actions["resume"]:
         config = apply_base_model(config)
     if actions["find_batch_size"]:
-        find_batch_size_only(config)
-        return
+        return find_batch_size_only(config)
     resume = Path(actions["resume"]) if actions["resume"] else None
     if actions["kfold"] is not None:
         from .errors import UserError
@@ -233,8 +249,7 @@ def train_main(argv: list[str] | None = None) -> None:
         if resume or actions["export"]:
             raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
                             "--export (export the fold you choose with export.py)")
-        run_kfold(config, actions["kfold"])
-        return
+        return run_kfold(config, actions["kfold"])
     formats = None
     if actions["export"]:
         from .exporters.export_run import parse_formats
@@ -244,6 +259,7 @@ def train_main(argv: list[str] | None = None) -> None:
     run_dir = run_training(config, resume)
     if formats and run_dir is not None:
         export_after_training(run_dir, formats)
+    return run_dir
 
 
 def export_after_training(run_dir, formats: str) -> None:
@@ -297,7 +313,9 @@ def build_prepare_parser() -> argparse.ArgumentParser:
                         help="exit with code 1 when the guide's minimums are not met (10 classes, "
                              "100 images per class, 224 px)")
     parser.add_argument("--class_map", default=None,
-                        help="rename classes: a JSON file {\"old\": \"New\"} or 'animals10'")
+                        help="rename classes: a JSON file {\"old\": \"New\"}, 'animals10' "
+                             "(applied by itself to Animals-10's Italian folder names) or "
+                             "'none' (keep the folder names)")
     _add_workers_option(parser)
     return parser
 
