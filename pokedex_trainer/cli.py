@@ -364,14 +364,18 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_main(argv: list[str] | None = None) -> None:
     """``evaluate.py``: a model's report, an ensemble, predictions, or the experiments table."""
+    evaluate_command(build_evaluate_parser().parse_args(argv))
+
+
+def evaluate_command(args: argparse.Namespace):
+    """What ``evaluate.py`` does once parsed (the Python API calls it too): the report folder,
+    or the prediction rows of ``--predict``, or the sorted rows of ``--experiments``."""
     from .errors import UserError
 
-    args = build_evaluate_parser().parse_args(argv)
     if args.experiments:
         from .experiments import show_experiments
 
-        show_experiments(args.experiments, args.sort_by)
-        return
+        return show_experiments(args.experiments, args.sort_by)
     if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1.01:
@@ -389,16 +393,14 @@ def evaluate_main(argv: list[str] | None = None) -> None:
         if args.run_dir or args.model or args.predict:
             raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
                             "--model and --predict")
-        evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
-        return
+        return evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
     if not (args.run_dir or args.model):
         raise UserError("say what to evaluate: --run_dir RUN_DIR, --model FILE, --ensemble "
                         "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
     if args.predict:
-        evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
-                                   args.threshold, args.output_dir)
-        return
-    evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
+        return evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
+                                          args.threshold, args.output_dir)
+    return evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -433,13 +435,18 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: list[str] | None = None) -> None:
     """``export.py``: write each format, check it against the source, print the figures."""
-    args = build_export_parser().parse_args(argv)
+    export_from_args(build_export_parser().parse_args(argv))
+
+
+def export_from_args(args: argparse.Namespace) -> list:
+    """What ``export.py`` does once parsed (the Python API calls it too): the checked files
+    (``ExportResult``)."""
     from .errors import UserError
 
     if args.check_images < 1 or args.calibration_images < 1:
         raise UserError("--check_images and --calibration_images must be at least 1")
     from .exporters.export_run import export_command
 
-    export_command(args.run_dir, args.model, args.formats, args.output_dir, args.data_path,
-                   args.check_images, args.calibration_images, args.opset,
-                   args.tflite_precisions)
+    return export_command(args.run_dir, args.model, args.formats, args.output_dir,
+                          args.data_path, args.check_images, args.calibration_images,
+                          args.opset, args.tflite_precisions)
