@@ -341,6 +341,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="open a TorchScript (.pt) or SavedModel file that export.py did not "
                              "write for you: they can run code when opened, so only for files "
                              "you know the origin of")
+    source.add_argument("--calibration", metavar="FILE", default=None,
+                        help="where the temperature fitted on the run's validation split is "
+                             "saved (and --predict reads it) (default: <run_dir>/"
+                             "calibration.json)")
     source.add_argument("--latency_runs", type=int, default=20,
                         help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
     source.add_argument("--latency_batch", type=int, default=32,
@@ -388,7 +392,8 @@ def evaluate_command(args: argparse.Namespace):
         vouch_for(args.model)
     from .evaluation import report as evaluating
 
-    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch)
+    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch,
+                                         calibration=args.calibration)
     if args.ensemble:
         if args.run_dir or args.model or args.predict:
             raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
@@ -399,7 +404,7 @@ def evaluate_command(args: argparse.Namespace):
                         "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
     if args.predict:
         return evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
-                                          args.threshold, args.output_dir)
+                                          args.threshold, args.output_dir, args.calibration)
     return evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
 
 
@@ -420,7 +425,11 @@ def build_export_parser() -> argparse.ArgumentParser:
                              "default), dynamic_int8, int8 (full integer, calibrated on training "
                              "images) (default: all four)")
     parser.add_argument("--output_dir", default=None,
-                        help="where the files go (default: <run_dir>/export)")
+                        help="where the files and exports.json go; the run directory is then "
+                             "only read (default: <run_dir>/export, exports.json in <run_dir>)")
+    parser.add_argument("--calibration", metavar="FILE", default=None,
+                        help="calibration.json whose temperature the sidecars carry "
+                             "(default: <run_dir>/calibration.json, written by evaluate.py)")
     parser.add_argument("--data_path", default=None,
                         help="labelled folder for the check and the int8 calibration, for a "
                              "model outside a run directory (default: the run's own split)")
@@ -449,4 +458,4 @@ def export_from_args(args: argparse.Namespace) -> list:
 
     return export_command(args.run_dir, args.model, args.formats, args.output_dir,
                           args.data_path, args.check_images, args.calibration_images,
-                          args.opset, args.tflite_precisions)
+                          args.opset, args.tflite_precisions, args.calibration)
