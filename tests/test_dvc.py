@@ -107,3 +107,33 @@ def test_dvc_repro_runs_the_four_stages_once_then_only_what_changed(tmp_path):
     assert "Running stage 'train'" in experiment.stdout
     assert "Running stage 'prepare'" not in experiment.stdout
     assert "0.0005" in _dvc(repo, "exp", "show", "--csv").stdout
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_evaluate_and_export_with_their_own_folders_only_read_the_run(torch_run, tmp_path):
+    """What the pipeline's stages rely on: a later stage never changes an earlier one's output."""
+    import json
+
+    from pokedex_trainer.cli import evaluate_main, export_main, run_main
+
+    before = _snapshot(torch_run)
+    calibration = tmp_path / "evaluation" / "calibration.json"
+    assert run_main(evaluate_main, ["--run_dir", str(torch_run), "--output_dir",
+                                    str(tmp_path / "evaluation"), "--calibration",
+                                    str(calibration), "--latency_runs", "1"]) == 0
+    temperature = json.loads(calibration.read_text(encoding="utf-8"))["temperature"]
+    assert run_main(export_main, ["--run_dir", str(torch_run), "--formats", "torchscript",
+                                  "--output_dir", str(tmp_path / "export"), "--calibration",
+                                  str(calibration), "--check_images", "6"]) == 0
+    sidecar = json.loads((tmp_path / "export" / "tiny_torch_best.pt.json").read_text("utf-8"))
+    assert sidecar["temperature"] == pytest.approx(temperature)
+    assert (tmp_path / "export" / "exports.json").is_file()
+    assert _snapshot(torch_run) == before
+    assert run_main(export_main, ["--run_dir", str(torch_run), "--formats", "torchscript",
+                                  "--output_dir", str(tmp_path / "x"), "--calibration",
+                                  str(tmp_path / "missing.json")]) == 2
