@@ -78,3 +78,27 @@ def test_the_real_networks_have_their_four_stages():
     resnet = tmodels.build_model(get_spec("resnet"), 3, "none", 0.3)
     outputs = tmodels.stage_activations(resnet, torch.zeros(1, 3, 64, 64), "resnet")
     assert [o.shape[2] for o in outputs] == [16, 8, 4, 2]
+
+
+def test_feature_extractor_gives_what_the_classifier_reads(keras_run, torch_run):
+    """The guide's transfer-learning snippet done right: the features before the classifier."""
+    import keras
+    import torch
+
+    from pokedex_trainer.transfer import feature_extractor
+    from pokedex_trainer.torch_backend.models import load_checkpoint
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+    model = keras.models.load_model(keras_run / "tiny_keras_best.keras")
+    features = feature_extractor(keras_run / "tiny_keras_best.keras")(images)
+    assert tuple(features.shape) == (3, 16)  # one vector per image, not a 4-D feature map
+    head = model.get_layer("predictions")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(head(features)),
+                               model.predict(images, verbose=0), atol=1e-5)
+    full, _ = load_checkpoint(torch_run / "tiny_torch_best.pth")
+    extractor = feature_extractor(torch_run / "tiny_torch_best.pth")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        vectors = extractor(x)
+        assert vectors.shape == (3, 16)
+        torch.testing.assert_close(torch.softmax(full.head(vectors), 1), full.probabilities(x))
