@@ -114,9 +114,17 @@ class Trainer:
         """Train (or ``resume``) the run; returns its directory (``find_batch_size``: the
         batch size; ``kfold``: the summary file). ``export=`` exports afterwards, as on the
         command line."""
+        from multiprocessing import current_process
+
         from .cli import train_command
         from .records import setup_console_logging
 
+        if getattr(current_process(), "_inheriting", False):
+            # a data-loading worker is importing the user's script: training here would start
+            # workers of its own, and so on
+            raise UserError("train() ran while a worker process imported your script: put the "
+                            "calls under  if __name__ == \"__main__\":  (a notebook needs "
+                            "nothing)")
         setup_console_logging()
         result = train_command(self.config, self.actions)
         if isinstance(result, Path) and self.actions["kfold"] is None:

@@ -147,8 +147,9 @@ def _add_output_options(out, d: TrainConfig) -> None:
                      help="TensorBoard root; each run writes <log_dir>/<run> "
                           "(default: %(default)s)")
     out.add_argument("--histogram_freq", type=int, default=d.histogram_freq,
-                     help="write weight and gradient histograms every N epochs; 0 turns them "
-                          "off (they cost a backward pass per N epochs) (default: %(default)s)")
+                     help="write weight, gradient and layer-activation histograms every N "
+                          "epochs; 0 turns them off (they cost a forward and backward pass per "
+                          "N epochs) (default: %(default)s)")
     out.add_argument("--save_every", type=int, default=d.save_every,
                      help="also keep the model of every N-th epoch (default: 0, only best and "
                           "final)")

@@ -79,6 +79,8 @@ def feature_extractor(model_file: str | Path):
     ``.pth``. Both files are opened safely (no code from the file runs).
     """
     path = Path(model_file)
+    if not path.is_file():
+        raise UserError(f"model '{path}' does not exist")
     describe_base_model(path)  # UserError for a file this tool did not write
     if path.suffix.lower() == ".pth":
         from torch import nn
