@@ -203,8 +203,9 @@ def _add_output_options(out, d: TrainConfig) -> None:
                      help="TensorBoard root; each run writes <log_dir>/<run> "
                           "(default: %(default)s)")
     out.add_argument("--histogram_freq", type=int, default=d.histogram_freq,
-                     help="write weight and gradient histograms every N epochs; 0 turns them "
-                          "off (they cost a backward pass per N epochs) (default: %(default)s)")
+                     help="write weight, gradient and layer-activation histograms every N "
+                          "epochs; 0 turns them off (they cost a forward and backward pass per "
+                          "N epochs) (default: %(default)s)")
     out.add_argument("--save_every", type=int, default=d.save_every,
                      help="also keep the model of every N-th epoch (default: 0, only best and "
                           "final)")
@@ -217,14 +218,25 @@ def _add_output_options(out, d: TrainConfig) -> None:
                           "network's framework")
     out.add_argument("--run_name", default=None,
                      help="name of the run directory (default: <model_type>_<timestamp>)")
+    out.add_argument("--live_log", default=None, metavar="FILE",
+                     help="shared live log every run appends to, each line prefixed with the "
+                          "run name; follow it with tail -f or Get-Content -Wait; 'none' turns "
+                          "it off (default: training.log in the current folder)")
 
 
-def parse_train_command(argv: list[str] | None = None) -> tuple[TrainConfig, dict]:
+TRAIN_ACTIONS = ("resume", "find_batch_size", "export", "kfold", "live_log")
+
+
+def parse_train_command(argv: list[str] | None = None,
+                        parser: argparse.ArgumentParser | None = None
+                        ) -> tuple[TrainConfig, dict]:
     """The trainer's command line as an unresolved TrainConfig and the actions
-    (``resume``, ``find_batch_size``) that are not part of a run's configuration."""
-    values = vars(build_train_parser().parse_args(argv))
-    actions = {key: values.pop(key) for key in ("resume", "find_batch_size", "export",
-                                                    "kfold", *SEARCH_ACTIONS)}
+    (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with
+    ``explicit``: the options the command line gives (what a search keeps fixed)."""
+    values = vars((parser or build_train_parser()).parse_args(argv))
+    actions = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
+    if any(actions[key] is not None for key in SEARCH_ACTIONS):
+        actions["explicit"] = explicit_train_options(argv)
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
@@ -281,21 +293,28 @@ def run_main(main, argv: list[str] | None = None) -> int:
 def train_main(argv: list[str] | None = None) -> None:
     """``train_professional_models.py``: parse, train, report."""
     config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
+    train_command(config, actions)
+
+
+def train_command(config: TrainConfig, actions: dict):
+    """What ``train_professional_models.py`` does once parsed (the Python API calls it too):
+    the run directory, or the batch size of ``--find_batch_size``, or the ``--kfold`` summary
+    file; None on the other ranks of a torchrun."""
     from pathlib import Path
 
+    from .live_log import configure
     from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
+    configure(actions.get("live_log"))
     if config.base_model and not actions["resume"]:
         config = apply_base_model(config)
     resume = Path(actions["resume"]) if actions["resume"] else None
     if any(actions[key] is not None for key in SEARCH_ACTIONS):
         from .search import search_command
 
-        search_command(config, actions, resume, argv)
-        return
+        return search_command(config, actions, resume)
     if actions["find_batch_size"]:
-        find_batch_size_only(config)
-        return
+        return find_batch_size_only(config)
     if actions["kfold"] is not None:
         from .errors import UserError
         from .kfold import run_kfold
@@ -303,8 +322,7 @@ def train_main(argv: list[str] | None = None) -> None:
         if resume or actions["export"]:
             raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
                             "--export (export the fold you choose with export.py)")
-        run_kfold(config, actions["kfold"])
-        return
+        return run_kfold(config, actions["kfold"])
     formats = None
     if actions["export"]:
         from .exporters.export_run import parse_formats
@@ -314,6 +332,7 @@ def train_main(argv: list[str] | None = None) -> None:
     run_dir = run_training(config, resume)
     if formats and run_dir is not None:
         export_after_training(run_dir, formats)
+    return run_dir
 
 
 def export_after_training(run_dir, formats: str) -> None:
@@ -367,7 +386,9 @@ def build_prepare_parser() -> argparse.ArgumentParser:
                         help="exit with code 1 when the guide's minimums are not met (10 classes, "
                              "100 images per class, 224 px)")
     parser.add_argument("--class_map", default=None,
-                        help="rename classes: a JSON file {\"old\": \"New\"} or 'animals10'")
+                        help="rename classes: a JSON file {\"old\": \"New\"}, 'animals10' "
+                             "(applied by itself to Animals-10's Italian folder names) or "
+                             "'none' (keep the folder names)")
     _add_workers_option(parser)
     return parser
 
@@ -393,6 +414,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="open a TorchScript (.pt) or SavedModel file that export.py did not "
                              "write for you: they can run code when opened, so only for files "
                              "you know the origin of")
+    source.add_argument("--calibration", metavar="FILE", default=None,
+                        help="where the temperature fitted on the run's validation split is "
+                             "saved (and --predict reads it) (default: <run_dir>/"
+                             "calibration.json)")
     source.add_argument("--latency_runs", type=int, default=20,
                         help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
     source.add_argument("--latency_batch", type=int, default=32,
@@ -424,21 +449,24 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_main(argv: list[str] | None = None) -> None:
     """``evaluate.py``: a model's report, an ensemble, predictions, or the experiments table."""
+    evaluate_command(build_evaluate_parser().parse_args(argv))
+
+
+def evaluate_command(args: argparse.Namespace):
+    """What ``evaluate.py`` does once parsed (the Python API calls it too): the report folder,
+    or the prediction rows of ``--predict``, or the sorted rows of ``--experiments``."""
     from .errors import UserError
 
-    args = build_evaluate_parser().parse_args(argv)
     if args.experiments:
         from .experiments import show_experiments
 
-        show_experiments(args.experiments, args.sort_by)
-        return
+        return show_experiments(args.experiments, args.sort_by)
     if args.search or args.search_storage:
         if not args.search:
             raise UserError("--search_storage goes with --search NAME")
         from .search_report import search_report_command
 
-        search_report_command(args.search, args.search_storage, args.output_dir)
-        return
+        return search_report_command(args.search, args.search_storage, args.output_dir)
     if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
     if args.threshold is not None and not 0 <= args.threshold <= 1.01:
@@ -451,21 +479,20 @@ def evaluate_main(argv: list[str] | None = None) -> None:
         vouch_for(args.model)
     from .evaluation import report as evaluating
 
-    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch)
+    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch,
+                                         calibration=args.calibration)
     if args.ensemble:
         if args.run_dir or args.model or args.predict:
             raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
                             "--model and --predict")
-        evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
-        return
+        return evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
     if not (args.run_dir or args.model):
         raise UserError("say what to evaluate: --run_dir RUN_DIR, --model FILE, --ensemble "
                         "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
     if args.predict:
-        evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
-                                   args.threshold, args.output_dir)
-        return
-    evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
+        return evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
+                                          args.threshold, args.output_dir, args.calibration)
+    return evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -485,7 +512,11 @@ def build_export_parser() -> argparse.ArgumentParser:
                              "default), dynamic_int8, int8 (full integer, calibrated on training "
                              "images) (default: all four)")
     parser.add_argument("--output_dir", default=None,
-                        help="where the files go (default: <run_dir>/export)")
+                        help="where the files and exports.json go; the run directory is then "
+                             "only read (default: <run_dir>/export, exports.json in <run_dir>)")
+    parser.add_argument("--calibration", metavar="FILE", default=None,
+                        help="calibration.json whose temperature the sidecars carry "
+                             "(default: <run_dir>/calibration.json, written by evaluate.py)")
     parser.add_argument("--data_path", default=None,
                         help="labelled folder for the check and the int8 calibration, for a "
                              "model outside a run directory (default: the run's own split)")
@@ -500,13 +531,18 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: list[str] | None = None) -> None:
     """``export.py``: write each format, check it against the source, print the figures."""
-    args = build_export_parser().parse_args(argv)
+    export_from_args(build_export_parser().parse_args(argv))
+
+
+def export_from_args(args: argparse.Namespace) -> list:
+    """What ``export.py`` does once parsed (the Python API calls it too): the checked files
+    (``ExportResult``)."""
     from .errors import UserError
 
     if args.check_images < 1 or args.calibration_images < 1:
         raise UserError("--check_images and --calibration_images must be at least 1")
     from .exporters.export_run import export_command
 
-    export_command(args.run_dir, args.model, args.formats, args.output_dir, args.data_path,
-                   args.check_images, args.calibration_images, args.opset,
-                   args.tflite_precisions)
+    return export_command(args.run_dir, args.model, args.formats, args.output_dir,
+                          args.data_path, args.check_images, args.calibration_images,
+                          args.opset, args.tflite_precisions, args.calibration)

@@ -77,18 +77,34 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
     for class_dir in list_class_dirs(root):
         images = list_images(class_dir)
         if not images:
-            logger.warning("class folder '%s' holds no .jpg/.jpeg/.png image: ignored",
-                           class_dir.name)
+            logger.warning("class folder '%s' holds no .jpg/.jpeg/.png image: ignored%s",
+                           class_dir.name, _nested_note(class_dir))
             continue
         label = len(class_names)
         class_names.append(class_dir.name)
         samples.extend((image.relative_to(root).as_posix(), label) for image in images)
     if not samples:
+        from .archive import find_image_roots, training_advice
+
+        archive = find_image_roots(root)
+        if archive is not None:
+            raise UserError(training_advice(archive))
         raise UserError(f"no images found in '{root}': expected {root}/<Class>/*.jpg "
                         "(jpg, jpeg or png, one sub-folder per class)")
     index = DatasetIndex(root, class_names, samples)
     check_class_count(index)
     return index
+
+
+def _nested_note(folder: Path) -> str:
+    """For a class folder whose images sit one level deeper (an archive's wrapper folder)."""
+    from .archive import is_class_root
+
+    if is_class_root(folder):
+        return (f" (its sub-folders hold images: an extracted archive? prepare it with "
+                f"python prepare_dataset.py --input_dir {folder.as_posix()} --output_dir "
+                "ANOTHER_FOLDER)")
+    return ""
 
 
 def check_class_count(index: "DatasetIndex", why: str = "") -> None:

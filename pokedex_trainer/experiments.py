@@ -73,11 +73,63 @@ def varied_hyperparameters(rows: list[dict]) -> list[str]:
             if len({row.get(name, "") for row in rows}) > 1]
 
 
-def format_table(rows: list[dict], columns=SHOWN) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+PHASE_NUMBERS = {"head": "1", "fine_tune": "2"}
+
+
+def phases_run(row: dict) -> str:
+    """Which phases a run trained: ``1``, ``2`` or ``1+2`` (from its history.csv, else from
+    its epoch counts); empty when nothing tells."""
+    history = Path(row.get("run_dir") or "") / "history.csv"
+    if row.get("run_dir") and history.is_file():
+        try:
+            with open(history, encoding="utf-8", newline="") as handle:
+                phases = [r.get("phase", "") for r in csv.DictReader(handle)]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            phases = []
+        numbers = [PHASE_NUMBERS[p] for p in dict.fromkeys(phases) if p in PHASE_NUMBERS]
+        if numbers:
+            return "+".join(numbers)
+    epochs, fine, run = (_number(row.get(k)) for k in ("epochs", "fine_tune_epochs",
+                                                       "epochs_run"))
+    if -math.inf in (epochs, run):
+        return ""
+    numbers = (["1"] if epochs > 0 and run > 0 else []) + (["2"] if fine > 0 and run > epochs
+                                                         else [])
+    return "+".join(numbers)
+
+
+def table_columns(varied: list[str]) -> list[str]:
+    """The table's columns: the usual ones, each varied hyperparameter, and the phases."""
+    return [*SHOWN, *(name for name in varied if name not in SHOWN), "phases"]
+
+
+def format_table(rows: list[dict], columns=SHOWN, marked=()) -> str:
+    """A text table of ``rows``; the ``marked`` columns (varied hyperparameters) get a ``*``."""
+    rows = [{**r, "phases": phases_run(r)} if "phases" in columns else r for r in rows]
+    titles = {c: f"{c}*" if c in marked else c for c in columns}
+    widths = {c: max(len(titles[c]), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(titles[c].ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+def describe_grid(rows: list[dict], varied: list[str]) -> list[str]:
+    """What varied across the runs, what stayed the same, and whether phase 2 ran in all."""
+    lines = []
+    if varied:
+        lines.append("* varied across these runs: " + ", ".join(
+            f"{name} ({len({r.get(name, '') for r in rows})} values)" for name in varied))
+    same = [f"{name}={rows[0].get(name)}" for name in HYPERPARAMETERS
+            if name not in varied and rows[0].get(name) not in (None, "")]
+    if same:
+        lines.append("the same in every run: " + ", ".join(same))
+    phases = {phases_run(r) for r in rows}
+    if phases == {"1+2"} and "fine_tune_epochs" not in varied and \
+            "fine_tune_learning_rate" not in varied:
+        lines.append(f"every run also trained phase 2 ({rows[0].get('fine_tune_epochs')} "
+                     f"fine-tune epochs at {rows[0].get('fine_tune_learning_rate')}): the "
+                     "ranking includes it; --fine_tune_epochs 0 compares phase 1 alone")
+    return lines
 
 
 def plot_experiments(rows: list[dict], metric: str, path: Path) -> list[str]:
@@ -119,7 +171,10 @@ def show_experiments(output_dir: Path | str, metric: str = "best_val_accuracy") 
     """Print the sorted table, write ``experiments.png`` beside the CSV; returns sorted rows."""
     rows = sort_rows(load_experiments(output_dir), metric)
     folder = Path(output_dir) if Path(output_dir).is_dir() else Path(output_dir).parent
-    print(format_table(rows))
+    marked = varied_hyperparameters(rows)
+    print(format_table(rows, table_columns(marked), marked))
+    for line in describe_grid(rows, marked):
+        print(line)
     varied = plot_experiments(rows, metric, folder / "experiments.png")
     best = rows[0]
     settings = ", ".join(f"{name}={best.get(name, '')}" for name in varied

@@ -26,6 +26,7 @@ import numpy as np
 
 from .dataset import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
                       RECOMMENDED_MIN_IMAGES_PER_CLASS, list_class_dirs, list_images)
+from .archive import ANIMALS10, find_image_roots, looks_like_animals10, prepare_command
 from .errors import UserError
 from .records import atomic_write_bytes, atomic_write_json
 
@@ -40,13 +41,8 @@ MODES = ("crop", "pad", "stretch")
 CHUNK_SIZE = 128  # files converted between two saves of the state file
 
 # Animals-10 (Kaggle) ships Italian folder names; the seed names classes in Spanish.
-CLASS_MAPS = {
-    "animals10": {
-        "cane": "Perro", "cavallo": "Caballo", "elefante": "Elefante", "farfalla": "Mariposa",
-        "gallina": "Gallina", "gatto": "Gato", "mucca": "Vaca", "pecora": "Oveja",
-        "ragno": "Arana", "scoiattolo": "Ardilla",
-    },
-}
+CLASS_MAPS = {"animals10": ANIMALS10}
+NO_CLASS_MAP = "none"  # --class_map none: keep the folder names, even Animals-10's
 
 
 @dataclass
@@ -86,7 +82,8 @@ class Report:
 
 
 def load_class_map(value: str | None) -> dict[str, str]:
-    if value is None:
+    """The renaming of ``--class_map``: a built-in map's name, a JSON file, or none."""
+    if value is None or value.lower() == NO_CLASS_MAP:
         return {}
     if value in CLASS_MAPS:
         return dict(CLASS_MAPS[value])
@@ -109,16 +106,61 @@ def load_class_map(value: str | None) -> dict[str, str]:
     return mapping
 
 
-def collect_sources(input_dir: Path, class_map: dict[str, str]) -> list[SourceFile]:
+def collect_sources(input_dir: Path, class_map: dict[str, str],
+                    roots: tuple[Path, ...] = ()) -> list[SourceFile]:
+    """Every image of ``input_dir/<class>/``, or of ``<root>/<class>/`` for each of ``roots``
+    (folders inside ``input_dir``: a nested archive; same-named classes are merged)."""
     lowered = {k.lower(): v for k, v in class_map.items()}
     sources = []
-    for class_dir in list_class_dirs(input_dir):
-        target = class_map.get(class_dir.name, lowered.get(class_dir.name.lower(),
-                                                           class_dir.name))
-        for image in list_images(class_dir):
-            sources.append(SourceFile(image.relative_to(input_dir).as_posix(), class_dir.name,
-                                      target))
+    for root in roots or (input_dir,):
+        for class_dir in list_class_dirs(root):
+            target = class_map.get(class_dir.name, lowered.get(class_dir.name.lower(),
+                                                               class_dir.name))
+            for image in list_images(class_dir):
+                sources.append(SourceFile(image.relative_to(input_dir).as_posix(),
+                                          class_dir.name, target))
     return sources
+
+
+def locate_images(input_dir: Path, output_dir: Path | None) -> tuple[Path, tuple[Path, ...]]:
+    """(input folder, class-folder roots inside it): an extracted archive's wrapper folder
+    (``raw-img/``) is used in its place; several nested roots are all read.
+
+    Raises UserError when the archive lies inside the output folder: the training folder
+    would then hold the raw archive too. The message names a command that works.
+    """
+    roots = find_image_roots(input_dir)
+    if roots is None:
+        return input_dir, ()
+    if output_dir is not None:
+        out = output_dir.resolve()
+        if any(root.resolve().is_relative_to(out) for root in roots.roots):
+            raise UserError(f"the images of '{input_dir}' are in {roots.describe()} (an "
+                            f"extracted archive), inside the output folder '{output_dir}': "
+                            f"write the prepared images elsewhere: {prepare_command(roots)}")
+    if len(roots.roots) == 1:
+        logger.info("'%s' holds an extracted archive: reading its class folders from '%s'",
+                    input_dir, roots.roots[0])
+        return roots.roots[0], ()
+    logger.info("'%s' holds class folders in %d places (%s): reading all of them, same-named "
+                "classes merged", input_dir, len(roots.roots), roots.describe())
+    return input_dir, roots.roots
+
+
+def effective_class_map(value: str | None, class_names: list[str],
+                        output_dir: Path | None) -> dict[str, str]:
+    """``--class_map``, or the Animals-10 map for Animals-10's Italian folders when none is
+    given (unless an earlier run into ``output_dir`` kept the Italian names: it still does)."""
+    if value is not None or not looks_like_animals10(class_names):
+        return load_class_map(value)
+    earlier = _load_state(output_dir).get("settings") if output_dir is not None else None
+    if earlier and earlier.get("class_map") == {}:
+        logger.info("Animals-10 folder names: kept in Italian, as in the earlier run into '%s' "
+                    "(--class_map animals10 renames them)", output_dir)
+        return {}
+    logger.info("Animals-10 folder names recognised: classes renamed as --class_map animals10 "
+                "does (cane -> Perro, gatto -> Gato, ...); --class_map none keeps them")
+    return dict(ANIMALS10)
 
 
 def _fingerprint(task: tuple[str, str]) -> tuple[str, int, int, str, int, int, str]:
@@ -369,19 +411,28 @@ def validate_dirs(input_dir: Path, output_dir: Path | None) -> None:
         if inside:
             raise UserError(f"output directory '{output_dir}' is inside the input directory "
                             f"'{input_dir}': choose a folder outside it")
+        if input_dir.resolve().is_relative_to(output_dir.resolve()):
+            raise UserError(f"input directory '{input_dir}' is inside the output directory "
+                            f"'{output_dir}': the training folder would hold the raw images "
+                            "too; choose an --output_dir outside it")
 
 
 def prepare(args: argparse.Namespace) -> Report:
     """Run the whole command; returns the report (also written to disk)."""
     input_dir = Path(args.input_dir)
     output_dir = None if args.check else Path(args.output_dir)
+    if input_dir.is_dir():
+        input_dir, roots = locate_images(input_dir, output_dir)
+    else:
+        roots = ()
     validate_dirs(input_dir, output_dir)
     if args.size < 32:
         raise UserError("--size must be at least 32")
     if args.workers < 0:
         raise UserError("--workers must be 0 or more")
-    class_map = load_class_map(args.class_map)
-    sources = collect_sources(input_dir, class_map)
+    class_map = effective_class_map(args.class_map, _class_folder_names(input_dir, roots),
+                                    output_dir)
+    sources = collect_sources(input_dir, class_map, roots)
     if not sources:
         raise UserError(f"no images found in '{input_dir}': expected {input_dir}/<Class>/*.jpg "
                         "(jpg, jpeg or png, one sub-folder per class)")
@@ -426,6 +477,10 @@ def prepare(args: argparse.Namespace) -> Report:
     if written:
         print(f"report: {' and '.join(str(report_dir / name) for name in written)}")
     return report
+
+
+def _class_folder_names(input_dir: Path, roots: tuple[Path, ...]) -> list[str]:
+    return sorted({d.name for root in roots or (input_dir,) for d in list_class_dirs(root)})
 
 
 REPORTS_RECORD = ".prepare_reports.json"

@@ -300,9 +300,10 @@ class _TeeStream(io.TextIOBase):
     """Copy a console stream into the log file, keeping only the final state of each line
     (progress bars redraw with \\r and \\b; the log gets what was last shown)."""
 
-    def __init__(self, console, log_handle):
+    def __init__(self, console, log_handle, live=None):
         self.console = console
         self.log_handle = log_handle
+        self.live = live  # the shared live log (live_log.LiveLog), or None
         self.pending = ""
 
     def write(self, text: str) -> int:
@@ -317,6 +318,8 @@ class _TeeStream(io.TextIOBase):
             if line.strip():
                 self.log_handle.write(line + "\n")
                 self.log_handle.flush()
+                if self.live is not None:
+                    self.live.write(line)
         return len(text)
 
     def flush(self) -> None:
@@ -335,21 +338,27 @@ class _TeeStream(io.TextIOBase):
 
 
 @contextmanager
-def capture_to_log(log_path: Path):
-    """Send everything printed (and every log record) to ``log_path`` as well as the console."""
+def capture_to_log(log_path: Path, live=None):
+    """Send everything printed (and every log record) to ``log_path`` as well as the console,
+    and to ``live`` (the shared live log, see live_log.py) when given."""
     handle = open(log_path, "a", encoding="utf-8")
     old_out, old_err = sys.stdout, sys.stderr
-    file_handler = logging.StreamHandler(handle)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = [logging.StreamHandler(handle)]
+    if live is not None:
+        handlers.append(live.handler(formatter))
     root = logging.getLogger()
-    root.addHandler(file_handler)
-    sys.stdout = _TeeStream(old_out, handle)
-    sys.stderr = _TeeStream(old_err, handle)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    sys.stdout = _TeeStream(old_out, handle, live)
+    sys.stderr = _TeeStream(old_err, handle, live)
     try:
         yield
     finally:
         sys.stdout, sys.stderr = old_out, old_err
-        root.removeHandler(file_handler)
+        for handler in handlers:
+            root.removeHandler(handler)
         handle.close()
 
 

@@ -239,15 +239,16 @@ class Search:
     own_trials: list[int] = field(default_factory=list)
 
 
-def search_command(config: TrainConfig, actions: dict, resume, argv: list[str] | None) -> None:
-    """``train_professional_models.py --search_trials N``: run trials, then report."""
-    from .cli import explicit_train_options
+def search_command(config: TrainConfig, actions: dict, resume) -> Path:
+    """``train_professional_models.py --search_trials N``: run trials, then report; returns
+    the report folder."""
     from .search_report import report_search
 
-    search = prepare_search(config, actions, resume, explicit_train_options(argv))
+    search = prepare_search(config, actions, resume, actions.get("explicit", {}))
     study = open_study(search)
     run_trials(search, study)
     report_search(study, search.report_dir, search.storage)
+    return search.report_dir
 
 
 def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:

@@ -2,7 +2,10 @@
 
 Tags follow Keras' TensorBoard callback: ``<run>/train`` and ``<run>/validation`` hold
 ``epoch_loss``, ``epoch_accuracy``, ``epoch_top5_accuracy``; train also ``epoch_learning_rate``,
-``<weight>/histogram``, ``gradients/<weight>`` and the ``augmented_samples`` image grid.
+``<weight>/histogram``, ``gradients/<weight>``, the ``augmented_samples`` image grid and
+``activations/stage_<k>``: the outputs of the backbone's k-th chosen stage (shallow to deep, the
+last one the backbone's output) on the first images of the same sample batch, with the same
+tags in Keras and PyTorch (the layers are listed per network in each backend's models.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ SCALARS = ("loss", "accuracy", "top5_accuracy")
 TRAIN_SUBDIR = "train"
 VALIDATION_SUBDIR = "validation"
 SAMPLE_IMAGES_TAG = "augmented_samples"
+ACTIVATIONS_TAG = "activations"
+ACTIVATION_IMAGES = 8  # images of the sample batch whose stage outputs are histogrammed
+
+
+def activation_tag(stage: int) -> str:
+    """``activations/stage_<stage>`` (1 = the shallowest chosen stage)."""
+    return f"{ACTIVATIONS_TAG}/stage_{stage}"
 
 
 def split_epoch_logs(logs: dict) -> tuple[dict, dict]:

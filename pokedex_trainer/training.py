@@ -27,6 +27,7 @@ from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_sa
 from .environment import environment_info, experiment_row
 from .errors import RunFailed, TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
+from .live_log import open_live_log
 from .models import get_spec
 from .records import (RunLock, append_experiment, atomic_write_json, capture_to_log,
                       check_experiments_table, create_run_dir, ensure_writable_dir, timestamp)
@@ -340,7 +341,10 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
                      on_epoch=on_epoch)
     epochs_before, started = state.epochs_run, time.time()
     status, failure, test_metrics, summary = "failed", None, {}, None
-    with capture_to_log(layout.log):
+    live, live_note = open_live_log(context.run_dir.name)
+    with capture_to_log(layout.log, live):
+        if live_note:
+            logger.warning("%s", live_note)
         _log_run_header(context, notes, bool(resume_point))
         try:
             module = module or load_backend(context.spec.framework)
@@ -367,6 +371,7 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             summary = record_outcome(context, state, status, started, test_metrics, failure)
     if getattr(failure, "details", None):
         _append_text(layout.log, failure.details)  # the traceback, for a bug report
+    _end_live_log(live, status, failure)
     if unstarted and fresh:
         if lock is not None:
             lock.release()
@@ -379,6 +384,15 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     logger.info("done: best %s %s at epoch %s; outputs in %s", MONITOR,
                 summary["best_val_accuracy"], summary["best_epoch"], context.run_dir)
     return context.run_dir
+
+
+def _end_live_log(live, status: str, failure: BaseException | None) -> None:
+    """The run's last live-log line: how it ended (the console gets it from run_main)."""
+    if live is None:
+        return
+    reason = f": {failure}" if failure is not None and str(failure) else ""
+    live.write(f"run ended: {status}{reason}")
+    live.close()
 
 
 def record_outcome(context: RunContext, state: RunState, status: str, started: float,

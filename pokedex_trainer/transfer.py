@@ -66,3 +66,33 @@ def _describe_torch(path: Path) -> BaseModel:
     except Exception:
         raise UserError(f"--base_model '{path}' is not a checkpoint this tool wrote "
                         "(<arch>_best.pth)") from None
+
+
+def feature_extractor(model_file: str | Path):
+    """A saved model of this tool without its classifier: RGB pixels 0..255 in (the model's
+    own image size), the pooled backbone features its classifier reads out (one vector per
+    image). What the guide's ``base_model.layers[-4].output`` was after; here the layer is
+    named: ``avg_pool`` in Keras (then ``head_dropout`` and ``predictions``), the backbone's
+    output in PyTorch (then ``dropout`` and ``head``).
+
+    Returns a ``keras.Model`` for a ``.keras`` file, an ``nn.Module`` in eval mode for a
+    ``.pth``. Both files are opened safely (no code from the file runs).
+    """
+    path = Path(model_file)
+    if not path.is_file():
+        raise UserError(f"model '{path}' does not exist")
+    describe_base_model(path)  # UserError for a file this tool did not write
+    if path.suffix.lower() == ".pth":
+        from torch import nn
+
+        from .torch_backend.models import load_checkpoint
+
+        model, _ = load_checkpoint(path)
+        return nn.Sequential(model.normalize, model.backbone).eval()
+    import keras
+
+    from .keras_backend.models import POOLING_NAME
+
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    return keras.Model(model.input, model.get_layer(POOLING_NAME).output,
+                       name=f"{model.name}_features")

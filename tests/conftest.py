@@ -19,6 +19,10 @@ os.environ["POKEDEX_TEST_MODELS"] = "1"
 # The record of code-bearing files export.py wrote (safe_loading.py), kept out of the home folder.
 os.environ["POKEDEX_TRUST_STORE"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_trust_"),
                                                  "trusted_models.jsonl")
+# The shared live log runs append to (training.log in the current folder for a user), kept out
+# of the repository; tests of the live log name their own with --live_log.
+os.environ["POKEDEX_LIVE_LOG"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_live_"),
+                                              "training.log")
 
 # This test process loads both frameworks, which a user's run never does. Two orders matter:
 # importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton),

@@ -69,3 +69,49 @@ def test_experiments_command_line(tmp_path):
     missing = subprocess.run([sys.executable, "evaluate.py", "--experiments",
                               str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "no experiments table" in missing.stderr
+
+
+def _grid_row(path, name, lr, fine_tune_epochs, epochs_run, run_dir=""):
+    append_experiment(path, {"run_name": name, "model_type": "efficientnet",
+                             "status": "completed", "learning_rate": lr, "epochs": 20,
+                             "fine_tune_epochs": fine_tune_epochs,
+                             "fine_tune_learning_rate": 0.0001, "epochs_run": epochs_run,
+                             "best_val_accuracy": 0.5, "run_dir": run_dir})
+
+
+def test_experiments_view_marks_what_varied_and_which_phases_ran(tmp_path, capsys):
+    from pokedex_trainer.experiments import phases_run
+
+    table = tmp_path / "experiments.csv"
+    for lr in ("0.0001", "0.001", "0.005"):
+        _grid_row(table, f"lr_{lr}", lr, 30, 50)  # the guide's loop: phase 2 in every run
+    show_experiments(tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    header = out[0].split()
+    assert "learning_rate*" in header and header[-1] == "phases"
+    assert all(line.split()[-1] == "1+2" for line in out[1:4])
+    assert "* varied across these runs: learning_rate (3 values)" in out
+    assert any(line.startswith("the same in every run: ") and "fine_tune_epochs=30" in line
+               for line in out)
+    assert any(line.startswith("every run also trained phase 2 (30 fine-tune epochs at "
+                               "0.0001)") for line in out)
+    run = tmp_path / "phase1_only"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,phase,loss\n0,head,1.0\n1,head,0.9\n",
+                                     encoding="utf-8")
+    assert phases_run({"run_dir": str(run), "epochs": "20", "fine_tune_epochs": "30",
+                       "epochs_run": "20"}) == "1"  # the history says what really ran
+    assert phases_run({"epochs": "20", "fine_tune_epochs": "0", "epochs_run": "12"}) == "1"
+    assert phases_run({"epochs": "0", "fine_tune_epochs": "5", "epochs_run": "5"}) == "2"
+
+
+def test_a_grid_with_and_without_phase_2_says_so(tmp_path, capsys):
+    table = tmp_path / "experiments.csv"
+    _grid_row(table, "with", "0.001", 30, 50)
+    _grid_row(table, "without", "0.001", 0, 20)
+    show_experiments(tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert "fine_tune_epochs*" in out[0].split()
+    phases = {line.split()[0]: line.split()[-1] for line in out[1:3]}
+    assert phases == {"with": "1+2", "without": "1"}
+    assert not any(line.startswith("every run also trained phase 2") for line in out)

@@ -144,7 +144,7 @@ def test_a_failed_check_deletes_the_file_and_exits_1(keras_exports, tmp_path, mo
     assert code == 1
     assert "failed their check" in capsys.readouterr().err
     assert not (out / "tiny_keras_best.onnx").exists()
-    assert not _entries(keras_exports)["tiny_keras_best.onnx"]["passed"]
+    assert not _entries(out)["tiny_keras_best.onnx"]["passed"]  # the record beside the files
 
 
 def test_torch_model_exports_torchscript_torch_export_and_onnx(torch_run):

@@ -94,9 +94,14 @@ def checked_temperature(value, where: str) -> float:
     return float(value)
 
 
-def read_temperature(run_dir: Path) -> float | None:
-    """The temperature saved in a run directory, or None before calibration."""
-    path = Path(run_dir) / CALIBRATION_FILE
+def read_temperature(run_dir: Path | None, path: Path | None = None) -> float | None:
+    """The temperature saved in a run directory (or in the calibration file ``path``), or None
+    before calibration."""
+    if path is None:
+        if run_dir is None:
+            return None
+        path = Path(run_dir) / CALIBRATION_FILE
+    path = Path(path)
     if not path.is_file():
         return None
     try:

@@ -41,10 +41,18 @@ class Member:
     probabilities: np.ndarray | None = None
     temperature: float = 1.0
     calibration: dict = field(default_factory=dict)
+    calibration_file: Path | None = None  # --calibration; default <run>/calibration.json
 
     @property
     def calibrated(self) -> np.ndarray:
         return apply_temperature(self.probabilities, self.temperature)
+
+    @property
+    def calibration_path(self) -> Path | None:
+        """Where this member's temperature is saved and read."""
+        if self.calibration_file is not None:
+            return Path(self.calibration_file)
+        return self.run_dir / CALIBRATION_FILE if self.run_dir else None
 
 
 def predict_images(predictor: Predictor, images: LabelledImages, batch_size: int = 32,
@@ -86,13 +94,14 @@ def calibrate(member: Member) -> None:
         "val_loss_before": negative_log_likelihood(probabilities, labels),
         "val_loss_after": negative_log_likelihood(calibrated, labels),
     }
-    _save_calibration(run_dir, member.predictor.path, member.calibration)
+    _save_calibration(run_dir, member.predictor.path, member.calibration,
+                      member.calibration_path)
 
 
-def _save_calibration(run_dir: Path, model_path: Path, details: dict) -> None:
-    """calibration.json: per model file, and at the top the run's best model's (used by
-    export sidecars and by default)."""
-    path = run_dir / CALIBRATION_FILE
+def _save_calibration(run_dir: Path, model_path: Path, details: dict, path: Path) -> None:
+    """calibration.json (``path``): per model file, and at the top the run's best model's (used
+    by export sidecars and by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
     data.setdefault("models", {})[model_path.name] = details
     if RunLayout.read(run_dir).is_best_model(model_path) or "temperature" not in data:
@@ -104,7 +113,7 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict) -> None:
 def saved_calibration(member: Member) -> dict | None:
     """The temperature saved for a model: its run's calibration.json (this file's entry, else
     the run's), else the one an export recorded in its sidecar; None when there is none."""
-    path = member.run_dir / CALIBRATION_FILE if member.run_dir else None
+    path = member.calibration_path
     if path is not None and path.is_file():
         data = json.loads(path.read_text("utf-8"))
         entry = data.get("models", {}).get(member.predictor.path.name)
@@ -171,6 +180,7 @@ class EvaluateOptions:
     latency_runs: int = 20
     latency_batch: int = 32
     mistakes: int = 16
+    calibration: str | None = None  # calibration.json to write (default: in the run)
 
 
 def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None,
@@ -179,7 +189,8 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
     model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
     images = evaluation_images(run, data_path, predictor.info.class_names)
-    member = Member(model_path.name, predictor, run)
+    member = Member(model_path.name, predictor, run,
+                    calibration_file=Path(options.calibration) if options.calibration else None)
     calibrate(member)
     member.probabilities, labels = predict_images(predictor, images, label="test images")
     metrics = member_metrics(member, labels)
@@ -408,13 +419,15 @@ def _common_test_images(members: list[Member], data_path: str | None,
 
 
 def predict_command(target: str, run_dir: str | None, model: str | None, top_k: int,
-                    threshold: float | None, output_dir: str | None) -> list[dict]:
+                    threshold: float | None, output_dir: str | None,
+                    calibration: str | None = None) -> list[dict]:
     """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
     from ..dataset import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
     predictor = _load(model_path, run)
-    member = Member(model_path.name, predictor, run)
+    member = Member(model_path.name, predictor, run,
+                    calibration_file=Path(calibration) if calibration else None)
     saved = saved_calibration(member)
     member.temperature = saved["temperature"] if saved else 1.0
     if saved is None:

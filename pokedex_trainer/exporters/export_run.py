@@ -383,8 +383,13 @@ def export_command(run_dir: str | None = None, model: str | None = None,
                    formats: str | None = None, output_dir: str | None = None,
                    data_path: str | None = None, check_images: int = 100,
                    calibration_images: int = 200, opset: int = DEFAULT_OPSET,
-                   tflite_precisions: str | None = None) -> list[ExportResult]:
+                   tflite_precisions: str | None = None,
+                   calibration_file: str | None = None) -> list[ExportResult]:
     """export.py and ``--export`` on the trainer: write, verify, record, print.
+
+    With ``output_dir`` the run directory is only read: the files and exports.json go there.
+    ``calibration_file``: the calibration.json whose temperature the sidecars carry (default: the
+    run's).
 
     Raises UserError on bad input and ExportCheckFailed when any file failed its check.
     """
@@ -408,9 +413,10 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
     out = Path(output_dir) if output_dir else (run or source.parent) / EXPORT_DIR
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
-                    _temperature(run))
+                    _temperature(run, calibration_file))
     results = run_export(job)
-    record_results(results, (run or out) / EXPORTS_JSON, job)
+    record = (out if output_dir or run is None else run) / EXPORTS_JSON
+    record_results(results, record, job)
     print(results_table(results))
     failed = [r for r in results if not r.passed]
     if failed:
@@ -418,7 +424,7 @@ def export_command(run_dir: str | None = None, model: str | None = None,
             f"{len(failed)} of {len(results)} exported files failed their check and were "
             f"deleted: " + "; ".join(f"{r.file}: {r.reason}" for r in failed))
     print(f"{len(results)} files written to {out} and verified; figures in "
-          f"{(run or out) / EXPORTS_JSON}")
+          f"{record}")
     return results
 
 
@@ -433,7 +439,9 @@ def _parse_precisions(text: str | None) -> tuple[str, ...]:
     return wanted
 
 
-def _temperature(run_dir: Path | None) -> float | None:
+def _temperature(run_dir: Path | None, calibration: str | None = None) -> float | None:
     from ..evaluation.calibration import read_temperature
 
-    return read_temperature(run_dir) if run_dir else None
+    if calibration is not None and not Path(calibration).is_file():
+        raise UserError(f"--calibration: '{calibration}' does not exist (evaluate.py writes it)")
+    return read_temperature(run_dir, Path(calibration) if calibration else None)

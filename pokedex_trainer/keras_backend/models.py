@@ -15,6 +15,15 @@ logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "predictions"
+POOLING_NAME = "avg_pool"  # the features before the classifier (dropout, then HEAD_NAME)
+
+# Backbone layers whose outputs TensorBoard histograms as activations/stage_1, _2, ... (the ends
+# of stages at strides 4, 8, 16 and 32; tensorboard_tags.py).
+ACTIVATION_STAGES = {
+    "efficientnet": ("block2g_add", "block3g_add", "block5j_add", "top_activation"),
+    "mobilenet": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
+    "tiny_keras": ("relu1", "relu3"),
+}
 
 def tiny_backbone(include_top: bool = False, weights=None, input_shape=None) -> keras.Model:
     """The test network (``tiny_keras``): MobileNetV2's kinds of layer, three deep, with the
@@ -120,7 +129,7 @@ def build_model(spec: ModelSpec, num_classes: int, image_size: tuple[int, int], 
     if normalization is not None:
         x = normalization(x)
     x = backbone(x, training=False) if pretrained else backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOLING_NAME)(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output keeps softmax stable under mixed precision.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
@@ -153,3 +162,28 @@ def apply_phase(model: keras.Model, phase: Phase) -> None:
     for layer in model.layers:
         if layer.name != BACKBONE_NAME:
             layer.trainable = True
+
+
+def activation_probe(model: keras.Model, model_type: str):
+    """A function from images (N, H, W, 3, 0..255) to the outputs of the chosen backbone
+    stages (``ACTIVATION_STAGES``) as float32 arrays, in inference mode; None when the network
+    has none. It shares the model's weights, so it always shows the current ones."""
+    import numpy as np
+
+    backbone = model.get_layer(BACKBONE_NAME)
+    present = {layer.name for layer in backbone.layers}
+    names = [name for name in ACTIVATION_STAGES.get(model_type, ()) if name in present]
+    if not names:
+        return None
+    probe = keras.Model(backbone.inputs, [backbone.get_layer(n).output for n in names])
+    # what the model does to the pixels before its backbone (its normalization)
+    before = model.layers[1:model.layers.index(backbone)]
+
+    def stage_outputs(images) -> list:
+        x = keras.ops.convert_to_tensor(np.asarray(images, np.float32))
+        for layer in before:
+            x = layer(x)
+        outputs = probe(x, training=False)
+        return [np.asarray(keras.ops.convert_to_numpy(o), np.float32) for o in outputs]
+
+    return stage_outputs

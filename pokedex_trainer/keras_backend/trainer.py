@@ -14,8 +14,9 @@ from ..core.context import RunContext
 from ..core.interrupt import INTERRUPT
 from ..core.phases import Phase
 from ..records import atomic_target
-from ..tensorboard_tags import SAMPLE_IMAGES_TAG, image_grid, split_epoch_logs
-from .models import apply_phase, build_model
+from ..tensorboard_tags import (ACTIVATION_IMAGES, SAMPLE_IMAGES_TAG, activation_tag, image_grid,
+                                split_epoch_logs)
+from .models import activation_probe, apply_phase, build_model
 from .platforms import current_platform
 
 logger = logging.getLogger(__name__)
@@ -92,15 +93,19 @@ class TensorBoardLogger:
         model: the model being trained.
         log_dir: the run's TensorBoard directory.
         sample_batch: (images uint8, labels) of training data, for gradients and the image grid.
-        histogram_freq: epochs between weight/gradient histograms; 0 for none.
+        histogram_freq: epochs between weight/gradient/activation histograms; 0 for none.
+        activations: images -> outputs of the chosen backbone stages (``activation_probe``),
+            or None.
     """
 
     def __init__(self, platform, model: keras.Model, log_dir,
-                 sample_batch: tuple[np.ndarray, np.ndarray], histogram_freq: int = 1):
+                 sample_batch: tuple[np.ndarray, np.ndarray], histogram_freq: int = 1,
+                 activations=None):
         self.platform, self.model = platform, model
         self.histogram_freq = histogram_freq
         self.writer = platform.writer(log_dir)
         self.sample_batch = sample_batch
+        self.activations = activations
 
     def log_samples(self) -> None:
         self.writer.image(SAMPLE_IMAGES_TAG, image_grid(self.sample_batch[0]), 0)
@@ -112,6 +117,9 @@ class TensorBoardLogger:
         images, labels = self.sample_batch
         for variable, gradient in self.platform.gradients(self.model, images, labels) or []:
             self.writer.histogram(f"gradients/{variable.path}", gradient, epoch)
+        if self.activations is not None:
+            for stage, values in enumerate(self.activations(images[:ACTIVATION_IMAGES]), 1):
+                self.writer.histogram(activation_tag(stage), values, epoch)
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         train_scalars, val_scalars = split_epoch_logs(logs)
@@ -260,7 +268,8 @@ class KerasBackend:
         sample = self.train_loader.sample_batch()
         self.tensorboard = TensorBoardLogger(self.platform, self.model, context.tensorboard_dir,
                                              (sample.images, sample.labels),
-                                             config.histogram_freq)
+                                             config.histogram_freq,
+                                             activation_probe(self.model, context.spec.model_type))
         self.tensorboard.log_samples()
         self.train_ds = self.platform.feed(self.train_loader, config.image_size,
                                            context.class_weights())

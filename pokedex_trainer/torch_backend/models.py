@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
+# Backbone modules whose outputs TensorBoard histograms as activations/stage_1, _2, ... (the ends
+# of ResNet's four stages; tensorboard_tags.py).
+ACTIVATION_STAGES = {
+    "resnet": ("layer1", "layer2", "layer3", "layer4"),
+    "tiny_torch": ("bn1", "bn2"),
+}
+
 
 class Normalize(nn.Module):
     """0..255 RGB to ImageNet mean/std normalized input; saved with the model."""
@@ -232,3 +239,29 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
+
+
+@torch.no_grad()
+def stage_activations(model: Classifier, x: torch.Tensor, model_type: str) -> list:
+    """Outputs of the chosen backbone stages (``ACTIVATION_STAGES``) for the input ``x``
+    (N, 3, H, W, 0..255) in inference mode, as float32 NumPy arrays; the modules' train/eval
+    modes are left as they were."""
+    modules = dict(model.backbone.named_modules())
+    names = [name for name in ACTIVATION_STAGES.get(model_type, ()) if name in modules]
+    outputs: dict = {}
+
+    def keep(name):
+        return lambda module, inputs, output: outputs.__setitem__(
+            name, output.detach().float().cpu().numpy())
+
+    hooks = [modules[name].register_forward_hook(keep(name)) for name in names]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, mode in modes:
+            module.train(mode)
+    return [outputs[name] for name in names if name in outputs]

@@ -16,11 +16,11 @@ from ..feeding import UnreadableReporter
 from ..core.context import RunContext
 from ..core.phases import Phase
 from ..records import atomic_target
-from ..tensorboard_tags import (SAMPLE_IMAGES_TAG, TRAIN_SUBDIR, VALIDATION_SUBDIR, image_grid,
-                         split_epoch_logs)
+from ..tensorboard_tags import (ACTIVATION_IMAGES, SAMPLE_IMAGES_TAG, TRAIN_SUBDIR,
+                                VALIDATION_SUBDIR, activation_tag, image_grid, split_epoch_logs)
 from .data import make_data_loader
 from .models import (Classifier, apply_phase, build_model, checkpoint_payload, load_tensors,
-                     set_train_mode)
+                     set_train_mode, stage_activations)
 
 logger = logging.getLogger(__name__)
 
@@ -252,12 +252,13 @@ class Runner:
 class TensorBoardLogger:
     """The same tags as the Keras runs, through PyTorch's SummaryWriter, flushed every epoch."""
 
-    def __init__(self, log_dir, histogram_freq: int):
+    def __init__(self, log_dir, histogram_freq: int, activations=None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.train = SummaryWriter(str(log_dir / TRAIN_SUBDIR))
         self.val = SummaryWriter(str(log_dir / VALIDATION_SUBDIR))
         self.histogram_freq = histogram_freq
+        self.activations = activations  # () -> outputs of the chosen backbone stages
 
     def log_samples(self, images: np.ndarray) -> None:
         self.train.add_image(SAMPLE_IMAGES_TAG, image_grid(images), 0, dataformats="HWC")
@@ -275,6 +276,8 @@ class TensorBoardLogger:
                 self.train.add_histogram(f"{name}/histogram", parameter.detach().float(), epoch)
                 if parameter.grad is not None:  # the last step's gradients
                     self.train.add_histogram(f"gradients/{name}", parameter.grad.float(), epoch)
+            for stage, values in enumerate(self.activations() if self.activations else [], 1):
+                self.train.add_histogram(activation_tag(stage), values, epoch)
         self.train.flush()
         self.val.flush()
 
@@ -336,9 +339,13 @@ class TorchBackend:
                                               runner.cuda)
         self.loaders += [self.train_loader, self.val_loader]
         if self.main_process:
-            self.tensorboard = TensorBoardLogger(context.tensorboard_dir,
-                                                 context.config.histogram_freq)
-            self.tensorboard.log_samples(train_plan.sample_batch().images)
+            images = train_plan.sample_batch().images
+            probe = images[:ACTIVATION_IMAGES]
+            self.tensorboard = TensorBoardLogger(
+                context.tensorboard_dir, context.config.histogram_freq,
+                lambda: stage_activations(self.model, runner.to_input(torch.from_numpy(probe)),
+                                          context.spec.model_type))
+            self.tensorboard.log_samples(images)
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         apply_phase(self.model, phase)

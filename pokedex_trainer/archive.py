@@ -1,0 +1,150 @@
+"""Extracted archives: where the class folders really are, and what to run about it.
+
+An archive extracted as the guide says (``Expand-Archive animals10.zip -DestinationPath
+data/training/``) puts the class folders one or more levels down
+(``data/training/raw-img/<cane|cavallo|...>/``). ``find_image_roots`` finds such folders:
+a single wrapper (``raw-img/``, ``animals10/raw-img/``) or a nested layout with several
+(``train/<class>/``, ``test/<class>/``). prepare_dataset.py uses them; training, which must
+not guess, names the prepare command to run instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dataset import IMAGE_EXTENSIONS, SYSTEM_NAMES
+
+MAX_DEPTH = 4  # levels below the given folder searched for class folders
+
+# Animals-10 (Kaggle) ships Italian folder names; the seed names classes in Spanish.
+ANIMALS10 = {
+    "cane": "Perro", "cavallo": "Caballo", "elefante": "Elefante", "farfalla": "Mariposa",
+    "gallina": "Gallina", "gatto": "Gato", "mucca": "Vaca", "pecora": "Oveja",
+    "ragno": "Arana", "scoiattolo": "Ardilla",
+}
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")
+            and e.name.lower() not in SYSTEM_NAMES]
+
+
+def has_images(folder: Path) -> bool:
+    """True when ``folder`` directly holds a visible .jpg/.jpeg/.png file (stops at the first)."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if (not entry.name.startswith(".") and
+                        os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and
+                        entry.is_file()):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def is_class_root(folder: Path) -> bool:
+    """True when some sub-folder of ``folder`` holds images directly (a class folder)."""
+    return any(has_images(child) for child in _visible_dirs(folder))
+
+
+@dataclass(frozen=True)
+class ImageRoots:
+    """Where the class folders of an extracted archive are.
+
+    Args:
+        given: the folder the user named.
+        roots: folders below it whose sub-folders are the classes (one for a wrapper such as
+            ``raw-img/``, several for a nested layout such as ``train/`` and ``test/``).
+    """
+
+    given: Path
+    roots: tuple[Path, ...]
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted({child.name for root in self.roots for child in _visible_dirs(root)
+                       if has_images(child)})
+
+    @property
+    def is_animals10(self) -> bool:
+        return looks_like_animals10(self.class_names)
+
+    def describe(self) -> str:
+        """``'data/training/raw-img'`` or ``'data/x/train', 'data/x/test'``."""
+        return ", ".join(f"'{root}'" for root in self.roots)
+
+
+def looks_like_animals10(class_names: list[str]) -> bool:
+    """Every class folder is an Animals-10 Italian name (at least half of the ten present)."""
+    lowered = {name.lower() for name in class_names}
+    return len(lowered) >= len(ANIMALS10) // 2 and lowered <= set(ANIMALS10)
+
+
+def find_image_roots(folder: Path | str) -> ImageRoots | None:
+    """The class-folder roots below ``folder`` when its own sub-folders hold no images.
+
+    None when ``folder`` is already a dataset (one of its sub-folders holds images) or when no
+    images are found within ``MAX_DEPTH`` levels.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or is_class_root(folder):
+        return None
+    roots, level = [], _visible_dirs(folder)
+    for _ in range(MAX_DEPTH):
+        deeper = []
+        for candidate in level:
+            if is_class_root(candidate):
+                roots.append(candidate)  # not searched further: its children are classes
+            else:
+                deeper.extend(_visible_dirs(candidate))
+        if not deeper:
+            break
+        level = deeper
+    return ImageRoots(folder, tuple(sorted(roots))) if roots else None
+
+
+def prepared_folder_for(roots: ImageRoots) -> Path:
+    """A folder for prepare_dataset.py's output beside the archive (never inside it)."""
+    given = roots.given.resolve()
+    name = "animals10" if roots.is_animals10 else f"{given.name}_prepared"
+    return _relative_if_possible(given.parent / name)
+
+
+def _relative_if_possible(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _quoted(path: Path) -> str:
+    text = path.as_posix() if not path.is_absolute() else str(path)
+    return f'"{text}"' if any(c in text for c in " '&();") else text
+
+
+def prepare_command(roots: ImageRoots, output_dir: Path | None = None) -> str:
+    """The prepare_dataset.py command that turns ``roots`` into a training folder."""
+    source = roots.roots[0] if len(roots.roots) == 1 else roots.given
+    output = output_dir if output_dir is not None else prepared_folder_for(roots)
+    command = (f"python prepare_dataset.py --input_dir {_quoted(_relative_if_possible(source))} "
+               f"--output_dir {_quoted(output)}")
+    if roots.is_animals10:
+        command += " --class_map animals10"
+    return command
+
+
+def training_advice(roots: ImageRoots) -> str:
+    """One line for a training run pointed at an extracted archive: what is there, what to run."""
+    output = prepared_folder_for(roots)
+    what = " (the Animals-10 archive, Italian folder names)" if roots.is_animals10 else ""
+    return (f"'{roots.given}' holds no class folders of its own: its images are in "
+            f"{roots.describe()}{what}, an extracted archive. Prepare it first: "
+            f"{prepare_command(roots, output)} ; then train with --data_path "
+            f"{_quoted(output)}")
