@@ -59,7 +59,10 @@ def argv_from_options(parser: argparse.ArgumentParser, options: dict) -> list[st
         if value is None or value is False:
             continue
         flag = action.option_strings[0]
-        if action.nargs == 0 or (action.nargs == "?" and value is True):
+        if action.nargs == 0:  # a switch: on for a true value (1, "yes"), off for 0 or ""
+            if value:
+                argv.append(flag)
+        elif action.nargs == "?" and value is True:
             argv.append(flag)
         elif isinstance(value, (list, tuple)):
             argv += [flag, *(str(v) for v in value)]
@@ -125,6 +128,11 @@ class Trainer:
             raise UserError("train() ran while a worker process imported your script: put the "
                             "calls under  if __name__ == \"__main__\":  (a notebook needs "
                             "nothing)")
+        script = _unguarded_script()
+        if script and self.config.workers > 0:
+            raise UserError(f"{script} calls train() outside  if __name__ == \"__main__\":  "
+                            "the data-loading workers import the script again: put the calls "
+                            "under that line (or pass workers=0)")
         setup_console_logging()
         result = train_command(self.config, self.actions)
         searched = self.actions.get("search_trials") is not None  # result: the report folder
@@ -145,6 +153,12 @@ class Trainer:
         from .cli import build_evaluate_parser, evaluate_command
 
         parser = _raising(build_evaluate_parser())
+        other = [key for key in ("predict", "experiments", "ensemble", "search")
+                 if options.get(key)]
+        if other:
+            raise UserError(f"evaluate() reports on one run; for {other[0]}= use "
+                            + {"predict": "predict()"}.get(other[0], "evaluate.py --"
+                                                           + other[0]))
         argv = ["--run_dir", self._run(run_dir)] + argv_from_options(parser, options)
         out = evaluate_command(parser.parse_args(argv))
         return json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
@@ -170,6 +184,21 @@ class Trainer:
         parser = _raising(build_export_parser())
         argv = ["--run_dir", self._run(run_dir)] + argv_from_options(parser, options)
         return [asdict(result) for result in export_from_args(parser.parse_args(argv))]
+
+
+def _unguarded_script() -> str | None:
+    """The running script's name when it is a file without an ``if __name__ ==
+    "__main__":`` guard (read as text, never run); None in a notebook or a REPL."""
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return None if "__main__" in text else Path(path).name
 
 
 Trainer.__signature__ = _signature(_train_parser())

@@ -35,12 +35,15 @@ def _visible_dirs(folder: Path) -> list[Path]:
             and e.name.lower() not in SYSTEM_NAMES]
 
 
+OWN_FILES = {"dataset_report.png"}  # prepare_dataset.py's chart is never a photo
+
+
 def has_images(folder: Path) -> bool:
     """True when ``folder`` directly holds a visible .jpg/.jpeg/.png file (stops at the first)."""
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if (not entry.name.startswith(".") and
+                if (not entry.name.startswith(".") and entry.name not in OWN_FILES and
                         os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and
                         entry.is_file()):
                     return True
@@ -110,6 +113,26 @@ def find_image_roots(folder: Path | str) -> ImageRoots | None:
     return ImageRoots(folder, tuple(sorted(roots))) if roots else None
 
 
+def mixed_layout_warnings(folder: Path | str) -> list[str]:
+    """Class folders of ``folder`` that also hide an extracted archive (folders of images
+    below them), and archive folders beside class folders: what would be read is not what
+    the user expects, so it is said."""
+    folder, notes = Path(folder), []
+    children = _visible_dirs(folder)
+    is_dataset = any(has_images(child) for child in children)
+    for child in children:
+        nested = is_class_root(child)
+        if nested and has_images(child):
+            notes.append(f"class folder '{child.name}' also holds folders of images (an "
+                         f"extracted archive?): only its own loose images are read; move "
+                         f"them out, or give --input_dir '{child}'")
+        elif nested and is_dataset:
+            notes.append(f"'{child.name}' holds no images but folders of images (an extracted "
+                         f"archive beside your class folders): it is not read; move its class "
+                         f"folders up, or prepare it on its own with --input_dir '{child}'")
+    return notes
+
+
 def prepared_folder_for(roots: ImageRoots) -> Path:
     """A folder for prepare_dataset.py's output beside the archive (never inside it)."""
     given = roots.given.resolve()
@@ -125,8 +148,9 @@ def _relative_if_possible(path: Path) -> Path:
 
 
 def _quoted(path: Path) -> str:
-    text = path.as_posix() if not path.is_absolute() else str(path)
-    return f'"{text}"' if any(c in text for c in " '&();") else text
+    from .shell import quote_token
+
+    return quote_token(path.as_posix() if not path.is_absolute() else str(path))
 
 
 def prepare_command(roots: ImageRoots, output_dir: Path | None = None) -> str:

@@ -95,6 +95,9 @@ def _create_with_header(path: Path) -> None:
     finished temporary file), so another run never reads a half-made first line."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would shut other users' runs out
         with os.fdopen(fd, "wb") as handle:
             handle.write(HEADER.encode("utf-8"))
         try:
@@ -128,6 +131,13 @@ def open_live_log(run_name: str) -> tuple[LiveLog | None, str | None]:
     if path is None:
         return None, None
     try:
+        if path.exists() and not path.is_file():  # a folder, a FIFO: opening it could block
+            return None, (f"'{path}' is not a regular file: left as it is, so this run's lines "
+                          "are only in its own training.log (--live_log names another file)")
+        if path.is_file() and path.stat().st_size == 0:
+            with open(path, "ab") as handle:  # emptied (Clear-Content): nothing to lose
+                if handle.tell() == 0:
+                    handle.write(HEADER.encode("utf-8"))
         if not path.exists():
             _create_with_header(path)
         if not is_ours(path):

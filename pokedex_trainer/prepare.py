@@ -129,8 +129,12 @@ def locate_images(input_dir: Path, output_dir: Path | None) -> tuple[Path, tuple
     Raises UserError when the archive lies inside the output folder: the training folder
     would then hold the raw archive too. The message names a command that works.
     """
+    from .archive import mixed_layout_warnings
+
     roots = find_image_roots(input_dir)
     if roots is None:
+        for note in mixed_layout_warnings(input_dir):
+            logger.warning("%s", note)
         return input_dir, ()
     if output_dir is not None:
         out = output_dir.resolve()

@@ -701,23 +701,10 @@ def _token(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def quote_token(token: str) -> str:
-    """One argument as bash and PowerShell both read it: bare when plain, else in single
-    quotes (literal in both shells). A token holding a single quote cannot be written alike
-    in both: it is quoted for bash (and logged)."""
-    import shlex
-
-    if token and not any(c in token for c in " \t\"'$`;&|<>(){}#,@!*?[]~\\%"):
-        return token
-    if "'" not in token:
-        return f"'{token}'"
-    logger.warning("the command line holds a value with a single quote (%s): it is written "
-                   "for bash; in PowerShell double that quote instead", token)
-    return shlex.quote(token)
-
-
 def format_command(parts: list[str]) -> str:
     """The command line, quoted so that bash and PowerShell read it alike."""
+    from .shell import quote_token
+
     return " ".join(["python", "train_professional_models.py", *map(quote_token, parts)])
 
 

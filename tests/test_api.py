@@ -65,6 +65,24 @@ def test_bad_options_raise_user_error_instead_of_exiting(options, expected):
         MobileNetV2Trainer(**options)
 
 
+def test_switches_follow_truth_and_evaluate_stays_one_run(tmp_path):
+    """no_augment=0 is off, deterministic=1 on; evaluate() with another job's option says
+    which call does it; a script without the __main__ guard is told before training."""
+    assert MobileNetV2Trainer(no_augment=0).config.augment == "full"
+    assert MobileNetV2Trainer(deterministic=1).config.deterministic is True
+    trainer = MobileNetV2Trainer()
+    with pytest.raises(UserError, match="use predict"):
+        trainer.evaluate(run_dir=str(tmp_path), predict=str(tmp_path))
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+                      "from train_professional_models import Trainer\n"
+                      "Trainer(model_type='mobilenet', workers=1).train()\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert "unguarded.py calls train() outside" in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
 def test_evaluate_before_train_says_what_to_do():
     with pytest.raises(UserError, match=r"call train\(\) first"):
         ResNet152Trainer().evaluate()

@@ -142,3 +142,25 @@ def test_animals10_archive_goes_through_prepare_and_training_as_the_readme_says(
 
     names = json.loads((tmp_path / "model/ultra/a10/class_names.json").read_text("utf-8"))
     assert names == sorted(ANIMALS10.values())
+
+
+def test_mixed_layouts_are_said_and_reports_are_not_photos(tmp_path):
+    """A wrapper with a loose photo, or an archive beside class folders, is reported; the
+    chart prepare --check writes into a wrapper never turns it into a class; suggested
+    commands keep '$' literal."""
+    from PIL import Image
+
+    from pokedex_trainer.archive import mixed_layout_warnings
+
+    loose = animals10_archive(tmp_path / "a", per_class=1, size=(16, 16))
+    Image.new("RGB", (8, 8)).save(loose / "raw-img" / "loose.jpg")
+    assert "also holds folders of images" in mixed_layout_warnings(loose)[0]
+    beside = animals10_archive(tmp_path / "b", per_class=1, size=(16, 16))
+    write_dataset(beside, classes=("Leon",), per_class=1, size=(16, 16), seed=2)
+    assert "beside your class folders" in mixed_layout_warnings(beside)[0]
+    checked = animals10_archive(tmp_path / "c", per_class=1, size=(16, 16))
+    Image.new("RGB", (8, 8)).save(checked / "raw-img" / "dataset_report.png")
+    assert find_image_roots(checked).roots == (checked / "raw-img",)
+    dollar = animals10_archive(tmp_path / "pr$ice", per_class=1, size=(16, 16))
+    assert shlex.split(prepare_command(find_image_roots(dollar)))[3] == \
+        str(dollar / "raw-img")

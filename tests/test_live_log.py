@@ -42,6 +42,36 @@ def test_a_training_log_the_tool_did_not_write_is_left_alone(here):
     assert here.read_text(encoding="utf-8") == "my own notes\n"
 
 
+def test_special_files_and_an_emptied_log(here):
+    """A FIFO or a folder named training.log is left alone at once (opening a FIFO would
+    block); an emptied log (Clear-Content) is taken again; the file is readable by others."""
+    import os
+    import stat
+
+    os.mkfifo(here)
+    live, note = open_live_log("run_a")
+    assert live is None and "not a regular file" in note
+    here.unlink()
+    here.mkdir()
+    assert "not a regular file" in open_live_log("run_a")[1]
+    here.rmdir()
+    live, _ = open_live_log("run_a")
+    live.close()
+    assert stat.S_IMODE(here.stat().st_mode) == 0o666 & ~_umask()
+    here.write_bytes(b"")
+    live, note = open_live_log("run_b")
+    assert note is None and here.read_text(encoding="utf-8") == HEADER
+    live.close()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_none_turns_it_off(here):
     live_log.configure("none")
     assert open_live_log("run_a") == (None, None) and not here.exists()
