@@ -144,7 +144,8 @@ RECIPE = ("--lr_schedule", "cosine", "--warmup_epochs", "1", "--label_smoothing"
           "--fine_tune_learning_rate", "0.001", "--min_lr", "0")
 
 
-@pytest.mark.parametrize("model_type", ["tiny_torch", "tiny_keras"])
+@pytest.mark.parametrize("model_type", [
+    "tiny_torch", pytest.param("tiny_keras", marks=pytest.mark.slow)])
 def test_every_recipe_option_trains_and_is_recorded(tiny_dataset, tmp_path, model_type):
     """Every option through the real trainer: the cosine rates of both phases in history.csv,
     the options in config.json and experiments.csv; the run evaluates."""

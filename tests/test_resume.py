@@ -59,7 +59,10 @@ def test_sigkill_then_resume_continues_at_the_right_epoch_and_phase(tmp_path, ti
         assert (run_dir / f"{model_type}_{name}{ext}").exists()
 
 
-@pytest.mark.parametrize("model_type, workers", [("tiny_torch", "1"), ("tiny_keras", "0")])
+# The Keras case (graceful stop through tf.data, about 20-30 s) runs in the slow set: the
+# default set keeps the PyTorch one and stays within its time.
+@pytest.mark.parametrize("model_type, workers", [
+    ("tiny_torch", "1"), pytest.param("tiny_keras", "0", marks=pytest.mark.slow)])
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset, model_type, workers):
     """Ctrl-C right after an epoch is saved, to the trainer and its loader workers (Keras
     with no worker: the loader runs inside TensorFlow's data pipeline)."""
