@@ -530,7 +530,7 @@ def run_one_trial(search: Search, study):
                        catch=(TrialFailed,), gc_after_trial=True)
     number = search.own_trials[-1]
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    best = _best_trial(study)
+    best = best_trial(study)
     if trial.state.name == "COMPLETE":
         logger.info("trial %d: val_accuracy %.4f (best so far: trial %d, %.4f)", number,
                     trial.value, best.number, best.value)
@@ -541,7 +541,8 @@ def run_one_trial(search: Search, study):
     return trial.state
 
 
-def _best_trial(study):
+def best_trial(study):
+    """The best completed trial, None before the first completes."""
     try:
         return study.best_trial
     except ValueError:  # no completed trial yet

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import UserError
 from .experiments import format_table
 from .records import atomic_write_bytes
-from .search import SEARCH_DIR, open_storage, trial_rows
+from .search import SEARCH_DIR, best_trial, open_storage, trial_rows
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,11 @@ def report_search(study, report_dir: Path, storage=None) -> None:
         raise UserError(f"search '{study.study_name}' has no trials yet")
     print(format_table(rows, list(rows[0])))
     _write_csv(report_dir / "trials.csv", trial_rows(study, exact=True))
-    values = {t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
-    complete = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE")
+    values = [t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     plots = [name for name in PLOTS if name != "importance.png" or
-             (complete >= 2 and len(values) > 1)]  # else every option weighs the same
+             (len(values) >= 2 and len(set(values)) > 1)]  # else every option weighs the same
     written = [name for name in plots if _save_plot(study, name, report_dir / name)]
-    best = _completed_best(study)
+    best = best_trial(study)
     if best is None:
         print(f"search '{study.study_name}': no trial has completed yet")
     else:
@@ -52,13 +51,6 @@ def report_search(study, report_dir: Path, storage=None) -> None:
     url = getattr(storage, "url", "")
     if url.startswith("sqlite:"):
         print(f"live view while trials run: optuna-dashboard {url}")
-
-
-def _completed_best(study):
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -6,12 +6,11 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags, train_tiny_run
+from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.keras_backend import select
 

@@ -224,6 +224,28 @@ def test_a_study_refuses_another_space_or_split(tiny_dataset, tmp_path, capsys):
     assert len(study.get_trials()) == 1 and not list(tmp_path.glob("runs/s_trial*"))
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat")
+def test_a_trial_another_machine_left_running_is_failed_by_its_old_heartbeat(tmp_path):
+    """A trial of another host is never judged by pid: a database storage fails it once its
+    heartbeat is older than the grace period (before the trials are counted)."""
+    import sqlite3
+
+    import optuna
+
+    from pokedex_trainer.search import fail_dead_trials, rdb_storage
+
+    db = tmp_path / "s.db"
+    study = optuna.create_study(study_name="s", storage=rdb_storage(f"sqlite:///{db}"))
+    trial = study.ask()
+    trial.set_user_attr("host", "another-machine")
+    trial.set_user_attr("pid", 1)
+    with sqlite3.connect(db) as connection:
+        connection.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) "
+                           "VALUES (?, '2020-01-01 00:00:00')", (trial._trial_id,))
+    fail_dead_trials(study)
+    assert study.get_trials()[0].state.name == "FAIL"
+
+
 @pytest.mark.slow
 def test_search_continues_after_kill(tiny_dataset, tmp_path):
     """kill -9 at the end of trial 1 (its run recorded, the study not told): the next start

@@ -327,7 +327,21 @@ def current_platform() -> Platform:
     return PLATFORMS[keras.backend.backend()]()
 
 
-class _TensorFlowWriter:
+class _Writers:
+    """The train and validation event-file writers of one run (``self.writers``)."""
+
+    writers: dict
+
+    def flush(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+class _TensorFlowWriter(_Writers):
     """tf.summary event files for the train and validation runs."""
 
     def __init__(self, log_dir):
@@ -349,16 +363,8 @@ class _TensorFlowWriter:
         with self.writers["train"].as_default():
             self.tf.summary.image(tag, grid[None], step=step)
 
-    def flush(self) -> None:
-        for writer in self.writers.values():
-            writer.flush()
 
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-
-class _TorchWriter:
+class _TorchWriter(_Writers):
     """PyTorch's SummaryWriter, the same tags (TensorBoard reads both alike)."""
 
     def __init__(self, log_dir):
@@ -377,11 +383,3 @@ class _TorchWriter:
 
     def image(self, tag: str, grid: np.ndarray, step: int) -> None:
         self.writers["train"].add_image(tag, grid, step, dataformats="HWC")
-
-    def flush(self) -> None:
-        for writer in self.writers.values():
-            writer.flush()
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
