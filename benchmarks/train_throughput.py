@@ -103,10 +103,10 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
             y = torch.zeros(config.batch_size, dtype=torch.long)
             while True:
                 yield x, y
-        data_loader, sampler = make_data_loader(loader, device.type == "cuda")
+        data_loader = make_data_loader(loader, device.type == "cuda")
         epoch = 0
         while True:
-            sampler.set_epoch(epoch)
+            data_loader.set_epoch(epoch)
             for images, labels, _ in data_loader:
                 yield images, labels
             epoch += 1

@@ -86,6 +86,14 @@ def _add_data_options(data, d: TrainConfig) -> None:
                       help="fraction of each class held out for the final test "
                            "(default: %(default)s)")
     _add_workers_option(data)
+    data.add_argument("--cache", choices=("none", "ram", "disk"), default=d.cache,
+                      help="keep each image decoded and resized after its first epoch: in "
+                           "shared memory for this run (ram), or in a memory-mapped file that "
+                           "later runs on the same folder and size reuse (disk); augmentation "
+                           "stays random (default: %(default)s)")
+    data.add_argument("--cache_dir", default=d.cache_dir, metavar="DIR",
+                      help="folder of --cache disk, safe to delete between runs "
+                           "(default: <output_dir>/cache)")
     data.add_argument("--augment", choices=("none", "light", "full"), default=d.augment,
                       help="augmentation strength: full is the guide's 13 transforms, light "
                            "the random crop, flip and a mild colour change, none resizes only "

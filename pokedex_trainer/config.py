@@ -48,6 +48,8 @@ class TrainConfig:
     test_split: float = 0.15
     seed: int = 42
     workers: int = field(default_factory=default_workers)
+    cache: str = "none"  # decoded-image cache: none, ram or disk (image_cache.py)
+    cache_dir: str | None = None  # --cache disk: where (default: <output_dir>/cache)
     mixed_precision: bool = False
     dropout: float = 0.3
     run_name: str | None = None
@@ -110,6 +112,7 @@ class TrainConfig:
                                  "need a validation split"),
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.workers >= 0, "--workers must be 0 or more"),
+            (self.cache in ("none", "ram", "disk"), "--cache must be none, ram or disk"),
             (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
             (self.save_every >= 0, "--save_every must be 0 or more"),
             (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),

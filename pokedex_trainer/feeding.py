@@ -41,17 +41,19 @@ class BatchSource:
         augment: strength when training: none, light or full (``augment.AUGMENT_LEVELS``).
         augment_warmup: with full, epochs over which images move from the light pipeline to
             the full one (``augment.full_share``).
+        cache: an ``image_cache.ImageCache`` holding the decoded files, or None.
     """
 
     def __init__(self, root: Path | str, samples: list[tuple[str, int]],
                  image_size: tuple[int, int], training: bool, seed: int = 0,
-                 augment: str = "full", augment_warmup: int = 0):
+                 augment: str = "full", augment_warmup: int = 0, cache=None):
         self.root = Path(root)
         self.samples = list(samples)
         self.image_size = tuple(image_size)
         self.training = training and augment != "none"
         self.seed = seed
         self.augment, self.augment_warmup = augment, augment_warmup
+        self.cache = cache
         self._transforms = {}
 
     def __getstate__(self):
@@ -90,37 +92,49 @@ class BatchSource:
 
         relative, _ = self.samples[index]
         height, width = self.image_size
-        # Decode big JPEGs at a reduced scale that still leaves room for the random crop.
-        image = read_image(self.root / relative, min_size=(height * 5 // 4, width * 5 // 4))
+        if self.cache is not None:
+            image = self.cache.image(relative)
+        else:
+            # Decode big JPEGs at a reduced scale that still leaves room for the random crop.
+            image = read_image(self.root / relative, min_size=(height * 5 // 4, width * 5 // 4))
         transform = self.transform_of(level or self.augment)
         if rng_seed is not None and self.training:
             transform.set_random_seed(rng_seed)
         return transform(image=image)["image"]
 
-    def load_batch(self, indices: list[int], epoch: int = 0, batch_number: int = 0) -> Batch:
+    def load_batch(self, indices: list[int], epoch: int = 0, batch_number: int = 0,
+                   out: np.ndarray | None = None) -> Batch:
         """Build one batch. An unreadable file is replaced by another sample of the same batch
-        and reported in ``Batch.failed``, so batch shapes stay fixed and nothing is hidden."""
+        and reported in ``Batch.failed``, so batch shapes stay fixed and nothing is hidden.
+
+        ``out``: an array of at least ``len(indices)`` images to write the pixels into (a
+        shared-memory buffer); ``Batch.images`` is then a view of it.
+        """
         from .images import UnreadableImageError
 
         rng_seed = (self.seed * 1_000_003 + epoch * 10_007 + batch_number) % (2**32)
         levels = self.levels(epoch, len(indices), rng_seed)
+        if out is None:
+            out = np.empty((len(indices), *self.image_size, 3), np.uint8)
         seeded: set[str] = set()  # each pipeline is seeded once per batch, at its first image
-        images, labels, failed = [], [], []
+        labels, failed = [], []
         for index, level in zip(indices, levels):
             try:
                 first = level not in seeded
                 seeded.add(level)
-                images.append(self.load_image(index, rng_seed if first else None, level))
+                image = self.load_image(index, rng_seed if first else None, level)
+                out[len(labels)] = image
                 labels.append(self.samples[index][1])
             except UnreadableImageError as exc:
                 failed.append((self.samples[index][0], exc.reason))
-        if not images:
+        if not labels:
             raise RuntimeError("every image of a batch is unreadable: "
                                + "; ".join(f"{p} ({r})" for p, r in failed))
-        while len(images) < len(indices):  # keep the batch size: repeat readable samples
-            images.append(images[len(images) % max(1, len(indices) - len(failed))])
-            labels.append(labels[len(labels) % max(1, len(indices) - len(failed))])
-        return Batch(np.stack(images), np.asarray(labels, dtype=np.int32), failed)
+        readable = len(labels)
+        while len(labels) < len(indices):  # keep the batch size: repeat readable samples
+            out[len(labels)] = out[len(labels) % readable]
+            labels.append(labels[len(labels) % readable])
+        return Batch(out[:len(indices)], np.asarray(labels, dtype=np.int32), failed)
 
 
 class UnreadableReporter:
@@ -137,6 +151,7 @@ class UnreadableReporter:
 
 
 _WORKER_SOURCE: BatchSource | None = None
+_WORKER_RING: list[np.ndarray] | None = None
 
 
 def ignore_interrupts(*_) -> None:
@@ -146,8 +161,8 @@ def ignore_interrupts(*_) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _init_worker(source: BatchSource, parent_pid: int) -> None:
-    global _WORKER_SOURCE
+def _init_worker(source: BatchSource, parent_pid: int, ring=None) -> None:
+    global _WORKER_SOURCE, _WORKER_RING
     import cv2
 
     from .processes import exit_with_parent
@@ -156,11 +171,16 @@ def _init_worker(source: BatchSource, parent_pid: int) -> None:
     exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     _WORKER_SOURCE = source
+    _WORKER_RING = ring.attach() if ring is not None else None
 
 
-def _worker_load(task: tuple[list[int], int, int]) -> Batch:
-    indices, epoch, batch_number = task
-    return _WORKER_SOURCE.load_batch(indices, epoch, batch_number)
+def _worker_load(task: tuple[list[int], int, int, int]) -> Batch:
+    """Decode a batch into ring buffer ``slot``; only labels and failures travel back."""
+    indices, epoch, batch_number, slot = task
+    if slot is None:  # no ring (shared memory full): the batch travels pickled
+        return _WORKER_SOURCE.load_batch(indices, epoch, batch_number)
+    batch = _WORKER_SOURCE.load_batch(indices, epoch, batch_number, out=_WORKER_RING[slot])
+    return Batch(None, batch.labels, batch.failed)
 
 
 class BatchLoader:
@@ -194,7 +214,7 @@ class BatchLoader:
         # Never drop the only batch of a tiny dataset.
         self.drop_last = drop_last and len(source.samples) > batch_size
         self.epoch = 0
-        self._pool = None
+        self._pool = self._ring = None
         self._report_failed = UnreadableReporter()
 
     def __len__(self) -> int:
@@ -223,37 +243,89 @@ class BatchLoader:
 
     def _get_pool(self):
         if self._pool is None:
+            from .shared_batches import BatchRing
+
+            # Every batch in flight has a buffer, and so does the one the trainer reads.
+            try:
+                self._ring = BatchRing(self.workers * self.prefetch + 1, self.batch_size,
+                                       self.source.image_size)
+            except OSError as exc:
+                logger.warning("no room in shared memory for the batch buffers (%s): batches "
+                               "are copied between processes instead, which is slower (in "
+                               "Docker, start the container with --shm-size=1g)",
+                               exc.strerror or exc)
             context = multiprocessing.get_context(self.start_method)
             self._pool = context.Pool(self.workers, initializer=_init_worker,
-                                      initargs=(self.source, os.getpid()))
+                                      initargs=(self.source, os.getpid(),
+                                                self._ring.spec if self._ring else None))
         return self._pool
 
-    def iter_epoch(self, epoch: int | None = None) -> Iterator[Batch]:
-        """Yield the batches of one epoch in order; the next call gives the next epoch."""
+    def iter_epoch(self, epoch: int | None = None, numbers: list[int] | None = None,
+                   in_place: bool = False) -> Iterator[Batch]:
+        """Yield the batches of one epoch in order; the next call gives the next epoch.
+
+        Args:
+            epoch: 0-based epoch (default: the one after the last call's).
+            numbers: only these batch numbers of the epoch (a torchrun rank's share).
+            in_place: with workers, each batch's images are a view of a shared-memory buffer
+                that is reused once the next batch is asked for: read (or copy) them before.
+                Without it each batch gets its own copy.
+        """
         if epoch is None:
             epoch = self.epoch
         self.epoch = epoch + 1
-        tasks = [(indices, epoch, n) for n, indices in enumerate(self.batch_indices(epoch))]
+        plan = self.batch_indices(epoch)
+        numbers = range(len(plan)) if numbers is None else numbers
+        tasks = [(plan[n], epoch, n) for n in numbers]
         if self.workers == 0:
             for task in tasks:
                 batch = self.source.load_batch(*task)
                 self._report_failed(batch.failed)
                 yield batch
             return
+        yield from self._iter_workers(tasks, in_place)
+
+    def _iter_workers(self, tasks: list, in_place: bool) -> Iterator[Batch]:
         pool = self._get_pool()
+        ring = self._ring
+        free = deque(range(len(ring)) if ring else [None] * self.workers * self.prefetch)
         pending: deque = deque()
         queue = iter(tasks)
-        for task in queue:
-            pending.append(pool.apply_async(_worker_load, (task,)))
-            if len(pending) >= self.workers * self.prefetch:
-                break
-        while pending:
-            batch = pending.popleft().get()
-            next_task = next(queue, None)
-            if next_task is not None:
-                pending.append(pool.apply_async(_worker_load, (next_task,)))
-            self._report_failed(batch.failed)
-            yield batch
+
+        def submit() -> None:
+            while free:
+                task = next(queue, None)
+                if task is None:
+                    return
+                slot = free.popleft()
+                pending.append((pool.apply_async(_worker_load, ((*task, slot),)), slot))
+
+        held = None
+        try:
+            submit()
+            while pending:
+                result, slot = pending.popleft()
+                meta = result.get()
+                if held is not None:  # the trainer is done with the previous batch
+                    free.append(held)
+                    held = None
+                if slot is None:
+                    images = meta.images
+                    free.append(slot)
+                elif in_place:
+                    images, held = ring.view(slot, len(meta.labels)), slot
+                else:
+                    images = ring.view(slot, len(meta.labels)).copy()
+                    free.append(slot)
+                submit()
+                self._report_failed(meta.failed)
+                yield Batch(images, meta.labels, meta.failed)
+        finally:
+            for result, _ in pending:  # an epoch left early: its buffers are still written
+                try:
+                    result.wait(60)
+                except Exception:
+                    pass
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_epoch()
@@ -268,6 +340,9 @@ class BatchLoader:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
 
     def __del__(self):
         try:

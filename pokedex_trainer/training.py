@@ -227,6 +227,7 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
             return run_phases(backend, context, state, plan_phases(context.config), saver)
     finally:
         backend.close()
+        context.close_image_cache()
 
 
 FINISHED = ("completed", "nan_loss", "pruned")

@@ -160,3 +160,21 @@ def run_with_signal_at(cwd: Path, argv: list[str], condition: str, signal: str =
                             action=action, after=after)
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
                           text=True, timeout=600, start_new_session=True)
+
+
+# A SIGNAL_AT action prefix: print the trainer's pid and its shared-memory segments first.
+SHOW_SEGMENTS = ("print('TRAINER', os.getpid(), sorted(n for n in os.listdir('/dev/shm') "
+                 "if n.startswith('pokedex_%d_' % os.getpid())), flush=True); ")
+
+
+def shown_segments(stdout: str) -> tuple[int, list[str]]:
+    """(pid, segment names) printed by a SHOW_SEGMENTS action."""
+    import ast
+
+    line = next(line for line in stdout.splitlines() if line.startswith("TRAINER "))
+    pid, names = line[len("TRAINER "):].split(" ", 1)
+    return int(pid), ast.literal_eval(names)
+
+
+def live_segments(pid: int) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"pokedex_{pid}_"))

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, nth_commit, run_with_signal_at
+from conftest import (ROOT, SHOW_SEGMENTS, live_segments, nth_commit, run_with_signal_at,
+                      shown_segments)
 
 
 def _argv(tmp_path, data, model_type, *extra):
@@ -68,10 +69,14 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset, model_type, work
     run_dir = tmp_path / "runs" / "run"
     argv = _argv(tmp_path, tiny_dataset, model_type)
     argv[argv.index("--workers") + 1] = workers
-    result = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), signal="SIGINT",
-                                after=True)
+    result = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), after=True,
+                                action=SHOW_SEGMENTS + "os.killpg(os.getpgid(0), signal.SIGINT)")
     assert result.returncode == 130, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    pid, segments = shown_segments(result.stdout)
+    rings = 2 if workers != "0" else 0  # train and validation loaders, with workers
+    assert len(segments) == rings * (int(workers) * 2 + 1)
+    assert live_segments(pid) == []  # unlinked by the trainer on its way out
     assert "--resume" in (run_dir / "training.log").read_text("utf-8")
     rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
     assert rows[-1]["status"] == "interrupted"

@@ -184,7 +184,7 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
 
 def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_copy, caplog):
     from pokedex_trainer.dataset import scan_dataset
-    from pokedex_trainer.feeding import BatchLoader, BatchSource, UnreadableReporter
+    from pokedex_trainer.feeding import BatchLoader, BatchSource
     from pokedex_trainer.torch_backend.data import make_data_loader
 
     bad = dataset_copy / "León" / "León_0002.jpg"
@@ -192,12 +192,13 @@ def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_cop
     index = scan_dataset(dataset_copy)
     plan = BatchLoader(BatchSource(index.root, index.samples, (32, 32), training=False), 9,
                        shuffle=False)
-    loader, _ = make_data_loader(plan, use_cuda=False)
-    report = UnreadableReporter()
+    loader = make_data_loader(plan, use_cuda=False)
+    failures = []
     with caplog.at_level("WARNING"):
-        for _ in range(2):  # two epochs, one warning
+        for epoch in range(2):  # two epochs, one warning
+            loader.set_epoch(epoch)
             for images, labels, failed in loader:
                 assert images.shape == (9, 32, 32, 3)
-                report(failed)
-    assert report.seen == {"León/León_0002.jpg"}
+                failures += failed
+    assert {path for path, _ in failures} == plan.unreadable == {"León/León_0002.jpg"}
     assert caplog.text.count("skipped unreadable image León/León_0002.jpg") == 1

@@ -33,6 +33,29 @@ class RunContext:
     run_dir: Path
     tensorboard_dir: Path
     timestamp: str
+    image_cache: object = None  # the --cache storage, opened by the first loader
+
+    def open_image_cache(self):
+        """The run's decoded-image cache (``--cache``), None when off. One for every split:
+        it holds each file of the run's split manifest."""
+        config = self.config
+        if config.cache == "none":
+            return None
+        if self.image_cache is None:
+            from ..image_cache import ImageCache, default_cache_dir
+
+            files = sorted({relative for split in self.splits.values()
+                            for relative, _ in split})
+            folder = Path(config.cache_dir) if config.cache_dir else \
+                default_cache_dir(config.output_dir)
+            self.image_cache = ImageCache(self.index.root, files, config.image_size,
+                                          config.cache, folder)
+        return self.image_cache
+
+    def close_image_cache(self) -> None:
+        if self.image_cache is not None:
+            self.image_cache.close()
+            self.image_cache = None
 
     @property
     def layout(self) -> RunLayout:
@@ -52,7 +75,8 @@ class RunContext:
         config = self.config
         source = BatchSource(self.index.root, self.splits[split], config.image_size,
                              training=training, seed=config.seed, augment=config.augment,
-                             augment_warmup=config.augment_warmup)
+                             augment_warmup=config.augment_warmup,
+                             cache=self.open_image_cache())
         return BatchLoader(source, self.config.batch_size,
                            shuffle=training if shuffle is None else shuffle,
                            workers=self.config.workers if workers is None else workers,

@@ -41,7 +41,9 @@ class LoaderFeed(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         if index == 0 or self._batches is None:
-            self._batches = self.loader.iter_epoch(self.epoch)
+            # In place: pack_batch's float conversion reads the shared buffer before the next
+            # batch may reuse it.
+            self._batches = self.loader.iter_epoch(self.epoch, in_place=True)
         batch = next(self._batches)
         return pack_batch(batch, self.replicas, self.class_weights, float_images=True)
 
@@ -181,6 +183,7 @@ class TensorFlowPlatform(Platform):
         weighted = replicas > 1 or class_weights is not None
 
         def generate():
+            # Copied out of the shared buffers: TensorFlow may keep a NumPy array's memory.
             for batch in loader.iter_epoch():
                 yield pack_batch(batch, replicas, class_weights)
 

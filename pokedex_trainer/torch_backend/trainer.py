@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..feeding import UnreadableReporter
 from ..core.context import RunContext
 from ..core.phases import Phase
 from ..records import atomic_target
@@ -187,7 +186,6 @@ class Runner:
         self.train_loss_fn = self.loss_fn if weights is None else _WeightedLoss(
             torch.tensor(weights, dtype=torch.float32, device=device), smoothing)
         self.ema: WeightAverage | None = None
-        self.report_failed = UnreadableReporter()
         self.rank, self.world = _world()
         self.main = self.rank == 0
 
@@ -209,8 +207,7 @@ class Runner:
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1} {phase.name}", unit="batch", leave=False,
                    mininterval=_progress_interval(), disable=not self.main)
-        for images, labels, failed in bar:
-            self.report_failed(failed)
+        for images, labels, _ in bar:  # the loader warns about unreadable files
             x, y = self.to_input(images), labels.to(self.device, non_blocking=True).long()
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
@@ -238,10 +235,8 @@ class Runner:
     def evaluate(self, loader, prefix: str = "val_") -> dict:
         self.model.eval()
         meter = EpochMeter(self.context.num_classes)
-        for images, labels, failed in tqdm(loader, desc="validate", unit="batch", leave=False,
-                                           mininterval=_progress_interval(),
-                                           disable=not self.main):
-            self.report_failed(failed)
+        for images, labels, _ in tqdm(loader, desc="validate", unit="batch", leave=False,
+                                      mininterval=_progress_interval(), disable=not self.main):
             x, y = self.to_input(images), labels.to(self.device).long()
             with self.autocast():
                 logits = self.model(x).float()
@@ -333,10 +328,9 @@ class TorchBackend:
         train_plan = context.make_loader("train", training=True)
         # Each rank trains on its share of the batches and validates on all of them, so every
         # rank reaches the same early-stopping decision without a message.
-        self.train_loader, self.train_sampler = make_data_loader(
-            train_plan, runner.cuda, runner.rank, runner.world)
-        self.val_loader, _ = make_data_loader(context.make_loader("val", training=False),
-                                              runner.cuda)
+        self.train_loader = make_data_loader(train_plan, runner.cuda, runner.rank, runner.world)
+        self.val_loader = make_data_loader(context.make_loader("val", training=False),
+                                           runner.cuda)
         self.loaders += [self.train_loader, self.val_loader]
         if self.main_process:
             images = train_plan.sample_batch().images
@@ -363,19 +357,19 @@ class TorchBackend:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def fit_epoch(self, epoch: int, phase: Phase) -> dict:
-        self.train_sampler.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch)
         return self.runner.train_one_epoch(self.train_loader, self.optimizer, phase, epoch,
                                            self.module)
 
     def evaluate(self, split: str) -> dict:
         if split == "val":
             return self.runner.evaluate(self.val_loader, prefix="")
-        loader, _ = make_data_loader(self.context.make_loader(split, training=False),
-                                     self.runner.cuda)
+        loader = make_data_loader(self.context.make_loader(split, training=False),
+                                  self.runner.cuda)
         try:
             return self.runner.evaluate(loader, prefix="")
         finally:
-            shutdown_workers(loader)
+            loader.close()
 
     def get_weights(self):
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -425,7 +419,7 @@ class TorchBackend:
 
     def close(self) -> None:
         for loader in self.loaders:
-            shutdown_workers(loader)
+            loader.close()
         if self.tensorboard:
             self.tensorboard.close()
         if self.runner.world > 1:
@@ -437,15 +431,6 @@ class TorchBackend:
 
 STATE_FILE = "state.pth"
 LEGACY_STATE_FILE = "last.pth"  # the first version's resume/ file
-
-
-def shutdown_workers(loader) -> None:
-    """Stop a DataLoader's persistent workers now, not whenever the garbage collector runs
-    (a worker still alive at interpreter exit prints a traceback from ``__del__``)."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 def search_batch_size(config, spec, num_classes: int):

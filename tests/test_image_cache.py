@@ -1,0 +1,132 @@
+"""--cache ram|disk: the stored pixels are a fresh decode and resize; a changed file is decoded
+again; a disk cache is reused by later runs and rebuilt when deleted; ram refuses what does not
+fit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from pokedex_trainer import images as image_module
+from pokedex_trainer.dataset import scan_dataset
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.feeding import BatchLoader, BatchSource
+from pokedex_trainer.image_cache import ImageCache, working_size
+from pokedex_trainer.images import read_image
+
+
+def _files(root):
+    return [relative for relative, _ in scan_dataset(root).samples]
+
+
+def _fresh(path, image_size):
+    height, width = working_size(image_size)
+    image = read_image(path, min_size=(height, width))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk"])
+def test_cache_holds_a_fresh_decode_and_decodes_a_changed_file_again(dataset_copy, tmp_path,
+                                                                     kind):
+    files = _files(dataset_copy)
+    cache = ImageCache(dataset_copy, files, (32, 32), kind, tmp_path / "cache")
+    try:
+        assert working_size((32, 32)) == (40, 40)
+        for relative in files:
+            stored = cache.image(relative)
+            assert stored.shape == (40, 40, 3) and not stored.flags.writeable
+            assert np.array_equal(stored, _fresh(dataset_copy / relative, (32, 32)))
+        assert cache.filled() == len(files)
+        # A file replaced by another photo (new size and modification time) is decoded again.
+        changed = dataset_copy / files[0]
+        shutil.copyfile(dataset_copy / files[-1], changed)
+        os.utime(changed, ns=(10**18, 10**18))
+        assert np.array_equal(cache.image(files[0]), _fresh(dataset_copy / files[-1], (32, 32)))
+    finally:
+        cache.close()
+
+
+def test_disk_cache_is_reused_by_a_later_run_without_decoding(dataset_copy, tmp_path,
+                                                              monkeypatch):
+    files = _files(dataset_copy)
+    first = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    expected = [first.image(relative).copy() for relative in files]
+    first.close()
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds the image")
+
+    monkeypatch.setattr(image_module, "read_image", no_decode)
+    second = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    assert second.path == first.path and second.filled() == len(files)
+    assert all(np.array_equal(second.image(r), e) for r, e in zip(files, expected))
+    # Another size is another cache; the first one is left as it is.
+    other = ImageCache(dataset_copy, files, (48, 48), "disk", tmp_path / "cache")
+    assert other.path != first.path and other.filled() == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_deleted_disk_cache_is_rebuilt(dataset_copy, tmp_path):
+    files = _files(dataset_copy)
+    cache = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    cache.image(files[0])
+    cache.close()
+    shutil.rmtree(tmp_path / "cache")
+    again = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    assert again.filled() == 0
+    assert np.array_equal(again.image(files[0]), _fresh(dataset_copy / files[0], (32, 32)))
+
+
+def test_damaged_disk_cache_files_are_rebuilt(dataset_copy, tmp_path):
+    files = _files(dataset_copy)
+    cache = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    cache.image(files[0])
+    cache.close()
+    (cache.path / "pixels.u8").write_bytes(b"truncated")
+    again = ImageCache(dataset_copy, files, (32, 32), "disk", tmp_path / "cache")
+    assert again.filled() == 0
+    assert np.array_equal(again.image(files[0]), _fresh(dataset_copy / files[0], (32, 32)))
+
+
+def test_ram_cache_refuses_what_memory_cannot_hold(dataset_copy, monkeypatch):
+    import psutil
+
+    class Little:
+        available = 1000
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Little())
+    with pytest.raises(UserError) as error:
+        ImageCache(dataset_copy, _files(dataset_copy), (512, 512), "ram")
+    message = str(error.value)
+    assert "--cache ram needs about" in message and "--cache disk" in message
+    assert "\n" not in message
+
+
+def test_disk_cache_refuses_a_full_disk(dataset_copy, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    with pytest.raises(UserError, match="--cache disk needs about"):
+        ImageCache(dataset_copy, _files(dataset_copy), (32, 32), "disk", tmp_path / "cache")
+
+
+def test_loader_with_cache_gives_random_augmentation_from_stored_pixels(dataset_copy, tmp_path):
+    index = scan_dataset(dataset_copy)
+    cache = ImageCache(dataset_copy, _files(dataset_copy), (32, 32), "ram")
+    try:
+        source = BatchSource(index.root, index.samples, (32, 32), training=True, seed=3,
+                             cache=cache)
+        loader = BatchLoader(source, 6, shuffle=True, seed=3)
+        first = [batch.images for batch in loader.iter_epoch(0)]
+        assert cache.filled() == len(index.samples)
+        again = [batch.images for batch in loader.iter_epoch(0)]  # same epoch: same draws
+        other = [batch.images for batch in loader.iter_epoch(1)]  # next epoch: new draws
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    finally:
+        cache.close()
