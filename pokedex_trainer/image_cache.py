@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import weakref
 from pathlib import Path

@@ -3,7 +3,6 @@
 import os
 
 import numpy as np
-import pytest
 
 from pokedex_trainer.dataset import scan_dataset
 from pokedex_trainer.feeding import BatchLoader, BatchSource
