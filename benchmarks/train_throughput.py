@@ -4,9 +4,11 @@
     python benchmarks/train_throughput.py --model_type resnet --mixed_precision --loader off
 
 "off" feeds one pre-made batch again and again (the bare framework's speed); "on" feeds the
-project's loader (read + decode + full augmentation in worker processes) over generated
-photo-like JPEGs. The gap between the two is what the input pipeline costs on this machine.
-Prints a table and writes JSON (--output).
+project's loader (read + decode + full augmentation in worker processes, batches through shared
+memory) over generated photo-like JPEGs, with ``--cache ram|disk`` after one epoch that fills
+the cache. The gap between the two is what the input pipeline costs on this machine; PyTorch
+runs also report the share of the timed steps spent waiting for a batch. Prints a table and
+writes JSON (--output).
 """
 
 from __future__ import annotations
@@ -112,9 +114,12 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
             epoch += 1
 
     stream = batches()
+    waited = [0.0]
 
     def step():
+        start = time.perf_counter()
         images, labels = next(stream)
+        waited[0] += time.perf_counter() - start
         x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -131,6 +136,7 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    waited[0] = 0.0
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -139,6 +145,7 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return {"seconds": elapsed, "gpu_peak_mb": peak,
+            "loader_wait_share": waited[0] / elapsed if loader is not None else None,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
 
 
@@ -153,6 +160,8 @@ def main(argv=None) -> int:
                         default="auto", help="Keras networks: the Keras 3 backend")
     parser.add_argument("--loader", choices=("on", "off"), default="on")
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none",
+                        help="the loader's decoded-image cache, filled by one epoch first")
     parser.add_argument("--data_dir", default="benchmarks/data",
                         help="where generated photos are cached")
     parser.add_argument("--output", default=None, help="JSON file to write")
@@ -165,9 +174,19 @@ def main(argv=None) -> int:
     if args.loader == "on":
         root = photo_like_dataset(Path(args.data_dir), max(config.image_size))
         index = scan_dataset(root)
-        source = BatchSource(root, index.samples, config.image_size, training=True)
+        cache = None
+        if args.cache != "none":
+            from pokedex_trainer.image_cache import ImageCache
+
+            cache = ImageCache(root, [r for r, _ in index.samples], config.image_size,
+                               args.cache, Path(args.data_dir) / "cache")
+        source = BatchSource(root, index.samples, config.image_size, training=True,
+                             cache=cache)
         loader = BatchLoader(source, config.batch_size, shuffle=True, workers=args.workers,
                              drop_last=True)
+        if cache is not None:
+            for _ in loader.iter_epoch(0, in_place=True):  # fill the cache
+                pass
     run = torch_throughput if get_spec(args.model_type).framework == "torch" else \
         keras_throughput
     try:
@@ -175,19 +194,24 @@ def main(argv=None) -> int:
     finally:
         if loader is not None:
             loader.close()
+            if loader.source.cache is not None:
+                loader.source.cache.close()
     images = args.steps * config.batch_size
     result.update({"model_type": args.model_type, "loader": args.loader,
                    "batch_size": config.batch_size, "image_size": list(config.image_size),
                    "mixed_precision": args.mixed_precision, "steps": args.steps,
                    "workers": args.workers if args.loader == "on" else 0,
+                   "cache": args.cache if args.loader == "on" else "-",
                    "images_per_second": images / result["seconds"],
                    "machine": platform.platform(), "python": platform.python_version()})
-    print(f"{'model_type':<12}{'loader':<8}{'batch':>6}{'size':>10}{'amp':>5}"
-          f"{'img/s':>10}{'GPU MB':>9}  device")
+    print(f"{'model_type':<12}{'loader':<8}{'cache':<6}{'batch':>6}{'size':>10}{'amp':>5}"
+          f"{'img/s':>10}{'GPU MB':>9}{'wait':>6}  device")
     gpu = f"{result['gpu_peak_mb']:.0f}" if result["gpu_peak_mb"] else "-"
-    print(f"{args.model_type:<12}{args.loader:<8}{config.batch_size:>6}"
+    wait = result.get("loader_wait_share")
+    print(f"{args.model_type:<12}{args.loader:<8}{result['cache']:<6}{config.batch_size:>6}"
           f"{'x'.join(map(str, config.image_size)):>10}{'yes' if args.mixed_precision else 'no':>5}"
-          f"{result['images_per_second']:>10.1f}{gpu:>9}  {result['device']}")
+          f"{result['images_per_second']:>10.1f}{gpu:>9}{'-' if wait is None else f'{wait:.2f}':>6}"
+          f"  {result['device']}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))
