@@ -130,3 +130,36 @@ def test_loader_with_cache_gives_random_augmentation_from_stored_pixels(dataset_
         assert not all(np.array_equal(a, b) for a, b in zip(first, other))
     finally:
         cache.close()
+
+
+def _train_argv(tmp_path, data, model_type, workers):
+    return ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
+            "--image_size", "32", "32", "--batch_size", "8", "--epochs", "1",
+            "--fine_tune_epochs", "1", "--val_split", "0.25", "--test_split", "0.25",
+            "--workers", str(workers), "--cache", "disk", "--output_dir", str(tmp_path / "runs"),
+            "--log_dir", str(tmp_path / "tb"), "--histogram_freq", "0"]
+
+
+def _train_twice(tmp_path, data, model_type, workers):
+    import json
+
+    from pokedex_trainer.cli import run_main, train_main
+
+    for _ in range(2):
+        assert run_main(train_main, _train_argv(tmp_path, data, model_type, workers)) == 0
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if (p / "config.json").exists())
+    logs = [(run / "training.log").read_text("utf-8") for run in runs]
+    assert len(runs) == 2
+    assert json.loads((runs[0] / "config.json").read_text("utf-8"))["cache"] == "disk"
+    caches = list((tmp_path / "runs" / "cache").iterdir())
+    assert len(caches) == 1 and "image cache:" in logs[0] and "filled during" in logs[0]
+    assert f"image cache: reusing {caches[0]}" in logs[1]
+
+
+def test_training_with_a_disk_cache_reuses_it_in_the_next_run(tiny_dataset, tmp_path):
+    _train_twice(tmp_path, tiny_dataset, "tiny_torch", 0)
+
+
+@pytest.mark.slow
+def test_keras_training_with_workers_and_a_disk_cache(tiny_dataset, tmp_path):
+    _train_twice(tmp_path, tiny_dataset, "tiny_keras", 2)
