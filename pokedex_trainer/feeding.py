@@ -321,11 +321,12 @@ class BatchLoader:
                 self._report_failed(meta.failed)
                 yield Batch(images, meta.labels, meta.failed)
         finally:
-            for result, _ in pending:  # an epoch left early: its buffers are still written
-                try:
-                    result.wait(60)
-                except Exception:
-                    pass
+            # An epoch left early: its buffers are still being written; the next epoch must
+            # not hand them out before that ends (unless the pool is gone already).
+            for result, _ in pending:
+                if self._pool is not pool:
+                    break
+                result.wait(60)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_epoch()
