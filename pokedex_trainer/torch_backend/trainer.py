@@ -52,6 +52,23 @@ def broadcast(value):
     return holder[0]
 
 
+def all_gather(value) -> list:
+    """Every rank's ``value``, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def leave_distributed() -> None:
+    """Leave the process group (when a run stops before its backend exists to close it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _world() -> tuple[int, int]:
     import torch.distributed as dist
 
