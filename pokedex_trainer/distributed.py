@@ -21,6 +21,8 @@ import os
 import socket
 from pathlib import Path
 
+from .errors import UserError
+
 
 def world() -> tuple[int, int]:
     """(global rank, world size) when started by torchrun, else (0, 1)."""
@@ -93,3 +95,18 @@ def group_problem(views: list[dict]) -> str | None:
                     "copy of the dataset")
     return None
 
+
+def check_keras_cluster() -> None:
+    """A Keras network trains on one machine only: refuse a multi-worker TensorFlow cluster.
+
+    Keras 3 cannot run ``model.fit`` under ``tf.distribute.MultiWorkerMirroredStrategy``:
+    with two workers (TF_CONFIG) the first training step fails with "Attempt to convert a value
+    (PerReplica ...) to a Tensor" (keras-team/keras#20585, tensorflow/tensorflow#72388; seen
+    here with Keras 3.15.1 and TensorFlow 2.21.0). Ignoring TF_CONFIG would silently train N
+    independent runs instead.
+    """
+    if os.environ.get("TF_CONFIG"):
+        raise UserError("TF_CONFIG is set, but the Keras networks cannot train across machines "
+                        "(Keras 3 fit fails under MultiWorkerMirroredStrategy, "
+                        "keras-team/keras#20585): unset TF_CONFIG to train on one machine with "
+                        "all its GPUs, or use --model_type resnet with torchrun --nnodes N")

@@ -24,7 +24,7 @@ from .core.phases import plan_phases
 from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
                       find_unreadable_headers, read_manifest, scan_dataset, stratified_split,
                       write_manifest)
-from .distributed import describe_group, describe_node, group_problem
+from .distributed import check_keras_cluster, describe_group, describe_node, group_problem
 from .distributed import world as process_world
 from .environment import environment_info, experiment_row
 from .errors import RunFailed, TrainingStopped, UserError
@@ -119,6 +119,7 @@ def select_keras_backend(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     (a resumed run keeps its own), and made the backend of this process."""
     if get_spec(config.model_type).framework != "keras":
         return config, []
+    check_keras_cluster()
     from .keras_backend.select import activate, choose
 
     if config.keras_backend == "auto":
