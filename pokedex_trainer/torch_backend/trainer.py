@@ -33,14 +33,16 @@ def _progress_interval() -> float:
 
 
 def init_distributed() -> None:
-    """Join the torchrun process group: NCCL on GPUs, gloo on CPUs."""
+    """Join the torchrun process group: NCCL on GPUs, gloo on CPUs and where PyTorch has no
+    NCCL (Windows). ``LOCAL_RANK`` picks this process's GPU on its own machine."""
     import os
 
     import torch.distributed as dist
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    dist.init_process_group("nccl" if nccl else "gloo")
 
 
 def broadcast(value):
