@@ -24,6 +24,8 @@ from .core.phases import plan_phases
 from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
                       find_unreadable_headers, read_manifest, scan_dataset, stratified_split,
                       write_manifest)
+from .distributed import check_keras_cluster, describe_group, describe_node, group_problem
+from .distributed import world as process_world
 from .environment import environment_info, experiment_row
 from .errors import RunFailed, TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
@@ -117,6 +119,7 @@ def select_keras_backend(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     (a resumed run keeps its own), and made the backend of this process."""
     if get_spec(config.model_type).framework != "keras":
         return config, []
+    check_keras_cluster()
     from .keras_backend.select import activate, choose
 
     if config.keras_backend == "auto":
@@ -205,9 +208,7 @@ def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, di
 
 def distributed_world() -> tuple[int, int]:
     """(rank, world size) when started by torchrun, else (0, 1)."""
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return process_world()
 
 
 def train_with_backend(module, context: RunContext, state: RunState) -> dict:
@@ -286,42 +287,112 @@ def _already_finished(layout: RunLayout) -> Path:
 
 def _run_distributed(config: TrainConfig, resume_dir: Path | None, rank: int,
                      world: int) -> Path | None:
-    """Under ``torchrun`` every process trains, and rank 0 alone makes the run directory,
-    logs, saves and writes the experiments row."""
+    """Under ``torchrun`` every process trains, on one or several machines; rank 0 (the
+    chief) alone makes the run directory, logs, saves and writes the experiments row (see
+    distributed.py)."""
     module = None
     if world > 1:
-        if get_spec(config.model_type).framework != "torch":
-            raise UserError("torchrun is for --model_type resnet; the Keras networks use every "
-                            "visible GPU by themselves (MirroredStrategy)")
+        # Join first, whatever the network: a rank that stopped here alone would leave the
+        # others waiting for it. The chief checks the network (a non-chief node may not see
+        # the config of the run to resume) and every rank hears its answer.
         module = load_backend("torch")
         module.init_distributed()
-    resume_point, notes, context, error = None, [], None, None
+    try:
+        return _train_in_group(module, config, resume_dir, rank, world)
+    finally:
+        if module is not None:
+            module.leave_distributed()
+
+
+def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
+    """Rank 0: the run to train, as (context, resume point, notes, lock), or None when
+    ``resume_dir`` already finished."""
+    if distributed_world()[1] > 1 and run_framework(config, resume_dir) != "torch":
+        raise UserError("torchrun is for --model_type resnet; the Keras networks use every "
+                        "visible GPU by themselves (MirroredStrategy)")
+    if resume_dir is None:
+        context, notes = create_run(config)
+        try:
+            return context, None, notes, RunLock(context.run_dir).acquire()
+        except UserError:
+            remove_unstarted_run(context)
+            raise
+    layout = RunLayout.read(Path(resume_dir))
+    if layout.config.is_file() and finished_status(layout):
+        return None
+    if not Path(resume_dir).is_dir():
+        raise UserError(f"--resume: '{resume_dir}' is not a run directory")
+    lock = RunLock(Path(resume_dir)).acquire()
+    try:
+        context, resume_point = open_resumed_run(resume_dir, config.workers)
+    except BaseException:
+        lock.release()
+        raise
+    return context, resume_point, [], lock
+
+
+def _train_in_group(module, config: TrainConfig, resume_dir: Path | None, rank: int,
+                    world: int) -> Path | None:
+    opened, error = None, None
     if rank == 0:
         try:
-            if resume_dir is not None:
-                context, resume_point = open_resumed_run(resume_dir, config.workers)
-            else:
-                context, notes = create_run(config)
+            opened = _open_as_chief(config, resume_dir)
+            if opened is None:
+                _already_finished(RunLayout.read(Path(resume_dir)))
         except UserError as exc:
             if world == 1:
                 raise
             error = str(exc)  # every rank must hear it, or they would wait forever
+    context, resume_point, notes, lock = opened or (None, None, [], None)
+    finished = rank == 0 and opened is None and error is None
     if world > 1:
-        context, resume_point, error = module.broadcast((context, resume_point, error))
+        # The chief's split travels with the context: every rank trains on that one split.
+        context, resume_point, error, finished = module.broadcast(
+            (context, resume_point, error, finished))
+        if not error and not finished:
+            error = group_problem(module.all_gather(describe_node(
+                context.index.root, context.splits, resume_point, context.run_dir)))
+            if error and rank == 0:
+                lock.release()
+                if resume_dir is None:
+                    remove_unstarted_run(context)
         if error:
             raise UserError(error)
+    if finished:
+        return Path(resume_dir) if rank == 0 else None
     if rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-        state = RunState(context.layout.history, context.config.patience,
-                         resume_point=resume_point, main_process=False)
+        return _train_as_worker(module, context, resume_point, rank)
+    try:
+        return _train_and_record(context, notes, resume_point, module,
+                                 fresh=resume_dir is None, lock=lock)
+    finally:
+        lock.release()
+
+
+def _train_as_worker(module, context: RunContext, resume_point: dict | None,
+                     rank: int) -> None:
+    """A rank other than 0: trains its share and writes nothing; rank 0 reports, exports
+    and returns the run directory."""
+    import socket
+
+    logging.getLogger().setLevel(logging.WARNING)
+    state = RunState(context.layout.history, context.config.patience,
+                     resume_point=resume_point, main_process=False)
+    try:
         train_with_backend(module, context, state)
-        return None  # rank 0 reports, exports and returns the run directory
-    return _train_and_record(context, notes, resume_point, module)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the chief died, a file it cannot read...
+        raise RunFailed(f"rank {rank} on {socket.gethostname()}: training failed: "
+                        f"{describe_failure(exc)}") from None
+    return None
 
 
 def _log_run_header(context: RunContext, notes: list[str], resumed: bool) -> None:
     config, splits = context.config, context.splits
     logger.info("run directory: %s%s", context.run_dir, " (resumed)" if resumed else "")
+    if process_world()[1] > 1:
+        logger.info("%s", describe_group())
     for note in notes:
         logger.warning("%s", note)
     logger.info("%s on %d classes: %d train / %d validation / %d test images, %dx%d, batch %d",

@@ -32,14 +32,16 @@ def _progress_interval() -> float:
 
 
 def init_distributed() -> None:
-    """Join the torchrun process group: NCCL on GPUs, gloo on CPUs."""
+    """Join the torchrun process group: NCCL on GPUs, gloo on CPUs and where PyTorch has no
+    NCCL (Windows). ``LOCAL_RANK`` picks this process's GPU on its own machine."""
     import os
 
     import torch.distributed as dist
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    dist.init_process_group("nccl" if nccl else "gloo")
 
 
 def broadcast(value):
@@ -49,6 +51,23 @@ def broadcast(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def all_gather(value) -> list:
+    """Every rank's ``value``, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def leave_distributed() -> None:
+    """Leave the process group (when a run stops before its backend exists to close it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _world() -> tuple[int, int]:
