@@ -272,12 +272,14 @@ def run_main(main, argv: list[str] | None = None) -> int:
     """Run a script's ``main`` and turn expected failures into one line and an exit code."""
     import sys
 
+    from .core.interrupt import terminate_as_interrupt
     from .errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
     from .records import setup_console_logging
 
     setup_console_logging()
     try:
-        code = main(argv)
+        with terminate_as_interrupt():  # kill, timeout, docker stop, scancel: as Ctrl-C
+            code = main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

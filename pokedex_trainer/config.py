@@ -113,6 +113,8 @@ class TrainConfig:
             (0 <= self.dropout < 1, "--dropout must be in [0, 1)"),
             (self.workers >= 0, "--workers must be 0 or more"),
             (self.cache in ("none", "ram", "disk"), "--cache must be none, ram or disk"),
+            (self.cache_dir is None or self.cache == "disk", "--cache_dir is the folder of "
+                                                            "--cache disk: add --cache disk"),
             (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
             (self.save_every >= 0, "--save_every must be 0 or more"),
             (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),

@@ -105,8 +105,20 @@ def check_keras_cluster() -> None:
     here with Keras 3.15.1 and TensorFlow 2.21.0). Ignoring TF_CONFIG would silently train N
     independent runs instead.
     """
-    if os.environ.get("TF_CONFIG"):
+    if os.environ.get("TF_CONFIG") and _cluster_tasks(os.environ["TF_CONFIG"]) != 1:
         raise UserError("TF_CONFIG is set, but the Keras networks cannot train across machines "
                         "(Keras 3 fit fails under MultiWorkerMirroredStrategy, "
                         "keras-team/keras#20585): unset TF_CONFIG to train on one machine with "
                         "all its GPUs, or use --model_type resnet with torchrun --nnodes N")
+
+
+def _cluster_tasks(tf_config: str) -> int | None:
+    """How many tasks a TF_CONFIG's cluster names (one: a single-machine job, as some managed
+    platforms set it); None when it is not a readable TF_CONFIG."""
+    import json
+
+    try:
+        cluster = json.loads(tf_config).get("cluster") or {}
+        return sum(len(tasks) for tasks in cluster.values())
+    except (ValueError, AttributeError, TypeError):
+        return None

@@ -101,10 +101,18 @@ class ImageCache:
         return f"{self.root.name}_{height}x{width}_{digest.hexdigest()[:12]}"
 
     def _create_disk(self, folder: Path) -> None:
+        self.path = folder / self._key()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._open_disk()
+        except OSError as exc:
+            where = exc.filename or self.path
+            raise UserError(f"--cache disk cannot use '{folder}': {exc.strerror or exc} "
+                            f"('{where}'); choose a writable folder with --cache_dir") from None
+
+    def _open_disk(self) -> None:
         from .records import _locked
 
-        self.path = folder / self._key()
-        self.path.mkdir(parents=True, exist_ok=True)
         meta = {"version": CACHE_VERSION, "root": str(self.root.resolve()),
                 "shape": list(self.shape), "files": self.relatives}
         with open(self.path / LOCK, "a+", encoding="utf-8") as handle, _locked(handle):

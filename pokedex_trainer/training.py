@@ -177,8 +177,18 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     return context, notes
 
 
-def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, dict]:
-    """The context of an interrupted run from its own files: same config, split and names."""
+FEEDING_OPTIONS = ("workers", "cache", "cache_dir")  # how images are fed, not what is trained
+
+
+def feeding_of(config: TrainConfig) -> dict:
+    """The resuming command's feeding options, which replace the run's own (a machine with
+    other cores or memory resumes it)."""
+    return {name: getattr(config, name) for name in FEEDING_OPTIONS}
+
+
+def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, dict]:
+    """The context of an interrupted run from its own files: same config, split and names;
+    ``feeding`` (see ``feeding_of``) replaces the run's feeding options."""
     layout = RunLayout.read(Path(run_dir))
     if not layout.config.is_file():
         raise UserError(f"--resume: '{run_dir}' is not a run directory (no config.json)")
@@ -186,8 +196,8 @@ def open_resumed_run(run_dir: Path, workers: int | None) -> tuple[RunContext, di
         raise UserError(f"--resume: '{run_dir}' has no resumable state (it stopped before its "
                         "first epoch ended, or is not a run directory)")
     config = TrainConfig.load(layout.config).resolved()
-    if workers is not None:
-        config = replace(config, workers=workers)
+    if feeding:
+        config = replace(config, **feeding)
     config, _ = select_keras_backend(config)  # the run's own backend (auto: chosen again)
     manifest = read_manifest(layout.manifest)
     root = Path(config.data_path)
@@ -266,7 +276,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
         try:
             if finished_status(layout):  # it finished while this process was starting
                 return _already_finished(layout)
-            context, resume_point = open_resumed_run(resume_dir, config.workers)
+            context, resume_point = open_resumed_run(resume_dir, feeding_of(config))
             return _train_and_record(context, [], resume_point)
         finally:
             lock.release()
@@ -308,8 +318,9 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
     """Rank 0: the run to train, as (context, resume point, notes, lock), or None when
     ``resume_dir`` already finished."""
     if distributed_world()[1] > 1 and run_framework(config, resume_dir) != "torch":
-        raise UserError("torchrun is for --model_type resnet; the Keras networks use every "
-                        "visible GPU by themselves (MirroredStrategy)")
+        raise UserError("torchrun is for --model_type resnet; the Keras networks train in one "
+                        "process (on TensorFlow over every GPU of the machine, see 'Several "
+                        "GPUs' in the README)")
     if resume_dir is None:
         context, notes = create_run(config)
         try:
@@ -324,7 +335,7 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
         raise UserError(f"--resume: '{resume_dir}' is not a run directory")
     lock = RunLock(Path(resume_dir)).acquire()
     try:
-        context, resume_point = open_resumed_run(resume_dir, config.workers)
+        context, resume_point = open_resumed_run(resume_dir, feeding_of(config))
     except BaseException:
         lock.release()
         raise

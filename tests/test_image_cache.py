@@ -163,3 +163,42 @@ def test_training_with_a_disk_cache_reuses_it_in_the_next_run(tiny_dataset, tmp_
 @pytest.mark.slow
 def test_keras_training_with_workers_and_a_disk_cache(tiny_dataset, tmp_path):
     _train_twice(tmp_path, tiny_dataset, "tiny_keras", 2)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cache", "disk", "--cache_dir", "FILE"], "--cache disk cannot use"),
+    (["--cache_dir", "DIR"], "--cache_dir is the folder of --cache disk"),
+])
+def test_a_cache_folder_that_cannot_be_used_is_refused_before_the_run(tiny_dataset, tmp_path,
+                                                                      capsys, extra, message):
+    from pokedex_trainer.cli import run_main, train_main
+
+    (tmp_path / "FILE").write_text("mine", encoding="utf-8")
+    extra = [str(tmp_path / e) if e in ("FILE", "DIR") else e for e in extra]
+    argv = [a for a in _train_argv(tmp_path, tiny_dataset, "tiny_torch", 0)
+            if a not in ("--cache", "disk")] + extra
+    assert run_main(train_main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any(
+        p.is_dir() and p.name != "cache" for p in (tmp_path / "runs").iterdir())
+    assert (tmp_path / "FILE").read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.slow
+def test_resume_takes_the_cache_of_the_resuming_command(tiny_dataset, tmp_path):
+    from conftest import ROOT, nth_commit, run_with_signal_at
+    from pokedex_trainer.cli import run_main, train_main
+
+    argv = [ROOT / "train_professional_models.py",
+            *_train_argv(tmp_path, tiny_dataset, "tiny_torch", 0), "--epochs", "3",
+            "--run_name", "run"]
+    killed = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), after=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "runs" / "cache").is_dir()  # the first part used --cache disk
+    run_dir = tmp_path / "runs" / "run"
+    assert run_main(train_main, ["--resume", str(run_dir), "--workers", "0",
+                                 "--cache", "ram"]) == 0
+    caches = [line for line in (run_dir / "training.log").read_text("utf-8").splitlines()
+              if "image cache:" in line]
+    assert len(caches) == 2 and "cache" in caches[0] and "of shared memory for" in caches[1]

@@ -211,3 +211,12 @@ def test_a_keras_network_refuses_a_multi_worker_cluster_in_one_line(tmp_path, ti
     assert err.count("\n") == 1 and err.startswith("error: TF_CONFIG is set")
     assert "keras-team/keras#20585" in err and "torchrun" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_one_task_tf_config_is_a_single_machine_job():
+    from pokedex_trainer.distributed import _cluster_tasks
+
+    assert _cluster_tasks('{"cluster": {"chief": ["localhost:2222"]}, '
+                          '"task": {"type": "chief", "index": 0}}') == 1
+    assert _cluster_tasks('{"cluster": {"worker": ["a:1", "b:1"]}}') == 2
+    assert _cluster_tasks("not json") is None and _cluster_tasks("[1]") is None

@@ -84,6 +84,23 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset, model_type, work
     assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["tiny_torch", "tiny_keras"])
+def test_sigterm_stops_like_ctrl_c(tmp_path, tiny_dataset, model_type):
+    """kill, timeout, docker stop and scancel send SIGTERM, to the trainer alone."""
+    run_dir = tmp_path / "runs" / "run"
+    result = run_with_signal_at(tmp_path, _argv(tmp_path, tiny_dataset, model_type),
+                                nth_commit("state.json", 1), after=True,
+                                action="os.kill(os.getpid(), signal.SIGTERM)")
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "experiments.csv", encoding="utf-8")))
+    assert rows[-1]["status"] == "interrupted"
+    assert "--resume" in (run_dir / "training.log").read_text("utf-8")
+    assert _resume(tmp_path).returncode == 0
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3, 4, 5]
+
+
 def test_resume_of_a_folder_without_state_is_a_clear_error(tmp_path):
     (tmp_path / "runs" / "run").mkdir(parents=True)
     result = _resume(tmp_path)
