@@ -167,7 +167,7 @@ def test_a_node_without_the_shared_run_directory_stops_the_resume_in_one_line(
         assert code != 0
         errors = _error_lines(output)
         assert len(errors) == 1, output[-3000:]
-        assert errors[0].startswith(f"error: rank 1 on ") and "cannot see the checkpoint" in \
+        assert errors[0].startswith("error: rank 1 on ") and "cannot see the checkpoint" in \
             errors[0] and "every machine mounts at the same path" in errors[0]
         assert "Traceback" not in output.split("error: ")[0]  # ours; torchrun's own comes after
     assert sorted(p.name for p in run_dir.rglob("*")) == before
