@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.test_path is None) == (args.synthetic_test == 0):
         parser.error("give one of --test_path and --synthetic_test")
+    for flag, path in (("--train_path", args.train_path), ("--test_path", args.test_path)):
+        if path is not None and not Path(path).is_dir():
+            parser.error(f"{flag} '{path}' is not a folder")
     if min(args.budgets) < 1:
         parser.error("--budgets must be whole numbers of epochs, at least 1")
     if not 0 <= args.fine_tune_share < 1:
@@ -127,8 +130,8 @@ def run_tool(command: list[str], run_dir: Path):
 
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"the trainer failed ({result.returncode}): {tail}")
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: the trainer failed (exit code {result.returncode}): {last}")
     summary = json.loads((run_dir / "summary.json").read_text())
     classes = json.loads((run_dir / "class_names.json").read_text())
     model = keras.models.load_model(run_dir / "mobilenet_v2_best.keras", compile=False)

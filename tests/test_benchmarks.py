@@ -73,7 +73,7 @@ def test_recipe_rows_budgets_and_table():
     assert [recipe.phase_epochs(b, 0.2) for b in (1, 2, 4, 20)] == [(1, 0), (2, 0), (3, 1),
                                                                      (16, 4)]
     assert recipe.phase_epochs(4, 0.0) == (4, 0)
-    args = recipe.parse_args(["--train_path", "tr", "--test_path", "te"])
+    args = recipe.parse_args(["--train_path", str(ROOT), "--test_path", str(ROOT)])
     command = recipe.tool_command("tr", 20, args, ["--epochs", "7"], ROOT, "light_20")
     assert command[command.index("--weights") + 1] == "none"
     assert command[command.index("--fine_tune_epochs") + 1] == "4"
@@ -88,13 +88,15 @@ def test_recipe_rows_budgets_and_table():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--train_path", "tr"], "one of --test_path and --synthetic_test"),
-    (["--train_path", "tr", "--test_path", "te", "--budgets", "0"], "--budgets"),
-    (["--train_path", "tr", "--test_path", "te", "--recipe", "x"], "NAME=ARGS"),
+    (["--train_path", "."], "one of --test_path and --synthetic_test"),
+    (["--train_path", ".", "--test_path", ".", "--budgets", "0"], "--budgets"),
+    (["--train_path", ".", "--test_path", ".", "--recipe", "x"], "NAME=ARGS"),
+    (["--train_path", "no_such_folder", "--synthetic_test", "2"],
+     "--train_path 'no_such_folder' is not a folder"),
 ])
 def test_recipe_benchmark_refuses_bad_input_in_one_line(argv, message):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), *argv],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2 and message in result.stderr
 
 
