@@ -3,7 +3,7 @@
     from train_professional_models import MobileNetV2Trainer
 
     trainer = MobileNetV2Trainer(data_path="data/demo", weights="none", image_size=(64, 64),
-                                 epochs=20, fine_tune_epochs=4)
+                                 epochs=30, fine_tune_epochs=0, learning_rate=0.003)
     run_dir = trainer.train()                  # the run directory
     metrics = trainer.evaluate()               # evaluation/metrics.json as a dict
     files = trainer.export(formats="tflite")   # the checked files

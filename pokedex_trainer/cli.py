@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import TrainConfig, default_workers
+from .config import SCRATCH_DEFAULTS, TrainConfig, default_workers
 from .models import MODEL_SPECS
 
 
@@ -14,7 +14,10 @@ def _defaults_line() -> str:
         f"{spec.image_size[0]}x{spec.image_size[1]}, batch {spec.batch_size}"
         for name, spec in MODEL_SPECS.items()
     ]
-    return "per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
+    scratch = " ".join(f"--{name} {value}" for name, value in SCRATCH_DEFAULTS.items())
+    return ("per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
+            + "\n\nfrom scratch (--weights none), the options you leave out take the measured "
+            f"recipe:\n  {scratch}\n(see the README's \"The from-scratch recipe\")")
 
 
 def _batch_size(value: str):
@@ -240,23 +243,26 @@ def parse_train_command(argv: list[str] | None = None,
                         ) -> tuple[TrainConfig, dict]:
     """The trainer's command line as an unresolved TrainConfig and the actions
     (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with
-    ``explicit``: the options the command line gives (what a search keeps fixed)."""
+    ``explicit``: the options the command line gives (what a search keeps fixed, what the
+    from-scratch defaults never override), and ``scratch_defaults``: the values a from-scratch
+    run took from ``SCRATCH_DEFAULTS``."""
     values = vars((parser or build_train_parser()).parse_args(argv))
     actions = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
-    if any(actions[key] is not None for key in SEARCH_ACTIONS):
-        actions["explicit"] = explicit_train_options(argv)
+    actions["explicit"] = explicit_train_options(argv)
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
         values["model_type"] = TrainConfig.model_type
         if values["base_model"]:
             values["model_type"] = None  # taken from the base model (apply_base_model)
-    return TrainConfig(**values), actions
+    config, actions["scratch_defaults"] = TrainConfig(**values).with_scratch_defaults(
+        actions["explicit"])
+    return config, actions
 
 
 def explicit_train_options(argv: list[str] | None) -> dict:
     """The options the command line gives explicitly (destination -> value), defaults left out:
-    what a search keeps fixed."""
+    what a search keeps fixed and the from-scratch defaults leave alone."""
     parser = build_train_parser()
     for action in parser._actions:  # argparse has no public way to tell given from default
         action.default = argparse.SUPPRESS
@@ -316,6 +322,12 @@ def train_command(config: TrainConfig, actions: dict):
     from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
     configure(actions.get("live_log"))
+    if actions.get("scratch_defaults") and not actions["resume"]:
+        import logging
+
+        logging.getLogger(__name__).info(
+            "--weights none: the from-scratch recipe sets %s (options you give win)",
+            " ".join(f"--{name} {value}" for name, value in actions["scratch_defaults"].items()))
     if config.base_model and not actions["resume"]:
         config = apply_base_model(config)
     resume = Path(actions["resume"]) if actions["resume"] else None

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Iterable
 
 from .errors import UserError
 from .models import get_spec
 
 
 MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
+
+# The recipe of a from-scratch run (--weights none, no --base_model), for every option the
+# command line leaves out. Chosen by measurement (benchmarks/recipe.py on real photos, see the
+# README's "The from-scratch recipe"); the guide's values stay the defaults of ImageNet runs,
+# which could not be measured here.
+SCRATCH_DEFAULTS: dict[str, object] = {
+    "augment": "light",
+    "lr_schedule": "cosine",
+    "label_smoothing": 0.1,
+}
+# Options that only mean something with the guide's value of a recipe option: giving one keeps
+# that value (--lr_patience asks for the plateau schedule, --augment_warmup for full).
+SCRATCH_DEFAULT_KEPT_BY: dict[str, tuple[str, ...]] = {
+    "augment": ("augment_warmup",),
+    "lr_schedule": ("lr_patience", "lr_factor"),
+}
 
 
 def default_workers() -> int:
@@ -166,6 +183,18 @@ class TrainConfig:
     def pretrained(self) -> bool:
         """True when the backbone starts from trained weights (ImageNet, a file, a base model)."""
         return bool(self.base_model) or self.weights.lower() != "none"
+
+    def with_scratch_defaults(self, explicit: Iterable[str]) -> tuple["TrainConfig", dict]:
+        """A from-scratch run takes ``SCRATCH_DEFAULTS`` for each option not in ``explicit``
+        (the options the user gave) nor kept by one of them (``SCRATCH_DEFAULT_KEPT_BY``); a
+        pretrained run is returned unchanged. Returns the config and the values it took."""
+        if self.pretrained:
+            return self, {}
+        given = set(explicit)
+        taken = {name: value for name, value in SCRATCH_DEFAULTS.items()
+                 if name not in given and not given & set(SCRATCH_DEFAULT_KEPT_BY.get(name, ()))
+                 and getattr(self, name) != value}
+        return (replace(self, **taken) if taken else self), taken
 
     def to_dict(self) -> dict:
         values = asdict(self)

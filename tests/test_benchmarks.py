@@ -10,7 +10,8 @@ from conftest import ROOT
 
 
 @pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "inference.py",
-                                    "trainer_overhead.py", "gpu_smoke_table.py"])
+                                    "trainer_overhead.py", "gpu_smoke_table.py", "recipe.py",
+                                    "registry_photos.py"])
 def test_help(script):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
                             capture_output=True, text=True, timeout=60)
@@ -68,3 +69,102 @@ def test_inference_benchmark_times_the_eager_call_and_every_export(tmp_path):
     assert all(r["batch1_median_ms"] > 0 and r["throughput_images_per_s"] > 0 for r in rows)
     assert all(r["peak_rss_mb"] > 50 for r in rows[1:])
     assert rows[0]["latency_vs_eager"] == 1.0
+
+
+def _benchmark_module(name: str):
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_recipe_rows_budgets_and_table():
+    """The recipe benchmark's pure parts: --recipe rows, the split of a budget into the two
+    phases, the trainer's command line (a row's options last, so they win) and the table."""
+    recipe = _benchmark_module("recipe")
+    assert recipe.parse_recipes(["light=--augment light --lr_schedule cosine"]) == {
+        "tool": [], "light": ["--augment", "light", "--lr_schedule", "cosine"]}
+    for bad in (["light"], ["=--augment none"], ["bare=--augment none"], ["a=", "a=-x 1"]):
+        with pytest.raises(ValueError, match="NAME=ARGS"):
+            recipe.parse_recipes(bad)
+    with pytest.raises(ValueError, match="no tool row"):
+        recipe.parse_recipes([], with_default=False)
+    assert [recipe.phase_epochs(b, 0.2) for b in (1, 2, 4, 20)] == [(1, 0), (2, 0), (3, 1),
+                                                                     (16, 4)]
+    assert recipe.phase_epochs(4, 0.0) == (4, 0)
+    args = recipe.parse_args(["--train_path", str(ROOT), "--test_path", str(ROOT)])
+    command = recipe.tool_command("tr", 20, args, ["--epochs", "7"], ROOT, "light_20")
+    assert command[command.index("--weights") + 1] == "none"
+    assert command[command.index("--fine_tune_epochs") + 1] == "4"
+    assert command[-2:] == ["--epochs", "7"]
+    results = [{"name": "bare", "budget": 4, "test_accuracy": 0.25},
+               {"name": "tool", "budget": 4, "test_accuracy": 0.3125},
+               {"name": "bare", "budget": 20, "test_accuracy": 0.5}]
+    assert recipe.format_table(results, ["bare", "tool"]).splitlines() == [
+        "epochs        bare        tool",
+        "4            0.250       0.312",
+        "20           0.500           -"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train_path", "."], "one of --test_path and --synthetic_test"),
+    (["--train_path", ".", "--test_path", ".", "--budgets", "0"], "--budgets"),
+    (["--train_path", ".", "--test_path", ".", "--recipe", "x"], "NAME=ARGS"),
+    (["--train_path", "no_such_folder", "--synthetic_test", "2"],
+     "--train_path 'no_such_folder' is not a folder"),
+])
+def test_recipe_benchmark_refuses_bad_input_in_one_line(argv, message):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), *argv],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def _fake_archive(path, per_class=150, classes=10):
+    """A tar.gz laid out like the registry package's, with tiny PNGs."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for c in range(classes):
+            for i in range(per_class):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    buffer, "PNG")
+                info = tarfile.TarInfo(f"pkg-1.0.0/datasets/cifar10_folder/c{c}/c{c}_{i:04d}.png")
+                info.size = buffer.tell()
+                buffer.seek(0)
+                tar.addfile(info, buffer)
+    return path
+
+
+def test_registry_photos_split_is_deterministic_and_checks_the_archive(tmp_path):
+    """Train and test folders from the package's layout, the same for the same seed; an
+    archive that is not the package's one is refused in one line (exit 2)."""
+    photos = _benchmark_module("registry_photos")
+    archive = _fake_archive(tmp_path / "fake.tar.gz")
+    classes = photos.read_photos(archive)
+    assert len(classes) == 10 and all(len(files) == 150 for files in classes.values())
+    first = photos.write_split(classes, tmp_path / "a", 50, 64, seed=0)
+    again = photos.write_split(classes, tmp_path / "b", 50, 64, seed=0)
+    assert first == again == {"train": 1000, "test": 500}
+    names = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    assert names(tmp_path / "a") == names(tmp_path / "b")
+    assert len(list((tmp_path / "a" / "test" / "c3").iterdir())) == 50
+    from PIL import Image
+
+    assert Image.open(next((tmp_path / "a" / "train" / "c0").iterdir())).size == (64, 64)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "registry_photos.py"),
+                             "--archive", str(archive), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not that of savannah-shannon-cv-benchmarking" in \
+        result.stderr
+    small = _fake_archive(tmp_path / "small.tar.gz", per_class=3)
+    with pytest.raises(photos.DataError, match="10 classes of 150 photos"):
+        photos.read_photos(small)

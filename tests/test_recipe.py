@@ -173,3 +173,91 @@ def test_old_runs_read_with_the_new_options(tmp_path):
 
     assert parse_train_args(["--no_augment"]).augment == "none"
     assert parse_train_args(["--augment", "light"]).augment == "light"
+
+
+GUIDE = TrainConfig()
+
+
+@pytest.mark.parametrize("model_type", ["mobilenet", "resnet", "tiny_keras", "tiny_torch"])
+def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
+    """--weights none takes the measured recipe, in the Keras and the PyTorch networks alike;
+    an ImageNet run or a base model keeps the guide's values; a given option always wins, even
+    when it is the guide's value."""
+    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.config import SCRATCH_DEFAULTS
+
+    assert any(getattr(GUIDE, name) != value for name, value in SCRATCH_DEFAULTS.items())
+    scratch, actions = parse_train_command(["--model_type", model_type, "--weights", "none"])
+    assert {name: getattr(scratch, name) for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS
+    assert actions["scratch_defaults"] == {name: value for name, value in
+                                           SCRATCH_DEFAULTS.items()
+                                           if getattr(GUIDE, name) != value}
+    for argv in (["--model_type", model_type],
+                 ["--model_type", model_type, "--weights", "none", "--base_model", "b.keras"]):
+        config, actions = parse_train_command(argv)
+        assert all(getattr(config, name) == getattr(GUIDE, name) for name in SCRATCH_DEFAULTS)
+        assert actions["scratch_defaults"] == {}
+    for name in SCRATCH_DEFAULTS:  # the guide's value, given: kept
+        argv = ["--model_type", model_type, "--weights", "none", f"--{name}",
+                str(getattr(GUIDE, name))]
+        config = parse_train_command(argv)[0]
+        assert getattr(config, name) == getattr(GUIDE, name)
+        others = [other for other in SCRATCH_DEFAULTS if other != name]
+        assert {o: getattr(config, o) for o in others} == {o: SCRATCH_DEFAULTS[o] for o in others}
+
+
+def test_options_that_need_the_guides_value_keep_it_from_scratch():
+    """--augment_warmup means full augmentation, --lr_patience / --lr_factor the plateau
+    schedule, --no_augment none: the from-scratch recipe does not undo what they ask for."""
+    from pokedex_trainer.cli import parse_train_command
+
+    scratch = ["--weights", "none"]
+    assert parse_train_command(scratch + ["--augment_warmup", "2"])[0].augment == "full"
+    assert parse_train_command(scratch + ["--lr_patience", "2"])[0].lr_schedule == "plateau"
+    assert parse_train_command(scratch + ["--lr_factor", "0.5"])[0].lr_schedule == "plateau"
+    assert parse_train_command(scratch + ["--no_augment"])[0].augment == "none"
+
+
+def test_the_python_api_takes_the_same_from_scratch_defaults():
+    from pokedex_trainer.api import MobileNetV2Trainer, ResNet152Trainer
+    from pokedex_trainer.cli import parse_train_command
+
+    for cls, model_type in ((MobileNetV2Trainer, "mobilenet"), (ResNet152Trainer, "resnet")):
+        expected = parse_train_command(["--model_type", model_type, "--weights", "none"])[0]
+        assert cls(weights="none").config == expected
+        assert cls(weights="none", augment="full").config.augment == "full"
+
+
+def test_a_from_scratch_run_records_the_recipe_it_took(tiny_dataset, tmp_path, caplog):
+    """config.json holds the values the run trained with, and the console says where they
+    came from."""
+    from pokedex_trainer.config import SCRATCH_DEFAULTS
+
+    with caplog.at_level("INFO", logger="pokedex_trainer.cli"):
+        run = train_tiny_run(tiny_dataset, tmp_path, "tiny_torch", "--epochs", "1")
+    config = json.loads((run / "config.json").read_text("utf-8"))
+    assert {name: config[name] for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS
+    assert "--weights none: the from-scratch recipe sets --augment" in caplog.text
+
+
+def test_the_embedded_demo_is_what_the_generator_writes(tmp_path):
+    """data/demo is reproducible from its documented command: the same classes, the same
+    files, byte for byte; another seed draws other images of the same classes."""
+    import hashlib
+
+    from pokedex_trainer.synthetic import DEMO_CLASSES, DEMO_PATTERNS, main
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    main([str(tmp_path / "demo")])
+
+    def digests(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*.jpg"))}
+
+    written = digests(tmp_path / "demo")
+    assert len(written) == 6 * 150 and written == digests(demo)
+    assert sorted(p.name for p in demo.iterdir()) == sorted(DEMO_CLASSES)
+    assert len(set(DEMO_PATTERNS)) == len(DEMO_CLASSES)
+    main([str(tmp_path / "other"), "--per_class", "2", "--seed", "1"])
+    other = digests(tmp_path / "other")
+    assert len(other) == 12 and not set(other.values()) & set(written.values())
