@@ -230,8 +230,8 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         state.device = backend.device
         saver = CheckpointSaver(context.layout, context.timestamp, context.config.save_every,
                                 enabled=backend.main_process)
-        # Every rank of a torchrun must stop at the same step, and the PyTorch loader's
-        # shared-memory manager dies with the first Ctrl-C: both stop at once, as Python does.
+        # Every rank of a torchrun must stop at the same step, and PyTorch's training loop is
+        # plain Python (a KeyboardInterrupt there is safe): both stop at once, as Python does.
         if distributed_world()[1] > 1 or not backend.graceful_interrupt:
             return run_phases(backend, context, state, plan_phases(context.config), saver)
         with INTERRUPT:
