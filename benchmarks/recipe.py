@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # image_dataset_from_directory is tf.data
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors stay one line, not TF's start-up log
 
 BARE = "bare"
 TOOL = "tool"
@@ -73,20 +74,99 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where the tool's runs go (default: a temporary folder)")
     parser.add_argument("--output", default=None, help="JSON file of the results")
     args = parser.parse_args(argv)
+    if args.synthetic_test < 0:
+        parser.error("--synthetic_test must be a number of images per class, at least 1")
     if (args.test_path is None) == (args.synthetic_test == 0):
         parser.error("give one of --test_path and --synthetic_test")
-    for flag, path in (("--train_path", args.train_path), ("--test_path", args.test_path)):
-        if path is not None and not Path(path).is_dir():
-            parser.error(f"{flag} '{path}' is not a folder")
-    if min(args.budgets) < 1:
-        parser.error("--budgets must be whole numbers of epochs, at least 1")
-    if not 0 <= args.fine_tune_share < 1:
-        parser.error("--fine_tune_share must be in [0, 1)")
+    checks = [(min(args.budgets) >= 1, "--budgets must be whole numbers of epochs, at least 1"),
+              (len(set(args.budgets)) == len(args.budgets), "--budgets: each budget once"),
+              (0 <= args.fine_tune_share < 1, "--fine_tune_share must be in [0, 1)"),
+              (args.image_size >= 8, "--image_size must be at least 8 px"),
+              (args.batch_size >= 1, "--batch_size must be at least 1"),
+              (0 < args.val_split < 1, "--val_split must be a fraction in (0, 1)")]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
     try:
+        args.classes = check_folders(args.train_path, args.test_path)
         args.recipes = parse_recipes(args.recipe, not args.no_default)
+        for name, extra in args.recipes.items():
+            check_trainer_options(name, tool_command(args.train_path, args.budgets[0], args,
+                                                     extra, Path("runs"), name)[2:])
+        check_outputs(args)
     except ValueError as exc:
         parser.error(str(exc))
     return args
+
+
+def check_folders(train_path: str, test_path: str | None) -> list[str]:
+    """The training classes; both folders exist, hold images, and (with a test folder) the
+    same classes. ValueError otherwise."""
+    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.errors import UserError
+
+    classes = {}
+    for flag, path in (("--train_path", train_path), ("--test_path", test_path)):
+        if path is None:
+            continue
+        if not Path(path).is_dir():
+            raise ValueError(f"{flag} '{path}' is not a folder")
+        try:
+            index = scan_dataset(Path(path))
+        except UserError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+        if len(index.class_names) < 2:
+            raise ValueError(f"{flag} '{path}' needs class folders of images, at least two")
+        classes[flag] = index.class_names
+    if test_path is not None and classes["--test_path"] != classes["--train_path"]:
+        raise ValueError(f"the test classes {classes['--test_path']} are not the training "
+                         f"classes {classes['--train_path']}")
+    return classes["--train_path"]
+
+
+def check_trainer_options(name: str, argv: list[str]) -> None:
+    """A row's options as the trainer reads them, before anything trains."""
+    import contextlib
+    import io
+
+    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.errors import UserError
+
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            config, _ = parse_train_command(argv)
+        config.resolved()
+    except SystemExit:
+        last = (errors.getvalue().strip().splitlines() or ["invalid options"])[-1]
+        raise ValueError(f"row '{name}': {last}") from None
+    except UserError as exc:
+        raise ValueError(f"row '{name}': {exc}") from None
+
+
+def check_outputs(args) -> None:
+    """Nothing written by someone else is replaced: the tool's run names must be free in
+    --work_dir, and --output must be new or a result file of this script."""
+    if args.work_dir:
+        runs = Path(args.work_dir) / "runs"
+        taken = [f"{name}_{budget}" for name in args.recipes for budget in args.budgets
+                 if (runs / f"{name}_{budget}").exists()]
+        if taken:
+            raise ValueError(f"--work_dir {args.work_dir} already holds the run "
+                             f"{taken[0]}: choose an empty --work_dir")
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            raise ValueError(f"--output {output} is a folder: give a JSON file name")
+        if output.exists():
+            try:
+                previous = json.loads(output.read_text(encoding="utf-8"))
+                ours = isinstance(previous, dict) and {"recipes", "results"} <= set(previous)
+            except (OSError, ValueError):
+                ours = False
+            if not ours:
+                raise ValueError(f"--output {output} exists and is not a result of this "
+                                 "script: choose a new file name")
 
 
 def parse_recipes(specs: list[str], with_default: bool = True) -> dict[str, list[str]]:

@@ -128,12 +128,15 @@ def extract(output: Path, archive: Path | None = None, test_per_class: int = 50,
             seed: int = 0) -> dict:
     """Fetch (unless given) and check the archive, then write the two folders; returns what
     was written (also saved as ``<output>/source.json``)."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"--output {output} is a file, not a folder: choose a new folder")
     if output.exists() and any(output.iterdir()):
         raise DataError(f"{output} is not empty: remove it or choose another --output")
     with tempfile.TemporaryDirectory(prefix="registry_photos_") as tmp:
         path = Path(archive) if archive else download_archive(Path(tmp))
         if not path.is_file():
-            raise DataError(f"--archive {path}: no such file")
+            raise DataError(f"--archive {path}: "
+                            + ("a folder, not the archive" if path.is_dir() else "no such file"))
         digest = sha256(path)
         if digest != ARCHIVE_SHA256:
             raise DataError(f"{path} has SHA-256 {digest}, not that of {PACKAGE} {VERSION} "

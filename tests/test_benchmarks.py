@@ -95,7 +95,8 @@ def test_recipe_rows_budgets_and_table():
     assert [recipe.phase_epochs(b, 0.2) for b in (1, 2, 4, 20)] == [(1, 0), (2, 0), (3, 1),
                                                                      (16, 4)]
     assert recipe.phase_epochs(4, 0.0) == (4, 0)
-    args = recipe.parse_args(["--train_path", str(ROOT), "--test_path", str(ROOT)])
+    demo = str(ROOT / "data" / "demo")
+    args = recipe.parse_args(["--train_path", demo, "--test_path", demo])
     command = recipe.tool_command("tr", 20, args, ["--epochs", "7"], ROOT, "light_20")
     assert command[command.index("--weights") + 1] == "none"
     assert command[command.index("--fine_tune_epochs") + 1] == "4"
@@ -107,6 +108,28 @@ def test_recipe_rows_budgets_and_table():
         "epochs        bare        tool",
         "4            0.250       0.312",
         "20           0.500           -"]
+
+
+def test_recipe_checks_everything_before_it_trains(tmp_path, tiny_dataset, capsys):
+    """A row's options, the folders' classes and the output file are refused up front, in one
+    line with exit code 2, before any training starts."""
+    recipe = _benchmark_module("recipe")
+    demo = str(ROOT / "data" / "demo")
+    mine = tmp_path / "mine.json"
+    mine.write_text("precious", encoding="utf-8")
+    cases = [(["--recipe", "x=--augment sideways"], "row 'x'"),
+             (["--recipe", "x=--label_smoothing 2"], "--label_smoothing must be in [0, 1)"),
+             (["--output", str(mine)], "is not a result of this script"),
+             (["--budgets", "4", "4"], "each budget once"),
+             (["--val_split", "1.5"], "--val_split")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            recipe.parse_args(["--train_path", demo, "--synthetic_test", "5", *extra])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--train_path", demo, "--test_path", str(tiny_dataset)])
+    assert "are not the training classes" in capsys.readouterr().err
+    assert mine.read_text(encoding="utf-8") == "precious"
 
 
 @pytest.mark.parametrize("argv,message", [
