@@ -140,7 +140,7 @@ class ImageCache:
     def _create_ram(self) -> None:
         import psutil
 
-        from .shared_batches import allocate_shared, segment_tag, shared_memory_free
+        from .shared_batches import _release, allocate_shared, segment_tag, shared_memory_free
 
         free = min(psutil.virtual_memory().available, shared_memory_free())
         _check_room("ram", self.nbytes, free, f"{len(self.relatives)} images at "
@@ -155,8 +155,6 @@ class ImageCache:
                             "--cache none") from None
         np.ndarray((self.shape[0], 3), np.int64, buffer=blocks[1].buf)[:] = 0
         self.names = (blocks[0].name, blocks[1].name)
-        from .shared_batches import _release
-
         self._owner = weakref.finalize(self, _release, blocks)
         self._blocks = blocks
         logger.info("image cache: %s of shared memory for %d images at %dx%d (filled during "

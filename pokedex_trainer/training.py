@@ -216,11 +216,6 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
     return context, point
 
 
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size) when started by torchrun, else (0, 1)."""
-    return process_world()
-
-
 def train_with_backend(module, context: RunContext, state: RunState) -> dict:
     """Build the framework's backend and run the core phase loop over it."""
     backend = module.Backend(context)
@@ -232,7 +227,7 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
                                 enabled=backend.main_process)
         # Every rank of a torchrun must stop at the same step, and PyTorch's training loop is
         # plain Python (a KeyboardInterrupt there is safe): both stop at once, as Python does.
-        if distributed_world()[1] > 1 or not backend.graceful_interrupt:
+        if process_world()[1] > 1 or not backend.graceful_interrupt:
             return run_phases(backend, context, state, plan_phases(context.config), saver)
         with INTERRUPT:
             return run_phases(backend, context, state, plan_phases(context.config), saver)
@@ -263,7 +258,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
     happens, except when bad input stops it before its first epoch (then the new run
     directory is removed again).
     """
-    rank, world = distributed_world()
+    rank, world = process_world()
     if rank != 0 or world > 1:
         return _run_distributed(config, resume_dir, rank, world)
     if resume_dir is not None:
@@ -317,7 +312,7 @@ def _run_distributed(config: TrainConfig, resume_dir: Path | None, rank: int,
 def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
     """Rank 0: the run to train, as (context, resume point, notes, lock), or None when
     ``resume_dir`` already finished."""
-    if distributed_world()[1] > 1 and run_framework(config, resume_dir) != "torch":
+    if process_world()[1] > 1 and run_framework(config, resume_dir) != "torch":
         raise UserError("torchrun is for --model_type resnet; the Keras networks train in one "
                         "process (on TensorFlow over every GPU of the machine, see 'Several "
                         "GPUs' in the README)")
