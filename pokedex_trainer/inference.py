@@ -11,9 +11,10 @@ predictions in the parity check.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .sidecar_schema import sidecar_problem
 
 logger = logging.getLogger(__name__)
 
@@ -109,52 +111,18 @@ def read_sidecar(model_path: Path) -> dict:
     return data
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
-def sidecar_problem(data) -> str | None:
-    """What is wrong with a sidecar's content, or None: the schema export.py writes."""
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    names = data.get("class_names")
-    if not (isinstance(names, list) and len(names) >= 2 and
-            all(isinstance(n, str) and n for n in names)):
-        return "class_names must be a list of at least 2 non-empty strings"
-    if len(set(names)) != len(names):
-        return "class_names holds the same name twice"
-    size = data.get("image_size")
-    if not (isinstance(size, list) and len(size) == 2 and
-            all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
-                for v in size)):
-        return "image_size must be [height, width], whole numbers from 1 to 4096"
-    given = data.get("input")
-    if not isinstance(given, dict):
-        return "input must be an object"
-    if given.get("layout", "NHWC") not in ("NHWC", "NCHW"):
-        return "input.layout must be NHWC or NCHW"
-    for key, default in (("mean", [0.0] * 3), ("std", [1.0] * 3)):
-        values = given.get(key, default)
-        if not (isinstance(values, list) and len(values) == 3 and all(map(_number, values))):
-            return f"input.{key} must be 3 finite numbers"
-    if any(v <= 0 for v in given.get("std", [1.0] * 3)):
-        return "input.std must be positive"
-    output = data.get("output", {})
-    if not isinstance(output, dict) or output.get("kind", "probabilities") not in (
-            "probabilities", "logits"):
-        return "output.kind must be probabilities or logits"
-    if "temperature" in data and not (_number(data["temperature"]) and
-                                      data["temperature"] > 0):
-        return "temperature must be a positive number"
-    return None
-
-
 def framework_of(path: Path) -> str:
     """Which framework a model file needs: keras, torch, onnx or tflite."""
+    from .safe_loading import is_saved_model
+
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").is_file()):
+    if path.is_dir():  # a folder is a SavedModel or nothing, whatever its name says
+        if is_saved_model(path):
+            return "keras"
+        raise UserError(f"'{path}' is a folder but not a SavedModel (no saved_model.pb): give a "
+                        f"model file ({', '.join(MODEL_SUFFIXES)})")
+    if suffix in KERAS_SUFFIXES:
         return "keras"
     if suffix in TORCH_SUFFIXES:
         return "torch"
@@ -162,6 +130,17 @@ def framework_of(path: Path) -> str:
         return suffix[1:]
     raise UserError(f"'{path}' is not a model file this project reads (expected one of "
                     f"{', '.join(MODEL_SUFFIXES)} or a SavedModel folder)")
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    log = logging.getLogger(name)
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def import_frameworks(frameworks: set[str]) -> None:
@@ -185,9 +164,10 @@ def class_names_near(model_path: Path) -> list[str] | None:
     """``class_names.json`` beside a model (a run directory), if there is one."""
     from .layout import CLASS_NAMES
 
-    candidate = Path(model_path).parent / CLASS_NAMES
-    if candidate.is_file():
-        return json.loads(candidate.read_text(encoding="utf-8"))
+    from .run_files import run_class_names
+
+    if (Path(model_path).parent / CLASS_NAMES).is_file():
+        return run_class_names(Path(model_path).parent)  # checked, and against the manifest
     return None
 
 
@@ -289,6 +269,12 @@ class TorchCheckpointPredictor(Predictor):
         except Exception as exc:
             raise UserError(f"could not load PyTorch checkpoint '{path}' (only checkpoints "
                             f"this project wrote are read): {why_not_tensors(exc)}") from None
+        from .run_files import checkpoint_problem
+
+        problem = checkpoint_problem(payload)
+        if problem:
+            raise UserError(f"{path}: {problem}; the checkpoint's description is damaged "
+                            "(restore the file, or train the run again)")
         self._torch = torch
         super().__init__(path, ModelInfo(list(payload["class_names"]),
                                          tuple(payload["image_size"]), "NCHW",
@@ -304,7 +290,11 @@ class _SidecarPredictor(Predictor):
     """An exported file: everything about its input comes from the sidecar, which must
     describe the file (one image of its size and layout in, one score per class out)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, checked=None):
+        from .safe_loading import check_can_open
+
+        # what the trust check read (bytes, or a private copy): the loaders read only this
+        self.checked = checked or check_can_open(Path(path))
         self.sidecar = read_sidecar(path)
         super().__init__(path, ModelInfo.from_sidecar(self.sidecar))
         self.load()
@@ -323,6 +313,9 @@ class _SidecarPredictor(Predictor):
         if out.shape != (1, info.num_classes):
             raise UserError(f"'{self.path}' answers with shape {tuple(out.shape)}, but its "
                             f"sidecar names {info.num_classes} classes")
+        if not np.isfinite(out.astype(np.float64)).all():
+            raise UserError(f"'{self.path}' answers a black image with NaN or infinite scores "
+                            "(its weights or its sidecar's mean and std are broken)")
 
     def load(self) -> None:
         raise NotImplementedError
@@ -339,7 +332,7 @@ class TorchScriptPredictor(_SidecarPredictor):
         self._torch = torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            self.model = torch.jit.load(str(self.path), map_location="cpu").eval()
+            self.model = torch.jit.load(io.BytesIO(self.checked.data), map_location="cpu").eval()
 
     def _run(self, x):
         with self._torch.inference_mode():
@@ -353,7 +346,8 @@ class TorchExportPredictor(_SidecarPredictor):
         import torch
 
         self._torch = torch
-        self.model = torch.export.load(str(self.path)).module()
+        with _quiet_logger("torch.export"):  # it logs failures with a traceback, then raises
+            self.model = torch.export.load(io.BytesIO(self.checked.data)).module()
 
     def _run(self, x):
         with self._torch.inference_mode():
@@ -423,7 +417,7 @@ class SavedModelPredictor(_SidecarPredictor):
         import tensorflow as tf
 
         self._tf = tf
-        self.model = tf.saved_model.load(str(self.path))
+        self.model = tf.saved_model.load(str(self.checked.folder))
 
     def _run(self, x):
         return self.model.serve(self._tf.constant(x)).numpy()
@@ -449,15 +443,13 @@ def load_predictor(path: Path | str, class_names: list[str] | None = None,
     if not path.exists():
         raise UserError(f"model '{path}' does not exist")
     framework = framework_of(path)
-    check_can_open(path, trust)
+    checked = check_can_open(path, trust)
     import_frameworks({framework})
-    if path.is_dir():
-        return SavedModelPredictor(path)
-    cls = _BY_SUFFIX[path.suffix.lower()]
+    cls = SavedModelPredictor if path.is_dir() else _BY_SUFFIX[path.suffix.lower()]
     if cls in (KerasPredictor, TorchCheckpointPredictor):
         return cls(path, class_names)
     try:
-        return cls(path)
+        return cls(path, checked)
     except UserError:
         raise
     except Exception as exc:

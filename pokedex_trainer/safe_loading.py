@@ -4,22 +4,25 @@
 | --- | --- | --- |
 | ``.keras`` | ``keras.models.load_model`` in safe mode (no Lambda layers, no code) | yes |
 | ``.pth`` | ``torch.load(weights_only=True)`` (tensors, numbers, strings only) | yes |
-| ``.pt2`` | ``torch.export.load`` after this module checked the archive: every pickled entry must load with PyTorch's weights-only unpickler, custom and opaque objects are refused | yes |
+| ``.pt2`` | ``torch.export.load`` of the bytes that passed pt2_check.py's allow-list (one plain program, raw tensors, weights-only sample inputs, ATen operators, plain shape expressions, no guard code) | yes |
 | ``.onnx``, ``.tflite`` | ONNX Runtime, LiteRT: they run graphs of known operators, no Python | yes |
-| ``.pt`` (TorchScript), SavedModel | code-bearing formats | only files this tool wrote: their SHA-256 is recorded when export.py writes them, in a store of this user's (``~/.pokedex_ultra/trusted_models.jsonl``); anything else needs ``--trust_model_file`` |
+| ``.pt`` (TorchScript), SavedModel (any folder with ``saved_model.pb`` or ``.pbtxt``, whatever its name) | code-bearing formats, loaded from the bytes (or private copy) that were hashed | only files this tool wrote: their SHA-256 is recorded when export.py writes them, in a store of this user's (``~/.pokedex_ultra/trusted_models.jsonl``); anything else needs ``--trust_model_file`` |
 
 The trust store is the user's own, not a file next to the model: a stranger who sends a
 TorchScript file can send a forged ``exports.json`` with it, never an entry in your store.
+Any other folder is refused: a folder never reaches a loader because of its name's suffix.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
+import shutil
+import tempfile
 import time
-import zipfile
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -57,10 +60,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_saved_model(path: Path) -> bool:
+    """A folder TensorFlow loads as a SavedModel (binary or text graph), whatever its name."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file()
+                                 for name in ("saved_model.pb", "saved_model.pbtxt"))
+
+
 def is_code_bearing(path: Path) -> bool:
     path = Path(path)
-    return path.suffix.lower() == ".pt" or (path.is_dir() and
-                                            (path / "saved_model.pb").is_file())
+    return path.is_dir() or path.suffix.lower() == ".pt"
 
 
 def remember_written(path: Path) -> str:
@@ -88,73 +97,91 @@ def _trusted_hashes() -> set[str]:
     return hashes
 
 
-def check_can_open(path: Path, trust: bool = False) -> None:
-    """Raise UserError unless ``path`` can be opened without running code from it.
+@dataclass
+class CheckedModel:
+    """What a loader may read: the exact bytes, or the private copy, that passed the check.
+
+    A path is checked once and read once: a file swapped after the check (while a framework is
+    imported, for seconds) is never what gets loaded.
+
+    Args:
+        path: the model as the user named it (for messages).
+        data: the file's checked bytes (TorchScript, torch.export), to load from memory.
+        folder: a checked copy of a SavedModel in a folder only this user can write, removed
+            when the CheckedModel is garbage collected or the process ends.
+    """
+
+    path: Path
+    data: bytes | None = None
+    folder: Path | None = None
+
+
+def check_can_open(path: Path, trust: bool = False) -> CheckedModel:
+    """Raise UserError unless ``path`` can be opened without running code from it; return
+    what the loader must read (see CheckedModel).
 
     Args:
         path: a model file or SavedModel folder.
         trust: the user vouches for the file (``--trust_model_file``).
     """
     path = Path(path)
-    if path.suffix.lower() == ".pt2":
-        validate_pt2(path)
-    elif is_code_bearing(path) and not (trust or str(path.resolve()) in _VOUCHED) and \
-            file_sha256(path) not in _trusted_hashes():
-        raise UserError(f"refused to open '{path}': {CODE_BEARING}, and this one was not "
-                        "written by export.py for this user (or it changed since). Use the "
-                        ".onnx, .tflite, .pt2 or .pth file instead, or pass --trust_model_file "
-                        "if you know where it comes from")
+    trusted = trust or str(path.resolve()) in _VOUCHED
+    if path.is_dir():
+        if not is_saved_model(path):
+            raise UserError(f"'{path}' is a folder but not a SavedModel (no saved_model.pb): "
+                            "give a model file")
+        return _checked_saved_model(path, trusted)
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        from .pt2_check import checked_pt2_bytes
+
+        return CheckedModel(path, data=checked_pt2_bytes(path))
+    if suffix == ".pt":
+        data = _read(path)
+        if not trusted and hashlib.sha256(data).hexdigest() not in _trusted_hashes():
+            _refuse_untrusted(path)
+        return CheckedModel(path, data=data)
+    return CheckedModel(path)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"could not read '{path}': {exc.strerror or exc}") from None
+
+
+def _refuse_untrusted(path: Path) -> None:
+    raise UserError(f"refused to open '{path}': {CODE_BEARING}, and this one was not "
+                    "written by export.py for this user (or it changed since). Use the "
+                    ".onnx, .tflite, .pt2 or .pth file instead, or pass --trust_model_file "
+                    "if you know where it comes from")
+
+
+def _checked_saved_model(path: Path, trusted: bool) -> CheckedModel:
+    """Copy the SavedModel into a new folder of this user's (mkdtemp: mode 0700), hash the
+    copy, and hand the copy to TensorFlow: the folder the user named may change meanwhile."""
+    private = Path(tempfile.mkdtemp(prefix="pokedex_savedmodel_"))
+    copy = private / "model"
+    try:
+        shutil.copytree(path, copy)  # links are followed: the copy holds files, not links
+        if not is_saved_model(copy):
+            raise UserError(f"'{path}' changed while it was read")
+        if not trusted and file_sha256(copy) not in _trusted_hashes():
+            _refuse_untrusted(path)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(private, ignore_errors=True)
+        raise UserError(f"could not read the SavedModel '{path}': {exc}") from None
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    checked = CheckedModel(path, folder=copy)
+    weakref.finalize(checked, shutil.rmtree, str(private), True)
+    return checked
 
 
 def validate_pt2(path: Path) -> None:
-    """Check a ``torch.export`` archive before ``torch.export.load`` unpickles parts of it.
+    """Check a ``torch.export`` archive before ``torch.export.load`` reads it (pt2_check.py)."""
+    from .pt2_check import checked_pt2_bytes
 
-    PyTorch loads pickled weights and constants with ``weights_only=False``, custom objects
-    with its own unpickler and sample inputs with a fallback to ``weights_only=False``: any of
-    them can run code. Every such entry must load with the weights-only unpickler here;
-    custom and opaque objects are refused.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            _validate_archive(archive, path)
-    except zipfile.BadZipFile:
-        raise UserError(f"'{path}' is not a torch.export archive (not a zip file)") from None
-
-
-def _validate_archive(archive: zipfile.ZipFile, path: Path) -> None:
-    names = archive.namelist()
-    configs = [n for n in names if n.endswith(("/model_weights_config.json",
-                                               "/model_constants_config.json"))]
-    if not configs:
-        raise UserError(f"refused to open '{path}': not a torch.export archive of a known "
-                        "layout (no weights configuration)")
-    for config_name in configs:
-        folder = config_name.rsplit("/", 1)[0]
-        try:
-            config = json.loads(archive.read(config_name))["config"]
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"refused to open '{path}': unreadable {config_name}") from None
-        for name, meta in config.items():
-            entry = f"{folder}/{meta.get('path_name', '')}"
-            kind = meta.get("path_name", "")
-            if kind.startswith(("custom_obj", "opaque_obj")):
-                _refuse_pt2(path, f"{name} is a pickled Python object")
-            if meta.get("use_pickle"):
-                _weights_only(archive, entry, path)
-    for name in names:
-        if "/data/sample_inputs/" in name:
-            _weights_only(archive, name, path)
-
-
-def _weights_only(archive: zipfile.ZipFile, entry: str, path: Path) -> None:
-    import torch
-
-    try:
-        torch.load(io.BytesIO(archive.read(entry)), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure of the weights-only unpickler: refuse
-        _refuse_pt2(path, f"{entry.split('/', 1)[-1]} holds more than tensors "
-                          f"({type(exc).__name__})")
-
-
-def _refuse_pt2(path: Path, why: str) -> None:
-    raise UserError(f"refused to open '{path}': {why}; loading it could run code")
+    checked_pt2_bytes(path)

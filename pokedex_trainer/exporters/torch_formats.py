@@ -7,6 +7,7 @@ reads the same kind of answer from every file. TorchScript is deprecated upstrea
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -82,13 +83,13 @@ def read_extra_metadata(path: Path) -> dict | None:
     when safe_loading allows it: these formats can carry code)."""
     from ..safe_loading import check_can_open
 
-    check_can_open(Path(path))
+    checked = io.BytesIO(check_can_open(Path(path)).data)  # the bytes that were checked
     files = {EXTRA_FILE: ""}
     if Path(path).suffix == ".pt2":
-        torch.export.load(str(path), extra_files=files)
+        torch.export.load(checked, extra_files=files)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+            torch.jit.load(checked, map_location="cpu", _extra_files=files)
     value = files[EXTRA_FILE]
     return json.loads(value) if value else None
