@@ -10,11 +10,14 @@ not guess, names the prepare command to run instead.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import IMAGE_EXTENSIONS, SYSTEM_NAMES
+from .dataset import IMAGE_EXTENSIONS, SYSTEM_NAMES, is_loop_link
+
+logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 4  # levels below the given folder searched for class folders
 
@@ -27,12 +30,15 @@ ANIMALS10 = {
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
+    """Visible sub-folders, without links back to ``folder`` or above it (loops)."""
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        return [Path(e.path) for e in entries if not e.name.startswith(".")
+                and e.name.lower() not in SYSTEM_NAMES and e.is_dir()
+                and not (e.is_symlink() and is_loop_link(e.path))]
     except OSError:
         return []
-    return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")
-            and e.name.lower() not in SYSTEM_NAMES]
 
 
 OWN_FILES = {"dataset_report.png"}  # prepare_dataset.py's chart is never a photo
@@ -99,17 +105,32 @@ def find_image_roots(folder: Path | str) -> ImageRoots | None:
     folder = Path(folder)
     if not folder.is_dir() or is_class_root(folder):
         return None
+    # Each real folder is searched once, and never outside ``folder``: links may make the tree
+    # a graph with cycles, or lead to '/' (searched 4 levels deep, that is the whole disk).
+    base = os.path.realpath(folder)
+    visited, outside = {base}, []
     roots, level = [], _visible_dirs(folder)
     for _ in range(MAX_DEPTH):
         deeper = []
         for candidate in level:
-            if is_class_root(candidate):
+            real = os.path.realpath(candidate)
+            if real in visited:
+                continue
+            visited.add(real)
+            if not (real + os.sep).startswith(base.rstrip(os.sep) + os.sep):
+                outside.append(candidate)
+            elif is_class_root(candidate):
                 roots.append(candidate)  # not searched further: its children are classes
             else:
                 deeper.extend(_visible_dirs(candidate))
         if not deeper:
             break
         level = deeper
+    if outside:
+        logger.warning("not searched for class folders: %s, link%s to outside '%s' (give the "
+                       "folder it points to as the input folder to read it)",
+                       ", ".join(f"'{p}' -> '{os.path.realpath(p)}'" for p in outside[:3]),
+                       "s" if len(outside) > 1 else "", folder)
     return ImageRoots(folder, tuple(sorted(roots))) if roots else None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,22 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_loop_link(path: Path | str) -> bool:
+    """True for a link to the folder that holds it or to one of that folder's parents: reading
+    through it reads the same folders again, and a walk through it never ends."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    holder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return holder == target or holder.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def list_class_dirs(data_path: Path) -> list[Path]:
-    """Sub-folders of ``data_path`` that are classes, sorted by name (= class index order)."""
-    return sorted((p for p in data_path.iterdir() if p.is_dir() and not _is_hidden(p)),
-                  key=lambda p: p.name)
+    """Sub-folders of ``data_path`` that are classes, sorted by name (= class index order).
+    A class folder may be a link (read where it points, its images only), but not one back to
+    ``data_path`` or above it (a loop)."""
+    return sorted((p for p in data_path.iterdir() if p.is_dir() and not _is_hidden(p)
+                   and not is_loop_link(p)), key=lambda p: p.name)
 
 
 def list_images(class_dir: Path) -> list[Path]:
@@ -168,11 +181,10 @@ def write_manifest(path: Path, index: DatasetIndex, splits: dict, seed: int,
 
 
 def read_manifest(path: Path) -> dict:
-    """Load a split manifest written by ``write_manifest``."""
-    manifest = json.loads(Path(path).read_text(encoding="utf-8"))
-    manifest["splits"] = {s: [(p, int(label)) for p, label in items]
-                          for s, items in manifest["splits"].items()}
-    return manifest
+    """Load a split manifest written by ``write_manifest`` (checked: see run_files.py)."""
+    from .run_files import read_manifest as read_checked_manifest
+
+    return read_checked_manifest(Path(path))
 
 
 def dataset_warnings(index: DatasetIndex, image_size: tuple[int, int]) -> list[str]:

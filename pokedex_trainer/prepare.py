@@ -16,9 +16,7 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +26,14 @@ from .dataset import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
                       RECOMMENDED_MIN_IMAGES_PER_CLASS, list_class_dirs, list_images)
 from .archive import ANIMALS10, find_image_roots, looks_like_animals10, prepare_command
 from .errors import UserError
+from .prepare_state import (PrepareState, check_output_class_dirs, earlier_settings, may_replace,
+                            read_state, remove_killed_writes, remove_stale, user_files,
+                            write_state)
 from .records import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 RECOMMENDED_IMAGES_PER_CLASS = 500
-STATE_NAME = ".prepare_state.json"
 REPORT_NAME = "dataset_report.json"
 CHART_NAME = "dataset_report.png"
 JPEG_QUALITY = 95
@@ -157,7 +157,7 @@ def effective_class_map(value: str | None, class_names: list[str],
     given (unless an earlier run into ``output_dir`` kept the Italian names: it still does)."""
     if value is not None or not looks_like_animals10(class_names):
         return load_class_map(value)
-    earlier = _load_state(output_dir).get("settings") if output_dir is not None else None
+    earlier = earlier_settings(output_dir) if output_dir is not None else None
     if earlier and earlier.get("class_map") == {}:
         logger.info("Animals-10 folder names: kept in Italian, as in the earlier run into '%s' "
                     "(--class_map animals10 renames them)", output_dir)
@@ -214,10 +214,11 @@ def square_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str, str]:
+def _convert(task: tuple) -> tuple[str, str, str]:
     """Decode one file (and write its output unless ``output`` is None); returns (path, error,
-    SHA-256 of what was written)."""
-    root, relative, output, size, mode = task
+    SHA-256 of what was written). A 6th item is the recorded SHA-256 of the file at ``output``:
+    a file there with other bytes is the user's, and is not replaced."""
+    root, relative, output, size, mode, *recorded = task
     from PIL import Image
 
     from .images import UnreadableImageError, read_image
@@ -231,25 +232,19 @@ def _convert(task: tuple[str, str, str | None, int, str]) -> tuple[str, str, str
     squared = square_image(image, size, mode)
     buffer = io.BytesIO()
     Image.fromarray(squared).save(buffer, "JPEG", quality=JPEG_QUALITY)
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    if not may_replace(Path(output), recorded[0] if recorded else None, digest):
+        return relative, (f"its output '{Path(output).name}' was changed after prepare_dataset.py "
+                          "wrote it (or is not its file): left as it is; delete it to redo"), ""
     atomic_write_bytes(Path(output), buffer.getvalue())
-    return relative, "", hashlib.sha256(buffer.getvalue()).hexdigest()
+    return relative, "", digest
 
 
 def _parallel(function, tasks: list, workers: int, description: str) -> list:
-    from tqdm import tqdm
+    from .worker_pool import ordered_map
 
-    if not tasks:
-        return []
-    if workers <= 1 or len(tasks) < 8:
-        return [function(task) for task in tqdm(tasks, desc=description, unit="img")]
-    from .processes import exit_with_parent
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        chunk = max(1, min(64, len(tasks) // (workers * 8)))
-        return list(tqdm(pool.map(function, tasks, chunksize=chunk), total=len(tasks),
-                         desc=description, unit="img"))
+    return ordered_map(function, tasks, workers, description, what="prepare",
+                       fix="run it again with fewer --workers, or with --workers 0")
 
 
 def find_duplicates(sources: list[SourceFile]) -> tuple[list, list, set[str]]:
@@ -275,19 +270,13 @@ def find_duplicates(sources: list[SourceFile]) -> tuple[list, list, set[str]]:
     return within, across, excluded
 
 
-def _load_state(output_dir: Path) -> dict:
-    try:
-        return json.loads((output_dir / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"settings": None, "files": {}}
-
-
 def assign_outputs(sources: list[SourceFile], state: dict,
                    occupied: set[str] = frozenset()) -> dict[str, str]:
     """Output name per source, stable across runs: a known source keeps its number, and no
     name is given that a file this tool did not write already has (``occupied``)."""
     known = state.get("files", {})
     names: dict[str, str] = {}
+    given: set[str] = set()
     taken: dict[str, set[int]] = {}
     for name in occupied:
         cls, _, number = Path(name).stem.rpartition("_")
@@ -300,8 +289,11 @@ def assign_outputs(sources: list[SourceFile], state: dict,
             taken.setdefault(cls, set()).add(int(number))
     for source in sources:
         entry = known.get(source.relative)
-        if entry and entry.get("output", "").startswith(f"{source.target_class}/"):
+        # one output per source: a state that names one output twice keeps it for the first
+        if (entry and entry.get("output", "").startswith(f"{source.target_class}/")
+                and entry["output"] not in given):
             names[source.relative] = entry["output"]
+            given.add(entry["output"])
     for source in sources:
         if source.relative in names:
             continue
@@ -506,7 +498,9 @@ def write_own_file(folder: Path, name: str, data: bytes) -> bool:
     record_path = folder / REPORTS_RECORD
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        record = {}
+    if not isinstance(record, dict):  # not what this tool writes: nothing in it is trusted
         record = {}
     path = folder / name
     ours = path.is_file() and (
@@ -530,16 +524,13 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
     except OSError as exc:
         raise UserError(f"cannot create output directory '{output_dir}': "
                         f"{exc.strerror or exc}") from None
-    state = _load_state(output_dir)
-    written = set(state.get("written", [])) | {e["output"] for e in
-                                                 state.get("files", {}).values()}
-    output_hashes = {e["output"]: e.get("output_sha256")
-                     for e in state.get("files", {}).values()}
+    state = read_state(output_dir)
+    written = dict(state.written)  # every name this tool wrote -> the SHA-256 it wrote
     remove_killed_writes(output_dir, written)
-    same_settings = state.get("settings") == settings
-    names = assign_outputs(candidates, state if same_settings else {"files": {}},
+    same_settings = state.settings == settings
+    old_files = state.files if same_settings else {}
+    names = assign_outputs(candidates, {"files": old_files},
                            occupied=user_files(output_dir, written))
-    old_files = state.get("files", {}) if same_settings else {}
     todo = []
     for source in candidates:
         entry = old_files.get(source.relative)
@@ -548,21 +539,25 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
                 and entry.get("output") == names[source.relative] and output.exists()):
             report.up_to_date += 1
             continue
-        output.parent.mkdir(parents=True, exist_ok=True)
         todo.append(source)
+    check_output_class_dirs(output_dir, [names[s.relative] for s in todo])
+    for source in todo:
+        (output_dir / names[source.relative]).parent.mkdir(parents=True, exist_ok=True)
     files = {s.relative: old_files[s.relative] for s in candidates
              if s.relative in old_files and s not in todo}
+    new_state = PrepareState(settings, files, written)
     failures: dict[str, str] = {}
     # Chunks keep the state file current, so an interrupted run resumes where it stopped.
     chunk = CHUNK_SIZE
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         # recorded before they are written: a kill mid-chunk leaves nothing unaccounted for
-        written |= {names[s.relative] for s in part}
-        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
-                                                    "written": sorted(written)})
+        # (with no hash yet: such a file is never removed, only replaced by the same bytes)
+        for source in part:
+            written.setdefault(names[source.relative], None)
+        write_state(output_dir, new_state)
         tasks = [(str(input_dir), s.relative, str(output_dir / names[s.relative]), args.size,
-                  args.mode) for s in part]
+                  args.mode, written[names[s.relative]]) for s in part]
         results = {relative: (error, digest) for relative, error, digest in _parallel(
             _convert, tasks, args.workers, f"convert {start + 1}-{start + len(part)}/{len(todo)}")}
         for source in part:
@@ -573,57 +568,15 @@ def write_outputs(input_dir: Path, output_dir: Path, candidates: list[SourceFile
                 files[source.relative] = {"sha256": source.sha256,
                                           "output": names[source.relative],
                                           "output_sha256": digest}
+                written[names[source.relative]] = digest
                 report.written += 1
-        atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
-                                                    "written": sorted(written)})
+        write_state(output_dir, new_state)
     keep = {entry["output"] for entry in files.values()}
-    report.removed_stale = remove_stale(output_dir, written - keep, output_hashes)
-    atomic_write_json(output_dir / STATE_NAME, {"settings": settings, "files": files,
-                                                "written": sorted(keep)})
+    report.removed_stale = remove_stale(
+        output_dir, {name: digest for name, digest in written.items() if name not in keep})
+    new_state.written = {name: written.get(name) for name in keep}
+    write_state(output_dir, new_state)
     return failures
-
-
-def user_files(output_dir: Path, written: set[str]) -> set[str]:
-    """Images in the output folder that this tool did not write: never touched."""
-    found = set()
-    for class_dir in list_class_dirs(output_dir):
-        for image in list_images(class_dir):
-            relative = image.relative_to(output_dir).as_posix()
-            if relative not in written:
-                found.add(relative)
-    return found
-
-
-def remove_stale(output_dir: Path, stale: set[str],
-                 output_hashes: dict[str, str | None] | None = None) -> list[str]:
-    """Delete outputs this tool wrote earlier whose source is gone; only names in its own
-    record of what it wrote (``.prepare_state.json``), never a file of the user's, and not an
-    output the user has changed since (its bytes no longer match the record)."""
-    removed = []
-    for relative in sorted(stale):
-        path = output_dir / relative
-        if not path.is_file():
-            continue
-        expected = (output_hashes or {}).get(relative)
-        if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            logger.warning("kept %s: its source is gone, but it was changed after "
-                           "prepare_dataset.py wrote it", relative)
-            continue
-        path.unlink()
-        removed.append(relative)
-    return removed
-
-
-def remove_killed_writes(output_dir: Path, written: set[str]) -> None:
-    """Temporary files (``.<name>.<random>.tmp``) of outputs whose writing was killed."""
-    import re
-
-    pattern = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
-    for class_dir in list_class_dirs(output_dir):
-        for leftover in class_dir.iterdir():
-            match = pattern.match(leftover.name)
-            if match and f"{class_dir.name}/{match.group(1)}" in written:
-                leftover.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -631,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import build_prepare_parser
 
     args = build_prepare_parser().parse_args(argv)
+    if not args.check:
+        from .path_checks import check_folder_option
+
+        check_folder_option(args.output_dir, "--output_dir")  # before any work
     report = prepare(args)
     strict_failures = report.too_few_classes or report.classes_below_minimum or \
         report.small_images
