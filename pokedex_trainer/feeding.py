@@ -7,7 +7,6 @@ they start quickly and work with the ``spawn`` start method that Windows uses.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -150,6 +149,8 @@ class UnreadableReporter:
                 logger.warning("skipped unreadable image %s: %s", relative, reason)
 
 
+WORKER_FIX = ("run with fewer --workers or a smaller --batch_size / --image_size, or with "
+              "--workers 0 (workers=0 in Python)")
 _WORKER_SOURCE: BatchSource | None = None
 _WORKER_RING: list[np.ndarray] | None = None
 
@@ -190,7 +191,9 @@ class BatchLoader:
         source: what turns indices into a batch.
         batch_size: images per batch; the last batch of an epoch may be smaller.
         shuffle: reshuffle the order every epoch (seeded by ``seed`` and the epoch).
-        workers: processes; 0 loads in the calling process.
+        workers: processes; 0 loads in the calling process. Clamped to what the machine
+            allows when the first epoch starts (``worker_limits``); a worker that dies or goes
+            silent ends the epoch with ``WorkersFailed`` (``worker_pool``), never a hang.
         prefetch: batches in flight per worker.
         start_method: multiprocessing start method. ``spawn`` by default on every OS: forking
             a process that already runs TensorFlow or PyTorch threads can deadlock the child.
@@ -242,9 +245,15 @@ class BatchLoader:
         return self.source.load_batch(self.batch_indices(0)[0][:size], 0, 0)
 
     def _get_pool(self):
-        if self._pool is None:
+        """The worker pool, started at the first call; None (and ``workers`` 0, so batches
+        load in this process) when the machine lets no worker start."""
+        if self._pool is None and self.workers > 0:
             from .shared_batches import BatchRing
+            from .worker_limits import usable_workers
 
+            self.workers = usable_workers(self.workers)
+            if self.workers == 0:
+                return None
             # Every batch in flight has a buffer, and so does the one the trainer reads.
             try:
                 self._ring = BatchRing(self.workers * self.prefetch + 1, self.batch_size,
@@ -254,11 +263,26 @@ class BatchLoader:
                                "are copied between processes instead, which is slower (in "
                                "Docker, start the container with --shm-size=1g)",
                                exc.strerror or exc)
-            context = multiprocessing.get_context(self.start_method)
-            self._pool = context.Pool(self.workers, initializer=_init_worker,
-                                      initargs=(self.source, os.getpid(),
-                                                self._ring.spec if self._ring else None))
+            self._pool = self._start_workers()
         return self._pool
+
+    def _start_workers(self):
+        from .worker_limits import workers_refused
+        from .worker_pool import WorkerPool, WorkersUnavailable
+
+        try:
+            pool = WorkerPool(self.workers, _worker_load, _init_worker,
+                              (self.source, os.getpid(), self._ring.spec if self._ring else None),
+                              self.start_method, what="data-loading", fix=WORKER_FIX)
+        except WorkersUnavailable as exc:  # a process limit, an unimportable main script...
+            workers_refused(f"{exc}; loading images in the main process instead (slower)")
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            self.workers = 0
+            return None
+        self.workers = pool.size
+        return pool
 
     def iter_epoch(self, epoch: int | None = None, numbers: list[int] | None = None,
                    in_place: bool = False) -> Iterator[Batch]:
@@ -277,6 +301,7 @@ class BatchLoader:
         plan = self.batch_indices(epoch)
         numbers = range(len(plan)) if numbers is None else numbers
         tasks = [(plan[n], epoch, n) for n in numbers]
+        self._get_pool()  # when no worker may start, workers becomes 0
         if self.workers == 0:
             for task in tasks:
                 batch = self.source.load_batch(*task)
@@ -298,14 +323,14 @@ class BatchLoader:
                 if task is None:
                     return
                 slot = free.popleft()
-                pending.append((pool.apply_async(_worker_load, ((*task, slot),)), slot))
+                pending.append((pool.submit((*task, slot)), slot))
 
         held = None
         try:
             submit()
             while pending:
-                result, slot = pending.popleft()
-                meta = result.get()
+                task_id, slot = pending.popleft()
+                meta = pool.result(task_id)  # raises WorkersFailed when a worker died
                 if held is not None:  # the trainer is done with the previous batch
                     free.append(held)
                     held = None
@@ -323,10 +348,8 @@ class BatchLoader:
         finally:
             # An epoch left early: its buffers are still being written; the next epoch must
             # not hand them out before that ends (unless the pool is gone already).
-            for result, _ in pending:
-                if self._pool is not pool:
-                    break
-                result.wait(60)
+            if self._pool is pool:
+                pool.discard([task_id for task_id, _ in pending])
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_epoch()
@@ -338,8 +361,7 @@ class BatchLoader:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
         if self._ring is not None:
             self._ring.close()
