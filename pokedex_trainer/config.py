@@ -73,6 +73,7 @@ class TrainConfig:
     augment: str = "full"  # none, light or full (the seed's 13 transforms)
     histogram_freq: int = 1
     save_every: int = 0
+    save_h5: bool = False  # Keras: also <arch>_final_<stamp>.h5 (legacy HDF5) beside the .keras
     class_weight: str = "none"
     sampler: str = "none"
     deterministic: bool = False
@@ -134,6 +135,9 @@ class TrainConfig:
                                                             "--cache disk: add --cache disk"),
             (self.histogram_freq >= 0, "--histogram_freq must be 0 or more"),
             (self.save_every >= 0, "--save_every must be 0 or more"),
+            (not self.save_h5 or spec.framework == "keras",
+             f"--save_h5 writes a Keras .h5 file, so it is for the Keras networks (efficientnet, "
+             f"mobilenet); {spec.display_name} saves .pth files"),
             (self.class_weight in ("none", "balanced"), "--class_weight must be none or balanced"),
             (self.sampler in ("none", "balanced"), "--sampler must be none or balanced"),
             (0 <= self.seed < 2**32, "--seed must be a whole number from 0 to 4294967295"),
@@ -168,16 +172,13 @@ class TrainConfig:
         the framework's own out-of-memory error is reported as one line too)."""
         if self.batch_size == "auto":
             return
-        import psutil
+        from .memory import input_bytes, refuse_unless_fits
 
         height, width = self.image_size
-        needed = self.batch_size * height * width * 3 * 4  # float32 pixels
-        available = psutil.virtual_memory().available
-        if needed > available:
-            raise UserError(f"--image_size {height} {width} with --batch_size {self.batch_size} "
-                            f"needs {needed / 2**30:.1f} GiB for the input pixels alone, more "
-                            f"than the {available / 2**30:.1f} GiB of free memory: use a "
-                            "smaller size or batch (or --batch_size auto)")
+        refuse_unless_fits(input_bytes(self.batch_size, self.image_size),
+                           f"--image_size {height} {width} with --batch_size {self.batch_size} "
+                           "(the input pixels alone)",
+                           "use a smaller size or batch (or --batch_size auto)")
 
     @property
     def pretrained(self) -> bool:
@@ -206,10 +207,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        if isinstance(known.get("augment"), bool):  # written before --augment had levels
-            known["augment"] = "full" if known["augment"] else "none"
-        if known.get("image_size") is not None:
-            known["image_size"] = tuple(known["image_size"])
-        return cls(**known)
+        from .run_files import config_values
+
+        # A saved config is input too (copied, edited by hand): each value's type is checked.
+        return cls(**config_values(Path(path), {name: f.type for name, f in
+                                                 cls.__dataclass_fields__.items()}))

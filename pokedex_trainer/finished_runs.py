@@ -6,16 +6,17 @@ same things: which model file, which classes, which held-out images.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
 from .dataset import read_manifest, scan_dataset
 from .errors import UserError
 from .layout import CONFIG, MANIFEST, RunLayout
+from .run_files import run_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def best_model_of(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
+    if (run_dir / CONFIG).is_file():
+        TrainConfig.load(run_dir / CONFIG)  # a damaged config.json: one line naming it
     layout = RunLayout.read(run_dir)
     if layout.arch is None:
         raise UserError(f"'{run_dir}' is not a run directory of this tool (no readable "
@@ -128,7 +131,7 @@ def run_split(run_dir: Path, split: str) -> LabelledImages:
     candidates = []
     config_path = run_dir / CONFIG
     if config_path.is_file():
-        candidates.append(Path(json.loads(config_path.read_text(encoding="utf-8"))["data_path"]))
+        candidates.append(Path(TrainConfig.load(config_path).data_path))
     candidates.append(Path(manifest["data_path"]))
     root = next((c for c in candidates if samples and (c / samples[0][0]).is_file()),
                 candidates[0])
@@ -136,6 +139,7 @@ def run_split(run_dir: Path, split: str) -> LabelledImages:
     if missing:
         raise UserError(f"{len(missing)} of the {len(samples)} {split} images of '{run_dir}' are "
                         f"missing under '{root}' (first: {missing[0]}); pass --data_path")
+    run_class_names(run_dir)  # class_names.json must agree with the manifest
     return LabelledImages(root, manifest["class_names"], samples,
                           f"the {split} split of {run_dir.name} ({len(samples)} images)")
 

@@ -7,7 +7,6 @@ summary gives the mean and standard deviation of each metric over the folds.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import replace
@@ -19,6 +18,7 @@ from .config import TrainConfig
 from .dataset import DatasetIndex, stratified_split
 from .errors import UserError
 from .records import atomic_write_json, timestamp
+from .run_files import read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_kfold(config: TrainConfig, k: int) -> Path:
         fold_config = replace(config, run_name=f"{base}_fold{number}of{k}", test_split=1 / k)
         context, fold_notes = create_run(fold_config, prepared=(index, splits, notes))
         run_dir = _train_and_record(context, fold_notes, None)
-        summaries.append(json.loads((run_dir / "summary.json").read_text("utf-8")))
+        summaries.append(read_summary(run_dir / "summary.json") or {})
     return write_kfold_summary(Path(config.output_dir) / f"{base}_kfold{k}.json", summaries)
 
 

@@ -577,7 +577,9 @@ def objective(search: Search, trial) -> float:
     finally:
         _free_framework_memory()
     trial.set_user_attr("run_dir", str(run_dir))
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    from .run_files import read_summary
+
+    summary = read_summary(run_dir / "summary.json") or {}
     if summary.get("status") == "pruned":
         raise optuna.TrialPruned()
     value = summary.get("best_val_accuracy")

@@ -167,7 +167,8 @@ def test_old_runs_read_with_the_new_options(tmp_path):
     """config.json written before --augment had levels: true is full, false none."""
     for old, new in ((True, "full"), (False, "none")):
         path = tmp_path / "config.json"
-        path.write_text(json.dumps({"model_type": "mobilenet", "augment": old}), "utf-8")
+        saved = TrainConfig(model_type="mobilenet").to_dict()
+        path.write_text(json.dumps({**saved, "augment": old}), "utf-8")
         assert TrainConfig.load(path).augment == new
     from pokedex_trainer.cli import parse_train_args
 

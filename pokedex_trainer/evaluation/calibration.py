@@ -8,7 +8,6 @@ differs from the true logits by a per-image constant that the softmax ignores.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -104,8 +103,7 @@ def read_temperature(run_dir: Path | None, path: Path | None = None) -> float | 
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))["temperature"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return checked_temperature(value, str(path))
+    from ..run_files import read_calibration
+
+    value = read_calibration(path).get("temperature")  # a damaged file is refused, not skipped
+    return None if value is None else checked_temperature(value, str(path))
