@@ -133,9 +133,12 @@ class PeakRSS:
 
 
 def ram_limit(memory_limit_mb: int | None) -> int:
-    """Bytes a CPU step may reach: the given limit, or what the process has plus free RAM."""
+    """Bytes a CPU step may reach: the given limit, or what the process has plus what it may
+    still use (its container's limit included)."""
     import psutil
+
+    from .memory import memory_available
 
     if memory_limit_mb:
         return memory_limit_mb * 2**20
-    return psutil.Process().memory_info().rss + psutil.virtual_memory().available
+    return psutil.Process().memory_info().rss + memory_available()

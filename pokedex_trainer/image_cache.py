@@ -51,8 +51,32 @@ def _gigabytes(nbytes: int) -> str:
 def _check_room(kind: str, need: int, free: int, where: str) -> None:
     if need > free:
         other = "--cache disk" if kind == "ram" else "--cache ram, another --cache_dir"
+        room = "is free" if kind == "disk" else \
+            "of memory is left to this process (free memory, or its container's limit)"
         raise UserError(f"--cache {kind} needs about {_gigabytes(need)} ({where}), but only "
-                        f"{_gigabytes(free)} is free: use {other} or --cache none")
+                        f"{_gigabytes(free)} {room}: use {other} or --cache none")
+
+
+def ram_cache_room() -> int:
+    """Bytes a ``ram`` cache may take: what the process may still use (its container's limit
+    included), and no more than shared memory can hold."""
+    from .memory import memory_available
+    from .shared_batches import shared_memory_free
+
+    return min(memory_available(), shared_memory_free())
+
+
+def check_ram_cache_fits(count: int, image_size: tuple[int, int], batch_size) -> None:
+    """``--cache ram`` of ``count`` images and one input batch: refused before the run starts
+    when they do not fit (the kernel would kill the run once the cache filled up)."""
+    from .memory import input_bytes
+
+    need = cache_bytes(count, image_size)
+    if isinstance(batch_size, int):
+        need += input_bytes(batch_size, image_size)
+    height, width = working_size(image_size)
+    _check_room("ram", need, ram_cache_room(), f"{count} images at {height}x{width} and one "
+                "batch")
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -138,12 +162,9 @@ class ImageCache:
         return saved == meta and sizes == (self.nbytes, self.shape[0] * 3 * 8)
 
     def _create_ram(self) -> None:
-        import psutil
+        from .shared_batches import _release, allocate_shared, segment_tag
 
-        from .shared_batches import _release, allocate_shared, segment_tag, shared_memory_free
-
-        free = min(psutil.virtual_memory().available, shared_memory_free())
-        _check_room("ram", self.nbytes, free, f"{len(self.relatives)} images at "
+        _check_room("ram", self.nbytes, ram_cache_room(), f"{len(self.relatives)} images at "
                     f"{self.shape[1]}x{self.shape[2]}")
         tag = segment_tag() + "_c"
         try:

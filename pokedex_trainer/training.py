@@ -8,7 +8,6 @@ outcome, whatever it is.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import time
 import traceback
@@ -16,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig
-from .core.checkpoints import CheckpointSaver
+from .core.checkpoints import STATE_FORMAT, CheckpointSaver
 from .core.context import RunContext
 from .core.interrupt import INTERRUPT
 from .core.loop import MONITOR, RunState, run_phases
@@ -30,9 +29,12 @@ from .environment import environment_info, experiment_row
 from .errors import RunFailed, TrainingStopped, UserError
 from .layout import EXPERIMENTS, RunLayout
 from .live_log import open_live_log
+from .run_files import (check_history, read_state, read_summary, resolved_config,
+                        run_class_names)
 from .models import get_spec
 from .records import (RunLock, append_experiment, atomic_write_json, capture_to_log,
                       check_experiments_table, create_run_dir, ensure_writable_dir, timestamp)
+from .run_footprint import RunFootprint, missing_folders
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +161,15 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     """
     config = config.resolved()
     index, splits, notes = prepared if prepared else prepare_data(config)
+    if config.cache == "ram":  # before any work: a full cache would have the run killed
+        from .image_cache import check_ram_cache_fits
+
+        check_ram_cache_fits(sum(map(len, splits.values())), config.image_size,
+                             config.batch_size)
     config, resolve_notes = resolve_for_run(config, len(index.class_names))
     notes = resolve_notes + list(notes)
     started_stamp = timestamp()
+    made = missing_folders(Path(config.log_dir)) + missing_folders(Path(config.output_dir))
     tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
     check_experiments_table(Path(config.output_dir) / EXPERIMENTS)
     run_dir = create_run_dir(Path(config.output_dir),
@@ -169,6 +177,7 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     spec = get_spec(config.model_type)
     context = RunContext(config, spec, index, splits, run_dir, tensorboard_dir / run_dir.name,
                          started_stamp)
+    context.footprint = RunFootprint.before_writing(context.tensorboard_dir, made)
     layout = context.layout
     config.save(layout.config)
     atomic_write_json(layout.class_names, index.class_names)
@@ -195,7 +204,7 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
     if not layout.resume_state.is_file():
         raise UserError(f"--resume: '{run_dir}' has no resumable state (it stopped before its "
                         "first epoch ended, or is not a run directory)")
-    config = TrainConfig.load(layout.config).resolved()
+    config = resolved_config(layout.config)
     if feeding:
         config = replace(config, **feeding)
     config, _ = select_keras_backend(config)  # the run's own backend (auto: chosen again)
@@ -208,11 +217,16 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
     if missing:
         raise UserError(f"--resume: {len(missing)} images of the run's split are missing under "
                         f"'{root}' (first: {missing[0]})")
+    run_class_names(layout.root)  # class_names.json must agree with the manifest
+    # The state and the history are checked before anything acts on them: a bad epochs_run
+    # would truncate history.csv, an empty state would restart the run from scratch.
+    point = read_state(layout.resume_state, [p.epochs for p in plan_phases(config)],
+                       STATE_FORMAT)
+    check_history(layout.history, point["run_state"]["epochs_run"], layout.resume_state)
     index = DatasetIndex(root, manifest["class_names"], samples)
     context = RunContext(config, get_spec(config.model_type), index, manifest["splits"],
                          layout.root, Path(config.log_dir) / layout.root.name,
                          layout.final_stamp() or timestamp())
-    point = json.loads(layout.resume_state.read_text(encoding="utf-8"))
     return context, point
 
 
@@ -224,7 +238,7 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
     try:
         state.device = backend.device
         saver = CheckpointSaver(context.layout, context.timestamp, context.config.save_every,
-                                enabled=backend.main_process)
+                                enabled=backend.main_process, save_h5=context.config.save_h5)
         # Every rank of a torchrun must stop at the same step, and PyTorch's training loop is
         # plain Python (a KeyboardInterrupt there is safe): both stop at once, as Python does.
         if process_world()[1] > 1 or not backend.graceful_interrupt:
@@ -241,11 +255,9 @@ FINISHED = ("completed", "nan_loss", "pruned")
 
 def finished_status(layout: RunLayout) -> str | None:
     """The status of a run that ended (completed, nan_loss, pruned by a search), None when it
-    can continue."""
-    try:
-        status = json.loads(layout.summary.read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    can continue. A summary.json that cannot be read is refused (UserError): resuming a run
+    whose end is unknown could train a finished run again."""
+    status = (read_summary(layout.summary) or {}).get("status")
     return status if status in FINISHED else None
 
 
@@ -498,6 +510,8 @@ def describe_failure(exc: BaseException) -> str:
     import errno
 
     name = type(exc).__name__
+    if isinstance(exc, RunFailed):  # already one line (a data-loading worker died...)
+        return str(exc)
     if isinstance(exc, MemoryError) or "OutOfMemory" in name or "ResourceExhausted" in name:
         return ("out of memory: use a smaller --batch_size or --image_size "
                 "(or --batch_size auto)")
@@ -511,8 +525,9 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def remove_unstarted_run(context: RunContext) -> None:
-    """Undo a run that never trained: the files it wrote, then its folders if they are empty
-    (nothing else in them is touched)."""
+    """Undo a run that never trained: the files it wrote, then the folders it made if they
+    are empty (nothing else is touched: its TensorBoard folder may be a user's folder, or an
+    earlier run's of the same name, see run_footprint.py)."""
     import shutil
 
     layout = context.layout
@@ -522,12 +537,13 @@ def remove_unstarted_run(context: RunContext) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass
-    shutil.rmtree(layout.partial_dir, ignore_errors=True)
-    shutil.rmtree(context.tensorboard_dir, ignore_errors=True)  # named after this new run
+    shutil.rmtree(layout.partial_dir, ignore_errors=True)  # inside the run's own new folder
     try:
         layout.root.rmdir()
     except OSError:
         logger.warning("left %s in place: it holds files this run did not write", layout.root)
+    if context.footprint is not None:
+        context.footprint.remove()
 
 
 def _append_text(path: Path, text: str) -> None:

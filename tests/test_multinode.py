@@ -192,7 +192,8 @@ def test_a_node_with_another_copy_of_the_data_stops_before_training(tmp_path, da
         errors = _error_lines(output)
         assert len(errors) == 1, output[-3000:]
         assert "rank 1 on" in errors[0] and "sees other files under" in errors[0]
-    assert not [p for p in (out / "runs").iterdir() if p.is_dir()]
+    runs = out / "runs"  # made by the run, so removed with it when empty
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
     assert not (out / "runs" / "experiments.csv").exists()
 
 
@@ -209,7 +210,8 @@ def test_a_keras_network_refuses_a_multi_worker_cluster_in_one_line(tmp_path, ti
         "--output_dir", str(tmp_path / "runs"), "--log_dir", str(tmp_path / "tb")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: TF_CONFIG is set")
+    errors = [line for line in err.splitlines() if not line.startswith("INFO: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: TF_CONFIG is set")
     assert "keras-team/keras#20585" in err and "torchrun" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

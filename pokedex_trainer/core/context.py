@@ -34,6 +34,7 @@ class RunContext:
     tensorboard_dir: Path
     timestamp: str
     image_cache: object = None  # the --cache storage, opened by the first loader
+    footprint: object = None  # what a new run made on disk (run_footprint.RunFootprint)
 
     def open_image_cache(self):
         """The run's decoded-image cache (``--cache``), None when off. One for every split:
