@@ -220,6 +220,9 @@ def _add_output_options(out, d: TrainConfig) -> None:
     out.add_argument("--save_every", type=int, default=d.save_every,
                      help="also keep the model of every N-th epoch (default: 0, only best and "
                           "final)")
+    out.add_argument("--save_h5", action="store_true",
+                     help="Keras networks: also save the final model as <arch>_final_<stamp>.h5 "
+                          "(legacy HDF5, the file the guide's snippets open) beside the .keras")
     out.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run from its last finished epoch, with its "
                           "own configuration (other flags but --workers are ignored)")
@@ -300,8 +303,10 @@ def run_main(main, argv: list[str] | None = None) -> int:
 
         where = f" ('{exc.filename}')" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        # a path the user named that cannot be used as given (a file where a folder goes, a
+        # name too long for the system): bad input, whichever option it came from
         pointed_at = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
-                      errno.EISDIR)
+                      errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP)
         return 2 if exc.errno in pointed_at else 1
     return int(code or 0)
 
@@ -322,6 +327,10 @@ def train_command(config: TrainConfig, actions: dict):
     from .training import apply_base_model, find_batch_size_only, run_training, run_framework
 
     configure(actions.get("live_log"))
+    if not actions["resume"]:
+        from .path_checks import check_train_paths
+
+        check_train_paths(config)
     if actions.get("scratch_defaults") and not actions["resume"]:
         import logging
 
@@ -430,7 +439,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="average the calibrated probabilities of these runs' best models")
     source.add_argument("--data_path", help="evaluate on this labelled folder instead of the "
                                             "run's test split (same classes as the model)")
-    source.add_argument("--output_dir", help="where the report goes (default: "
+    source.add_argument("--output_dir", help="where the report goes; a file already there is "
+                                             "replaced only if evaluate.py wrote it (default: "
                                              "<run_dir>/evaluation)")
     source.add_argument("--trust_model_file", action="store_true",
                         help="open a TorchScript (.pt) or SavedModel file that export.py did not "
@@ -478,7 +488,12 @@ def evaluate_command(args: argparse.Namespace):
     """What ``evaluate.py`` does once parsed (the Python API calls it too): the report folder,
     or the prediction rows of ``--predict``, or the sorted rows of ``--experiments``."""
     from .errors import UserError
+    from .path_checks import check_file_option, check_folder_option
 
+    if args.output_dir:
+        check_folder_option(args.output_dir, "--output_dir")
+    if args.calibration:  # written after the calibration work: checked before it
+        check_file_option(args.calibration, "--calibration")
     if args.experiments:
         from .experiments import show_experiments
 
@@ -535,7 +550,8 @@ def build_export_parser() -> argparse.ArgumentParser:
                              "images) (default: all four)")
     parser.add_argument("--output_dir", default=None,
                         help="where the files and exports.json go; the run directory is then "
-                             "only read (default: <run_dir>/export, exports.json in <run_dir>)")
+                             "only read, and a file already there is replaced only if export.py "
+                             "wrote it (default: <run_dir>/export, exports.json in <run_dir>)")
     parser.add_argument("--calibration", metavar="FILE", default=None,
                         help="calibration.json whose temperature the sidecars carry "
                              "(default: <run_dir>/calibration.json, written by evaluate.py)")
@@ -547,7 +563,8 @@ def build_export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_images", type=int, default=200,
                         help="training images that calibrate full int8 (default: %(default)s)")
     parser.add_argument("--opset", type=int, default=18,
-                        help="ONNX opset (default: %(default)s)")
+                        help="ONNX opset: 14-18 for Keras (tf2onnx), 18-25 for PyTorch "
+                             "(default: %(default)s)")
     return parser
 
 
@@ -563,6 +580,10 @@ def export_from_args(args: argparse.Namespace) -> list:
 
     if args.check_images < 1 or args.calibration_images < 1:
         raise UserError("--check_images and --calibration_images must be at least 1")
+    if args.output_dir:
+        from .path_checks import check_folder_option
+
+        check_folder_option(args.output_dir, "--output_dir")
     from .exporters.export_run import export_command
 
     return export_command(args.run_dir, args.model, args.formats, args.output_dir,

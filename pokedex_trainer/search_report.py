@@ -117,8 +117,13 @@ def search_report_command(name: str, storage_url: str | None, output_dir: str | 
         raise UserError(f"--search: the database holds no search '{name}'"
                         + (f"; it holds: {', '.join(names)}" if names else ""))
     study = optuna.load_study(study_name=name, storage=storage)
+    from .output_guard import claim_outputs, record_outputs
     from .records import ensure_writable_dir
 
+    written = ("trials.csv", "best_command.txt", *PLOTS)
+    if output_dir:  # a folder of the user's: only files this tool wrote there are replaced
+        claim_outputs(Path(output_dir), written)
     report_dir = ensure_writable_dir(Path(output_dir) if output_dir else folder / name,
                                      "report folder")
     report_search(study, report_dir, storage)
+    record_outputs(report_dir, written)

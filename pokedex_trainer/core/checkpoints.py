@@ -39,10 +39,13 @@ class CheckpointSaver:
         stamp: the timestamp in the final model's name.
         save_every: keep a copy of the model every N epochs (0: never).
         enabled: False on the ranks of a multi-process run that must not write.
+        save_h5: also write the final model as legacy HDF5 (``--save_h5``, Keras only).
     """
 
-    def __init__(self, layout: RunLayout, stamp: str, save_every: int = 0, enabled: bool = True):
+    def __init__(self, layout: RunLayout, stamp: str, save_every: int = 0, enabled: bool = True,
+                 save_h5: bool = False):
         self.layout, self.stamp, self.save_every, self.enabled = layout, stamp, save_every, enabled
+        self.save_h5 = save_h5
         if enabled:  # a killed save's leftovers
             shutil.rmtree(layout.partial_dir, ignore_errors=True)
             for leftover in layout.root.glob(".*.json.*.tmp"):
@@ -65,6 +68,9 @@ class CheckpointSaver:
         if self.enabled:
             backend.save_model(self.final_path)
             logger.info("saved %s and %s", self.best_path.name, self.final_path.name)
+            if self.save_h5:  # the backend saves in the format the suffix names
+                backend.save_model(self.final_path.with_suffix(".h5"))
+                logger.info("saved %s", self.final_path.with_suffix(".h5").name)
 
     def best_weights(self, backend: TrainingBackend):
         """The best checkpoint's weights from disk (a resumed run has none in memory)."""

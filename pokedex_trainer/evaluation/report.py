@@ -8,7 +8,6 @@ calibrated by temperature scaling fitted on the validation split, never on the t
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,8 +23,12 @@ from .metrics import compute_metrics, most_confident_mistakes, report_rows
 from ..inference import (Predictor, framework_of, import_frameworks, load_predictor,
                         measure_latency, measure_throughput)
 from ..layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
+from ..memory import check_latency_batch
 from ..finished_runs import LabelledImages, best_model_of, folder_images, model_and_run, run_split
+from ..output_guard import record_outputs
 from ..records import atomic_write_json
+from .outputs import ENSEMBLE_FILES, PREDICTION_FILES, REPORT_FILES, prepared_folder, \
+    report_folder
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,9 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict, path: Path
     """calibration.json (``path``): per model file, and at the top the run's best model's (used
     by export sidecars and by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    from ..run_files import read_calibration
+
+    data = read_calibration(path) or {}  # a damaged file is refused, not overwritten
     data.setdefault("models", {})[model_path.name] = details
     if RunLayout.read(run_dir).is_best_model(model_path) or "temperature" not in data:
         data.update({k: v for k, v in details.items()})
@@ -115,7 +120,9 @@ def saved_calibration(member: Member) -> dict | None:
     the run's), else the one an export recorded in its sidecar; None when there is none."""
     path = member.calibration_path
     if path is not None and path.is_file():
-        data = json.loads(path.read_text("utf-8"))
+        from ..run_files import read_calibration
+
+        data = read_calibration(path)
         entry = data.get("models", {}).get(member.predictor.path.name)
         if entry is None and "temperature" in data:
             entry = {"temperature": data["temperature"],
@@ -187,7 +194,9 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
                    options: EvaluateOptions) -> Path:
     """Evaluate one model; writes the report and returns its folder."""
     model_path, run = model_and_run(run_dir, model)
+    out = report_folder(options.output_dir, run, model_path)  # before any work: it may refuse
     predictor = _load(model_path, run)
+    check_latency_batch(options.latency_batch, predictor.info.image_size)  # before any work
     images = evaluation_images(run, data_path, predictor.info.class_names)
     member = Member(model_path.name, predictor, run,
                     calibration_file=Path(options.calibration) if options.calibration else None)
@@ -198,8 +207,8 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
     metrics["latency"] = latency(predictor, sample, options.latency_runs, options.latency_batch)
     metrics.update(model=str(model_path), runtime=predictor.runtime,
                    evaluated_on=images.description, date=time.strftime("%Y-%m-%d %H:%M:%S"))
-    out = _output_dir(options.output_dir, run, model_path)
     write_report(out, metrics, member, labels, images, options.mistakes)
+    record_outputs(out, REPORT_FILES)
     print_summary(metrics, out)
     return out
 
@@ -207,20 +216,15 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
 def _load(model_path: Path, run: Path | None) -> Predictor:
     names = None
     if run is not None and (run / CLASS_NAMES).is_file():
-        names = json.loads((run / CLASS_NAMES).read_text("utf-8"))
-    return load_predictor(model_path, names)
+        from ..run_files import run_class_names
 
-
-def _output_dir(given: str | None, run: Path | None, model_path: Path) -> Path:
-    if given:
-        out = Path(given)
-    elif run is not None:
-        best = RunLayout.read(run).is_best_model(model_path)
-        out = run / EVALUATION_DIR if best else run / EVALUATION_DIR / model_path.name
-    else:
-        out = model_path.parent / f"{EVALUATION_DIR}_{model_path.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        names = run_class_names(run)
+    predictor = load_predictor(model_path, names)
+    if names is not None and list(predictor.info.class_names) != names:
+        raise UserError(f"{run / CLASS_NAMES}: its {len(names)} classes are not the "
+                        f"{len(predictor.info.class_names)} of '{model_path.name}'; the model is "
+                        "not this run's (pass --model with the run's own file)")
+    return predictor
 
 
 def member_metrics(member: Member, labels: np.ndarray) -> dict:
@@ -345,6 +349,8 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
     """Average the members' calibrated probabilities; report the ensemble beside each member."""
     if len(run_dirs) < 2:
         raise UserError("--ensemble needs at least two run directories")
+    out = prepared_folder(options.output_dir, Path(run_dirs[0]) / EVALUATION_DIR / "ensemble",
+                          ENSEMBLE_FILES, own_default=True)
     paths = [best_model_of(Path(d)) for d in run_dirs]
     import_frameworks({framework_of(p) for p in paths})  # torch before TensorFlow
     members = [Member(Path(d).name, _load(p, Path(d)), Path(d)) for d, p in zip(run_dirs, paths)]
@@ -363,9 +369,6 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
         results[member.name]["model"] = str(member.predictor.path)
     average = np.mean([m.calibrated for m in members], axis=0)
     ensemble = compute_metrics(labels, average, names)
-    out = Path(options.output_dir) if options.output_dir else \
-        Path(run_dirs[0]) / EVALUATION_DIR / "ensemble"
-    out.mkdir(parents=True, exist_ok=True)
     report = {"ensemble": ensemble, "members": results, "evaluated_on": images.description,
               "method": "mean of the members' temperature-calibrated probabilities",
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -382,6 +385,7 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
     for row in rows:
         print(f"  {row['model']:<40} accuracy {row['accuracy']:.4f}  top-5 "
               f"{row['top5_accuracy']:.4f}  loss {row['loss']:.4f}  ECE {row['ece']:.4f}")
+    record_outputs(out, ENSEMBLE_FILES)
     print(f"report: {out / 'report.md'}")
     return out
 
@@ -425,6 +429,9 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     from ..dataset import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
+    if Path(target).is_dir():  # before any work: the folder may hold the user's own files
+        out = prepared_folder(output_dir, (run or model_path.parent) / "predictions",
+                              PREDICTION_FILES, own_default=run is not None)
     predictor = _load(model_path, run)
     member = Member(model_path.name, predictor, run,
                     calibration_file=Path(calibration) if calibration else None)
@@ -449,9 +456,8 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
         print(f"{row['image']}: {row['prediction']}  ({shown})" if not row.get("error")
               else f"{row['image']}: skipped ({row['error']})")
     if target_path.is_dir():
-        out = Path(output_dir) if output_dir else (run or model_path.parent) / "predictions"
-        out.mkdir(parents=True, exist_ok=True)
         _write_predictions(out, rows, top_k)
+        record_outputs(out, PREDICTION_FILES)
         print(f"{len(rows)} predictions written to {out / 'predictions.csv'} and "
               f"{out / 'predictions.json'}")
     return rows

@@ -20,12 +20,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..layout import EXPORT_DIR
 from ..inference import (ModelInfo, Predictor, load_predictor, measure_latency, sidecar_path)
 from ..finished_runs import LabelledImages
 from ..records import atomic_write_json
+from ..output_guard import record_outputs
 from ..safe_loading import file_sha256, is_code_bearing, remember_written
 from .keras_formats import TFLITE_PRECISIONS
+from .targets import export_folder
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ FORMATS = {
     "torch": ("torchscript", "torch_export", "onnx"),
 }
 DEFAULT_OPSET = 18
-EXPORTS_JSON = "exports.json"
 
 
 @dataclass(frozen=True)
@@ -372,6 +372,9 @@ def export_images(run_dir: Path | None, data_path: str | None, class_names: list
 def framework_of_source(path: Path) -> str:
     from ..inference import framework_of
 
+    if path.is_dir():  # a SavedModel runs its graph when loaded: refuse before loading anything
+        raise UserError(f"'{path}' is a folder, not a trained model of this tool (*.keras, *.h5 "
+                        "or *.pth); exported files are not exported again")
     framework = framework_of(path)
     if framework not in FORMATS or path.suffix.lower() not in (".keras", ".h5", ".pth"):
         raise UserError(f"'{path}' is not a trained model of this tool (*.keras, *.h5 or *.pth); "
@@ -400,6 +403,8 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     framework = framework_of_source(source)
     wanted = parse_formats(formats, framework)
     precisions = _parse_precisions(tflite_precisions)
+    out, record, written = export_folder(output_dir, run, source, framework, wanted,
+                                         precisions, opset)  # may refuse: before any work
     if framework == "keras":
         from ..keras_backend.select import activate
 
@@ -411,12 +416,11 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     if names is None:
         raise UserError(f"no class list for '{source}': expected class_names.json beside it")
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
-    out = Path(output_dir) if output_dir else (run or source.parent) / EXPORT_DIR
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
                     _temperature(run, calibration_file))
     results = run_export(job)
-    record = (out if output_dir or run is None else run) / EXPORTS_JSON
     record_results(results, record, job)
+    record_outputs(out, written)
     print(results_table(results))
     failed = [r for r in results if not r.passed]
     if failed:

@@ -27,14 +27,24 @@ def save_model(model: keras.Model, path) -> None:
 
     The optimizer state is left out (it would triple the file: 770 MB for EfficientNetB7), and
     so is the compile configuration, so the file loads with no warning and no training state.
+    A path ending in ``.h5`` gets Keras's legacy HDF5 format (``--save_h5``), asked for on purpose.
     """
     optimizer, compiled = getattr(model, "optimizer", None), model.compiled
     model.optimizer, model.compiled = None, False
+    suffix = ".h5" if Path(path).suffix.lower() == ".h5" else ".keras"
+    absl = logging.getLogger("absl")  # Keras's "HDF5 is legacy" advice, through absl
+    absl.addFilter(_drop_hdf5_advice)
     try:
-        with atomic_target(path, suffix=".keras") as tmp:
-            model.save(tmp)
+        with atomic_target(path, suffix=suffix) as tmp:
+            # HDF5 would write the (None) optimizer's weights unless told not to
+            model.save(tmp, **({"include_optimizer": False} if suffix == ".h5" else {}))
     finally:
+        absl.removeFilter(_drop_hdf5_advice)
         model.optimizer, model.compiled = optimizer, compiled
+
+
+def _drop_hdf5_advice(record: logging.LogRecord) -> bool:
+    return "considered legacy" not in record.getMessage()
 
 
 class SmoothedSparseCrossentropy(keras.losses.Loss):
