@@ -362,12 +362,25 @@ def capture_to_log(log_path: Path, live=None):
         handle.close()
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, not to the one it was made with: the Python
+    API and tests replace stderr between runs, and a handler bound to a closed stream fails."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_console_logging(verbose: bool = False) -> None:
     """Log records to stderr as short lines; called once by each script."""
     root = logging.getLogger()
     if any(getattr(h, "_pokedex", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler()
+    handler = _ConsoleHandler()
     handler._pokedex = True
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(handler)
