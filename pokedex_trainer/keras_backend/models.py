@@ -1,4 +1,7 @@
-"""Keras networks: ImageNet backbone without its top, the normalization, a new head."""
+"""Keras networks: ImageNet backbone without its top, the normalization, a new head.
+
+EfficientNetB7 and MobileNetV2 are the guide's; ResNet152 is ``--framework keras`` for it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import keras
 from ..errors import UserError
 from ..models import ModelSpec
 from ..core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+from .normalization import CaffeNormalization
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ POOLING_NAME = "avg_pool"  # the features before the classifier (dropout, then H
 ACTIVATION_STAGES = {
     "efficientnet": ("block2g_add", "block3g_add", "block5j_add", "top_activation"),
     "mobilenet": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
+    "resnet": ("conv2_block3_out", "conv3_block8_out", "conv4_block36_out", "conv5_block3_out"),
     "tiny_keras": ("relu1", "relu3"),
 }
 
@@ -50,6 +55,7 @@ def tiny_backbone(include_top: bool = False, weights=None, input_shape=None) -> 
 _APPLICATIONS = {
     "efficientnet": lambda **kw: keras.applications.EfficientNetB7(**kw),
     "mobilenet": lambda **kw: keras.applications.MobileNetV2(**kw),
+    "resnet": lambda **kw: keras.applications.ResNet152(**kw),
     "tiny_keras": tiny_backbone,
 }
 
@@ -62,6 +68,8 @@ SCRATCH_BN_MOMENTUM = 0.9
 def _normalization_layer(spec: ModelSpec) -> keras.layers.Layer | None:
     if spec.normalization == "minus_one_one":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize_minus_one_one")
+    if spec.normalization == "caffe":
+        return CaffeNormalization(name="normalize_caffe")
     if spec.normalization == "efficientnet":
         return None  # keras.applications' EfficientNet rescales and normalizes 0..255 itself
     raise ValueError(f"no Keras normalization for {spec.normalization}")
