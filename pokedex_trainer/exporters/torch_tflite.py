@@ -35,10 +35,13 @@ def checked_format() -> tuple[str, ...]:
 def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     """Float32 TFLite taking (N, H, W, 3) RGB 0..255, the layout the app feeds every TFLite
     file; ``sidecar`` is updated to say so."""
+    import tempfile
+
     import litert_torch
     import torch
 
-    from ..records import atomic_target
+    from ..records import atomic_write_bytes
+    from .metadata import add_tflite_metadata
     from .quiet import quiet_converters
     from .torch_formats import ProbabilityModel
 
@@ -55,6 +58,9 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     with quiet_converters():
         edge = litert_torch.convert(module, (example,))
     sidecar["input"]["layout"] = "NHWC"
-    with atomic_target(path, ".tflite") as tmp:
-        edge.export(str(tmp))
+    with tempfile.TemporaryDirectory(prefix="pokedex_tflite_") as folder:
+        edge.export(str(Path(folder) / "model.tflite"))
+        flatbuffer = (Path(folder) / "model.tflite").read_bytes()
+    # the sidecar inside the file too, as in the Keras TFLite (metadata "pokedex_ultra")
+    atomic_write_bytes(path, add_tflite_metadata(flatbuffer, sidecar))
     return path
