@@ -6,6 +6,7 @@ EfficientNetB7 and MobileNetV2 are the guide's; ResNet152 is ``--framework keras
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import keras
@@ -82,8 +83,13 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], weights: str) -
     if source not in (None, "imagenet"):
         source = str(Path(weights))
     try:
-        backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
-                                                  input_shape=(height, width, 3))
+        with warnings.catch_warnings():
+            # a .weights.h5 file: Keras warns once per nested container of the functional
+            # graph (hundreds for ResNet152) although every weight loads; a file that does not
+            # fit still raises below
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
+                                                      input_shape=(height, width, 3))
     except Exception as exc:  # download and file errors come in many types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if source == "imagenet":
