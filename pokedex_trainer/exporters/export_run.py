@@ -93,7 +93,7 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
     wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
     if framework == "torch" and "tflite" in wanted:  # on request only: litert-torch is optional
         from .torch_tflite import checked_format
-        available = available + checked_format()
+        available = available + checked_format(available)
     wrong = [name for name in wanted if name not in available]
     if wrong:
         kind = "Keras" if framework == "keras" else "PyTorch"

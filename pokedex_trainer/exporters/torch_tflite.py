@@ -17,18 +17,18 @@ from ..errors import UserError
 INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch, which is not installed: "
                 "'python -m pip install litert-torch' (best in its own virtual environment: it "
                 "pins typing_extensions and pydantic), or train with --framework keras for the "
-                "app's TFLite")
+                "app's TFLite; the formats for it without litert-torch are: {formats}")
 
 
 def litert_torch_available() -> bool:
     return importlib.util.find_spec("litert_torch") is not None
 
 
-def checked_format() -> tuple[str, ...]:
-    """("tflite",), the format a PyTorch model gains with litert-torch; UserError (one line)
-    when litert-torch is missing."""
+def checked_format(available: tuple[str, ...]) -> tuple[str, ...]:
+    """("tflite",), the format a PyTorch model gains with litert-torch; UserError (one line,
+    naming the ``available`` formats) when litert-torch is missing."""
     if not litert_torch_available():
-        raise UserError(INSTALL_HINT)
+        raise UserError(INSTALL_HINT.format(formats=", ".join(available)))
     return ("tflite",)
 
 
