@@ -85,6 +85,10 @@ def test_torch_mobilenet_builds_normalizes_and_freezes_like_the_others(tmodels):
     assert probabilities.shape == (2, 3)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
     _freeze_rule_holds(tmodels, model)
+    # TensorBoard's activation histograms: the ends of the stages at strides 4, 8, 16, 32
+    stages = tmodels.stage_activations(model, torch.rand(1, 3, 64, 64) * 255, "mobilenet")
+    assert [s.shape[1:] for s in stages] == [(24, 16, 16), (32, 8, 8), (96, 4, 4),
+                                             (1280, 2, 2)]
 
 
 @pytest.mark.slow
