@@ -205,19 +205,22 @@ Trainer.__signature__ = _signature(_train_parser())
 
 
 class EfficientNetTrainer(Trainer):
-    """EfficientNetB7 (Keras 3): ``--model_type efficientnet``."""
+    """EfficientNetB7 (Keras 3; ``framework="pytorch"``: torchvision's):
+    ``--model_type efficientnet``."""
 
     model_type = "efficientnet"
 
 
 class ResNet152Trainer(Trainer):
-    """ResNet152 (PyTorch): ``--model_type resnet``."""
+    """ResNet152 (PyTorch; ``framework="keras"``: keras.applications'):
+    ``--model_type resnet``."""
 
     model_type = "resnet"
 
 
 class MobileNetV2Trainer(Trainer):
-    """MobileNetV2 (Keras 3): ``--model_type mobilenet``."""
+    """MobileNetV2 (Keras 3; ``framework="pytorch"``: torchvision's):
+    ``--model_type mobilenet``."""
 
     model_type = "mobilenet"
 

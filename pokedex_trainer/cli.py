@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .config import SCRATCH_DEFAULTS, TrainConfig, default_workers
-from .models import MODEL_SPECS
+from .models import FRAMEWORKS, MODEL_SPECS
 
 
 def _defaults_line() -> str:
@@ -29,9 +29,8 @@ def _batch_size(value: str):
         raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'auto'") from None
 
 
-EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models "
-                       "(efficientnet, mobilenet); torchscript, torch_export, onnx for PyTorch "
-                       "(resnet)")
+EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models; "
+                       "torchscript, torch_export, onnx for PyTorch ones (--framework)")
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -119,10 +118,17 @@ def _add_model_options(model, d: TrainConfig) -> None:
                             "one for this data's classes, then the usual two phases")
     model.add_argument("--weights", default=d.weights,
                        help="'imagenet' (downloaded once, then cached), 'none' (train from "
-                            "scratch) or the path of a backbone weights file "
-                            "(default: %(default)s)")
+                            "scratch) or the path of a local weights file of the network, for "
+                            "offline machines: a torchvision state dict (.pth) for PyTorch, "
+                            "a .weights.h5 / .h5 (or .keras) for Keras; its classifier is "
+                            "ignored (default: %(default)s)")
     model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                        default=None, help="input size (default: the model's, see below)")
+    model.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
+                       help="framework the network trains in; every network exists in both. "
+                            "auto keeps the guide's pairing: efficientnet and mobilenet on "
+                            "Keras, resnet on PyTorch (default: %(default)s, or the framework "
+                            "of --base_model)")
     model.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
                        default=d.keras_backend,
                        help="Keras 3 backend of efficientnet and mobilenet: auto picks "

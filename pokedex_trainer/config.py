@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
-from .models import get_spec
+from .models import FRAMEWORKS, MODEL_SPECS, choose_framework, get_spec
 
 
 MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
@@ -80,6 +80,7 @@ class TrainConfig:
     memory_limit_mb: int | None = None
     base_model: str | None = None  # a .keras/.pth of an earlier run: its backbone, a new head
     keras_backend: str = "auto"  # Keras networks: auto, tensorflow, torch or jax (resolved)
+    framework: str = "auto"  # auto, keras or pytorch (resolved: keras or pytorch)
     augment_warmup: int = 0  # epochs ramping the augmentation from light to full
     label_smoothing: float = 0.0
     lr_schedule: str = "plateau"  # plateau (reduce on plateau) or cosine (per phase)
@@ -92,19 +93,21 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Fill the model defaults and check the values; raises UserError on a bad value."""
-        spec = get_spec(self.model_type)
+        spec = self.spec
         values = asdict(self)
         if values["image_size"] is None:
             values["image_size"] = spec.image_size
         if values["batch_size"] is None:
             values["batch_size"] = spec.batch_size
         values["image_size"] = tuple(int(v) for v in values["image_size"])
+        if values["framework"] == "auto":
+            values["framework"] = choose_framework(self.model_type)
         config = TrainConfig(**values)
         config.validate()
         return config
 
     def validate(self) -> None:
-        spec = get_spec(self.model_type)
+        spec = self.spec
         height, width = self.image_size
         if min(height, width) < spec.min_image_size:
             raise UserError(
@@ -179,6 +182,20 @@ class TrainConfig:
                            f"--image_size {height} {width} with --batch_size {self.batch_size} "
                            "(the input pixels alone)",
                            "use a smaller size or batch (or --batch_size auto)")
+
+    @property
+    def spec(self):
+        """The (network, framework) route of this run; UserError when there is none."""
+        if self.framework not in FRAMEWORKS:
+            raise UserError(f"--framework must be {', '.join(FRAMEWORKS[:-1])} or "
+                            f"{FRAMEWORKS[-1]}, not '{self.framework}'")
+        if self.model_type not in MODEL_SPECS:
+            raise UserError(f"--model_type must be one of {', '.join(sorted(MODEL_SPECS))}")
+        try:
+            return get_spec(self.model_type, self.framework)
+        except KeyError:
+            raise UserError(f"--model_type {self.model_type} has no {self.framework} network"
+                            ) from None
 
     @property
     def pretrained(self) -> bool:

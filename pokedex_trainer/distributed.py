@@ -109,7 +109,7 @@ def check_keras_cluster() -> None:
         raise UserError("TF_CONFIG is set, but the Keras networks cannot train across machines "
                         "(Keras 3 fit fails under MultiWorkerMirroredStrategy, "
                         "keras-team/keras#20585): unset TF_CONFIG to train on one machine with "
-                        "all its GPUs, or use --model_type resnet with torchrun --nnodes N")
+                        "all its GPUs, or use --framework pytorch with torchrun --nnodes N")
 
 
 def _cluster_tasks(tf_config: str) -> int | None:

@@ -232,9 +232,10 @@ class KerasPredictor(Predictor):
         if names is None:
             raise UserError(f"no class list for '{path}': expected class_names.json beside it")
         _, height, width, _ = self.model.input_shape
-        from .models import MODEL_SPECS
+        from .models import all_specs
 
-        spec = next((s for s in MODEL_SPECS.values() if s.arch == self.model.name), None)
+        spec = next((s for s in all_specs()
+                     if s.framework == "keras" and s.arch == self.model.name), None)
         super().__init__(path, ModelInfo(list(names), (height, width), "NHWC",
                                          model_type=spec.model_type if spec else "",
                                          arch=self.model.name, source_framework="keras"))

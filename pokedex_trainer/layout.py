@@ -89,8 +89,8 @@ class RunLayout:
 
         root = Path(root)
         try:
-            model_type = json.loads((root / CONFIG).read_text(encoding="utf-8"))["model_type"]
-            return cls.for_spec(root, get_spec(model_type))
+            values = json.loads((root / CONFIG).read_text(encoding="utf-8"))
+            return cls.for_spec(root, get_spec(values["model_type"], values.get("framework")))
         except (OSError, ValueError, KeyError, TypeError):
             return cls(root)
 

@@ -22,7 +22,8 @@ class ModelSpec:
         image_size: default (height, width) from the seed.
         batch_size: default batch size from the seed.
         normalization: ``"efficientnet"`` (the network rescales 0..255 itself), ``"minus_one_one"``
-            (x / 127.5 - 1) or ``"imagenet"`` (ImageNet mean/std on 0..1).
+            (x / 127.5 - 1), ``"imagenet"`` (ImageNet mean/std on 0..1) or ``"caffe"`` (RGB to
+            BGR, minus the ImageNet mean in 0..255: Keras' ResNet).
         min_image_size: smallest side the network accepts.
     """
 
@@ -67,6 +68,47 @@ if os.environ.get("POKEDEX_TEST_MODELS") == "1":
     MODEL_SPECS.update(TEST_MODEL_SPECS)
 
 
-def get_spec(model_type: str) -> ModelSpec:
-    """Return the spec of ``model_type`` (one of ``MODEL_SPECS``)."""
-    return MODEL_SPECS[model_type]
+# --framework: every network is built in both frameworks. MODEL_SPECS holds the seed's pairing
+# (the route ``auto`` takes); OTHER_ROUTES the same networks in the other framework, each with
+# the normalization its own ImageNet weights were trained with.
+FRAMEWORKS = ("auto", "keras", "pytorch")
+_SPEC_FRAMEWORK = {"keras": "keras", "pytorch": "torch", "torch": "torch"}
+
+OTHER_ROUTES: dict[str, ModelSpec] = {
+    "efficientnet": ModelSpec("efficientnet", "torch", "efficientnet_b7", "EfficientNetB7",
+                              (600, 600), 16, "imagenet"),
+    "resnet": ModelSpec("resnet", "keras", "resnet152", "ResNet152", (224, 224), 32, "caffe"),
+    "mobilenet": ModelSpec("mobilenet", "torch", "mobilenet_v2", "MobileNetV2", (224, 224), 64,
+                           "imagenet"),
+}
+
+
+def choose_framework(model_type: str) -> str:
+    """``--framework auto``: the framework ``model_type`` trains with, as the option names it
+    (keras or pytorch). The one place that decides; today it keeps the guide's pairing
+    (EfficientNetB7 and MobileNetV2 on Keras, ResNet152 on PyTorch)."""
+    return framework_option(MODEL_SPECS[model_type].framework)
+
+
+def framework_option(framework: str) -> str:
+    """A spec's framework (keras, torch) as ``--framework`` names it (keras, pytorch)."""
+    return "pytorch" if _SPEC_FRAMEWORK.get(framework) == "torch" else framework
+
+
+def get_spec(model_type: str, framework: str | None = None) -> ModelSpec:
+    """Return the spec of ``model_type`` (one of ``MODEL_SPECS``) in ``framework`` (keras,
+    pytorch or torch; None or auto: ``choose_framework``'s)."""
+    if framework in (None, "", "auto"):
+        framework = choose_framework(model_type)
+    wanted = _SPEC_FRAMEWORK[framework]
+    spec = MODEL_SPECS[model_type]
+    if spec.framework == wanted:
+        return spec
+    if model_type in OTHER_ROUTES and OTHER_ROUTES[model_type].framework == wanted:
+        return OTHER_ROUTES[model_type]
+    raise KeyError(f"{model_type} has no {framework} network")
+
+
+def all_specs() -> list[ModelSpec]:
+    """Every (network, framework) route there is."""
+    return list(MODEL_SPECS.values()) + list(OTHER_ROUTES.values())

@@ -36,7 +36,7 @@ SEARCH_DIR = "search"  # <output_dir>/search/<name>.db and the report folder <na
 # (every trial must be scored on the same validation images).
 NOT_SEARCHABLE = frozenset({
     "data_path", "model_type", "output_dir", "log_dir", "run_name", "workers", "base_model",
-    "weights", "keras_backend", "memory_limit_mb", "image_size", "search_name", "search_trial",
+    "weights", "keras_backend", "framework", "memory_limit_mb", "image_size", "search_name", "search_trial",
     "deterministic", "seed", "val_split", "test_split"})
 SPEC_KEYS = frozenset({"low", "high", "log", "step", "choices"})
 
@@ -478,18 +478,25 @@ def study_signature(config: TrainConfig) -> dict:
     """What every trial of a study must share to be compared (paths may differ per machine)."""
     from .dataset import scan_dataset
 
+    from .models import choose_framework
+
     resolved = config.resolved()
-    return {"model_type": resolved.model_type, "image_size": list(resolved.image_size),
-            "class_names": scan_dataset(config.data_path).class_names,
-            "split": [resolved.seed, resolved.val_split, resolved.test_split],
-            "epochs": [resolved.epochs, resolved.fine_tune_epochs]}
+    signature = {"model_type": resolved.model_type, "image_size": list(resolved.image_size),
+                 "class_names": scan_dataset(config.data_path).class_names,
+                 "split": [resolved.seed, resolved.val_split, resolved.test_split],
+                 "epochs": [resolved.epochs, resolved.fine_tune_epochs]}
+    # only off the guide's pairing, so the studies made before --framework still match
+    if resolved.framework != choose_framework(resolved.model_type):
+        signature["framework"] = resolved.framework
+    return signature
 
 
 def _describe(signature: dict) -> str:
     names = signature.get("class_names", [])
     seed, val_split, test_split = signature.get("split", ["?"] * 3)
     epochs, fine_tune_epochs = signature.get("epochs", ["?"] * 2)
-    return (f"--model_type {signature.get('model_type')} at "
+    framework = f" --framework {signature['framework']}" if "framework" in signature else ""
+    return (f"--model_type {signature.get('model_type')}{framework} at "
             f"{'x'.join(map(str, signature.get('image_size', [])))} on {len(names)} classes "
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}), split --seed "
             f"{seed} --val_split {val_split} --test_split {test_split}, --epochs {epochs} "

@@ -80,7 +80,7 @@ def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
 
 def search_batch_size(config: TrainConfig, num_classes: int):
     """Run the backend's batch-size search for ``config``; returns a BatchSearch."""
-    spec = get_spec(config.model_type)
+    spec = config.spec
     logger.info("looking for the largest batch size that trains (%s, %dx%d%s)...",
                 spec.display_name, *config.image_size,
                 ", mixed precision" if config.mixed_precision else "")
@@ -104,7 +104,10 @@ def apply_base_model(config: TrainConfig) -> TrainConfig:
     if config.model_type not in (None, base.model_type):
         raise UserError(f"--model_type {config.model_type} does not match --base_model "
                         f"'{base.path}', a {get_spec(base.model_type).display_name} model")
-    return replace(config, model_type=base.model_type,
+    if config.framework not in ("auto", base.framework):
+        raise UserError(f"--framework {config.framework} does not match --base_model "
+                        f"'{base.path}', a {base.framework} model")
+    return replace(config, model_type=base.model_type, framework=base.framework,
                    image_size=config.image_size or base.image_size)
 
 
@@ -112,14 +115,14 @@ def run_framework(config: TrainConfig, resume_dir: Path | None) -> str:
     """keras or torch: the framework a run (new or resumed) trains with."""
     layout = RunLayout(Path(resume_dir)) if resume_dir is not None else None
     if layout is not None and layout.config.is_file():
-        return get_spec(TrainConfig.load(layout.config).model_type).framework
-    return get_spec(config.model_type).framework
+        return TrainConfig.load(layout.config).spec.framework
+    return config.spec.framework
 
 
 def select_keras_backend(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     """For a Keras network: the backend it trains on, chosen once and recorded in the config
     (a resumed run keeps its own), and made the backend of this process."""
-    if get_spec(config.model_type).framework != "keras":
+    if config.spec.framework != "keras":
         return config, []
     check_keras_cluster()
     from .keras_backend.select import activate, choose
@@ -174,7 +177,7 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     check_experiments_table(Path(config.output_dir) / EXPERIMENTS)
     run_dir = create_run_dir(Path(config.output_dir),
                              config.run_name or f"{config.model_type}_{started_stamp}")
-    spec = get_spec(config.model_type)
+    spec = config.spec
     context = RunContext(config, spec, index, splits, run_dir, tensorboard_dir / run_dir.name,
                          started_stamp)
     context.footprint = RunFootprint.before_writing(context.tensorboard_dir, made)
@@ -224,7 +227,7 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
                        STATE_FORMAT)
     check_history(layout.history, point["run_state"]["epochs_run"], layout.resume_state)
     index = DatasetIndex(root, manifest["class_names"], samples)
-    context = RunContext(config, get_spec(config.model_type), index, manifest["splits"],
+    context = RunContext(config, config.spec, index, manifest["splits"],
                          layout.root, Path(config.log_dir) / layout.root.name,
                          layout.final_stamp() or timestamp())
     return context, point
@@ -325,7 +328,8 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
     """Rank 0: the run to train, as (context, resume point, notes, lock), or None when
     ``resume_dir`` already finished."""
     if process_world()[1] > 1 and run_framework(config, resume_dir) != "torch":
-        raise UserError("torchrun is for --model_type resnet; the Keras networks train in one "
+        raise UserError("torchrun is for PyTorch networks (--framework pytorch); the Keras "
+                        "networks train in one "
                         "process (on TensorFlow over every GPU of the machine, see 'Several "
                         "GPUs' in the README)")
     if resume_dir is None:

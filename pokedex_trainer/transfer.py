@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .models import MODEL_SPECS
+from .models import all_specs
 
 
 @dataclass
@@ -21,6 +21,7 @@ class BaseModel:
     model_type: str
     image_size: tuple[int, int]
     num_classes: int
+    framework: str = "auto"  # keras or pytorch (--framework's words)
 
 
 def describe_base_model(path: str | Path) -> BaseModel:
@@ -45,15 +46,15 @@ def _describe_keras(path: Path) -> BaseModel:
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))["config"]
-        spec = next(s for s in MODEL_SPECS.values()
+        spec = next(s for s in all_specs()
                     if s.framework == "keras" and s.arch == config["name"])
         shape = config["layers"][0]["config"]["batch_shape"]
         head = next(layer for layer in config["layers"] if layer["name"] == "predictions")
         return BaseModel(path, spec.model_type, (int(shape[1]), int(shape[2])),
-                         int(head["config"]["units"]))
+                         int(head["config"]["units"]), "keras")
     except (zipfile.BadZipFile, KeyError, StopIteration, ValueError, TypeError, IndexError):
         raise UserError(f"--base_model '{path}' is not a model this tool trained (expected a "
-                        "Keras EfficientNetB7 or MobileNetV2 with its 'predictions' head)") from None
+                        "Keras network of this tool with its 'predictions' head)") from None
 
 
 def _describe_torch(path: Path) -> BaseModel:
@@ -62,7 +63,7 @@ def _describe_torch(path: Path) -> BaseModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         return BaseModel(path, payload["model_type"], tuple(payload["image_size"]),
-                         len(payload["class_names"]))
+                         len(payload["class_names"]), "pytorch")
     except Exception:
         raise UserError(f"--base_model '{path}' is not a checkpoint this tool wrote "
                         "(<arch>_best.pth)") from None

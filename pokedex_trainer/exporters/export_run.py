@@ -91,9 +91,12 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
     if text is None or text.strip().lower() in ("", "all"):
         return list(available)
     wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if framework == "torch" and "tflite" in wanted:  # on request only: litert-torch is optional
+        from .torch_tflite import checked_format
+        available = available + checked_format(available)
     wrong = [name for name in wanted if name not in available]
     if wrong:
-        kind = "Keras (efficientnet, mobilenet)" if framework == "keras" else "PyTorch (resnet)"
+        kind = "Keras" if framework == "keras" else "PyTorch"
         raise UserError(f"{', '.join(wrong)} cannot be exported from a {kind} model; the "
                         f"formats for it are: {', '.join(available)}")
     return list(dict.fromkeys(wanted))
@@ -281,7 +284,7 @@ def _keras_writers(job: ExportJob, source: Predictor):
 
 
 def _torch_writers(job: ExportJob, source: Predictor):
-    from . import torch_formats
+    from . import torch_formats, torch_tflite
 
     model, size, stem = source.model, source.info.image_size, job.source.stem
     out = job.output_dir
@@ -292,6 +295,8 @@ def _torch_writers(job: ExportJob, source: Predictor):
             model, size, path, sc)),
         "onnx": (out / f"{stem}.onnx", lambda path, sc: torch_formats.write_onnx(
             model, size, path, job.opset, sc)),
+        "tflite": (out / f"{stem}_float32.tflite", lambda path, sc: torch_tflite.write_tflite(
+            model, size, path, sc)),
     }
     for fmt in job.formats:
         path, writer = table[fmt]

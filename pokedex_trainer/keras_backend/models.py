@@ -1,8 +1,12 @@
-"""Keras networks: ImageNet backbone without its top, the normalization, a new head."""
+"""Keras networks: ImageNet backbone without its top, the normalization, a new head.
+
+EfficientNetB7 and MobileNetV2 are the guide's; ResNet152 is ``--framework keras`` for it.
+"""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import keras
@@ -10,6 +14,7 @@ import keras
 from ..errors import UserError
 from ..models import ModelSpec
 from ..core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+from .normalization import CaffeNormalization
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +27,7 @@ POOLING_NAME = "avg_pool"  # the features before the classifier (dropout, then H
 ACTIVATION_STAGES = {
     "efficientnet": ("block2g_add", "block3g_add", "block5j_add", "top_activation"),
     "mobilenet": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
+    "resnet": ("conv2_block3_out", "conv3_block8_out", "conv4_block36_out", "conv5_block3_out"),
     "tiny_keras": ("relu1", "relu3"),
 }
 
@@ -50,6 +56,7 @@ def tiny_backbone(include_top: bool = False, weights=None, input_shape=None) -> 
 _APPLICATIONS = {
     "efficientnet": lambda **kw: keras.applications.EfficientNetB7(**kw),
     "mobilenet": lambda **kw: keras.applications.MobileNetV2(**kw),
+    "resnet": lambda **kw: keras.applications.ResNet152(**kw),
     "tiny_keras": tiny_backbone,
 }
 
@@ -62,6 +69,8 @@ SCRATCH_BN_MOMENTUM = 0.9
 def _normalization_layer(spec: ModelSpec) -> keras.layers.Layer | None:
     if spec.normalization == "minus_one_one":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize_minus_one_one")
+    if spec.normalization == "caffe":
+        return CaffeNormalization(name="normalize_caffe")
     if spec.normalization == "efficientnet":
         return None  # keras.applications' EfficientNet rescales and normalizes 0..255 itself
     raise ValueError(f"no Keras normalization for {spec.normalization}")
@@ -74,8 +83,13 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], weights: str) -
     if source not in (None, "imagenet"):
         source = str(Path(weights))
     try:
-        backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
-                                                  input_shape=(height, width, 3))
+        with warnings.catch_warnings():
+            # a .weights.h5 file: Keras warns once per nested container of the functional
+            # graph (hundreds for ResNet152) although every weight loads; a file that does not
+            # fit still raises below
+            warnings.filterwarnings("ignore", message="Skipping nested container")
+            backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
+                                                      input_shape=(height, width, 3))
     except Exception as exc:  # download and file errors come in many types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if source == "imagenet":

@@ -133,7 +133,7 @@ def _note_many_gpus(count: int, backend: str) -> None:
     if count > 1:
         logger.warning("%d GPUs visible: Keras on %s trains on one of them. For several GPUs, "
                        "use --keras_backend tensorflow on Linux (MirroredStrategy) or "
-                       "--model_type resnet with torchrun", count, backend)
+                       "--framework pytorch with torchrun", count, backend)
 
 
 class TensorFlowPlatform(Platform):

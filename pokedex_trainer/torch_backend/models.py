@@ -1,4 +1,5 @@
-"""ResNet152 from torchvision with its normalization inside and a new head.
+"""torchvision networks (ResNet152; EfficientNetB7 and MobileNetV2 in torchvision_networks.py)
+with their normalization inside and a new head.
 
 The module takes RGB pixels in 0..255 (N, 3, H, W), like the Keras models, and returns logits;
 ``probabilities`` applies the softmax.
@@ -15,6 +16,8 @@ from torch import nn
 from ..errors import UserError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from ..core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
+from .torchvision_networks import detach_classifier, efficientnet_b7, imagenet_download_error
+from .torchvision_networks import mobilenet_v2
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,8 @@ CHECKPOINT_FORMAT = 1
 # of ResNet's four stages; tensorboard_tags.py).
 ACTIVATION_STAGES = {
     "resnet": ("layer1", "layer2", "layer3", "layer4"),
+    "efficientnet": ("features.2", "features.3", "features.5", "features.8"),
+    "mobilenet": ("features.3", "features.6", "features.13", "features.18"),
     "tiny_torch": ("bn1", "bn2"),
 }
 
@@ -65,12 +70,7 @@ def _resnet152(weights: str) -> nn.Module:
         try:
             return resnet152(weights=ResNet152_Weights.DEFAULT)
         except Exception as exc:  # URLError, HTTPError, hash mismatch...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(
-                f"could not get the ImageNet weights of ResNet152 ({reason}). torchvision "
-                "downloads them once into ~/.cache/torch/hub/checkpoints: connect once, or pass "
-                "--weights PATH (a torchvision resnet152 state dict) or --weights none to train "
-                "from scratch") from None
+            raise imagenet_download_error("ResNet152", "resnet152", exc) from None
     model = resnet152(weights=None)
     if weights.lower() != "none":
         load_backbone_file(model, Path(weights), "ResNet152")
@@ -106,11 +106,13 @@ def _tiny(weights: str) -> nn.Module:
     return model
 
 
-NETWORKS = {"resnet": _resnet152, "tiny_torch": _tiny}
+NETWORKS = {"resnet": _resnet152, "tiny_torch": _tiny, "efficientnet": efficientnet_b7,
+            "mobilenet": mobilenet_v2}
 
 
 def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
-    """Load a torchvision resnet152 state dict (fc may be absent); never executes code."""
+    """Load a torchvision state dict of ``network`` (its classifier, fc or classifier, may be
+    absent); never executes code."""
     try:
         state = load_tensors(path)
     except Exception as exc:
@@ -121,14 +123,14 @@ def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
     if not isinstance(state, dict):
         raise UserError(f"--weights '{path}' does not hold a state dict")
     state = {k.removeprefix("backbone."): v for k, v in state.items()
-             if not k.startswith(("fc.", "head.", "normalize."))}
+             if not k.startswith(("fc.", "classifier.", "head.", "normalize."))}
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of another shape: another network's weights
         shapes = str(exc).count("size mismatch")
         raise UserError(f"--weights '{path}' does not fit {network}: {shapes} "
                         "tensors have another shape (weights of another network?)") from None
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
     if missing or result.unexpected_keys:
         raise UserError(f"--weights '{path}' does not fit {network}: {len(missing)} missing "
                         f"and {len(result.unexpected_keys)} unexpected tensors")
@@ -136,7 +138,8 @@ def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
 
 def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
                 base_model: str | None = None) -> Classifier:
-    """ResNet152 with ``weights`` ('imagenet', 'none' or a file) and a new head.
+    """The spec's torchvision network with ``weights`` ('imagenet', 'none' or a file) and a
+    new head.
 
     ``base_model`` (a .pth of this tool) replaces ``weights``: its trained backbone is reused,
     its head is not.
@@ -153,8 +156,7 @@ def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
                     Path(base_model).name, len(payload["class_names"]))
         return Classifier(base.backbone, base.head.in_features, num_classes, dropout)
     backbone = NETWORKS[spec.model_type](weights)
-    num_features = backbone.fc.in_features
-    backbone.fc = nn.Identity()
+    num_features = detach_classifier(spec.model_type, backbone)
     return Classifier(backbone, num_features, num_classes, dropout)
 
 
@@ -234,8 +236,8 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     from ..models import get_spec
 
     payload = load_tensors(path)
-    model = build_model(get_spec(payload["model_type"]), len(payload["class_names"]), "none",
-                        payload["dropout"])
+    model = build_model(get_spec(payload["model_type"], "torch"), len(payload["class_names"]),
+                        "none", payload["dropout"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
