@@ -7,10 +7,28 @@ same pipeline feeds Keras and PyTorch and every saved model takes pixels in 0..2
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
-import albumentations as A  # noqa: E402
+
+def _import_albumentations():
+    """albumentations imports its optional PyTorch transforms, and so all of PyTorch (1.4 s
+    and some 400 MB in every data-loading worker, and PyTorch inside a Keras run), when
+    PyTorch is installed. Nothing here uses them: unless PyTorch is already loaded, that one
+    import is skipped (albumentations ignores its ImportError), and only while it runs."""
+    skip = "torch" not in sys.modules and "albumentations" not in sys.modules
+    if skip:
+        sys.modules["albumentations.pytorch"] = None
+    try:
+        import albumentations
+    finally:
+        if skip and sys.modules.get("albumentations.pytorch", 0) is None:
+            del sys.modules["albumentations.pytorch"]  # a later explicit import still works
+    return albumentations
+
+
+A = _import_albumentations()
 import cv2  # noqa: E402
 
 

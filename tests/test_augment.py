@@ -1,5 +1,7 @@
 """The shared albumentations pipelines hold the seed's transforms and give uint8 HxWx3."""
 
+from pathlib import Path
+
 import numpy as np
 import albumentations as A
 
@@ -43,3 +45,18 @@ def test_eval_pipeline_is_deterministic_and_train_pipeline_is_seeded():
     a = build_train_transform((32, 32), seed=5)
     b = build_train_transform((32, 32), seed=5)
     assert np.array_equal(a(image=image)["image"], b(image=image)["image"])
+
+
+def test_the_pipelines_do_not_import_pytorch():
+    """Data-loading workers and Keras runs import the pipelines; albumentations would bring all
+    of PyTorch with them (its optional ToTensorV2), which they never use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pokedex_trainer.feeding, pokedex_trainer.augment as a; "
+            "a.build_train_transform((32, 32)); print('torch' in sys.modules); "
+            "import albumentations.pytorch; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True"]
