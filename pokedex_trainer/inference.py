@@ -102,9 +102,13 @@ def read_sidecar(model_path: Path) -> dict:
         raise UserError(f"'{model_path}' has no sidecar '{path.name}' beside it (class names and "
                         "input description): export it with export.py, or keep the JSON with it")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        from .regular_files import read_regular_text
+
+        data = json.loads(read_regular_text(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"sidecar '{path}' is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"sidecar '{path}' cannot be read: {exc.strerror or exc}") from None
     problem = sidecar_problem(data)
     if problem:
         raise UserError(f"sidecar '{path}' is not valid: {problem}")
@@ -267,6 +271,8 @@ class TorchCheckpointPredictor(Predictor):
 
         try:
             self.model, payload = load_checkpoint(path)
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"could not load PyTorch checkpoint '{path}' (only checkpoints "
                             f"this project wrote are read): {why_not_tensors(exc)}") from None

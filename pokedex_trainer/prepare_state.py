@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -69,7 +70,9 @@ def safe_output_path(output_dir: Path, name) -> Path | None:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        from .regular_files import read_regular_text
+
+        return json.loads(read_regular_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as exc:
@@ -185,14 +188,17 @@ def remove_stale(output_dir: Path, stale: dict[str, str | None]) -> list[str]:
 
 def remove_killed_writes(output_dir: Path, written: dict[str, str | None]) -> None:
     """Temporary files (``.<name>.<random>.tmp``) of outputs whose writing was killed."""
-    pattern = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
+    # mkstemp's names: the prefix, 8 characters of its alphabet, the suffix; and its mode 0600
+    # (a finished write is made 0644 before it is renamed): a user's own '.x.notes.tmp' is kept
+    pattern = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
     for class_dir in list_class_dirs(output_dir):
         if safe_output_path(output_dir, f"{class_dir.name}/{class_dir.name}_0000.jpg") is None:
             continue  # a class folder that leads outside the output folder: not ours
         for leftover in class_dir.iterdir():
             match = pattern.match(leftover.name)
             if (match and f"{class_dir.name}/{match.group(1)}" in written
-                    and not leftover.is_symlink()):
+                    and not leftover.is_symlink()
+                    and stat.S_IMODE(leftover.lstat().st_mode) == 0o600):
                 leftover.unlink(missing_ok=True)
 
 

@@ -59,9 +59,23 @@ _SYMPY_NAMES = {
     "RoundDecimal", "ToFloat", "Identity", "OpaqueUnaryFn_log2", "BitwiseFn_bitwise_and",
     "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor", "Piecewise", "ITE",
 }
+# Powers and shifts of literals can make sympy compute numbers with billions of digits (it
+# evaluates them as it parses): a classifier's shapes never need them.
+_SYMPY_NAMES -= {"Pow", "PowByNatural", "FloatPow", "LShift", "RShift"}
 _SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 _OPERATORS = {"(", ")", ",", "=", "+", "-", "*", "/", "%", "<", ">", "<=", ">=", "==", "!=",
-              "**", "//"}
+              "//"}
+# Names that torch turns into Python source when it rebuilds the module (parameters, buffers,
+# constants, graph nodes, forward's arguments, module paths): `getattr(self, "<name>")` is
+# written unescaped, so a name must be a plain dotted identifier.
+_NAME_KEYS = {"name", "parameter_name", "buffer_name", "tensor_constant_name",
+              "custom_obj_name", "user_input_name", "user_output_name", "forward_arg_names",
+              "fqn", "target_name"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+# Free text that never becomes code: a stack trace (comments), pytree specs (JSON), shapes
+# (checked as expressions). Any other string may not hold quotes, backslashes or line breaks.
+_FREE_TEXT = {"stack_trace", "in_spec", "out_spec", "expr_str"}
+_PLAIN = re.compile(r"[^\"'\\\n\r\0]*")
 
 
 def checked_pt2_bytes(path: Path) -> bytes:
@@ -69,7 +83,9 @@ def checked_pt2_bytes(path: Path) -> bytes:
     ``torch.export.load(io.BytesIO(...))``; UserError if any part of it could run code."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        from .regular_files import read_regular
+
+        data = read_regular(path)
     except OSError as exc:
         raise UserError(f"could not read '{path}': {exc.strerror or exc}") from None
     try:
@@ -132,6 +148,8 @@ def _check_config(entries, config_name: str, folder: str, pattern, path: Path) -
     except (ValueError, KeyError, TypeError, AttributeError):
         refuse(path, f"{config_name} is not a readable configuration")
     for name, meta in items:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):  # becomes source code too
+            refuse(path, f"'{str(name)[:80]}' in {config_name} is not a plain name")
         leaf = meta.get("path_name") if isinstance(meta, dict) else None
         if not isinstance(leaf, str) or not pattern.fullmatch(leaf):
             refuse(path, f"{name} is stored as '{leaf}', not as raw tensor data (pickled or "
@@ -165,6 +183,11 @@ def _walk(value, key: str, path: Path) -> None:
     elif isinstance(value, str):
         if "\r" in value or "\0" in value:  # would end a line of generated source code
             refuse(path, f"{PROGRAM} holds a control character")
+        if key in _NAME_KEYS and value and not _NAME.fullmatch(value):
+            refuse(path, f"'{value[:80]}' is not a plain name ({key})")
+        if key not in _FREE_TEXT and not _PLAIN.fullmatch(value):
+            refuse(path, f"'{value[:80]}' ({key or 'a key'}) holds quotes, backslashes or line "
+                         "breaks")
         if key in ("target", "as_operator") and not _TARGET.fullmatch(value):
             refuse(path, f"its graph calls '{value[:80]}', which is not an ATen operator")
         if key == "expr_str" and not _plain_expression(value):
@@ -185,7 +208,7 @@ def _plain_expression(text: str) -> bool:
         if kind in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
             continue
         fine = (kind == tokenize.NAME and (string in _SYMPY_NAMES or _SYMBOL.fullmatch(string))) \
-            or (kind == tokenize.NUMBER and len(string) <= 40) \
+            or (kind == tokenize.NUMBER and len(string) <= 18) \
             or (kind == tokenize.STRING and re.fullmatch(r"'[a-z]{1,4}\d{1,9}'", string)) \
             or (kind == tokenize.OP and string in _OPERATORS)
         if not fine:

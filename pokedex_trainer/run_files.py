@@ -54,7 +54,9 @@ def read_json(path: Path, remedy: str):
 
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        from .regular_files import read_regular_text
+
+        return json.loads(read_regular_text(path))
     except UnicodeDecodeError:
         _fail(path, "is not UTF-8 text", remedy)
     except ValueError as exc:
@@ -220,10 +222,13 @@ def read_manifest(path: Path) -> dict:
 def _temperature_problem(entry) -> str | None:
     if not isinstance(entry, dict):
         return "must be an object"
+    from .sidecar_schema import TEMPERATURE_RANGE
+
     value = entry.get("temperature")
-    if value is None or (is_number(value) and value > 0):
+    low, high = TEMPERATURE_RANGE  # what a sidecar may carry: export writes it into one
+    if value is None or (is_number(value) and low <= value <= high):
         return None
-    return f"temperature must be a positive number, got {_shown(value)}"
+    return f"temperature must be a number from {low} to {high}, got {_shown(value)}"
 
 
 def read_calibration(path: Path) -> dict | None:
@@ -368,9 +373,14 @@ def checkpoint_problem(payload: dict) -> str | None:
         return f"class_names {problem}"
     size = payload.get("image_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and
-            all(is_whole(v, 1) for v in size)):
-        return f"image_size must be [height, width], whole numbers >= 1, got {_shown(size)}"
+            all(is_whole(v, 1) and v <= 4096 for v in size)):
+        return (f"image_size must be [height, width], whole numbers from 1 to 4096 (the "
+                f"sidecars' bound), got {_shown(size)}")
     for key in ("model_type", "arch"):
         if not isinstance(payload.get(key), str):
             return f"{key} must be text, got {_shown(payload.get(key))}"
+    dropout = payload.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+            not 0 <= dropout < 1:
+        return f"dropout must be a number from 0 to below 1, got {_shown(dropout)}"
     return None

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 import weakref
@@ -131,6 +132,9 @@ def check_can_open(path: Path, trust: bool = False) -> CheckedModel:
             raise UserError(f"'{path}' is a folder but not a SavedModel (no saved_model.pb): "
                             "give a model file")
         return _checked_saved_model(path, trusted)
+    from .regular_files import require_regular
+
+    require_regular(path)  # a pipe or a device would block or never end in any loader
     suffix = path.suffix.lower()
     if suffix == ".pt2":
         from .pt2_check import checked_pt2_bytes
@@ -146,7 +150,9 @@ def check_can_open(path: Path, trust: bool = False) -> CheckedModel:
 
 def _read(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        from .regular_files import read_regular
+
+        return read_regular(path)
     except OSError as exc:
         raise UserError(f"could not read '{path}': {exc.strerror or exc}") from None
 
@@ -158,13 +164,30 @@ def _refuse_untrusted(path: Path) -> None:
                     "if you know where it comes from")
 
 
+def _only_plain_files(folder: Path) -> None:
+    """UserError unless ``folder`` holds only folders and regular files (no link, pipe or
+    device): a SavedModel is what TensorFlow wrote, nothing else."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            entry = Path(root) / name
+            mode = entry.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UserError(f"refused to open the SavedModel '{folder}': "
+                                f"'{entry.relative_to(folder)}' is a link or a special file, "
+                                "which TensorFlow never writes")
+
+
 def _checked_saved_model(path: Path, trusted: bool) -> CheckedModel:
     """Copy the SavedModel into a new folder of this user's (mkdtemp: mode 0700), hash the
     copy, and hand the copy to TensorFlow: the folder the user named may change meanwhile."""
     private = Path(tempfile.mkdtemp(prefix="pokedex_savedmodel_"))
     copy = private / "model"
     try:
-        shutil.copytree(path, copy)  # links are followed: the copy holds files, not links
+        _only_plain_files(path)
+        # links are copied as links and refused by the second look: a link to /dev/zero
+        # would otherwise fill the disk, and one to a private file would leak it into a model
+        shutil.copytree(path, copy, symlinks=True)
+        _only_plain_files(copy)
         if not is_saved_model(copy):
             raise UserError(f"'{path}' changed while it was read")
         if not trusted and file_sha256(copy) not in _trusted_hashes():

@@ -354,10 +354,12 @@ def test_prepare_killed_leaves_no_worker_and_no_leftover_after_a_rerun(tmp_path)
 
     assert run_main(main, [*argv, "--workers", "0"]) == 0
     # a write of this tool killed half-way, and a file of the user's that looks alike
-    (out / "Gato" / ".Gato_0001.jpg.k3x9.tmp").write_bytes(b"half")
+    # (mkstemp's name: 8 characters between the dots, mode 0600 until the write finished)
+    (out / "Gato" / ".Gato_0001.jpg.k3x9_a2q.tmp").write_bytes(b"half")
+    (out / "Gato" / ".Gato_0001.jpg.k3x9_a2q.tmp").chmod(0o600)
     (out / "Gato" / ".notes.x.tmp").write_bytes(b"the user's")
     assert run_main(main, [*argv, "--workers", "0"]) == 0
-    assert not (out / "Gato" / ".Gato_0001.jpg.k3x9.tmp").exists()
+    assert not (out / "Gato" / ".Gato_0001.jpg.k3x9_a2q.tmp").exists()
     assert (out / "Gato" / ".notes.x.tmp").read_bytes() == b"the user's"
 
 

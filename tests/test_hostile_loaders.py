@@ -130,8 +130,27 @@ def opaque_constant(entries, marker):
     entries.append((f"{_root(entries)}/data/constants/opaque_obj_0", pickle.dumps(Payload(marker))))
 
 
+def parameter_name_code(entries, marker):
+    # .module() writes `getattr(self, "<name>")` into Python source without escaping the name
+    # torch splits the name at dots, so the code has none (nor has the marker's folder)
+    assert "." not in str(marker)
+    touch = f"getattr(getattr(__import__('pathlib'),'Path')({str(marker)!r}),'touch')()"
+    evil = f'X"+str({touch})+"'
+
+    def change(program):
+        for spec in program["graph_module"]["signature"]["input_specs"]:
+            if spec.get("parameter", {}).get("parameter_name") == "classifier.head.bias":
+                spec["parameter"]["parameter_name"] = "classifier.head." + evil
+    _change_program(entries, change)
+    index, name, data = _named(entries, "/data/weights/model_weights_config.json")
+    config = json.loads(data)
+    config["config"]["classifier.head." + evil] = config["config"].pop("classifier.head.bias")
+    entries[index] = (name, json.dumps(config).encode())
+
+
 PT2_VARIANTS = [legacy_weights, legacy_constants, duplicate_entry, duplicate_entry_other_case,
-                second_program, sympy_expression, guard_code, opaque_constant]
+                second_program, sympy_expression, guard_code, opaque_constant,
+                parameter_name_code]
 
 
 def _is_live(bad: Path, marker: Path, capsys) -> bool:
@@ -349,3 +368,54 @@ def test_a_model_that_answers_nan_is_one_line(torch_exports, tmp_path, tiny_data
     photo = next(tiny_dataset.rglob("*.jpg"))
     assert run_main(evaluate_main, ["--model", str(model), "--predict", str(photo)]) == 2
     assert "NaN or infinite scores" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("expression", ["9**9**9**9", "Pow(Integer(9), Integer(999999999))",
+                                        "LShift(Integer(1), Integer(10**15))",
+                                        "Integer(1" + "0" * 30 + ")"])
+def test_a_pt2_whose_shapes_would_never_finish_computing_is_refused(torch_exports, tmp_path,
+                                                                   tiny_dataset, capsys,
+                                                                   expression):
+    """sympy evaluates powers as it parses: a tower of them never ends (not run here)."""
+    source = torch_exports / "tiny_torch_best.pt2"
+    entries = _entries(source)
+
+    def change(program):
+        sizes = program["graph_module"]["graph"]["tensor_values"]["x"]["sizes"]
+        sizes[0]["as_expr"]["expr_str"] = expression
+    _change_program(entries, change)
+    bad = _write_entries(tmp_path / "model.pt2", entries, source)
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(bad), "--predict", str(photo)]) == 2
+    assert "not plain arithmetic" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx", "model.pth"])
+def test_a_model_that_is_a_pipe_or_a_device_is_one_line(torch_exports, tmp_path, tiny_dataset,
+                                                        capsys, name):
+    """A named pipe would block every loader forever, /dev/zero would never end."""
+    import os
+
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    for kind in ("pipe", "device"):
+        model = tmp_path / kind / name
+        model.parent.mkdir()
+        if kind == "pipe":
+            os.mkfifo(model)
+        else:
+            model.symlink_to("/dev/zero")
+        shutil.copy(torch_exports / "tiny_torch_best.pt2.json", model.with_name(name + ".json"))
+        assert run_main(evaluate_main, ["--model", str(model), "--predict", str(photo)]) == 2
+        assert "not a regular file" in _one_line_error(capsys)
+
+
+def test_a_savedmodel_with_a_link_is_refused_before_it_is_copied(tmp_path, tiny_dataset,
+                                                                 capsys):
+    """A link to /dev/zero inside the folder would fill the disk while it is copied."""
+    folder = tmp_path / "model"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"\x08\x01")
+    (folder / "variables" / "variables.data-00000-of-00001").symlink_to("/dev/zero")
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(folder), "--predict", str(photo)]) == 2
+    assert "is a link or a special file" in _one_line_error(capsys)

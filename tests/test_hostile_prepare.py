@@ -263,3 +263,31 @@ def test_the_archive_search_does_not_follow_a_link_out_of_the_input_folder(tmp_p
     err += caplog.text
     assert "outside" in err and "archive" in err  # the link not followed is named
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device"])
+def test_a_state_file_that_is_a_pipe_or_a_device_is_one_line(prepared, capsys, kind):
+    """A named pipe would block prepare forever, /dev/zero would fill the memory."""
+    raw, out = prepared
+    (out / STATE).unlink()
+    if kind == "pipe":
+        os.mkfifo(out / STATE)
+    else:
+        (out / STATE).symlink_to("/dev/zero")
+    assert run_main(prepare_main, _argv(raw, out)) == 2
+    err = _no_traceback(capsys)
+    assert "not a regular file" in err and STATE in err
+
+
+def test_a_users_file_named_like_a_temporary_file_is_kept(prepared):
+    """Only prepare's own leftovers of a killed write (mkstemp's names, mode 0600) go."""
+    raw, out = prepared
+    notes = out / "Gato" / ".Gato_0000.jpg.notes.tmp"
+    notes.write_text("my notes")
+    assert run_main(prepare_main, _argv(raw, out)) == 0
+    assert notes.read_text() == "my notes"
+    leftover = out / "Gato" / ".Gato_0000.jpg.k3x_9q2a.tmp"  # what a killed write leaves
+    leftover.write_bytes(b"half a jpeg")
+    leftover.chmod(0o600)
+    assert run_main(prepare_main, _argv(raw, out)) == 0
+    assert not leftover.exists() and notes.exists()

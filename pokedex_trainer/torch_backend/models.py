@@ -235,7 +235,15 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     """Rebuild a Classifier from a ``.pth`` this project wrote (weights_only: no code runs)."""
     from ..models import get_spec
 
+    from ..errors import UserError
+    from ..run_files import checkpoint_problem
+
     payload = load_tensors(path)
+    problem = checkpoint_problem(payload) if isinstance(payload, dict) else \
+        "it holds no checkpoint description"
+    if problem:  # checked before its values build a network
+        raise UserError(f"{path}: {problem}; the checkpoint's description is damaged "
+                        "(restore the file, or train the run again)")
     model = build_model(get_spec(payload["model_type"], "torch"), len(payload["class_names"]),
                         "none", payload["dropout"])
     model.load_state_dict(payload["state_dict"])
