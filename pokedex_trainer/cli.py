@@ -337,6 +337,17 @@ def train_command(config: TrainConfig, actions: dict):
         from .path_checks import check_train_paths
 
         check_train_paths(config)
+    if config.framework == "auto" and not actions["resume"]:
+        from dataclasses import replace
+
+        from .framework_choice import pick_training_framework
+
+        framework, note = pick_training_framework(config)
+        config = replace(config, framework=framework)
+        if note:
+            import logging
+
+            logging.getLogger(__name__).warning("%s", note)
     if actions.get("scratch_defaults") and not actions["resume"]:
         import logging
 

@@ -20,7 +20,7 @@ def machine(monkeypatch):
     """A pretend machine: which backends are installed and which see a GPU."""
     state = {"installed": {"tensorflow", "torch", "jax"}, "gpu": set()}
     monkeypatch.setattr(select, "installed", lambda b: b in state["installed"])
-    monkeypatch.setattr(select, "_maybe_gpu", lambda: bool(state["gpu"]))
+    monkeypatch.setattr(select, "maybe_gpu", lambda: bool(state["gpu"]))
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     return state
 
@@ -195,3 +195,40 @@ def test_every_training_option_works_on_the_torch_backend(tmp_path, tiny_dataset
     config = json.loads((run / "config.json").read_text("utf-8"))
     assert isinstance(config["batch_size"], int) and config["mixed_precision"]
     assert (run / "tiny_keras_epoch_003.keras").exists()
+
+
+@pytest.mark.parametrize("gpu, model_type, expected", [
+    (set(), "mobilenet", "keras"),                    # no GPU: the guide's pairing
+    ({"tensorflow", "torch"}, "mobilenet", "keras"),  # TensorFlow sees it: Keras at speed
+    ({"torch"}, "mobilenet", "pytorch"),              # native Windows: the torchvision twin
+    ({"torch"}, "efficientnet", "pytorch"),
+    ({"torch", "jax"}, "efficientnet", "pytorch"),    # JAX measured 0.25x: still PyTorch
+    ({"jax"}, "mobilenet", "keras"),                  # PyTorch has no GPU: Keras on JAX
+    ({"torch"}, "resnet", "pytorch"),
+    (set(), "resnet", "pytorch"),
+])
+def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model_type,
+                                                             expected):
+    from pokedex_trainer.config import TrainConfig
+    from pokedex_trainer.framework_choice import pick_training_framework
+
+    machine["gpu"] = gpu
+    framework, note = pick_training_framework(TrainConfig(model_type=model_type),
+                                              probe=lambda b: b in gpu,
+                                              maybe_gpu=lambda: bool(gpu))
+    assert framework == expected
+    switched = expected != ("pytorch" if model_type == "resnet" else "keras")
+    assert (note is not None) == switched
+    if switched:
+        assert "--framework keras" in note and "0.19x" in note
+
+
+@pytest.mark.parametrize("pinned", [{"keras_backend": "torch"}, {"weights": "my.weights.h5"},
+                                    {"base_model": "runs/x"}])
+def test_framework_auto_keeps_keras_when_the_user_asked_for_keras_things(machine, pinned):
+    from pokedex_trainer.config import TrainConfig
+    from pokedex_trainer.framework_choice import pick_training_framework
+
+    config = TrainConfig(model_type="mobilenet", **pinned)
+    assert pick_training_framework(config, probe=lambda b: b == "torch",
+                                   maybe_gpu=lambda: True) == ("keras", None)

@@ -7,6 +7,7 @@ framework (importing PyTorch after TensorFlow crashes it).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -37,8 +38,9 @@ def installed(backend: str) -> bool:
     return importlib.util.find_spec(PACKAGE[backend]) is not None
 
 
-def _probe(backend: str) -> bool:
-    """Does ``backend`` see a GPU? Asked in a child process (see the module docstring)."""
+@functools.lru_cache(maxsize=None)
+def probe(backend: str) -> bool:
+    """Does ``backend`` see a GPU? Asked once, in a child process (see the module docstring)."""
     if not installed(backend):
         return False
     try:
@@ -49,12 +51,12 @@ def _probe(backend: str) -> bool:
         return False
 
 
-def _maybe_gpu() -> bool:
+def maybe_gpu() -> bool:
     """False when no GPU can be there at all (no NVIDIA tool, not a Mac): probes are skipped."""
     return sys.platform == "darwin" or shutil.which("nvidia-smi") is not None
 
 
-def choose(requested: str, probe=_probe) -> tuple[str, str]:
+def choose(requested: str, probe=probe) -> tuple[str, str]:
     """(backend, why) for ``--keras_backend``. ``auto``: TensorFlow when it sees a GPU, else
     PyTorch when it sees CUDA or MPS, else JAX when it sees a GPU, else TensorFlow on the CPU.
     The environment variable KERAS_BACKEND stands in for ``auto`` when set."""
@@ -70,7 +72,7 @@ def choose(requested: str, probe=_probe) -> tuple[str, str]:
             raise UserError(f"--keras_backend {requested}: {PACKAGE[requested]} is not "
                             f"installed; install it with: {INSTALL[requested]}")
         return requested, why
-    if _maybe_gpu():
+    if maybe_gpu():
         for backend, seen in (("tensorflow", "TensorFlow sees a GPU"),
                               ("torch", "PyTorch sees a CUDA or MPS device (TensorFlow sees "
                                         "no GPU)"),
