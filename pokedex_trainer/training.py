@@ -17,7 +17,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .core.checkpoints import STATE_FORMAT, CheckpointSaver
 from .core.context import RunContext
-from .core.interrupt import INTERRUPT
+from .core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from .core.loop import MONITOR, RunState, run_phases
 from .core.phases import plan_phases
 from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
@@ -273,6 +273,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
     happens, except when bad input stops it before its first epoch (then the new run
     directory is removed again).
     """
+    stop_grace()  # a bad POKEDEX_STOP_GRACE is refused before a run directory is made
     rank, world = process_world()
     if rank != 0 or world > 1:
         return _run_distributed(config, resume_dir, rank, world)
@@ -436,7 +437,9 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     epochs_before, started = state.epochs_run, time.time()
     status, failure, test_metrics, summary = "failed", None, {}, None
     live, live_note = open_live_log(context.run_dir.name)
-    with capture_to_log(layout.log, live):
+    # a run stuck inside the framework after Ctrl-C/SIGTERM is recorded and ended from a thread
+    deadline = StopDeadline(lambda: _record_interrupted(context, state, started, live))
+    with capture_to_log(layout.log, live), deadline:
         if live_note:
             logger.warning("%s", live_note)
         _log_run_header(context, notes, bool(resume_point))
@@ -446,14 +449,7 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             status = state.stop_reason or "completed"
         except KeyboardInterrupt as exc:
             status, failure = "interrupted", exc
-            if context.config.search_name:  # a search trial: the search is what continues
-                logger.warning("interrupted: trial %s of search '%s' is recorded as failed; "
-                               "run the same search command again to continue the search",
-                               context.config.search_trial, context.config.search_name)
-            else:
-                logger.warning("interrupted: the last finished epoch is saved. Continue with: "
-                               "python train_professional_models.py --resume %s",
-                               context.run_dir)
+            _log_interrupted(context)
         except UserError as exc:
             failure = exc
         except Exception as exc:  # out of memory, a full disk, a folder gone...
@@ -462,7 +458,8 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             failure.details = traceback.format_exc()
         unstarted = isinstance(failure, UserError) and state.epochs_run == epochs_before
         if not unstarted:
-            summary = record_outcome(context, state, status, started, test_metrics, failure)
+            summary = deadline.record_once(lambda: record_outcome(
+                context, state, status, started, test_metrics, failure))
     if getattr(failure, "details", None):
         _append_text(layout.log, failure.details)  # the traceback, for a bug report
     _end_live_log(live, status, failure)
@@ -478,6 +475,24 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     logger.info("done: best %s %s at epoch %s; outputs in %s", MONITOR,
                 summary["best_val_accuracy"], summary["best_epoch"], context.run_dir)
     return context.run_dir
+
+
+def _log_interrupted(context: RunContext) -> None:
+    """The interrupted run's hint: how to continue it."""
+    if context.config.search_name:  # a search trial: the search is what continues
+        logger.warning("interrupted: trial %s of search '%s' is recorded as failed; "
+                       "run the same search command again to continue the search",
+                       context.config.search_trial, context.config.search_name)
+    else:
+        logger.warning("interrupted: the last finished epoch is saved. Continue with: "
+                       "python train_professional_models.py --resume %s", context.run_dir)
+
+
+def _record_interrupted(context: RunContext, state: RunState, started: float, live) -> None:
+    """The record of a run that did not stop in time (StopDeadline's thread, then exit 130)."""
+    _log_interrupted(context)
+    record_outcome(context, state, "interrupted", started, {}, KeyboardInterrupt())
+    _end_live_log(live, "interrupted", None)
 
 
 def _end_live_log(live, status: str, failure: BaseException | None) -> None:

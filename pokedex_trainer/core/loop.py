@@ -241,6 +241,7 @@ def run_epoch(backend: TrainingBackend, state: RunState, phase: Phase, epoch: in
         backend.swap_ema_weights()
     if math.isfinite(logs.get("loss", 0.0)):
         logs.update({f"val_{k}": v for k, v in backend.evaluate("val").items()})
+        INTERRUPT.check()  # a validation cut short by Ctrl-C does not finish the epoch
     logs["learning_rate"] = learning_rate
     logs["epoch_time_s"] = time.perf_counter() - started
     improved, stop = state.end_epoch(epoch, phase, logs)
@@ -285,6 +286,7 @@ def evaluate_split(backend: TrainingBackend, context: RunContext, split: str) ->
     if not context.splits.get(split):
         return {}
     metrics = backend.evaluate(split)
+    INTERRUPT.check()  # a pass cut short by Ctrl-C gives no metrics
     logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split,
                 metrics.get("accuracy", math.nan), metrics.get("top5_accuracy", math.nan),
                 metrics.get("loss", math.nan))

@@ -223,11 +223,20 @@ def search_batch_size(config, spec, num_classes: int):
 
 
 class _StopOnInterrupt(keras.callbacks.Callback):
-    """End fit after the current batch when Ctrl-C asked to stop (see core/interrupt.py)."""
+    """End fit, evaluate or predict after the current batch when Ctrl-C asked to stop (see
+    core/interrupt.py); the core loop then discards what the cut-short pass returned."""
 
     def on_train_batch_end(self, batch, logs=None):
         if INTERRUPT.requested:
             self.model.stop_training = True
+
+    def on_test_batch_end(self, batch, logs=None):
+        if INTERRUPT.requested:
+            self.model.stop_evaluating = True
+
+    def on_predict_batch_end(self, batch, logs=None):
+        if INTERRUPT.requested:
+            self.model.stop_predicting = True
 
 
 class _BatchProgress(keras.callbacks.ProgbarLogger):
@@ -358,7 +367,8 @@ class KerasBackend:
 
 
 def _evaluate(model: keras.Model, dataset) -> dict:
-    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    results = model.evaluate(dataset, verbose=0, return_dict=True,
+                             callbacks=[_StopOnInterrupt()])
     return {k: float(v) for k, v in results.items()}
 
 
