@@ -223,6 +223,7 @@ def test_torch_mobilenet_trains_both_phases_and_records_its_framework(torch_mobi
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
 
 
+@pytest.mark.slow
 def test_torch_mobilenet_exports_onnx_and_evaluates_without_a_framework_flag(
         torch_mobilenet_run):
     run = torch_mobilenet_run

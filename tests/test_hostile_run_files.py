@@ -248,14 +248,20 @@ def _assert_refused(argv: list[str], main, run: Path, damage, file_name: str, ca
     assert _snapshot(run) == before  # nothing rewritten, no history row lost, no new file
 
 
-def _ids(cases):
-    return [case[0] for case in cases]
+# The probe's own cases and every third one run in the default set (the README's test command
+# has a time budget); the rest, of the same kinds, in the slow set.
+PROBE_CASES = {"list", "epochs_run_negative"}
+
+
+def _params(cases):
+    return [pytest.param(case, id=case[0], marks=() if index % 3 == 0 or case[0] in PROBE_CASES
+                         else pytest.mark.slow) for index, case in enumerate(cases)]
 
 
 RESUME_CASES = STATE_CASES + CONFIG_CASES + MANIFEST_CASES + CLASS_NAMES_CASES
 
 
-@pytest.mark.parametrize("case", RESUME_CASES, ids=_ids(RESUME_CASES))
+@pytest.mark.parametrize("case", _params(RESUME_CASES))
 def test_resume_refuses_a_malformed_run_file(run_copy, capsys, case):
     _, file_name, damage = case
     _assert_refused(["--resume", str(run_copy), "--workers", "0"], train_main, run_copy,
@@ -266,14 +272,14 @@ READ_BACK_CASES = CONFIG_CASES + MANIFEST_CASES + CLASS_NAMES_CASES + CALIBRATIO
     CHECKPOINT_CASES
 
 
-@pytest.mark.parametrize("case", READ_BACK_CASES, ids=_ids(READ_BACK_CASES))
+@pytest.mark.parametrize("case", _params(READ_BACK_CASES))
 def test_evaluate_refuses_a_malformed_run_file(run_copy, capsys, case):
     _, file_name, damage = case
     _assert_refused(["--run_dir", str(run_copy), "--latency_runs", "1"], evaluate_main,
                     run_copy, damage, file_name, capsys)
 
 
-@pytest.mark.parametrize("case", READ_BACK_CASES, ids=_ids(READ_BACK_CASES))
+@pytest.mark.parametrize("case", _params(READ_BACK_CASES))
 def test_export_refuses_a_malformed_run_file(run_copy, capsys, case):
     _, file_name, damage = case
     _assert_refused(["--run_dir", str(run_copy), "--formats", "onnx", "--check_images", "6"],
