@@ -368,7 +368,9 @@ class _ConsoleHandler(logging.StreamHandler):
 
     @property
     def stream(self):
-        return sys.stderr
+        # while a run tees stderr into its training.log, records reach that file through the
+        # run's own handler: the console handler writes to the console behind the tee
+        return getattr(sys.stderr, "console", sys.stderr)
 
     @stream.setter
     def stream(self, value):

@@ -72,3 +72,14 @@ def test_everything_printed_also_goes_to_the_log(tmp_path):
     text = log.read_text(encoding="utf-8")
     assert "10/10 [=====] done" in text and "3/10" not in text
     assert "a warning line" in text and "logged record" in text
+
+
+def test_training_log_holds_each_log_line_once(tiny_dataset, tmp_path):
+    """The console handler writes behind the tee of stderr: the log file gets each record from
+    the run's own handler, not a second copy through the console."""
+    from conftest import train_tiny_run
+
+    run = train_tiny_run(tiny_dataset, tmp_path, "tiny_torch", "--epochs", "1",
+                         "--fine_tune_epochs", "0")
+    log = (run / "training.log").read_text("utf-8")
+    assert log.count("test split: accuracy") == 1, log[-3000:]
