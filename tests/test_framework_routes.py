@@ -211,6 +211,7 @@ def torch_mobilenet_run(tiny_dataset, tmp_path_factory):
                           "--epochs", "1", "--fine_tune_epochs", "1", "--fine_tune_layers", "3")
 
 
+@pytest.mark.slow
 def test_torch_mobilenet_trains_both_phases_and_records_its_framework(torch_mobilenet_run):
     run = torch_mobilenet_run
     config = json.loads((run / "config.json").read_text("utf-8"))
@@ -239,6 +240,7 @@ def test_torch_mobilenet_exports_onnx_and_evaluates_without_a_framework_flag(
     assert 0 <= metrics["accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_tflite_of_a_pytorch_model_without_litert_torch_is_a_one_line_error(
         torch_mobilenet_run, capsys, monkeypatch):
     from pokedex_trainer.exporters import torch_tflite
