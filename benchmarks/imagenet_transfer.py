@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -122,12 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # --- the weights ---------------------------------------------------------------------------
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from registry_photos import sha256  # noqa: E402  (this script's folder is on the path)
 
 
 def check_hash_prefix(path: Path, name: str | None = None) -> str:

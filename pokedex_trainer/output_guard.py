@@ -18,6 +18,7 @@ from typing import Iterable
 
 from .errors import UserError
 from .records import atomic_write_json
+from .safe_loading import file_sha256
 
 RECORD = ".pokedex_outputs.json"
 RECORD_FORMAT = 1
@@ -30,17 +31,11 @@ def content_sha256(path: Path) -> str:
     if path.is_dir():
         for item in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
             digest.update(item.relative_to(path).as_posix().encode("utf-8") + b"\0")
-            digest.update(_file_sha256(item).encode("ascii"))
+            digest.update(file_sha256(item).encode("ascii"))
         return "dir:" + digest.hexdigest()
-    return _file_sha256(path)
+    return file_sha256(path)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_record(folder: Path) -> dict[str, str]:
