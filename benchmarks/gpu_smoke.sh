@@ -1,77 +1,106 @@
 #!/usr/bin/env bash
-# GPU smoke run, for when a GPU is lent: each model_type at the guide's size (MobileNetV2 and
-# ResNet152 224, EfficientNetB7 600) with mixed precision, a fixed number of steps, the loader
-# off (one pre-made batch: the GPU's own pace) and on (worker processes, shared-memory batches)
-# with the decoded-image cache off and on; the Keras networks on every Keras backend installed
-# (TensorFlow, PyTorch, JAX; a missing one is skipped, with a line). Then a table with images/s,
-# peak GPU memory and the loader's share of each step, and short real training runs through
-# the trainer. Writes benchmarks/results/gpu_smoke_*.json and *.log and gpu_smoke_table.md.
-# Sized to stay under 10 minutes on one H100/H200.
+# One GPU check that shows all of it (issue #23), in one go under 9 minutes on one H100/H200:
+# for each network (MobileNetV2, ResNet152, EfficientNetB7 at the guide's sizes, mixed
+# precision) and each route (PyTorch; Keras on every Keras backend installed):
+#   1. the bare loop a user would write in that framework (bare_loops.py),
+#   2. this project's training step with the loader off (train_throughput.py --loader off),
+#      and with the loader on where CACHES names a cache,
+#   3. the trainer end to end (train_professional_models.py, 3 epochs, loader and ram cache on,
+#      validation included; trainer_pace.py reads its images/s from the run),
+# then one table of images/s and ratios (gpu_smoke_table.py). Every child runs under
+# `timeout -k`; a child that would end past the budget is skipped with a line.
+# Writes benchmarks/results/gpu_smoke_*.json and *.log and gpu_smoke_table.md.
 #   bash benchmarks/gpu_smoke.sh
-#   STEPS=40 WORKERS=8 MODELS="mobilenet resnet efficientnet" BACKENDS="tensorflow torch jax"
-#   CACHES="none ram" TRAINER="resnet mobilenet_torch" (set but empty: no trainer run)
-#   ALLOW_CPU=1 runs it without a GPU (to try the script itself)
+#   MODELS="mobilenet resnet efficientnet" BACKENDS="tensorflow torch jax" STEPS=30 WARMUP=5
+#   WORKERS=8 CACHES="" (e.g. "ram": also the step with the loader on) TRAINER=1 EPOCHS=3
+#   BUDGET=530 (seconds for all children) SIZE=/BATCH= (override the guide's sizes)
+#   ALLOW_CPU=1 runs it without a GPU, at tiny sizes (32 px, batch 4, 2 steps), to try it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STEPS="${STEPS:-40}"
-WORKERS="${WORKERS:-8}"
-MODELS="${MODELS-mobilenet resnet efficientnet}"  # set but empty: no benchmark, only the trainer runs
+RESULTS="${RESULTS:-benchmarks/results}"
+MODELS="${MODELS-mobilenet resnet efficientnet}"
 BACKENDS="${BACKENDS-tensorflow torch jax}"
-CACHES="${CACHES-none ram}"
-TRAINER="${TRAINER-resnet mobilenet_torch}"
-RESULTS=benchmarks/results
+CACHES="${CACHES-}"
+TRAINER="${TRAINER-1}"
+WORKERS="${WORKERS:-8}"
+BUDGET="${BUDGET:-530}"
+GPU=1
+if ! nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; then
+  echo "no NVIDIA GPU found (no working nvidia-smi)"
+  [ "${ALLOW_CPU:-0}" = 1 ] || exit 0
+  GPU=0
+fi
+if [ "$GPU" = 1 ]; then
+  STEPS="${STEPS:-30}"; WARMUP="${WARMUP:-5}"; EPOCHS="${EPOCHS:-3}"; PRECISION=--mixed_precision
+else  # ALLOW_CPU: the script itself, at sizes a CPU runs in seconds
+  STEPS="${STEPS:-2}"; WARMUP="${WARMUP:-1}"; EPOCHS="${EPOCHS:-2}"; PRECISION=
+  SIZE="${SIZE:-32}"; BATCH="${BATCH:-4}"; WORKERS="${WORKERS_CPU:-1}"
+fi
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/gpu_smoke_*.json  # the table below is this run's alone
-if ! nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; then
-  echo "no NVIDIA GPU found (nvidia-smi failed)"
-  [ "${ALLOW_CPU:-0}" = 1 ] || exit 0
-fi
 nproc 2>/dev/null | sed 's/^/CPU cores: /'
+START=$SECONDS
 have() { python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec(\"$1\") is None)" >/dev/null 2>&1; }
-bench() {  # model loader cache backend
-  local tag="$1_$2${3:+_$3}${4:+_$4}"
-  timeout 150 python benchmarks/train_throughput.py --model_type "$1" --mixed_precision \
-    --loader "$2" ${3:+--cache "$3"} --steps "$STEPS" --workers "$WORKERS" \
-    ${4:+--keras_backend "$4"} --output "$RESULTS/gpu_smoke_${tag}.json" \
-    > "$RESULTS/gpu_smoke_${tag}.log" 2>&1 \
-    && grep -E "^$1" "$RESULTS/gpu_smoke_${tag}.log" \
-    || echo "$tag: failed or timed out (see $RESULTS/gpu_smoke_${tag}.log)"
+guide() {  # the guide's size and batch of a network: "224 64"
+  case "$1" in mobilenet) echo "224 64" ;; resnet) echo "224 32" ;; *) echo "600 16" ;; esac
 }
-runs() {  # model [backend]
-  bench "$1" off "" "${2:-}"
-  for cache in $CACHES; do bench "$1" on "$cache" "${2:-}"; done
+child() {  # limit tag command...: run under timeout -k within what is left of the budget
+  local limit="$1" tag="$2"; shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  if [ "$left" -lt 20 ]; then echo "$tag: skipped, over the ${BUDGET} s budget"; return 1; fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  timeout -k 5 "$limit" "$@" > "$RESULTS/gpu_smoke_${tag}.log" 2>&1 \
+    || { echo "$tag: failed or timed out after ${limit} s (see $RESULTS/gpu_smoke_${tag}.log)"; return 1; }
+}
+data_for() {  # size: 10 classes x 60 photo-like JPEGs, written once
+  local folder="benchmarks/data/smoke_$1"
+  [ -d "$folder" ] || python -c "
+import sys; sys.path.insert(0, '.')
+from pathlib import Path; from pokedex_trainer.synthetic import write_dataset
+write_dataset(Path('$folder'), classes=[f'Clase{i:02d}' for i in range(10)], per_class=60,
+              size=($1 * 4 // 3, $1), seed=0, quality=92)"
+  echo "$folder"
 }
 for model in $MODELS; do
-  if [ "$model" = resnet ]; then
-    have torch && runs resnet || echo "resnet: skipped, torch is not installed"
-    continue
-  fi
-  have keras || { echo "$model: skipped, keras is not installed"; continue; }
+  read -r size batch <<< "$(guide "$model")"
+  size="${SIZE:-$size}"; batch="${BATCH:-$batch}"
+  common=(--model_type "$model" --image_size "$size" "$size" --batch_size "$batch" $PRECISION)
+  routes=()
+  have torch && routes+=("pytorch:torch") || echo "$model on PyTorch: skipped, torch is not installed"
   for backend in $BACKENDS; do
-    have "$backend" || { echo "$model on Keras/$backend: skipped, $backend is not installed"; continue; }
-    runs "$model" "$backend"
+    if have keras && have "$backend"; then routes+=("keras:$backend")
+    else echo "$model on Keras/$backend: skipped, keras or $backend is not installed"; fi
+  done
+  for route in "${routes[@]}"; do
+    framework="${route%%:*}"; backend="${route##*:}"; tag="${model}_${framework}_${backend}"
+    if [ "$framework" = pytorch ]; then bare=(--loop torch); else bare=(--loop keras --keras_backend "$backend"); fi
+    child 200 "bare_$tag" python benchmarks/bare_loops.py --model_type "$model" \
+      --image_size "$size" --batch_size "$batch" $PRECISION --warmup "$WARMUP" --steps "$STEPS" \
+      "${bare[@]}" --output "$RESULTS/gpu_smoke_bare_$tag.json" && tail -n 1 "$RESULTS/gpu_smoke_bare_$tag.log"
+    flags=("${common[@]}" --framework "$framework" --keras_backend "$backend" --steps "$STEPS")
+    [ "$framework" = pytorch ] && flags=("${common[@]}" --framework pytorch --steps "$STEPS")
+    child 200 "step_$tag" python benchmarks/train_throughput.py "${flags[@]}" --loader off \
+      --output "$RESULTS/gpu_smoke_step_$tag.json" && tail -n 1 "$RESULTS/gpu_smoke_step_$tag.log"
+    for cache in $CACHES; do
+      child 200 "step_${tag}_$cache" python benchmarks/train_throughput.py "${flags[@]}" \
+        --loader on --cache "$cache" --workers "$WORKERS" \
+        --output "$RESULTS/gpu_smoke_step_${tag}_$cache.json" \
+        && tail -n 1 "$RESULTS/gpu_smoke_step_${tag}_$cache.log"
+    done
+    [ "$TRAINER" = 1 ] || continue
+    runs="$(mktemp -d)"
+    trainer=(--framework "$framework")
+    [ "$framework" = keras ] && trainer+=(--keras_backend "$backend")
+    if child 300 "trainer_$tag" python train_professional_models.py --data_path "$(data_for "$size")" \
+        "${common[@]}" "${trainer[@]}" --weights none --epochs "$EPOCHS" --fine_tune_epochs 0 \
+        --workers "$WORKERS" --cache ram --histogram_freq 0 --output_dir "$runs/runs" \
+        --log_dir "$runs/tb" --run_name "$tag"; then
+      python benchmarks/trainer_pace.py "$runs/runs/$tag" \
+        --output "$RESULTS/gpu_smoke_trainer_$tag.json" || echo "trainer $tag: no pace"
+    fi
+    rm -rf "$runs"
   done
 done
+echo "children done in $((SECONDS - START)) s"
 python benchmarks/gpu_smoke_table.py "$RESULTS" | tee "$RESULTS/gpu_smoke_table.md"
-# The trainer itself on the GPU: the photos written by the loader=on runs above, 2 + 1 epochs,
-# the second with the cache on.
-train() {  # name, then trainer flags
-  local name="$1"; shift
-  local runs; runs="$(mktemp -d)"
-  timeout 240 python train_professional_models.py --data_path benchmarks/data/photos_224 \
-    --weights none --epochs 2 --fine_tune_epochs 1 --mixed_precision --workers "$WORKERS" \
-    --histogram_freq 0 --output_dir "$runs/runs" --log_dir "$runs/tb" --run_name "$name" "$@" \
-    > "$RESULTS/gpu_smoke_train_$name.log" 2>&1 \
-    && echo "trainer $name: ok" || echo "trainer $name: failed (see $RESULTS/gpu_smoke_train_$name.log)"
-  grep -E "Keras backend|epoch [0-9]+ \(|test split|done:" "$runs/runs/$name/training.log" || true
-}
-[ -d benchmarks/data/photos_224 ] || python -c "
-import sys; sys.path.insert(0, 'benchmarks'); from train_throughput import photo_like_dataset
-from pathlib import Path; photo_like_dataset(Path('benchmarks/data'), 224)"
-case " $TRAINER " in *" resnet "*) train resnet --model_type resnet ;; esac
-case " $TRAINER " in *" mobilenet_torch "*)
-  if have torch && have keras; then
-    train mobilenet_torch --model_type mobilenet --keras_backend torch --cache ram
-  else echo "trainer mobilenet_torch: skipped, torch or keras is not installed"; fi ;;
-esac
 exit 0

@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,8 +41,24 @@ def photo_like_dataset(root: Path, size: int, classes: int = 10, per_class: int 
     return target
 
 
+class RepeatLoader:
+    """A loader that gives one pre-made batch ``steps`` times per epoch (the loader off)."""
+
+    def __init__(self, images, labels, steps: int):
+        self.batch = types.SimpleNamespace(images=images, labels=labels)
+        self.steps, self.epoch = steps, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def iter_epoch(self, epoch=None, in_place=False):
+        for _ in range(self.steps):
+            yield self.batch
+
+
 def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
-    """Keras on the backend of --keras_backend (TensorFlow, PyTorch or JAX)."""
+    """The project's Keras step (its model, compile, feed and ``fit``) on the backend of
+    --keras_backend (TensorFlow, PyTorch or JAX)."""
     from pokedex_trainer.keras_backend.select import activate, choose
 
     backend, _ = choose(config.keras_backend)
@@ -55,98 +72,85 @@ def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
 
     platform = current_platform()
     configure_precision(config.mixed_precision, platform)
-    spec = get_spec(config.model_type)
+    spec = get_spec(config.model_type, "keras")
     model = build_model(spec, 10, config.image_size, "none", config.dropout)
     apply_phase(model, Phase("bench", 1, 1e-3, "all"))
-    compile_model(model, 1e-3, 10)
+    compile_model(model, 1e-3, 10, config)
     if loader is None:
-        images = np.random.default_rng(0).uniform(0, 255, (config.batch_size,
-                                                              *config.image_size, 3))
-        batch = (images.astype("float32"), np.zeros(config.batch_size, np.int32))
-        feed = [batch] * (steps + 3)
+        images = np.random.default_rng(0).integers(0, 256, (config.batch_size,
+                                                             *config.image_size, 3), np.uint8)
+        loader = RepeatLoader(images, np.zeros(config.batch_size, np.int32), steps)
+    feed = platform.feed(loader, config.image_size)
 
-        def fit(count):
-            for x, y in feed[:count]:
-                model.train_on_batch(x, y)
-    else:
-        feed = platform.feed(loader, config.image_size)
+    def fit(count):
+        platform.set_epoch(feed, 0)
+        model.fit(feed, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
 
-        def fit(count):
-            model.fit(feed, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
-
-    fit(3)  # build the graph / warm the kernels
+    fit(min(3, steps))  # build the graph / warm the kernels
     start = time.perf_counter()
     peak = platform.peak_memory(lambda: fit(steps))
     if peak is None:  # no GPU: the steps ran here instead
         fit(steps)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "gpu_peak_mb": peak / 2**20 if peak else None,
+            "framework": "keras", "backend": platform.name,
             "device": f"{platform.describe()}, Keras on {platform.name}"}
 
 
 def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
+    """The project's PyTorch step: its network, optimizer and ``Runner.train_one_epoch``
+    (input conversion, autocast, scaler, metrics on the device, progress bar)."""
     import torch
 
+    from pokedex_trainer.core.phases import Phase
     from pokedex_trainer.torch_backend.data import make_data_loader
     from pokedex_trainer.torch_backend.models import build_model
+    from pokedex_trainer.torch_backend.trainer import Runner, make_optimizer
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(get_spec("resnet"), 10, "none", config.dropout).to(device).train()
-    if device.type == "cuda":
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cudnn.benchmark = True  # as the trainer sets it
+    model = build_model(get_spec(config.model_type, "pytorch"), 10, "none",
+                        config.dropout).to(device)
+    if cuda:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    mixed = config.mixed_precision
-    dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if mixed else None
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed and device.type == "cuda")
+    context = types.SimpleNamespace(config=config, num_classes=10, class_weights=lambda: None)
+    runner = Runner(context, model, device)
+    optimizer = make_optimizer(config, list(model.parameters()), 1e-3)
+    module = torch.compile(model) if config.compile else model
+    phase = Phase("bench", 1, 1e-3, "all")
+    if loader is None:
+        images = torch.randint(0, 256, (config.batch_size, *config.image_size, 3),
+                               dtype=torch.uint8)
+        batch = (images.pin_memory() if cuda else images,
+                 torch.zeros(config.batch_size, dtype=torch.long), None)
+        source = None
+    else:
+        source = make_data_loader(loader, cuda)
 
-    def batches():
-        if loader is None:
-            x = torch.rand(config.batch_size, *config.image_size, 3) * 255
-            y = torch.zeros(config.batch_size, dtype=torch.long)
-            while True:
-                yield x, y
-        data_loader = make_data_loader(loader, device.type == "cuda")
-        epoch = 0
-        while True:
-            data_loader.set_epoch(epoch)
-            for images, labels, _ in data_loader:
-                yield images, labels
+    def batches(count):
+        if source is None:
+            return [batch] * count
+        taken, epoch = [], 0
+        while len(taken) < count:
+            source.set_epoch(epoch)
+            taken += [b for _, b in zip(range(count - len(taken)), source)]
             epoch += 1
+        return taken
 
-    stream = batches()
-    waited = [0.0]
-
-    def step():
-        start = time.perf_counter()
-        images, labels = next(stream)
-        waited[0] += time.perf_counter() - start
-        x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = torch.nn.functional.cross_entropy(model(x).float(),
-                                                     labels.to(device).long())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    for _ in range(3):
-        step()
-    if device.type == "cuda":
+    runner.train_one_epoch(batches(3), optimizer, phase, 0, module)
+    feed = batches(steps)
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    waited[0] = 0.0
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    runner.train_one_epoch(feed, optimizer, phase, 1, module)  # reads its metrics: synced
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"seconds": elapsed, "gpu_peak_mb": peak,
-            "loader_wait_share": waited[0] / elapsed if loader is not None else None,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU"}
+    if source is not None:
+        source.close()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return {"seconds": elapsed, "gpu_peak_mb": peak, "framework": "pytorch",
+            "backend": "torch", "device": torch.cuda.get_device_name() if cuda else "CPU"}
 
 
 def main(argv=None) -> int:
@@ -156,8 +160,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--image_size", type=int, nargs=2, default=None)
     parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--framework", choices=("auto", "keras", "pytorch"), default="auto",
+                        help="the network's route (auto: the guide's pairing)")
     parser.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
                         default="auto", help="Keras networks: the Keras 3 backend")
+    parser.add_argument("--compile", action="store_true",
+                        help="the trainer's --compile (torch.compile / jit_compile=True)")
     parser.add_argument("--loader", choices=("on", "off"), default="on")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--cache", choices=("none", "ram", "disk"), default="none",
@@ -169,7 +177,8 @@ def main(argv=None) -> int:
     config = TrainConfig(model_type=args.model_type, batch_size=args.batch_size,
                          image_size=tuple(args.image_size) if args.image_size else None,
                          mixed_precision=args.mixed_precision, workers=args.workers,
-                         keras_backend=args.keras_backend).resolved()
+                         keras_backend=args.keras_backend, framework=args.framework,
+                         compile=args.compile).resolved()
     loader = None
     if args.loader == "on":
         root = photo_like_dataset(Path(args.data_dir), max(config.image_size))
@@ -187,8 +196,8 @@ def main(argv=None) -> int:
         if cache is not None:
             for _ in loader.iter_epoch(0, in_place=True):  # fill the cache
                 pass
-    run = torch_throughput if get_spec(args.model_type).framework == "torch" else \
-        keras_throughput
+    run = torch_throughput if get_spec(args.model_type, args.framework).framework == "torch" \
+        else keras_throughput
     try:
         result = run(config, loader, args.steps)
     finally:
@@ -197,7 +206,8 @@ def main(argv=None) -> int:
             if loader.source.cache is not None:
                 loader.source.cache.close()
     images = args.steps * config.batch_size
-    result.update({"model_type": args.model_type, "loader": args.loader,
+    result.update({"kind": "step", "model_type": args.model_type, "loader": args.loader,
+                   "compile": args.compile,
                    "batch_size": config.batch_size, "image_size": list(config.image_size),
                    "mixed_precision": args.mixed_precision, "steps": args.steps,
                    "workers": args.workers if args.loader == "on" else 0,

@@ -186,6 +186,12 @@ def _add_training_options(train, d: TrainConfig) -> None:
                             "--seed, a repeated run gives the same numbers")
     train.add_argument("--mixed_precision", action="store_true",
                        help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the training step: torch.compile on PyTorch, "
+                            "jit_compile=True on Keras (XLA on TensorFlow and JAX, "
+                            "torch.compile on Keras' PyTorch backend); the first epoch is "
+                            "slower while it compiles. Measure it: "
+                            "benchmarks/train_throughput.py --compile")
 
 
 def _add_recipe_options(train, d: TrainConfig) -> None:

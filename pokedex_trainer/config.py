@@ -68,6 +68,7 @@ class TrainConfig:
     cache: str = "none"  # decoded-image cache: none, ram or disk (image_cache.py)
     cache_dir: str | None = None  # --cache disk: where (default: <output_dir>/cache)
     mixed_precision: bool = False
+    compile: bool = False  # --compile: torch.compile (PyTorch) / jit_compile=True (Keras)
     dropout: float = 0.3
     run_name: str | None = None
     augment: str = "full"  # none, light or full (the seed's 13 transforms)

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 @pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "inference.py",
                                     "trainer_overhead.py", "gpu_smoke_table.py", "recipe.py",
-                                    "registry_photos.py"])
+                                    "registry_photos.py", "bare_loops.py", "trainer_pace.py"])
 def test_help(script):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
                             capture_output=True, text=True, timeout=60)
@@ -34,24 +34,53 @@ def test_input_pipeline_writes_a_table_and_json(tmp_path):
     assert "bare" in result.stdout and "loader" in result.stdout
 
 
-def test_gpu_smoke_table_reads_throughput_results(tmp_path):
+def test_gpu_smoke_table_puts_bare_loop_step_and_trainer_side_by_side():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gpu_smoke_table import table
 
-    base = {"model_type": "resnet", "batch_size": 32, "image_size": [224, 224],
-            "device": "NVIDIA H200", "workers": 8, "gpu_peak_mb": 3890.0}
-    rows = [{**base, "loader": "off", "images_per_second": 400.0},
-            {**base, "loader": "on", "cache": "none", "images_per_second": 300.0,
-             "loader_wait_share": 0.25},
-            {**base, "model_type": "mobilenet", "device": "NVIDIA H200, Keras on torch",
-             "loader": "off", "images_per_second": 400.0},
-            {**base, "model_type": "mobilenet", "device": "NVIDIA H200, Keras on torch",
-             "loader": "on", "cache": "ram", "images_per_second": 300.0}]
+    base = {"model_type": "mobilenet", "batch_size": 64, "image_size": [224, 224],
+            "device": "NVIDIA H200", "workers": 8}
+    torch_route = {"framework": "pytorch", "backend": "torch"}
+    jax_route = {"framework": "keras", "backend": "jax"}
+    rows = [{**base, **torch_route, "kind": "bare", "images_per_second": 8000.0},
+            {**base, **torch_route, "kind": "step", "loader": "off", "images_per_second": 7800.0},
+            {**base, **torch_route, "kind": "step", "loader": "on", "cache": "ram",
+             "images_per_second": 7000.0},
+            {**base, **torch_route, "kind": "trainer", "images_per_second": 6000.0},
+            {**base, **jax_route, "kind": "bare", "images_per_second": 2000.0},
+            {**base, **jax_route, "kind": "step", "loader": "off", "images_per_second": 1000.0},
+            # a step row of an earlier version: the route read from its device text
+            {**base, "model_type": "resnet", "device": "NVIDIA H200", "loader": "off",
+             "images_per_second": 400.0}]
     lines = table(rows)
-    assert any("| resnet | torch | on (8 workers) | none |" in line and "0.25 (wait)" in line
-               for line in lines)
-    assert any("| mobilenet | torch | on (8 workers) | ram |" in line and "0.25 (vs off)" in line
-               for line in lines)
+    torch_line = next(line for line in lines if "| mobilenet | PyTorch |" in line)
+    assert "| 8000.0 | 7800.0 | 0.97 ok | 7000.0 (ram) | 6000.0 | 0.77 LOW | 0.75 |" in torch_line
+    jax_line = next(line for line in lines if "| mobilenet | Keras on jax |" in line)
+    assert "| 2000.0 | 1000.0 | 0.50 LOW | - | - | - | - |" in jax_line
+    assert any("| resnet | PyTorch |" in line and "| 400.0 |" in line for line in lines)
+
+
+def test_trainer_pace_reads_a_finished_run(tmp_path, tiny_dataset):
+    """The trainer's images/s from its run files: the epochs after the first, drop_last."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from trainer_pace import pace
+
+    from pokedex_trainer.layout import HISTORY, MANIFEST
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model_type": "mobilenet", "batch_size": 8,
+                                                 "image_size": [32, 32],
+                                                 "framework": "pytorch"}))
+    train = [[f"A/a{i}.jpg", 0] for i in range(20)]
+    (run / MANIFEST).write_text(json.dumps({"data_path": "d", "class_names": ["A"],
+                                            "splits": {"train": train, "val": []}}))
+    (run / HISTORY).write_text("epoch,epoch_time_s\n1,30.0\n2,2.0\n3,4.0\n4,2.0\n")
+    (run / "training.log").write_text("INFO: phase 'head'\n")
+    result = pace(run)
+    assert result["images_per_epoch"] == 16  # 20 images, batch 8, the last 4 dropped
+    assert result["images_per_second"] == 8.0  # 16 / median(2, 4, 2)
+    assert (result["framework"], result["backend"]) == ("pytorch", "torch")
 
 
 @pytest.mark.slow

@@ -121,7 +121,11 @@ def test_sigterm_ends_a_run_stuck_inside_the_framework(tmp_path, tiny_dataset):
     process = _start(tmp_path, tiny_dataset, "tiny_keras", grace=2)
     _wait_for(process, tmp_path / "started", "the stuck epoch")
     process.send_signal(signal.SIGTERM)
-    _assert_recorded_interrupted(tmp_path, *_outcome(process))
+    returncode, stderr = _outcome(process)
+    _assert_recorded_interrupted(tmp_path, returncode, stderr)
+    # where it was stuck, for a bug report: the blocking frame of the main thread
+    log = (tmp_path / "runs" / "run" / "training.log").read_text("utf-8")
+    assert "the main thread was here:" in log and "in stuck" in log, log[-3000:]
 
 
 @pytest.mark.slow

@@ -192,7 +192,7 @@ class StopDeadline:
                 data = self._reader.recv(64)
             except socket.timeout:
                 self._expire(f"not stopped {self.grace:g} s after the stop signal (stuck "
-                             "inside the framework)")
+                             "inside the framework)", stack=True)
             except OSError:
                 return
             if not data or _STOP_WATCHING in data:
@@ -215,13 +215,16 @@ class StopDeadline:
             except OSError:
                 pass
 
-    def _expire(self, why: str) -> None:
-        """Record the run (unless done or being done), then end the process at once."""
+    def _expire(self, why: str, stack: bool = False) -> None:
+        """Record the run (unless done or being done), then end the process at once. With
+        ``stack``, the log says where the main thread was stuck (for a bug report)."""
         backstop = threading.Timer(RECORD_WAIT_S, os._exit, (INTERRUPTED_EXIT_CODE,))
         backstop.daemon = True
         backstop.start()  # a record that hangs (a stuck disk, a held lock) cannot keep it up
         try:
             logger.warning("%s: ending the process now", why)
+            if stack:
+                logger.warning("the main thread was here:\n%s", main_thread_stack())
             if self._lock.acquire(timeout=RECORD_WAIT_S) and not self._recorded:
                 self._recorded = True  # the lock stays held: the main thread records nothing
                 self._record()
@@ -235,6 +238,16 @@ class StopDeadline:
                 with contextlib.suppress(Exception):
                     handler.flush()
             os._exit(INTERRUPTED_EXIT_CODE)
+
+
+def main_thread_stack(limit: int = 12) -> str:
+    """The innermost ``limit`` frames of the main thread, as a traceback prints them."""
+    import traceback
+
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    if frame is None:
+        return "  (unknown)"
+    return "".join(traceback.format_stack(frame)[-limit:]).rstrip()
 
 
 def _after_fork_in_child() -> None:

@@ -250,6 +250,7 @@ class TorchPlatform(Platform):
         import torch
 
         self.torch = torch
+        torch.backends.cudnn.benchmark = True  # fixed sizes (set_deterministic turns it off)
         if torch.cuda.is_available():
             self.gpus, self.kind = torch.cuda.device_count(), "cuda"
         elif torch.backends.mps.is_available():

@@ -85,6 +85,9 @@ def compile_model(model: keras.Model, learning_rate: float, num_classes: int,
     ``config`` is None)."""
     smoothing = config.label_smoothing if config is not None else 0.0
     model.compile(
+        # --compile: a compiled step on every backend (Keras' own "auto" runs eagerly on
+        # PyTorch and without XLA on a TensorFlow CPU)
+        jit_compile=True if config is not None and config.compile else "auto",
         optimizer=make_optimizer(config, learning_rate),
         loss=SmoothedSparseCrossentropy(num_classes, smoothing) if smoothing else
         keras.losses.SparseCategoricalCrossentropy(),

@@ -93,20 +93,35 @@ def seed_everything(seed: int) -> None:
 
 
 class EpochMeter:
-    """Running loss, accuracy and top-5 accuracy over the batches of one pass."""
+    """Running loss, accuracy and top-5 accuracy over the batches of one pass.
 
-    def __init__(self, num_classes: int):
+    The sums stay on the model's device, so a step never waits for the GPU; they are read
+    (one synchronization) only by ``snapshot``/``results``: at the progress bar's redraws and
+    at the end of the pass. ``finite`` is False once a loss was NaN or infinite.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | None = None):
         self.k = min(5, num_classes)
-        self.loss = self.correct = self.top5 = 0.0
+        # loss sum, correct, top-5 correct, non-finite losses
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
         self.count = 0
+        self.loss = self.correct = self.top5 = 0.0
+        self.finite = True
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
-        self.loss += float(loss) * n
-        top = logits.topk(self.k, dim=1).indices
-        self.correct += float((top[:, 0] == labels).sum())
-        self.top5 += float((top == labels[:, None]).any(dim=1).sum())
+        loss = loss.detach().to(self.sums.device, torch.float64)
+        top = logits.detach().topk(self.k, dim=1).indices
+        self.sums += torch.stack([loss * n, (top[:, 0] == labels).sum().to(torch.float64),
+                                  (top == labels[:, None]).any(dim=1).sum().to(torch.float64),
+                                  (~torch.isfinite(loss)).to(torch.float64)])
         self.count += n
+
+    def snapshot(self) -> "EpochMeter":
+        """Read the sums from the device (one synchronization); returns self."""
+        loss, correct, top5, bad = self.sums.tolist()
+        self.loss, self.correct, self.top5, self.finite = loss, correct, top5, bad == 0
+        return self
 
     def all_reduce(self, device: torch.device) -> None:
         """Sum the counts of every DDP rank, so each rank reports the whole epoch."""
@@ -114,13 +129,14 @@ class EpochMeter:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        totals = torch.tensor([self.loss, self.correct, self.top5, float(self.count)],
-                              dtype=torch.float64, device=device)
+        totals = torch.cat([self.sums.to(device),
+                            torch.tensor([float(self.count)], dtype=torch.float64,
+                                         device=device)])
         dist.all_reduce(totals)
-        self.loss, self.correct, self.top5, count = totals.tolist()
-        self.count = int(count)
+        self.sums, self.count = totals[:4].clone(), int(totals[4].item())
 
     def results(self, prefix: str = "") -> dict:
+        self.snapshot()
         n = max(1, self.count)
         return {f"{prefix}loss": self.loss / n, f"{prefix}accuracy": self.correct / n,
                 f"{prefix}top5_accuracy": self.top5 / n}
@@ -220,32 +236,42 @@ class Runner:
     def train_one_epoch(self, loader, optimizer, phase: Phase, epoch: int,
                         module: nn.Module | None = None) -> dict:
         """One pass over the training data; ``module`` is the DDP wrapper when there is one."""
-        module = module or self.model
+        module = self.model if module is None else module
         set_train_mode(self.model, phase)
-        meter = EpochMeter(self.context.num_classes)
+        meter = EpochMeter(self.context.num_classes, self.device)
         start = time.perf_counter()
+        interval = _progress_interval()
+        shown = start
         bar = tqdm(loader, desc=f"epoch {epoch + 1} {phase.name}", unit="batch", leave=False,
-                   mininterval=_progress_interval(), disable=not self.main)
+                   mininterval=interval, disable=not self.main)
+        # No host synchronization per step: the metrics add up on the device, and are read
+        # (with the NaN check) when the bar redraws; on a CPU every step is checked, at no cost.
+        check_every_step = not self.cuda
         for images, labels, _ in bar:  # the loader warns about unreadable files
             x, y = self.to_input(images), labels.to(self.device, non_blocking=True).long()
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = module(x)
                 loss = self.train_loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                meter.update(loss.detach(), logits.detach(), y)
+            if check_every_step and not torch.isfinite(loss):
+                meter.update(loss, logits, y)
                 break
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update()
-            meter.update(loss.detach(), logits.detach(), y)
-            seen = meter.count / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
-                            acc=f"{meter.correct / meter.count:.3f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2g}", img_s=f"{seen:.1f}",
-                            refresh=False)
+            meter.update(loss, logits, y)
+            now = time.perf_counter()
+            if now - shown >= interval:
+                shown = now
+                meter.snapshot()
+                if not meter.finite:
+                    break
+                bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
+                                acc=f"{meter.correct / meter.count:.3f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2g}",
+                                img_s=f"{meter.count / (now - start):.1f}", refresh=False)
         bar.close()
         meter.all_reduce(self.device)
         return meter.results()
@@ -253,7 +279,7 @@ class Runner:
     @torch.no_grad()
     def evaluate(self, loader, prefix: str = "val_") -> dict:
         self.model.eval()
-        meter = EpochMeter(self.context.num_classes)
+        meter = EpochMeter(self.context.num_classes, self.device)
         for images, labels, _ in tqdm(loader, desc="validate", unit="batch", leave=False,
                                       mininterval=_progress_interval(), disable=not self.main):
             x, y = self.to_input(images), labels.to(self.device).long()
@@ -321,6 +347,8 @@ class TorchBackend:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+        else:  # fixed input sizes: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         device = _device()
         self.device = f"{device} ({torch.cuda.get_device_name(device)})" \
             if device.type == "cuda" else "cpu"
@@ -367,6 +395,8 @@ class TorchBackend:
         self.optimizer = make_optimizer(config, params, learning_rate)
         self.runner.ema = WeightAverage(params, config.ema) if config.ema else None
         self.module = wrap_distributed(self.model, self.runner.device, self.runner.world)
+        if config.compile:  # --compile: the training forward pass through torch.compile
+            self.module = torch.compile(self.module)
 
     def set_learning_rate(self, learning_rate: float) -> None:
         for group in self.optimizer.param_groups:
