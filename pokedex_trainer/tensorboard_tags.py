@@ -53,3 +53,18 @@ def image_grid(images: np.ndarray, max_images: int = 16) -> np.ndarray:
         grid[r * (height + 1):r * (height + 1) + height,
              c * (width + 1):c * (width + 1) + width] = image
     return grid
+
+
+def tensorboard_without_tensorflow() -> None:
+    """Writers that go through tensorboard.compat (PyTorch's, and the JAX route's) would import
+    TensorFlow when it is installed: seconds, a GB of memory, and a third framework's CUDA
+    libraries in the process. The presence of ``tensorboard.compat.notf`` is TensorBoard's own
+    switch for its TensorFlow-free stub. It is process-wide and would break tf.summary for a
+    process that also runs Keras on TensorFlow, so it is set only when TensorFlow is not
+    already loaded (a process that needs both must import TensorFlow first)."""
+    import sys
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf",
+                               types.ModuleType("tensorboard.compat.notf"))

@@ -83,3 +83,43 @@ def test_gpu_smoke_runs_without_a_gpu_and_prints_one_table(tmp_path):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert "-" not in (cells[4], cells[5], cells[8]), line  # bare, step, trainer measured
     assert "failed or timed out" not in result.stdout, result.stdout
+
+
+def test_the_jax_route_writes_tensorboard_without_loading_pytorch(tmp_path):
+    """A Keras/JAX run must load neither PyTorch nor TensorFlow (and their own CUDA
+    libraries) into the process whose GPU JAX drives: its event files come from the
+    tensorboard package alone, with the tags and summaries of the other writers."""
+    code = f"""
+import sys
+import numpy as np
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+from pokedex_trainer.keras_backend.platforms import _EventWriter
+loaded = set(sys.modules)
+writer = _EventWriter(Path({str(tmp_path)!r}))
+writer.scalar("train", "epoch_loss", 0.5, 0)
+writer.scalar("val", "epoch_accuracy", 0.75, 0)
+writer.histogram("dense/kernel/histogram", np.linspace(-1, 1, 100), 0)
+writer.image("augmented_samples", np.zeros((16, 24, 3), np.uint8), 0)
+writer.close()
+new = sorted(m for m in set(sys.modules) - loaded
+             if m.split(".")[0] == "tensorflow" or m.startswith("torch.utils.tensorboard"))
+assert not new, new
+"""
+    # Keras itself runs on PyTorch here (this machine's test environment has no JAX); what
+    # the writer adds to the process is what is checked.
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train = EventAccumulator(str(tmp_path / "train"), size_guidance={"histograms": 0,
+                                                                     "images": 0}).Reload()
+    assert train.Scalars("epoch_loss")[0].value == 0.5
+    histogram = train.Histograms("dense/kernel/histogram")[0].histogram_value
+    assert histogram.num == 100 and histogram.min == -1 and histogram.max == 1
+    image = train.Images("augmented_samples")[0]
+    assert (image.width, image.height) == (24, 16)
+    validation = EventAccumulator(str(tmp_path / "validation")).Reload()
+    assert validation.Scalars("epoch_accuracy")[0].value == 0.75

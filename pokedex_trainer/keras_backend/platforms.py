@@ -13,7 +13,7 @@ import logging
 import keras
 import numpy as np
 
-from ..tensorboard_tags import TRAIN_SUBDIR, VALIDATION_SUBDIR
+from ..tensorboard_tags import TRAIN_SUBDIR, VALIDATION_SUBDIR, tensorboard_without_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +316,11 @@ class JaxPlatform(Platform):
     def describe(self) -> str:
         return f"{self.device.platform}:0 ({self.device.device_kind})"
 
+    def writer(self, log_dir):
+        # Not PyTorch's writer: importing torch would load PyTorch's CUDA libraries (cuDNN,
+        # cuBLAS, of its own versions) into the process whose GPU JAX drives.
+        return _EventWriter(log_dir)
+
     def peak_memory(self, step):
         if not self.gpus:
             return None
@@ -387,3 +392,66 @@ class _TorchWriter(_Writers):
 
     def image(self, tag: str, grid: np.ndarray, step: int) -> None:
         self.writers["train"].add_image(tag, grid, step, dataformats="HWC")
+
+
+class _EventWriter(_Writers):
+    """Event files written with the tensorboard package alone (no TensorFlow, no PyTorch):
+    the same tags and summaries as the other writers."""
+
+    class _One:
+        def __init__(self, folder):
+            tensorboard_without_tensorflow()
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self.file = EventFileWriter(str(folder))
+
+        def add(self, value, step: int) -> None:
+            import time
+
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+
+            self.file.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                summary=summary_pb2.Summary(value=[value])))
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def close(self) -> None:
+            self.file.close()
+
+    def __init__(self, log_dir):
+        self.writers = {"train": self._One(log_dir / TRAIN_SUBDIR),
+                        "val": self._One(log_dir / VALIDATION_SUBDIR)}
+
+    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        self.writers[which].add(summary_pb2.Summary.Value(tag=tag, simple_value=float(value)),
+                                step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        values = np.asarray(keras.ops.convert_to_numpy(values), np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        counts, edges = np.histogram(values, bins=30)
+        histogram = summary_pb2.HistogramProto(
+            min=float(values.min()), max=float(values.max()), num=float(values.size),
+            sum=float(values.sum()), sum_squares=float(np.square(values).sum()),
+            bucket_limit=[float(edge) for edge in edges[1:]],
+            bucket=[float(count) for count in counts])
+        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, histo=histogram), step)
+
+    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
+        import cv2
+        from tensorboard.compat.proto import summary_pb2
+
+        grid = np.ascontiguousarray(grid, np.uint8)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        if not ok:
+            return
+        image = summary_pb2.Summary.Image(height=grid.shape[0], width=grid.shape[1],
+                                          colorspace=3, encoded_image_string=png.tobytes())
+        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, image=image), step)
