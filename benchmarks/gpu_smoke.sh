@@ -4,7 +4,7 @@
 # precision) and each route (PyTorch; Keras on every Keras backend installed):
 #   1. the bare loop a user would write in that framework (bare_loops.py),
 #   2. this project's training step with the loader off (train_throughput.py --loader off),
-#      and with the loader on where CACHES names a cache,
+#      also with --compile on the PyTorch routes, and with the loader on where CACHES names one,
 #   3. the trainer end to end (train_professional_models.py, 3 epochs, loader and ram cache on,
 #      validation included; trainer_pace.py reads its images/s from the run),
 # then one table of images/s and ratios (gpu_smoke_table.py). Every child runs under
@@ -14,6 +14,8 @@
 #   MODELS="mobilenet resnet efficientnet" BACKENDS="tensorflow torch jax" STEPS=30 WARMUP=5
 #   WORKERS=8 CACHES="" (e.g. "ram": also the step with the loader on) TRAINER=1 EPOCHS=3
 #   BUDGET=530 (seconds for all children) SIZE=/BATCH= (override the guide's sizes)
+#   COMPILE=1: the PyTorch routes' step also with --compile (torch.compile; on Keras'
+#   PyTorch backend jit_compile=True), a row of its own
 #   ALLOW_CPU=1 runs it without a GPU, at tiny sizes (32 px, batch 4, 2 steps), to try it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +83,11 @@ for model in $MODELS; do
     [ "$framework" = pytorch ] && flags=("${common[@]}" --framework pytorch --steps "$STEPS")
     child 200 "step_$tag" python benchmarks/train_throughput.py "${flags[@]}" --loader off \
       --output "$RESULTS/gpu_smoke_step_$tag.json" && tail -n 1 "$RESULTS/gpu_smoke_step_$tag.log"
+    if [ "${COMPILE:-1}" = 1 ] && [ "$backend" = torch ]; then  # torch.compile: measured, not assumed
+      child 300 "step_${tag}_compiled" python benchmarks/train_throughput.py "${flags[@]}" --compile \
+        --loader off --output "$RESULTS/gpu_smoke_step_${tag}_compiled.json" \
+        && tail -n 1 "$RESULTS/gpu_smoke_step_${tag}_compiled.log"
+    fi
     for cache in $CACHES; do
       child 200 "step_${tag}_$cache" python benchmarks/train_throughput.py "${flags[@]}" \
         --loader on --cache "$cache" --workers "$WORKERS" \

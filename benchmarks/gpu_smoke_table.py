@@ -52,10 +52,12 @@ def table(rows: list[dict]) -> list[str]:
     for row in rows:
         kind = row.get("kind", "step")
         framework, backend = route_of(row)
-        key = (row["model_type"], framework, backend)
+        key = (row["model_type"], framework, backend, bool(row.get("compile")))
         entry = by_route.setdefault(key, {"step_on": []})
         if kind == "bare":
             entry["bare"] = row
+            if row.get("compile"):
+                continue
             if framework == "pytorch":
                 torch_bare[row["model_type"]] = row["images_per_second"]
         elif kind == "trainer":
@@ -67,11 +69,14 @@ def table(rows: list[dict]) -> list[str]:
     lines = ["| network | route | batch | size | bare loop | step | step/bare | step, loader on "
              "| trainer | trainer/step | trainer/bare PyTorch |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
-    for (model_type, framework, backend), entry in sorted(by_route.items()):
+    for (model_type, framework, backend, compiled), entry in sorted(by_route.items()):
         some = entry.get("step") or entry.get("bare") or entry.get("trainer") or \
             entry["step_on"][0]
         route = "PyTorch" if framework == "pytorch" else f"Keras on {backend}"
-        bare = entry.get("bare", {}).get("images_per_second")
+        route += ", --compile" if compiled else ""
+        bare_row = entry.get("bare") or by_route.get((model_type, framework, backend, False),
+                                                     {}).get("bare", {})
+        bare = bare_row.get("images_per_second")
         step = entry.get("step", {}).get("images_per_second")
         trainer = entry.get("trainer", {}).get("images_per_second")
         loader_on = ", ".join(f"{r['images_per_second']:.1f} ({r.get('cache', '-')})"

@@ -49,6 +49,8 @@ def test_gpu_smoke_table_puts_bare_loop_step_and_trainer_side_by_side():
             {**base, **torch_route, "kind": "trainer", "images_per_second": 6000.0},
             {**base, **jax_route, "kind": "bare", "images_per_second": 2000.0},
             {**base, **jax_route, "kind": "step", "loader": "off", "images_per_second": 1000.0},
+            {**base, **torch_route, "kind": "step", "loader": "off", "compile": True,
+             "images_per_second": 8400.0},  # --compile: its own row, the same bare loop
             # a step row of an earlier version: the route read from its device text
             {**base, "model_type": "resnet", "device": "NVIDIA H200", "loader": "off",
              "images_per_second": 400.0}]
@@ -58,6 +60,8 @@ def test_gpu_smoke_table_puts_bare_loop_step_and_trainer_side_by_side():
     jax_line = next(line for line in lines if "| mobilenet | Keras on jax |" in line)
     assert "| 2000.0 | 1000.0 | 0.50 LOW | - | - | - | - |" in jax_line
     assert any("| resnet | PyTorch |" in line and "| 400.0 |" in line for line in lines)
+    compiled = next(line for line in lines if "| mobilenet | PyTorch, --compile |" in line)
+    assert "| 8000.0 | 8400.0 | 1.05 ok |" in compiled
 
 
 def test_trainer_pace_reads_a_finished_run(tmp_path, tiny_dataset):

@@ -273,23 +273,44 @@ def test_torch_mobilenet_tflite_is_verified_in_litert(torch_mobilenet_run):
 
 
 @pytest.mark.slow
-def test_torch_mobilenet_killed_then_resumed(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("model_type, framework, model_file", [
+    ("mobilenet", "pytorch", "mobilenet_v2_best.pth"),
+    ("efficientnet", "pytorch", "efficientnet_b7_best.pth"),
+    ("resnet", "keras", "resnet152_best.keras"),
+])
+def test_new_route_killed_resumed_exported_and_evaluated(tmp_path, tiny_dataset, model_type,
+                                                         framework, model_file):
+    """Every route the guide's pairing lacks, at 32 px: SIGKILL after the first epoch's resume
+    point, --resume to the end, then an ONNX export checked against the model and an
+    evaluation, none of them told the framework again."""
     run_dir = tmp_path / "runs" / "run"
     argv = [ROOT / "train_professional_models.py", "--data_path", tiny_dataset,
-            "--model_type", "mobilenet", "--framework", "pytorch", "--weights", "none",
+            "--model_type", model_type, "--framework", framework, "--weights", "none",
             "--image_size", "32", "32", "--batch_size", "8", "--epochs", "2",
-            "--fine_tune_epochs", "1", "--workers", "0", "--output_dir", tmp_path / "runs",
-            "--log_dir", tmp_path / "tb", "--run_name", "run", "--histogram_freq", "0"]
+            "--fine_tune_epochs", "1", "--fine_tune_layers", "3", "--workers", "0",
+            "--output_dir", tmp_path / "runs", "--log_dir", tmp_path / "tb", "--run_name",
+            "run", "--histogram_freq", "0"]
     killed = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), after=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = subprocess.run([sys.executable, str(ROOT / "train_professional_models.py"),
                               "--resume", str(run_dir), "--workers", "0"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = (run_dir / "history.csv").read_text("utf-8").splitlines()[1:]
     assert [line.split(",")[0] for line in history] == ["1", "2", "3"]
     assert "resuming phase 'head' at epoch 2" in (run_dir / "training.log").read_text("utf-8")
-    assert (run_dir / "mobilenet_v2_best.pth").is_file()
+    assert (run_dir / model_file).is_file()
+    assert json.loads((run_dir / "config.json").read_text("utf-8"))["framework"] == framework
+    for script, args in (("export.py", ["--run_dir", str(run_dir), "--formats", "onnx",
+                                        "--check_images", "4"]),
+                         ("evaluate.py", ["--run_dir", str(run_dir), "--latency_runs", "2"])):
+        done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{script}: {done.stderr[-3000:]}"
+    entries = json.loads((run_dir / "exports.json").read_text("utf-8"))["files"]
+    assert [e["passed"] for e in entries if e["file"].endswith(".onnx")] == [True]
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text("utf-8"))
+    assert 0 <= metrics["accuracy"] <= 1
 
 
 @pytest.mark.slow
