@@ -115,8 +115,8 @@ def test_command_quotes_paths_with_spaces(tmp_path):
 
 @pytest.mark.slow
 def test_animals10_archive_goes_through_prepare_and_training_as_the_readme_says(tmp_path):
-    """The README's path: extract into data/training/, train (refused, with the command),
-    run that command, train on its output."""
+    """The documented path (docs/preparing-data.md): extract into data/training/, train
+    (refused, with the command), run that command, train on its output."""
     animals10_archive(tmp_path / "data" / "training", per_class=6, size=(48, 48))
 
     def run(script, *args):
