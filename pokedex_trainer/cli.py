@@ -30,7 +30,9 @@ def _batch_size(value: str):
 
 
 EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models; "
-                       "torchscript, torch_export, onnx for PyTorch ones (--framework)")
+                       "torchscript, torch_export, onnx for PyTorch ones (--framework); web "
+                       "for both (a static page that runs the model in a browser; needs "
+                       "ONNX Runtime Web: npm ci)")
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -588,6 +590,13 @@ def build_export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=18,
                         help="ONNX opset: 14-18 for Keras (tf2onnx), 18-25 for PyTorch "
                              "(default: %(default)s)")
+    parser.add_argument("--web_precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="the web page's model: float32, or the smaller float16 / dynamic "
+                             "int8 variant, each checked like any export (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the web page answers 'unknown' when the top calibrated "
+                             "probability is below it, as evaluate.py --predict --threshold "
+                             "(default: none; the page has a slider)")
     return parser
 
 
@@ -611,4 +620,5 @@ def export_from_args(args: argparse.Namespace) -> list:
 
     return export_command(args.run_dir, args.model, args.formats, args.output_dir,
                           args.data_path, args.check_images, args.calibration_images,
-                          args.opset, args.tflite_precisions, args.calibration)
+                          args.opset, args.tflite_precisions, args.calibration,
+                          args.web_precision, args.threshold)

@@ -31,8 +31,8 @@ from .targets import export_folder
 logger = logging.getLogger(__name__)
 
 FORMATS = {
-    "keras": ("tflite", "onnx", "savedmodel"),
-    "torch": ("torchscript", "torch_export", "onnx"),
+    "keras": ("tflite", "onnx", "savedmodel", "web"),
+    "torch": ("torchscript", "torch_export", "onnx", "web"),
 }
 DEFAULT_OPSET = 18
 
@@ -87,10 +87,19 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
 
     Raises UserError naming the formats that exist for the framework.
     """
+    from . import web_page
+
     available = FORMATS[framework]
     if text is None or text.strip().lower() in ("", "all"):
+        try:
+            web_page.check_runtime()
+        except UserError as exc:  # asked for by name it is an error; among "all", a warning
+            logger.warning("web page skipped: %s", str(exc).split("; ", 1)[-1])
+            return [name for name in available if name != "web"]
         return list(available)
     wanted = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if "web" in wanted:
+        web_page.check_runtime()
     if framework == "torch" and "tflite" in wanted:  # on request only: litert-torch is optional
         from .torch_tflite import checked_format
         available = available + checked_format(available)
@@ -188,6 +197,8 @@ class ExportJob:
     opset: int = DEFAULT_OPSET
     tflite_precisions: tuple[str, ...] = TFLITE_PRECISIONS
     temperature: float | None = None
+    web_precision: str = "fp32"
+    threshold: float | None = None
 
 
 def run_export(job: ExportJob) -> list[ExportResult]:
@@ -210,16 +221,21 @@ def run_export(job: ExportJob) -> list[ExportResult]:
         logger.info("exporting %s (%s) ...", path.name, precision)
         try:
             write(path, _sidecar(source.info, job, fmt, precision))
+        except UserError:
+            raise
         except Exception as exc:  # converters fail in many ways; the others still run
+            if fmt == "web":
+                _remove(path.parent)
             results.append(ExportResult(path.name, fmt, precision, reason=f"conversion failed: "
                                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
             logger.error("%s: conversion failed: %s", path.name, exc)
             continue
         result = verify_file(path, fmt, precision, reference, images, labels)
-        logger.info("%s: %s in %.1f s", path.name, "verified" if result.passed else "FAILED",
+        result.file = path.relative_to(job.output_dir).as_posix()  # web/model.onnx
+        logger.info("%s: %s in %.1f s", result.file, "verified" if result.passed else "FAILED",
                     time.perf_counter() - started)
         if not result.passed:
-            _remove(path)
+            _remove(path.parent if fmt == "web" else path)
         results.append(result)
     return results
 
@@ -272,6 +288,9 @@ def _keras_writers(job: ExportJob, source: Predictor):
         writers.append(("onnx", "float32", out / f"{stem}.onnx", _write_with_sidecar(
             lambda path, sc: keras_formats.write_onnx(saved_model_path(), path, job.opset,
                                                       sc))))
+    if "web" in job.formats:
+        writers.append(_web_writer(job, lambda path, sc: keras_formats.write_onnx(
+            saved_model_path(), path, job.opset, sc)))
     if "tflite" in job.formats:
         for precision in job.tflite_precisions:
             writers.append(("tflite", precision, out / f"{stem}_{precision}.tflite",
@@ -299,8 +318,28 @@ def _torch_writers(job: ExportJob, source: Predictor):
             model, size, path, sc)),
     }
     for fmt in job.formats:
+        if fmt == "web":
+            yield _web_writer(job, table["onnx"][1])
+            continue
         path, writer = table[fmt]
         yield fmt, "float32", path, _write_with_sidecar(writer)
+
+
+def _web_writer(job: ExportJob, write_onnx):
+    """The web page (web_page.py): its model is ``write_onnx``'s float32 ONNX, or the fp16 /
+    int8 variant, checked like any file (against the precision's tolerance)."""
+    from . import web_page
+
+    precision = web_page.WEB_PRECISIONS[job.web_precision]
+    path = job.output_dir / web_page.WEB_DIR / web_page.MODEL_FILE
+
+    def write(path: Path, sidecar: dict):
+        sidecar = {**sidecar, "precision": precision, "web_precision": job.web_precision}
+        web_page.write_page(path.parent, lambda target: write_onnx(target, sidecar), sidecar,
+                            job.web_precision, job.threshold)
+        atomic_write_json(sidecar_path(path), sidecar)
+
+    return "web", precision, path, write
 
 
 def _remove(path: Path) -> None:
@@ -392,7 +431,8 @@ def export_command(run_dir: str | None = None, model: str | None = None,
                    data_path: str | None = None, check_images: int = 100,
                    calibration_images: int = 200, opset: int = DEFAULT_OPSET,
                    tflite_precisions: str | None = None,
-                   calibration_file: str | None = None) -> list[ExportResult]:
+                   calibration_file: str | None = None, web_precision: str | None = None,
+                   threshold: float | None = None) -> list[ExportResult]:
     """export.py and ``--export`` on the trainer: write, verify, record, print.
 
     With ``output_dir`` the run directory is only read: the files and exports.json go there.
@@ -408,6 +448,11 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     framework = framework_of_source(source)
     wanted = parse_formats(formats, framework)
     precisions = _parse_precisions(tflite_precisions)
+    from .web_page import check_precision
+
+    web_precision = check_precision(web_precision)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UserError("--threshold is a probability between 0 and 1")
     out, record, written = export_folder(output_dir, run, source, framework, wanted,
                                          precisions, opset)  # may refuse: before any work
     if framework == "keras":
@@ -422,7 +467,7 @@ def export_command(run_dir: str | None = None, model: str | None = None,
         raise UserError(f"no class list for '{source}': expected class_names.json beside it")
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
-                    _temperature(run, calibration_file))
+                    _temperature(run, calibration_file), web_precision, threshold)
     results = run_export(job)
     record_results(results, record, job)
     record_outputs(out, written)

@@ -38,8 +38,9 @@ def export_file_names(stem: str, framework: str, formats: list[str],
     else:
         named = {"torchscript": [f"{stem}.pt"], "torch_export": [f"{stem}.pt2"],
                  "onnx": [f"{stem}.onnx"]}
-    files = [name for fmt in formats for name in named[fmt]]
-    return [n for name in files for n in (name, sidecar_path(name).name)]
+    files = [name for fmt in formats for name in named.get(fmt, [])]
+    folders = ["web"] if "web" in formats else []  # the page: one folder, its sidecar inside
+    return [n for name in files for n in (name, sidecar_path(name).name)] + folders
 
 
 def export_folder(output_dir: str | None, run: Path | None, source: Path, framework: str,

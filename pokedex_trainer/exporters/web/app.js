@@ -1,0 +1,142 @@
+// The Pokedex page: loads model.json and model.onnx with ONNX Runtime Web (files beside this
+// page, no network after loading), answers each photo with its top 3 species, "unknown" below
+// the threshold, calibrated with the run's temperature as evaluate.py --predict does.
+"use strict";
+
+const state = { config: null, session: null, threshold: 0, results: [] };
+const debug = new URLSearchParams(location.search).has("debug");  // ?debug=1: keep the pixels
+window.pokedexResults = state.results;  // what the page answered, for tests and the curious
+
+const $ = (id) => document.getElementById(id);
+
+function setStatus(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+// softmax(log(p) / T), as evaluation/calibration.py apply_temperature
+function calibrate(probabilities, temperature) {
+  if (temperature === 1) return Array.from(probabilities);
+  const z = Array.from(probabilities, (p) => Math.log(Math.min(Math.max(p, 1e-12), 1)) / temperature);
+  const top = Math.max(...z);
+  const e = z.map((v) => Math.exp(v - top));
+  const total = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / total);
+}
+
+async function classify(file) {
+  const decoded = await PokedexPreprocess.decode(file);
+  const input = PokedexPreprocess.toInput(decoded, state.config);
+  const tensor = new ort.Tensor("float32", input.data, input.dims);
+  const outputs = await state.session.run({ [state.session.inputNames[0]]: tensor });
+  const raw = outputs[state.session.outputNames[0]].data;
+  const probabilities = calibrate(raw, state.config.temperature || 1);
+  const order = probabilities.map((p, i) => i).sort((a, b) => probabilities[b] - probabilities[a] || a - b);
+  const names = state.config.class_names;
+  const top = order.slice(0, Math.min(3, names.length)).map((i) => ({ label: names[i], p: probabilities[i] }));
+  const result = { name: file.name, probabilities, top };
+  if (debug) result.pixels = Array.from(input.pixels);  // the resized RGB bytes, for tests
+  return result;
+}
+
+function render(result, file) {
+  const card = document.createElement("div");
+  card.className = "card";
+  const image = document.createElement("img");
+  image.alt = result.name;
+  image.src = URL.createObjectURL(file);
+  const body = document.createElement("div");
+  body.style.flex = "1";
+  const answer = document.createElement("div");
+  answer.className = "answer";
+  const fileLine = document.createElement("div");
+  fileLine.className = "file";
+  fileLine.textContent = result.name;
+  body.append(answer, fileLine);
+  for (const { label, p } of result.top) {
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
+    bar.querySelector(".name").textContent = label;
+    bar.querySelector(".fill").style.width = `${(p * 100).toFixed(1)}%`;
+    bar.querySelector(".fill").style.display = "block";
+    bar.querySelector(".value").textContent = `${(p * 100).toFixed(1)}%`;
+    body.append(bar);
+  }
+  card.append(image, body);
+  card.updateAnswer = () => {
+    const known = result.top[0].p >= state.threshold;
+    answer.textContent = known ? result.top[0].label : "unknown";
+    answer.className = known ? "answer" : "answer unknown";
+    result.prediction = answer.textContent;
+  };
+  card.updateAnswer();
+  $("results").prepend(card);
+}
+
+async function handle(files) {
+  const images = Array.from(files).filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|gif)$/i.test(f.name));
+  document.body.dataset.state = "busy";
+  let done = 0;
+  for (const file of images) {
+    setStatus(`Looking at ${file.name} (${done + 1} of ${images.length})…`);
+    try {
+      const result = await classify(file);
+      state.results.push(result);
+      render(result, file);
+    } catch (error) {
+      state.results.push({ name: file.name, error: String(error) });
+      setStatus(`${file.name}: could not be read (${error})`, true);
+    }
+    done += 1;
+  }
+  setStatus(`${state.results.length} photo(s) answered. Choose or drop more.`);
+  document.body.dataset.state = "ready";
+  document.body.dataset.answered = String(state.results.length);
+}
+
+function setThreshold(value) {
+  state.threshold = value;
+  $("threshold").value = String(value);
+  $("threshold_value").textContent = `${Math.round(value * 100)}%`;
+  for (const card of $("results").children) card.updateAnswer();
+}
+
+async function start() {
+  try {
+    if (location.protocol === "file:") {
+      throw new Error("open this page through a web server: python -m http.server in its folder");
+    }
+    const response = await fetch("model.json");
+    if (!response.ok) throw new Error(`model.json: HTTP ${response.status}`);
+    state.config = await response.json();
+    ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;  // a full URL: import() needs one
+    ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain server lacks
+    state.session = await ort.InferenceSession.create(state.config.model, { executionProviders: ["wasm"] });
+    setThreshold(state.config.threshold ?? 0);
+    const [h, w] = state.config.image_size;
+    setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, or drop them here.`);
+    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} · works offline once loaded`;
+    document.body.dataset.state = "ready";
+  } catch (error) {
+    setStatus(`The model could not be loaded: ${error.message || error}`, true);
+    document.body.dataset.state = "error";
+    return;
+  }
+  if ("serviceWorker" in navigator && window.isSecureContext) {
+    navigator.serviceWorker.register("sw.js").catch(() => {});  // offline reloads (localhost, https)
+  }
+}
+
+$("files").addEventListener("change", (event) => handle(event.target.files));
+$("camera").addEventListener("change", (event) => handle(event.target.files));
+$("threshold").addEventListener("input", (event) => setThreshold(Number(event.target.value)));
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  handle(event.dataTransfer.files);
+});
+start();

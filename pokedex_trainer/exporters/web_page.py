@@ -1,0 +1,127 @@
+"""``export.py --formats web``: a static page that names the animal in a photo, in any browser.
+
+``<export>/web/`` holds ``index.html``, its scripts, the model as ONNX (``model.onnx``, float32,
+or the smaller verified fp16 / int8 variant asked with ``--web_precision``), ``model.json``
+(labels, input size and layout, normalization, calibration temperature, threshold: taken from
+the sidecar) and ONNX Runtime Web under ``ort/``, copied from the pinned npm package
+(``npm ci`` in the project folder): no CDN, no network once the page is loaded. Serve the
+folder with ``python -m http.server`` and open it on a laptop or a phone on the same network.
+
+The page's preprocessing is the trainer's: decode, EXIF orientation, transparency over white,
+resize with OpenCV's INTER_AREA arithmetic (``preprocess.js``), RGB 0..255, ``(x - mean) /
+std``; its answers are checked against ``evaluate.py --predict`` in a real browser (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import UserError
+
+WEB_DIR = "web"
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "model.json"
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "sw.js")
+RUNTIME_DIR = "ort"
+# ONNX Runtime Web's WebAssembly build, single-threaded (python -m http.server does not send the
+# cross-origin-isolation headers that threads need): the loader, its module and the binary.
+RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# --web_precision -> the tolerance (export_run.TOLERANCES) its check is held to
+WEB_PRECISIONS = {"fp32": "float32", "fp16": "float16", "int8": "dynamic_int8"}
+PROJECT = Path(__file__).resolve().parents[2]
+TEMPLATES = Path(__file__).resolve().parent / "web"
+INSTALL = "npm ci (in the project folder, with Node.js's npm; the version is pinned in " \
+          "package.json)"
+
+
+def runtime_folder() -> Path:
+    """Where ONNX Runtime Web's files are: ``POKEDEX_ORT_WEB`` or the project's node_modules."""
+    given = os.environ.get("POKEDEX_ORT_WEB")
+    return Path(given) if given else PROJECT / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def check_runtime() -> Path:
+    """The runtime folder, or UserError (one line) saying how to install it. Checked before
+    any work, so an export never stops halfway for it."""
+    folder = runtime_folder()
+    missing = [name for name in RUNTIME_FILES if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"the web page needs ONNX Runtime Web ({', '.join(missing)} not in "
+                        f"{folder}); install it with: {INSTALL}")
+    return folder
+
+
+def runtime_version(folder: Path) -> str:
+    try:
+        return json.loads((folder.parent / "package.json").read_text("utf-8"))["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+def check_precision(text: str | None) -> str:
+    precision = (text or "fp32").strip().lower()
+    if precision not in WEB_PRECISIONS:
+        raise UserError(f"--web_precision {text}: choose {', '.join(WEB_PRECISIONS)}")
+    return precision
+
+
+def smaller_onnx(source: Path, target: Path, precision: str) -> None:
+    """The fp16 or int8 variant of a float32 ONNX file (inputs and outputs stay float32)."""
+    import onnx
+
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+        onnx.save(model, str(target))
+    else:  # int8: weights quantized, activations quantized on the fly (dynamic)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8)
+
+
+def page_config(sidecar: dict, precision: str, threshold: float | None,
+                runtime: str) -> dict:
+    """model.json: what the page needs, from the model's sidecar."""
+    given = sidecar["input"]
+    return {
+        "class_names": sidecar["class_names"], "image_size": sidecar["image_size"],
+        "layout": given.get("layout", "NHWC"), "mean": given.get("mean", [0.0] * 3),
+        "std": given.get("std", [1.0] * 3), "resize": "area",
+        "output": sidecar.get("output", {}).get("kind", "probabilities"),
+        "temperature": sidecar.get("temperature", 1.0),
+        "threshold": threshold, "precision": precision, "model": MODEL_FILE,
+        "source_model": sidecar.get("source_model", ""), "created": sidecar.get("created", ""),
+        "onnxruntime_web": runtime,
+    }
+
+
+def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
+               threshold: float | None) -> Path:
+    """Write the page into ``folder``; ``write_float32_onnx(path)`` writes the model there.
+    Returns the model file (the one the export check runs)."""
+    from ..records import atomic_write_json
+
+    runtime = check_runtime()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / MODEL_FILE
+    if precision == "fp32":
+        write_float32_onnx(model)
+    else:
+        full = folder / ".model_float32.onnx"
+        try:
+            write_float32_onnx(full)
+            smaller_onnx(full, model, precision)
+        finally:
+            full.unlink(missing_ok=True)
+    for name in PAGE_FILES:
+        shutil.copyfile(TEMPLATES / name, folder / name)
+    (folder / RUNTIME_DIR).mkdir(exist_ok=True)
+    for name in RUNTIME_FILES:
+        shutil.copyfile(runtime / name, folder / RUNTIME_DIR / name)
+    atomic_write_json(folder / CONFIG_FILE,
+                      page_config(sidecar, precision, threshold, runtime_version(runtime)))
+    return model
