@@ -135,6 +135,37 @@ def _browser():
     return chromium
 
 
+def _sharpen(run: Path, factor: float = 100.0) -> None:
+    """Multiply the head of a run's best model by ``factor``: a tiny model trained for seconds
+    answers near 1/classes everywhere, which no probability check could tell apart; sharpened,
+    its answers are decisive and move with every pixel."""
+    import torch
+
+    pth = next(run.glob("*_best.pth"), None)
+    if pth is not None:
+        payload = torch.load(pth, weights_only=True)
+        for name in ("head.weight", "head.bias"):
+            payload["state_dict"][name] = payload["state_dict"][name] * factor
+        torch.save(payload, pth)
+        return
+    import keras
+
+    path = next(run.glob("*_best.keras"))
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    head.set_weights([w * factor for w in head.get_weights()])
+    model.save(path)
+
+
+def _copy_of(source: Path, folder: Path, per_class: int) -> Path:
+    """The first ``per_class`` images of each class of ``source``."""
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        (folder / class_dir.name).mkdir(parents=True)
+        for path in sorted(class_dir.glob("*.jpg"))[:per_class]:
+            shutil.copyfile(path, folder / class_dir.name / path.name)
+    return folder
+
+
 def _test_images(dataset: Path, folder: Path) -> list[Path]:
     """20 photos of every kind the page meets: JPEG and PNG, shrunk by any or an integer
     factor, grown, transparent, grey, and turned by an EXIF orientation tag."""
@@ -183,8 +214,15 @@ def _serve(folder: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["tiny_torch", "tiny_keras"])
-def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, tiny_dataset, model_type):
+@pytest.mark.parametrize("model_type, precision, tolerance", [
+    ("tiny_torch", "fp32", 1e-3), ("tiny_keras", "fp32", 1e-3),
+    ("tiny_keras", "fp16", 1e-3), ("tiny_torch", "int8", 1e-2)])
+def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, precision,
+                                                         tolerance):
+    """The same model file in the page (ONNX Runtime Web, wasm) and in evaluate.py --predict
+    (ONNX Runtime for Python): same top-1 and 'unknown' on all 20 photos, probabilities within
+    1e-3 (int8: 1e-2, its integer kernels differ between the two builds), and the page's
+    resized pixels within one level of the trainer's (decoding, EXIF, resize)."""
     chromium = _browser()
     from playwright.sync_api import sync_playwright
 
@@ -193,11 +231,17 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, tiny_dataset
     from pokedex_trainer.augment import build_eval_transform
     from pokedex_trainer.images import read_image
 
-    run = train_tiny_run(tiny_dataset, tmp_path, model_type, "--epochs", "4")
+    if os.environ.get("POKEDEX_WEB_RUN"):  # a run of yours (docs/export.md: the screenshot)
+        run, data = Path(os.environ["POKEDEX_WEB_RUN"]), ROOT / "data" / "demo"
+    else:
+        data = _copy_of(ROOT / "data" / "demo", tmp_path / "demo", per_class=12)
+        run = train_tiny_run(data, tmp_path, model_type, "--epochs", "3")
+        _sharpen(run)
     assert run_main(export_main, ["--run_dir", str(run), "--formats", "web",
-                                  "--check_images", "6", "--threshold", "0.5"]) == 0
+                                  "--web_precision", precision, "--check_images", "6",
+                                  "--threshold", "0.5"]) == 0
     page_dir = run / "export" / "web"
-    photos = _test_images(tiny_dataset, tmp_path / "photos")
+    photos = _test_images(data, tmp_path / "photos")
     expected = {Path(r["image"]).name: r for r in predict_command(
         str(tmp_path / "photos"), None, str(page_dir / "model.onnx"), 3, 0.5,
         str(tmp_path / "predictions"))}
@@ -214,7 +258,7 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, tiny_dataset
             page.set_input_files("#files", [str(p) for p in photos])
             page.wait_for_selector(f"body[data-answered='{len(photos)}']", timeout=300_000)
             answers = page.evaluate("window.pokedexResults")
-            if os.environ.get("POKEDEX_DOCS_SCREENSHOT") == "1" and model_type == "tiny_keras":
+            if os.environ.get("POKEDEX_DOCS_SCREENSHOT") == "1" and precision == "fp32":
                 page.screenshot(path=str(ROOT / "docs" / "images" / "web_page.png"))
             page.screenshot(path=str(tmp_path / "page.png"))
             browser.close()
@@ -237,5 +281,9 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, tiny_dataset
                 difference = abs(top["p"] - python["top_probabilities"][index])
                 worst_probability = max(worst_probability, difference)
     assert worst_pixel <= 1, worst_pixel  # decode + EXIF + resize: within one level
-    assert worst_probability <= 1e-3, worst_probability
+    assert worst_probability <= tolerance, worst_probability
+    print(f"{model_type} {precision}: pixels within {worst_pixel}, probabilities within "
+          f"{worst_probability:.2g}")
     assert (tmp_path / "page.png").stat().st_size > 10_000
+    confident = [a for a in answers if a["top"][0]["p"] >= 0.5]
+    assert len(confident) >= 5, [a["top"][0]["p"] for a in answers]  # decisive answers
