@@ -52,7 +52,7 @@ def kfold_splits(index: DatasetIndex, k: int, val_split: float, seed: int) -> li
 
 def run_kfold(config: TrainConfig, k: int) -> Path:
     """Train one run per fold, then write and print the mean and spread of the metrics."""
-    from .training import _train_and_record, create_run, prepare_data
+    from .training import create_run, prepare_data, train_new_run
 
     config = config.resolved()
     index, _, notes = prepare_data(config)
@@ -64,7 +64,7 @@ def run_kfold(config: TrainConfig, k: int) -> Path:
                     len(splits["train"]), len(splits["val"]), len(splits["test"]))
         fold_config = replace(config, run_name=f"{base}_fold{number}of{k}", test_split=1 / k)
         context, fold_notes = create_run(fold_config, prepared=(index, splits, notes))
-        run_dir = _train_and_record(context, fold_notes, None)
+        run_dir = train_new_run(context, fold_notes)  # the lock and cleanup of any run
         summaries.append(read_summary(run_dir / "summary.json") or {})
     return write_kfold_summary(Path(config.output_dir) / f"{base}_kfold{k}.json", summaries)
 

@@ -292,6 +292,13 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
         finally:
             lock.release()
     context, notes = create_run(config)
+    return train_new_run(context, notes, on_epoch)
+
+
+def train_new_run(context: RunContext, notes: list[str], on_epoch=None) -> Path:
+    """Train a run whose directory ``create_run`` just made (a single run, a k-fold fold):
+    locked while it trains, recorded whatever happens, removed again when bad input stops it
+    before its first epoch."""
     lock = RunLock(context.run_dir).acquire()
     try:
         return _train_and_record(context, notes, None, fresh=True, lock=lock,

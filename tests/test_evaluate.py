@@ -289,6 +289,36 @@ def test_ensemble_of_runs_with_different_test_splits_is_refused(keras_run, torch
     assert "different test splits" in err and len(err.splitlines()) == 1
 
 
+def test_a_kfold_fold_is_locked_and_leaves_nothing_when_stopped_before_its_first_epoch(
+        tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Each fold goes through the run lifecycle of any run: the run lock while it trains, and
+    its directory removed again when bad input stops it before its first epoch."""
+    import pokedex_trainer.training as training
+    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.records import RunLock
+
+    locked = []
+    real_acquire = RunLock.acquire
+
+    def acquire(self):
+        locked.append(self.run_dir.name)
+        return real_acquire(self)
+
+    def refuse(framework):
+        raise UserError("this fold's input is refused")
+
+    monkeypatch.setattr(RunLock, "acquire", acquire)
+    monkeypatch.setattr(training, "load_backend", refuse)
+    argv = ["--data_path", str(tiny_dataset), "--model_type", "tiny_keras", "--weights",
+            "none", "--kfold", "2", "--output_dir", str(tmp_path / "runs"), "--log_dir",
+            str(tmp_path / "tb"), "--run_name", "k", "--workers", "0"]
+    assert run_main(train_main, argv) == 2
+    assert "this fold's input is refused" in capsys.readouterr().err
+    assert locked == ["k_fold1of2"]  # the first fold, locked; the k-fold stopped there
+    assert not (tmp_path / "runs" / "k_fold1of2").exists()
+
+
 def test_kfold_with_export_is_a_one_line_error_before_training(tiny_dataset, tmp_path, capsys):
     from pokedex_trainer.cli import train_main
 
