@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .core.context import RunContext
 from .core.loop import RunState
+from .records import RECIPE_COLUMNS
 
 LIBRARIES = ("tensorflow", "keras", "torch", "torchvision", "albumentations",
              "opencv-python-headless", "numpy", "pillow")
@@ -58,10 +59,6 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
         "search_trial": "" if config.search_trial is None else config.search_trial,
         **{name: getattr(config, name) for name in RECIPE_COLUMNS},
     }
-
-
-RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr",
-                  "optimizer", "weight_decay", "ema")
 
 
 def _fmt(value) -> str:

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 
 from .errors import UserError
-from .records import EXPERIMENT_COLUMNS, atomic_write_bytes, read_experiments
+from .records import (EXPERIMENT_COLUMNS, RECIPE_COLUMNS, atomic_write_bytes,
+                      read_experiments)
 
 HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "image_size",
                    "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
@@ -39,7 +40,6 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
     if not rows:
         raise UserError(f"'{path}' holds no runs yet")
     from .config import TrainConfig
-    from .environment import RECIPE_COLUMNS
 
     for row in rows:
         row["augment"] = OLD_AUGMENT.get(row.get("augment"), row.get("augment"))

@@ -18,14 +18,17 @@ from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
+# The training recipe's options, one column each (experiments.py reads runs from before an
+# option existed with its default).
+RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr",
+                  "optimizer", "weight_decay", "ema")
 EXPERIMENT_COLUMNS = [
     "run_name", "model_type", "status", "started", "duration_s", "epochs_run",
     "best_val_accuracy", "best_val_top5_accuracy", "best_epoch", "test_accuracy",
     "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
     "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
     "augment", "class_weight", "sampler", "seed", "run_dir", "reason", "keras_backend",
-    "search_name", "search_trial", "augment_warmup", "label_smoothing", "lr_schedule",
-    "warmup_epochs", "min_lr", "optimizer", "weight_decay", "ema",
+    "search_name", "search_trial", *RECIPE_COLUMNS,
 ]
 
 
