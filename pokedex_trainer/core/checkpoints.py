@@ -9,7 +9,6 @@ folder stand; older folders are removed only afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -109,12 +108,6 @@ class CheckpointSaver:
                 shutil.rmtree(path, ignore_errors=True)
             elif path.name in LEGACY_STATE_FILES or _STATE_TMP.match(path.name):
                 path.unlink(missing_ok=True)
-
-    def read_position(self) -> dict | None:
-        """The saved position of an interrupted run, or None when it has none."""
-        if not self.layout.resume_state.is_file():
-            return None
-        return json.loads(self.layout.resume_state.read_text(encoding="utf-8"))
 
     def restore(self, backend: TrainingBackend, position: dict) -> dict | None:
         """Load the weights and optimizer saved with ``position`` into ``backend``."""
