@@ -178,7 +178,8 @@ def _test_images(dataset: Path, folder: Path) -> list[Path]:
              [("jpg", (24, 20), "RGB")] * 2 + [("jpg", (96, 80), "L")] * 2)
     written = []
     for index, (kind, size, mode) in enumerate(kinds):
-        image = Image.open(sources[index * 7 % len(sources)]).convert("RGB").resize(size)
+        source = sources[index * len(sources) // len(kinds)]  # every class, in turn
+        image = Image.open(source).convert("RGB").resize(size)
         if mode == "RGBA":
             image = image.convert("RGBA")
             alpha = Image.linear_gradient("L").resize(size)
@@ -218,7 +219,7 @@ def _serve(folder: Path):
     ("tiny_torch", "fp32", 1e-3), ("tiny_keras", "fp32", 1e-3),
     ("tiny_keras", "fp16", 1e-3), ("tiny_torch", "int8", 1e-2)])
 def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, precision,
-                                                         tolerance):
+                                                         tolerance, caplog):
     """The same model file in the page (ONNX Runtime Web, wasm) and in evaluate.py --predict
     (ONNX Runtime for Python): same top-1 and 'unknown' on all 20 photos, probabilities within
     1e-3 (int8: 1e-2, its integer kernels differ between the two builds), and the page's
@@ -242,9 +243,14 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
                                   "--threshold", "0.5"]) == 0
     page_dir = run / "export" / "web"
     photos = _test_images(data, tmp_path / "photos")
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
     expected = {Path(r["image"]).name: r for r in predict_command(
-        str(tmp_path / "photos"), None, str(page_dir / "model.onnx"), 3, 0.5,
-        str(tmp_path / "predictions"))}
+        str(tmp_path / "photos"), None, str(page_dir / "model.onnx"), 3, 0.5, None)}
+    assert "skipped 1 file(s) that are not .jpg/.jpeg/.png images: notes.txt" in caplog.text
+    # the page's folder is what a phone is served: the list of photos goes beside it
+    assert (page_dir.parent / "predictions" / "predictions.csv").is_file()
+    assert not (page_dir / "predictions").exists()
+    (tmp_path / "photos" / "notes.txt").unlink()
     config = json.loads((page_dir / "model.json").read_text("utf-8"))
     size = tuple(config["image_size"])
     server = _serve(page_dir)
@@ -256,10 +262,20 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
             page.goto(f"http://127.0.0.1:{server.server_port}/index.html?debug=1")
             page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             page.set_input_files("#files", [str(p) for p in photos])
-            page.wait_for_selector(f"body[data-answered='{len(photos)}']", timeout=300_000)
-            answers = page.evaluate("window.pokedexResults")
+            page.wait_for_selector(f"body[data-processed='{len(photos)}']", timeout=300_000)
             if os.environ.get("POKEDEX_DOCS_SCREENSHOT") == "1" and precision == "fp32":
                 page.screenshot(path=str(ROOT / "docs" / "images" / "web_page.png"))
+            broken = tmp_path / "broken.jpg"  # not an image: a card says so, nothing else stops
+            broken.write_text("not a photo")
+            page.set_input_files("#files", [str(broken)])
+            page.wait_for_selector(f"body[data-processed='{len(photos) + 1}']",
+                                   timeout=300_000)
+            answers = page.evaluate("window.pokedexResults")
+            failed = [a for a in answers if a.get("error")]
+            assert [a["name"] for a in failed] == ["broken.jpg"], failed
+            assert page.locator(".card.failed").count() == 1
+            assert "1 could not be read" in page.inner_text("#status")
+            answers = [a for a in answers if not a.get("error")]
             page.screenshot(path=str(tmp_path / "page.png"))
             browser.close()
     finally:

@@ -429,9 +429,12 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     from ..dataset import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
+    home = run or model_path.parent
+    if (home / "index.html").is_file() and (home / "model.json").is_file():
+        home = home.parent  # a web page's folder is served to the network: not the photo list
     if Path(target).is_dir():  # before any work: the folder may hold the user's own files
-        out = prepared_folder(output_dir, (run or model_path.parent) / "predictions",
-                              PREDICTION_FILES, own_default=run is not None)
+        out = prepared_folder(output_dir, home / "predictions", PREDICTION_FILES,
+                              own_default=run is not None)
     predictor = _load(model_path, run)
     member = Member(model_path.name, predictor, run,
                     calibration_file=Path(calibration) if calibration else None)
@@ -442,7 +445,14 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
                        "evaluate.py --run_dir first to fit the temperature)", model_path.name)
     target_path = Path(target)
     if target_path.is_dir():
-        files = sorted(p for p in target_path.rglob("*") if p.is_file() and is_image_file(p))
+        found = sorted(p for p in target_path.rglob("*") if p.is_file())
+        files = [p for p in found if is_image_file(p)]
+        others = [p for p in found if p not in files and not p.name.startswith(".")
+                  and p.name not in PREDICTION_FILES]
+        if others:
+            logger.warning("skipped %d file(s) that are not .jpg/.jpeg/.png images: %s%s",
+                           len(others), ", ".join(p.name for p in others[:5]),
+                           " ..." if len(others) > 5 else "")
         if not files:
             raise UserError(f"'{target}' holds no .jpg/.jpeg/.png image")
     elif target_path.is_file():

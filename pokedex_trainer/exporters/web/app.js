@@ -74,31 +74,60 @@ function render(result, file) {
   $("results").prepend(card);
 }
 
+function renderError(name, error) {
+  const card = document.createElement("div");
+  card.className = "card failed";
+  const body = document.createElement("div");
+  const answer = document.createElement("div");
+  answer.className = "answer unknown";
+  answer.textContent = "could not be read";
+  const fileLine = document.createElement("div");
+  fileLine.className = "file";
+  fileLine.textContent = `${name}: ${error}`;
+  body.append(answer, fileLine);
+  card.append(body);
+  card.updateAnswer = () => {};
+  $("results").prepend(card);
+}
+
+let resolveReady;
+const modelReady = new Promise((resolve) => { resolveReady = resolve; });
+let running = 0;  // batches being answered (the file input and the camera can overlap)
+
 async function handle(files) {
-  const images = Array.from(files).filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|gif)$/i.test(f.name));
+  const images = Array.from(files);  // what the browser cannot decode gets a card saying so
+  if (!images.length) return;
+  running += 1;
   document.body.dataset.state = "busy";
-  let done = 0;
-  for (const file of images) {
-    setStatus(`Looking at ${file.name} (${done + 1} of ${images.length})…`);
+  if (!state.session) setStatus(`Waiting for the model to load before answering ${images.length} photo(s)…`);
+  await modelReady;  // photos picked while the model loads wait for it
+  if (!state.session) { running -= 1; return; }  // the model could not load: the status says why
+  for (const [index, file] of images.entries()) {
+    setStatus(`Looking at ${file.name} (${index + 1} of ${images.length})…`);
     try {
       const result = await classify(file);
       state.results.push(result);
       render(result, file);
     } catch (error) {
-      state.results.push({ name: file.name, error: String(error) });
-      setStatus(`${file.name}: could not be read (${error})`, true);
+      const reason = error && error.message ? error.message : String(error);
+      state.results.push({ name: file.name, error: reason });
+      renderError(file.name, reason);
     }
-    done += 1;
   }
-  setStatus(`${state.results.length} photo(s) answered. Choose or drop more.`);
-  document.body.dataset.state = "ready";
-  document.body.dataset.answered = String(state.results.length);
+  running -= 1;
+  const failed = state.results.filter((r) => r.error).length;
+  const answered = state.results.length - failed;
+  const note = failed ? ` ${failed} could not be read (see their cards).` : "";
+  setStatus(`${answered} photo(s) answered.${note} Choose or drop more.`, failed > 0);
+  document.body.dataset.processed = String(state.results.length);
+  document.body.dataset.answered = String(answered);
+  if (running === 0) document.body.dataset.state = "ready";
 }
 
 function setThreshold(value) {
   state.threshold = value;
   $("threshold").value = String(value);
-  $("threshold_value").textContent = `${Math.round(value * 100)}%`;
+  $("threshold_value").textContent = `${Number((value * 100).toFixed(1))}%`;
   for (const card of $("results").children) card.updateAnswer();
 }
 
@@ -118,9 +147,11 @@ async function start() {
     setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, or drop them here.`);
     $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} · works offline once loaded`;
     document.body.dataset.state = "ready";
+    resolveReady();
   } catch (error) {
     setStatus(`The model could not be loaded: ${error.message || error}`, true);
     document.body.dataset.state = "error";
+    resolveReady();
     return;
   }
   if ("serviceWorker" in navigator && window.isSecureContext) {
