@@ -77,15 +77,26 @@ def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
 KERAS_STYLE_SCALARS = {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"}
 
 
+def tiny_run_argv(data: Path, out: Path, model_type: str, *extra: str,
+                  run_name: str | None = None, epochs: int = 2, batch_size: int = 8
+                  ) -> list[str]:
+    """The arguments of a tiny training run: weights none, 32 px, ``epochs`` epochs and no
+    fine-tuning, no loader workers, no histograms, outputs in ``out``/runs and ``out``/tb;
+    named ``run_name`` (None: the trainer names it), then ``extra`` (a later option wins)."""
+    argv = ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
+            "--image_size", "32", "32", "--batch_size", str(batch_size), "--epochs", str(epochs),
+            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
+            "--output_dir", str(out / "runs"), "--log_dir", str(out / "tb")]
+    if run_name is not None:
+        argv += ["--run_name", run_name]
+    return argv + list(extra)
+
+
 def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
     """Train a small run in this process (weights none, 32 px, 2 epochs unless overridden)."""
     from pokedex_trainer.cli import run_main, train_main
 
-    argv = ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
-            "--image_size", "32", "32", "--batch_size", "8", "--epochs", "2",
-            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
-            "--output_dir", str(out / "runs"), "--log_dir", str(out / "tb"),
-            "--run_name", f"{model_type}_tiny", *extra]
+    argv = tiny_run_argv(data, out, model_type, *extra, run_name=f"{model_type}_tiny")
     assert run_main(train_main, argv) == 0
     return out / "runs" / f"{model_type}_tiny"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, nth_commit, run_with_signal_at
+from conftest import ROOT, nth_commit, run_with_signal_at, tiny_run_argv
 
 MOMENTS = {
     # the resume state of epoch 2 is written, its state.json not yet
@@ -33,11 +33,9 @@ def _run(tmp_path, *argv):
 def test_kill_during_a_save_leaves_a_run_that_resumes_evaluates_and_exports(
         tmp_path, tiny_dataset, moment):
     run_dir = tmp_path / "runs" / "run"
-    argv = [str(ROOT / "train_professional_models.py"), "--data_path", str(tiny_dataset),
-            "--model_type", "tiny_torch", "--weights", "none", "--image_size", "32", "32",
-            "--batch_size", "8", "--epochs", "3", "--fine_tune_epochs", "0", "--workers", "0",
-            "--save_every", "1", "--histogram_freq", "0", "--output_dir",
-            str(tmp_path / "runs"), "--log_dir", str(tmp_path / "tb"), "--run_name", "run"]
+    argv = [str(ROOT / "train_professional_models.py"),
+            *tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch", "--save_every", "1", epochs=3,
+                           run_name="run")]
     killed = run_with_signal_at(tmp_path, argv, MOMENTS[moment])
     assert killed.returncode == -9, killed.stderr[-2000:]
     # a stray file that looks like the old temporary names must not be taken for a model

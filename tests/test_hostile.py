@@ -14,7 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import ROOT, nth_commit, run_with_signal_at, train_tiny_run  # noqa: E402
+from conftest import (ROOT, nth_commit, run_with_signal_at, tiny_run_argv,  # noqa: E402
+                      train_tiny_run)
 from pokedex_trainer.cli import evaluate_main, export_main, run_main, train_main  # noqa: E402
 
 
@@ -220,10 +221,7 @@ def test_class_map_targets_are_single_folder_names(tmp_path, capsys, target):
 
 
 def _train_argv(tmp_path, data, *extra):
-    return ["--data_path", str(data), "--model_type", "tiny_torch", "--weights", "none",
-            "--image_size", "32", "32", "--batch_size", "8", "--epochs", "1",
-            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
-            "--output_dir", str(tmp_path / "runs"), "--log_dir", str(tmp_path / "tb"), *extra]
+    return tiny_run_argv(data, tmp_path, "tiny_torch", *extra, epochs=1)
 
 
 @pytest.mark.parametrize("extra, message", [

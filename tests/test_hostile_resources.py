@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from conftest import tiny_run_argv
 from pokedex_trainer.cli import evaluate_main, export_main, run_main, train_main
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.prepare import main as prepare_main
@@ -17,10 +18,7 @@ TOO_LONG = "x" * 300  # longer than any file system's longest name (255 bytes)
 
 
 def tiny_train_argv(data, out, *extra):
-    return ["--data_path", str(data), "--model_type", "tiny_torch", "--weights", "none",
-            "--image_size", "32", "32", "--batch_size", "4", "--epochs", "1",
-            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
-            "--output_dir", str(out / "runs"), "--log_dir", str(out / "tb"), *extra]
+    return tiny_run_argv(data, out, "tiny_torch", *extra, epochs=1, batch_size=4)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_run_argv
 from pokedex_trainer.distributed import group_problem
 
 
@@ -33,11 +33,8 @@ def _free_port() -> int:
 
 
 def _train_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
-    return ["--data_path", str(data), "--model_type", "tiny_torch", "--weights", "none",
-            "--image_size", "32", "32", "--batch_size", "4", "--epochs", str(epochs),
-            "--fine_tune_epochs", "0", "--val_split", "0.25", "--test_split", "0.25",
-            "--workers", "0", "--histogram_freq", "0", "--output_dir", str(out / "runs"),
-            "--log_dir", str(out / "tb")]
+    return tiny_run_argv(data, out, "tiny_torch", "--val_split", "0.25", "--test_split", "0.25",
+                         epochs=epochs, batch_size=4)
 
 
 def _launcher(node_rank: int, rendezvous: list[str]) -> list[str]:

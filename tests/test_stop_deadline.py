@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_run_argv
 
 # The child: the real trainer, with fit_epoch (or the validation pass) of one epoch blocking.
 BLOCKING_TRAINER = """
@@ -64,11 +64,7 @@ sys.exit(run_main(train_main, {argv!r}))
 
 
 def _start(tmp_path, data, model_type, grace, where="fit"):
-    argv = ["--data_path", str(data), "--model_type", model_type, "--weights", "none",
-            "--image_size", "32", "32", "--batch_size", "8", "--epochs", "3",
-            "--fine_tune_epochs", "0", "--workers", "0", "--histogram_freq", "0",
-            "--output_dir", str(tmp_path / "runs"), "--log_dir", str(tmp_path / "tb"),
-            "--run_name", "run"]
+    argv = tiny_run_argv(data, tmp_path, model_type, epochs=3, run_name="run")
     code = BLOCKING_TRAINER.format(root=str(ROOT), started=str(tmp_path / "started"),
                                    signalled=str(tmp_path / "signalled"), epoch=1,
                                    where=where, argv=argv)
