@@ -143,7 +143,8 @@ class RunState:
         if stop:
             logger.info("early stopping: no better %s for %d epochs (best %.4f at epoch %d)",
                         MONITOR, self.patience, self.tracker.best, self.tracker.best_epoch)
-        if self.on_epoch is not None and self.on_epoch(self.epochs_run, logs) and not stop:
+        # a pruned verdict ends the run even when early stopping ends the phase that epoch
+        if self.on_epoch is not None and self.on_epoch(self.epochs_run, logs):
             self.stop_reason = "pruned"
             logger.info("pruned by the search after epoch %d: %s below the median of the "
                         "earlier trials", epoch + 1, MONITOR)
