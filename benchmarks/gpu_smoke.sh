@@ -58,7 +58,7 @@ data_for() {  # size: 10 classes x 60 photo-like JPEGs, written once
   local folder="benchmarks/data/smoke_$1"
   [ -d "$folder" ] || python -c "
 import sys; sys.path.insert(0, '.')
-from pathlib import Path; from pokedex_trainer.synthetic import write_dataset
+from pathlib import Path; from pokedex_trainer.data.synthetic import write_dataset
 write_dataset(Path('$folder'), classes=[f'Clase{i:02d}' for i in range(10)], per_class=60,
               size=($1 * 4 // 3, $1), seed=0, quality=92)"
   echo "$folder"

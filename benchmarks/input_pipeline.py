@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pokedex_trainer.dataset import scan_dataset  # noqa: E402
-from pokedex_trainer.feeding import BatchLoader, BatchSource  # noqa: E402
-from pokedex_trainer.synthetic import write_dataset  # noqa: E402
+from pokedex_trainer.data.scan import scan_dataset  # noqa: E402
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource  # noqa: E402
+from pokedex_trainer.data.synthetic import write_dataset  # noqa: E402
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
@@ -45,8 +45,8 @@ def bare_loop(root: Path, samples, side: int, barrier=None) -> float:
     """Images/s of read + decode + the full Compose, one process, no batching."""
     import cv2
 
-    from pokedex_trainer.augment import build_train_transform
-    from pokedex_trainer.images import read_image
+    from pokedex_trainer.data.augment import build_train_transform
+    from pokedex_trainer.data.images import read_image
 
     cv2.setNumThreads(1)  # as in the loader's workers: one process per core
     transform = build_train_transform((side, side), seed=0)
@@ -78,7 +78,7 @@ def project_loader(root: Path, samples, side: int, workers: int, batch: int,
                    cache: str, cache_dir: Path) -> float:
     image_cache = None
     if cache != "none":
-        from pokedex_trainer.image_cache import ImageCache
+        from pokedex_trainer.data.cache import ImageCache
 
         image_cache = ImageCache(root, sorted(r for r, _ in samples), (side, side), cache,
                                  cache_dir)

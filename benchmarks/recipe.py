@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="class folders neither sees, for the test accuracy")
     parser.add_argument("--synthetic_test", type=int, default=0, metavar="N",
                         help="instead of --test_path: N new demo images per class "
-                             "(pokedex_trainer.synthetic, seed 1), for the demo data")
+                             "(pokedex_trainer.data.synthetic, seed 1), for the demo data")
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 20],
                         help="epoch budgets; the tool's count both phases (default: 4 20)")
     parser.add_argument("--fine_tune_share", type=float, default=0.2,
@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_folders(train_path: str, test_path: str | None) -> list[str]:
     """The training classes; both folders exist, hold images, and (with a test folder) the
     same classes. ValueError otherwise."""
-    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.errors import UserError
 
     classes = {}
@@ -281,7 +281,7 @@ def format_table(results: list[dict], names: list[str]) -> str:
 
 def synthetic_test_folder(folder: Path, per_class: int, image_size: int) -> str:
     """New images of the demo's classes (data/demo is seed 0)."""
-    from pokedex_trainer.synthetic import write_demo
+    from pokedex_trainer.data.synthetic import write_demo
 
     write_demo(folder, per_class=per_class, size=image_size, seed=1)
     return str(folder)

@@ -24,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pokedex_trainer.config import TrainConfig, default_workers  # noqa: E402
-from pokedex_trainer.dataset import scan_dataset  # noqa: E402
-from pokedex_trainer.feeding import BatchLoader, BatchSource  # noqa: E402
+from pokedex_trainer.data.scan import scan_dataset  # noqa: E402
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource  # noqa: E402
 from pokedex_trainer.models import MODEL_SPECS, get_spec  # noqa: E402
 
 
 def photo_like_dataset(root: Path, size: int, classes: int = 10, per_class: int = 24) -> Path:
     """Generated JPEGs of realistic size and texture (not flat colours), written once."""
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     target = root / f"photos_{size}"
     if not target.exists():
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         index = scan_dataset(root)
         cache = None
         if args.cache != "none":
-            from pokedex_trainer.image_cache import ImageCache
+            from pokedex_trainer.data.cache import ImageCache
 
             cache = ImageCache(root, [r for r, _ in index.samples], config.image_size,
                                args.cache, Path(args.data_dir) / "cache")

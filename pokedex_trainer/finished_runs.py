@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .dataset import read_manifest, scan_dataset
+from .data.scan import read_manifest, scan_dataset
 from .errors import UserError
 from .layout import CONFIG, MANIFEST, RunLayout
 from .run_files import run_class_names
@@ -80,8 +80,8 @@ class LabelledImages:
     def load(self, image_size: tuple[int, int], batch_size: int = 32, progress: str | None = None):
         """Yield (uint8 images (N, H, W, 3), labels) batches through the evaluation transform;
         an unreadable file is skipped with a warning."""
-        from .feeding import BatchSource
-        from .images import UnreadableImageError
+        from .data.feeding import BatchSource
+        from .data.images import UnreadableImageError
 
         source = BatchSource(self.root, self.samples, image_size, training=False)
         indices = range(len(self.samples))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .dataset import DatasetIndex, stratified_split
+from .data.scan import DatasetIndex, stratified_split
 from .errors import UserError
 from .records import atomic_write_json, timestamp
 from .run_files import read_summary

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
+from .data.scan import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
                       RECOMMENDED_MIN_IMAGES_PER_CLASS, list_class_dirs, list_images)
-from .archive import ANIMALS10, find_image_roots, looks_like_animals10, prepare_command
+from .data.archives import ANIMALS10, find_image_roots, looks_like_animals10, prepare_command
 from .errors import UserError
 from .prepare_state import (PrepareState, check_output_class_dirs, earlier_settings, may_replace,
                             read_state, remove_killed_writes, remove_stale, user_files,
@@ -129,7 +129,7 @@ def locate_images(input_dir: Path, output_dir: Path | None) -> tuple[Path, tuple
     Raises UserError when the archive lies inside the output folder: the training folder
     would then hold the raw archive too. The message names a command that works.
     """
-    from .archive import mixed_layout_warnings
+    from .data.archives import mixed_layout_warnings
 
     roots = find_image_roots(input_dir)
     if roots is None:
@@ -169,7 +169,7 @@ def effective_class_map(value: str | None, class_names: list[str],
 
 def _fingerprint(task: tuple[str, str]) -> tuple[str, int, int, str, int, int, str]:
     root, relative = task
-    from .images import UnreadableImageError, probe_image
+    from .data.images import UnreadableImageError, probe_image
 
     path = Path(root) / relative
     stat = path.stat()
@@ -221,7 +221,7 @@ def _convert(task: tuple) -> tuple[str, str, str]:
     root, relative, output, size, mode, *recorded = task
     from PIL import Image
 
-    from .images import UnreadableImageError, read_image
+    from .data.images import UnreadableImageError, read_image
 
     try:
         image = read_image(Path(root) / relative, min_size=(size, size))

@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .dataset import list_class_dirs, list_images
+from .data.scan import list_class_dirs, list_images
 from .errors import UserError
 from .records import atomic_write_json
 

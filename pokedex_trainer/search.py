@@ -272,7 +272,7 @@ def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:
 
 def prepare_search(config: TrainConfig, actions: dict, resume, explicit: dict) -> Search:
     """Check everything a trial would need before the first trial starts."""
-    from .dataset import scan_dataset
+    from .data.scan import scan_dataset
     from .records import ensure_writable_dir
 
     _refuse_combinations(actions, resume, explicit)
@@ -476,7 +476,7 @@ def _distribution(param: Param):
 
 def study_signature(config: TrainConfig) -> dict:
     """What every trial of a study must share to be compared (paths may differ per machine)."""
-    from .dataset import scan_dataset
+    from .data.scan import scan_dataset
 
     from .models import choose_framework
 

@@ -20,7 +20,7 @@ from .core.context import RunContext
 from .core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from .core.loop import MONITOR, RunState, run_phases
 from .core.phases import plan_phases
-from .dataset import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
+from .data.scan import (DatasetIndex, check_class_count, dataset_warnings, drop_samples,
                       find_unreadable_headers, read_manifest, scan_dataset, stratified_split,
                       write_manifest)
 from .distributed import check_keras_cluster, describe_group, describe_node, group_problem
@@ -68,7 +68,7 @@ def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
             notes.append(f"class folders with no readable image, left out: {', '.join(emptied)}")
             check_class_count(index, " with readable images")
     notes.extend(dataset_warnings(index, config.image_size))
-    from .balance import IMBALANCE_WARNING_RATIO, imbalance_ratio
+    from .data.balance import IMBALANCE_WARNING_RATIO, imbalance_ratio
 
     ratio = imbalance_ratio(index.counts().values())
     if ratio > IMBALANCE_WARNING_RATIO and config.class_weight == config.sampler == "none":
@@ -165,7 +165,7 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     config = config.resolved()
     index, splits, notes = prepared if prepared else prepare_data(config)
     if config.cache == "ram":  # before any work: a full cache would have the run killed
-        from .image_cache import check_ram_cache_fits
+        from .data.cache import check_ram_cache_fits
 
         check_ram_cache_fits(sum(map(len, splits.values())), config.image_size,
                              config.batch_size)

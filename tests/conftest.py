@@ -37,7 +37,7 @@ try:
 except ImportError:
     pass
 
-from pokedex_trainer.synthetic import write_dataset  # noqa: E402
+from pokedex_trainer.data.synthetic import write_dataset  # noqa: E402
 
 TINY_CLASSES = ("Gato", "León", "Perro")
 

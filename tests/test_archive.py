@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from pokedex_trainer.archive import ANIMALS10, find_image_roots, prepare_command
+from pokedex_trainer.data.archives import ANIMALS10, find_image_roots, prepare_command
 from pokedex_trainer.cli import build_prepare_parser, run_main, train_main
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.prepare import prepare
-from pokedex_trainer.synthetic import write_dataset
+from pokedex_trainer.data.synthetic import write_dataset
 
 
 def animals10_archive(folder: Path, per_class: int = 4, size=(40, 40)) -> Path:
@@ -98,7 +98,7 @@ def test_prepare_merges_a_nested_layout(tmp_path):
 
 
 def test_a_wrapper_beside_real_classes_is_named_in_the_warning(tmp_path, caplog):
-    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.data.scan import scan_dataset
 
     write_dataset(tmp_path / "training", classes=("Gato", "León"), per_class=2, size=(16, 16))
     write_dataset(tmp_path / "training" / "raw-img", classes=("cane",), per_class=1,
@@ -150,7 +150,7 @@ def test_mixed_layouts_are_said_and_reports_are_not_photos(tmp_path):
     commands keep '$' literal."""
     from PIL import Image
 
-    from pokedex_trainer.archive import mixed_layout_warnings
+    from pokedex_trainer.data.archives import mixed_layout_warnings
 
     loose = animals10_archive(tmp_path / "a", per_class=1, size=(16, 16))
     Image.new("RGB", (8, 8)).save(loose / "raw-img" / "loose.jpg")

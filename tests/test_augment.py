@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import albumentations as A
 
-from pokedex_trainer.augment import build_eval_transform, build_train_transform
+from pokedex_trainer.data.augment import build_eval_transform, build_train_transform
 
 SEED_TRANSFORMS = {
     "random resized crop": A.RandomResizedCrop, "horizontal flip": A.HorizontalFlip,
@@ -53,7 +53,7 @@ def test_the_pipelines_do_not_import_pytorch():
     import subprocess
     import sys
 
-    code = ("import sys; import pokedex_trainer.feeding, pokedex_trainer.augment as a; "
+    code = ("import sys; import pokedex_trainer.data.feeding, pokedex_trainer.data.augment as a; "
             "a.build_train_transform((32, 32)); print('torch' in sys.modules); "
             "import albumentations.pytorch; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

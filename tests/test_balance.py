@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pokedex_trainer.balance import balanced_class_weights, imbalance_ratio
+from pokedex_trainer.data.balance import balanced_class_weights, imbalance_ratio
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.dataset import scan_dataset
-from pokedex_trainer.feeding import BatchLoader, BatchSource
+from pokedex_trainer.data.scan import scan_dataset
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource
 
 
 def test_balanced_class_weights_as_computed_by_hand():

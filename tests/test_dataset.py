@@ -2,7 +2,7 @@
 
 import pytest
 
-from pokedex_trainer.dataset import (read_manifest, scan_dataset, split_counts,
+from pokedex_trainer.data.scan import (read_manifest, scan_dataset, split_counts,
                                      stratified_split, write_manifest)
 from pokedex_trainer.errors import UserError
 

@@ -52,7 +52,7 @@ TINY_PARAMS = {
 def _project(tmp_path: Path) -> Path:
     """A git repository with this project's scripts, package and pipeline, tiny parameters
     and tiny raw photos (nested in an archive folder, as a download extracts)."""
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     repo = tmp_path / "project"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")

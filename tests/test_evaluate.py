@@ -13,7 +13,7 @@ import pytest
 
 from conftest import train_tiny_run
 from pokedex_trainer.cli import evaluate_main, run_main
-from pokedex_trainer.synthetic import write_dataset
+from pokedex_trainer.data.synthetic import write_dataset
 
 FAST = ["--latency_runs", "3", "--latency_batch", "4"]
 
@@ -267,8 +267,8 @@ def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_e
     (tmp_path / "model.onnx.json").write_text(json.dumps(sidecar), encoding="utf-8")
     photo = next((tiny_dataset / "Gato").iterdir())
     row = predict_command(str(photo), None, str(tmp_path / "model.onnx"), 3, None, None)[0]
-    from pokedex_trainer.augment import build_eval_transform
-    from pokedex_trainer.images import read_image
+    from pokedex_trainer.data.augment import build_eval_transform
+    from pokedex_trainer.data.images import read_image
 
     image = build_eval_transform((32, 32))(image=read_image(photo))["image"]
     expected = apply_temperature(load_predictor(tmp_path / "model.onnx").predict(image[None]),

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, train_tiny_run
 from pokedex_trainer.cli import export_main, run_main
-from pokedex_trainer.synthetic import write_dataset
+from pokedex_trainer.data.synthetic import write_dataset
 
 FAST = ["--check_images", "12", "--calibration_images", "16"]
 
@@ -22,6 +22,18 @@ def _entries(run_dir) -> dict:
     return {entry["file"]: entry for entry in data["files"]}
 
 
+def _web_page_if_installed() -> list[str]:
+    """"Every format" holds the web page where ONNX Runtime Web is installed (npm ci)."""
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.exporters.web_page import check_runtime
+
+    try:
+        check_runtime()
+    except UserError:
+        return []
+    return ["web/model.onnx"]
+
+
 def test_keras_model_exports_every_format_and_each_passes_its_check(keras_exports):
     from pokedex_trainer.exporters.export_run import TOLERANCES
     from pokedex_trainer.exporters.metadata import read_onnx_metadata, read_tflite_metadata
@@ -29,6 +41,7 @@ def test_keras_model_exports_every_format_and_each_passes_its_check(keras_export
     export = keras_exports / "export"
     expected = ["tiny_keras_best_saved_model", "tiny_keras_best.onnx"] + [
         f"tiny_keras_best_{p}.tflite" for p in ("float32", "float16", "dynamic_int8", "int8")]
+    expected += _web_page_if_installed()
     entries = _entries(keras_exports)
     assert sorted(entries) == sorted(expected)
     class_names = json.loads((keras_exports / "class_names.json").read_text(encoding="utf-8"))
@@ -152,7 +165,8 @@ def test_torch_model_exports_torchscript_torch_export_and_onnx(torch_run):
 
     assert run_main(export_main, ["--run_dir", str(torch_run), *FAST]) == 0
     entries = _entries(torch_run)
-    assert sorted(entries) == ["tiny_torch_best.onnx", "tiny_torch_best.pt", "tiny_torch_best.pt2"]
+    assert sorted(entries) == sorted(["tiny_torch_best.onnx", "tiny_torch_best.pt",
+                                      "tiny_torch_best.pt2"] + _web_page_if_installed())
     assert all(e["passed"] and e["max_abs_diff"] <= 1e-4 for e in entries.values())
     assert {e["runtime"] for e in entries.values()} == {"torchscript", "torch.export",
                                                         "onnxruntime"}

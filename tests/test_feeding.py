@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
-from pokedex_trainer.dataset import scan_dataset
-from pokedex_trainer.feeding import BatchLoader, BatchSource
+from pokedex_trainer.data.scan import scan_dataset
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource
 
 
 def _loader(index, workers, training=True, start_method="spawn", batch_size=5):
@@ -16,7 +16,7 @@ def _loader(index, workers, training=True, start_method="spawn", batch_size=5):
 
 def own_segments() -> list[str]:
     """This process's shared-memory segments (the ring's and a ram cache's)."""
-    from pokedex_trainer.shared_batches import NAME_PREFIX
+    from pokedex_trainer.data.shared_batches import NAME_PREFIX
 
     return sorted(name for name in os.listdir("/dev/shm")
                   if name.startswith(f"{NAME_PREFIX}{os.getpid()}_"))
@@ -52,7 +52,7 @@ def test_spawned_workers_give_the_same_batches_as_the_main_process(tiny_dataset)
 
 def test_without_room_in_shared_memory_batches_are_pickled_with_a_warning(tiny_dataset,
                                                                           monkeypatch, caplog):
-    from pokedex_trainer import shared_batches
+    from pokedex_trainer.data import shared_batches
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -179,7 +179,7 @@ def test_a_sidecar_that_does_not_describe_its_file_is_one_line(keras_exports, tm
 
 def test_prepare_never_deletes_or_overwrites_a_file_it_did_not_write(tmp_path):
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=4,
                         size=(64, 64), seed=3)
@@ -208,7 +208,7 @@ def test_prepare_never_deletes_or_overwrites_a_file_it_did_not_write(tmp_path):
 @pytest.mark.parametrize("target", ["", "../../escaped", "x/y", "CON"])
 def test_class_map_targets_are_single_folder_names(tmp_path, capsys, target):
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("cane", "gatto"), per_class=2, size=(40, 40))
     mapping = tmp_path / "map.json"
@@ -330,7 +330,7 @@ def test_prepare_killed_leaves_no_worker_and_no_leftover_after_a_rerun(tmp_path)
     import psutil
 
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=40,
                         size=(400, 300), seed=4)
@@ -400,7 +400,7 @@ def test_idle_pool_workers_end_when_their_parent_is_killed(tmp_path):
 
 def test_prepare_keeps_a_report_file_of_the_users(tmp_path, caplog):
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))
     out = tmp_path / "training"
@@ -479,7 +479,7 @@ def test_loader_workers_end_when_the_trainer_is_killed(tmp_path, tiny_dataset):
 
 def test_prepare_keeps_an_output_the_user_edited(tmp_path, caplog):
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))
     out = tmp_path / "training"

@@ -17,7 +17,7 @@ import pytest
 
 from pokedex_trainer.cli import run_main
 from pokedex_trainer.prepare import main as prepare_main
-from pokedex_trainer.synthetic import write_dataset
+from pokedex_trainer.data.synthetic import write_dataset
 
 STATE = ".prepare_state.json"
 
@@ -209,7 +209,7 @@ def looping(tmp_path) -> Path:
 @pytest.fixture
 def counted_listings(monkeypatch):
     """Counts the folder listings of the archive search; stops a walk that explodes."""
-    import pokedex_trainer.archive as archive
+    import pokedex_trainer.data.archives as archive
 
     calls = {"n": 0}
 
@@ -239,7 +239,7 @@ def test_a_folder_of_links_to_itself_ends_with_no_images_found(looping, tmp_path
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges")
 def test_the_trainer_scan_of_a_folder_of_links_to_itself_ends(looping, counted_listings):
-    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.errors import UserError
 
     with pytest.raises(UserError, match="no images found"):

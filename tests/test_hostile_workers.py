@@ -72,8 +72,8 @@ KILLED_WORKER = """\
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import psutil
-from pokedex_trainer.dataset import scan_dataset
-from pokedex_trainer.feeding import BatchLoader, BatchSource
+from pokedex_trainer.data.scan import scan_dataset
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource
 
 if __name__ == "__main__":
     index = scan_dataset({data!r})
@@ -216,7 +216,7 @@ def test_prepare_goes_on_in_the_main_process_when_no_worker_may_start(tmp_path,
                                                                       caplog):
     from pokedex_trainer.cli import run_main
     from pokedex_trainer.prepare import main
-    from pokedex_trainer.synthetic import write_dataset
+    from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=6, size=(48, 48))
     argv = ["--input_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--size", "32",

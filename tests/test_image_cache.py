@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pokedex_trainer import images as image_module
-from pokedex_trainer.dataset import scan_dataset
+from pokedex_trainer.data import images as image_module
+from pokedex_trainer.data.scan import scan_dataset
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.feeding import BatchLoader, BatchSource
-from pokedex_trainer.image_cache import ImageCache, working_size
-from pokedex_trainer.images import read_image
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource
+from pokedex_trainer.data.cache import ImageCache, working_size
+from pokedex_trainer.data.images import read_image
 
 
 def _files(root):

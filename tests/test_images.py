@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pokedex_trainer.images import UnreadableImageError, probe_image, read_image
+from pokedex_trainer.data.images import UnreadableImageError, probe_image, read_image
 
 
 def _save(path, image, fmt, **options):

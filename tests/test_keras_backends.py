@@ -79,8 +79,8 @@ def test_a_process_running_keras_on_one_backend_refuses_another():
 
 
 def test_every_backend_is_fed_the_same_augmented_batches(tiny_dataset):
-    from pokedex_trainer.dataset import scan_dataset
-    from pokedex_trainer.feeding import BatchLoader, BatchSource
+    from pokedex_trainer.data.scan import scan_dataset
+    from pokedex_trainer.data.feeding import BatchLoader, BatchSource
     from pokedex_trainer.keras_backend.platforms import LoaderFeed
 
     index = scan_dataset(tiny_dataset)

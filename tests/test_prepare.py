@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import ROOT
 from pokedex_trainer.cli import build_prepare_parser as build_parser
 from pokedex_trainer.prepare import prepare, square_image
-from pokedex_trainer.synthetic import draw_pattern
+from pokedex_trainer.data.synthetic import draw_pattern
 
 
 def _photo(kind, size, seed):
@@ -191,8 +191,8 @@ def test_strict_fails_below_the_minimums(messy, tmp_path):
 
 
 def test_trainer_trains_on_the_output_without_an_unreadable_file(messy, tmp_path):
-    from pokedex_trainer.dataset import find_unreadable_headers, scan_dataset
-    from pokedex_trainer.images import read_image
+    from pokedex_trainer.data.scan import find_unreadable_headers, scan_dataset
+    from pokedex_trainer.data.images import read_image
 
     out = tmp_path / "training"
     prepare(_args(messy, out, "--class_map", "animals10"))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_run
-from pokedex_trainer.augment import full_share
+from pokedex_trainer.data.augment import full_share
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.core.monitor import cosine_learning_rate
-from pokedex_trainer.feeding import BatchSource
+from pokedex_trainer.data.feeding import BatchSource
 
 
 def test_augment_warmup_ramps_the_share_of_full_images(tiny_dataset):
@@ -40,7 +40,7 @@ def test_augment_warmup_ramps_the_share_of_full_images(tiny_dataset):
 def test_augmented_batches_repeat_and_follow_the_level(tiny_dataset):
     """A batch is the same for the same seed, epoch and batch number (whatever process builds
     it); light, full and none give different pixels."""
-    from pokedex_trainer.dataset import scan_dataset
+    from pokedex_trainer.data.scan import scan_dataset
 
     samples = scan_dataset(tiny_dataset).samples[:8]
 
@@ -246,7 +246,7 @@ def test_the_embedded_demo_is_what_the_generator_writes(tmp_path):
     files, byte for byte; another seed draws other images of the same classes."""
     import hashlib
 
-    from pokedex_trainer.synthetic import DEMO_CLASSES, DEMO_PATTERNS, main
+    from pokedex_trainer.data.synthetic import DEMO_CLASSES, DEMO_PATTERNS, main
 
     demo = Path(__file__).resolve().parents[1] / "data" / "demo"
     main([str(tmp_path / "demo")])

@@ -183,8 +183,8 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
 
 
 def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_copy, caplog):
-    from pokedex_trainer.dataset import scan_dataset
-    from pokedex_trainer.feeding import BatchLoader, BatchSource
+    from pokedex_trainer.data.scan import scan_dataset
+    from pokedex_trainer.data.feeding import BatchLoader, BatchSource
     from pokedex_trainer.torch_backend.data import make_data_loader
 
     bad = dataset_copy / "León" / "León_0002.jpg"

@@ -229,8 +229,8 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
 
     from pokedex_trainer.cli import export_main, run_main
     from pokedex_trainer.evaluation.report import predict_command
-    from pokedex_trainer.augment import build_eval_transform
-    from pokedex_trainer.images import read_image
+    from pokedex_trainer.data.augment import build_eval_transform
+    from pokedex_trainer.data.images import read_image
 
     if os.environ.get("POKEDEX_WEB_RUN"):  # a run of yours (docs/export.md: the screenshot)
         run, data = Path(os.environ["POKEDEX_WEB_RUN"]), ROOT / "data" / "demo"

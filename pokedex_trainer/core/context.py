@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..dataset import DatasetIndex
-from ..feeding import BatchLoader, BatchSource
+from ..data.scan import DatasetIndex
+from ..data.feeding import BatchLoader, BatchSource
 from ..layout import RunLayout
 from ..models import ModelSpec
 
@@ -43,7 +43,7 @@ class RunContext:
         if config.cache == "none":
             return None
         if self.image_cache is None:
-            from ..image_cache import ImageCache, default_cache_dir
+            from ..data.cache import ImageCache, default_cache_dir
 
             files = sorted({relative for split in self.splits.values()
                             for relative, _ in split})
@@ -88,7 +88,7 @@ class RunContext:
         """Per-class loss weights of ``--class_weight`` (None when off), from the train split."""
         if self.config.class_weight != "balanced":
             return None
-        from ..balance import balanced_class_weights
+        from ..data.balance import balanced_class_weights
 
         return balanced_class_weights([label for _, label in self.splits["train"]],
                                       self.num_classes)

@@ -267,8 +267,8 @@ def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
 
 def _mistake_images(indices: list[int], member: Member, images: LabelledImages,
                     names: list[str]) -> tuple[list[np.ndarray], list[str]]:
-    from ..augment import build_eval_transform
-    from ..images import UnreadableImageError, read_image
+    from ..data.augment import build_eval_transform
+    from ..data.images import UnreadableImageError, read_image
 
     transform = build_eval_transform(member.predictor.info.image_size)
     pictures, titles = [], []
@@ -426,7 +426,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
                     threshold: float | None, output_dir: str | None,
                     calibration: str | None = None) -> list[dict]:
     """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
-    from ..dataset import is_image_file
+    from ..data.scan import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
     home = run or model_path.parent
@@ -477,8 +477,8 @@ def _predict_files(files: list[Path], member: Member, top_k: int,
                    threshold: float | None) -> list[dict]:
     from tqdm import tqdm
 
-    from ..augment import build_eval_transform
-    from ..images import UnreadableImageError, read_image
+    from ..data.augment import build_eval_transform
+    from ..data.images import UnreadableImageError, read_image
 
     names = member.predictor.info.class_names
     transform = build_eval_transform(member.predictor.info.image_size)

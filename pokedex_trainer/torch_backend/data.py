@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..feeding import BatchLoader
+from ..data.feeding import BatchLoader
 
 
 class TorchBatches:

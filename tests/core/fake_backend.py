@@ -20,7 +20,7 @@ from pokedex_trainer.core.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
 from pokedex_trainer.core.phases import Phase, plan_phases
-from pokedex_trainer.dataset import DatasetIndex
+from pokedex_trainer.data.scan import DatasetIndex
 from pokedex_trainer.records import create_run_dir
 from pokedex_trainer.run_files import check_history, read_state
 from pokedex_trainer.training import train_with_backend

@@ -166,7 +166,7 @@ def _init_worker(source: BatchSource, parent_pid: int, ring=None) -> None:
     global _WORKER_SOURCE, _WORKER_RING
     import cv2
 
-    from .processes import exit_with_parent
+    from ..processes import exit_with_parent
 
     ignore_interrupts()
     exit_with_parent(parent_pid)
@@ -249,7 +249,7 @@ class BatchLoader:
         load in this process) when the machine lets no worker start."""
         if self._pool is None and self.workers > 0:
             from .shared_batches import BatchRing
-            from .worker_limits import usable_workers
+            from ..worker_limits import usable_workers
 
             self.workers = usable_workers(self.workers)
             if self.workers == 0:
@@ -267,8 +267,8 @@ class BatchLoader:
         return self._pool
 
     def _start_workers(self):
-        from .worker_limits import workers_refused
-        from .worker_pool import WorkerPool, WorkersUnavailable
+        from ..worker_limits import workers_refused
+        from ..worker_pool import WorkerPool, WorkersUnavailable
 
         try:
             pool = WorkerPool(self.workers, _worker_load, _init_worker,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _check_room(kind: str, need: int, free: int, where: str) -> None:
 def ram_cache_room() -> int:
     """Bytes a ``ram`` cache may take: what the process may still use (its container's limit
     included), and no more than shared memory can hold."""
-    from .memory import memory_available
+    from ..memory import memory_available
     from .shared_batches import shared_memory_free
 
     return min(memory_available(), shared_memory_free())
@@ -69,7 +69,7 @@ def ram_cache_room() -> int:
 def check_ram_cache_fits(count: int, image_size: tuple[int, int], batch_size) -> None:
     """``--cache ram`` of ``count`` images and one input batch: refused before the run starts
     when they do not fit (the kernel would kill the run once the cache filled up)."""
-    from .memory import input_bytes
+    from ..memory import input_bytes
 
     need = cache_bytes(count, image_size)
     if isinstance(batch_size, int):
@@ -135,7 +135,7 @@ class ImageCache:
                             f"('{where}'); choose a writable folder with --cache_dir") from None
 
     def _open_disk(self) -> None:
-        from .records import _locked
+        from ..records import _locked
 
         meta = {"version": CACHE_VERSION, "root": str(self.root.resolve()),
                 "shape": list(self.shape), "files": self.relatives}

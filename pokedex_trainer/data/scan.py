@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .layout import MANIFEST as MANIFEST_NAME
+from ..errors import UserError
+from ..layout import MANIFEST as MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
         class_names.append(class_dir.name)
         samples.extend((image.relative_to(root).as_posix(), label) for image in images)
     if not samples:
-        from .archive import find_image_roots, training_advice
+        from .archives import find_image_roots, training_advice
 
         archive = find_image_roots(root)
         if archive is not None:
@@ -111,7 +111,7 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
 
 def _nested_note(folder: Path) -> str:
     """For a class folder whose images sit one level deeper (an archive's wrapper folder)."""
-    from .archive import is_class_root
+    from .archives import is_class_root
 
     if is_class_root(folder):
         return (f" (its sub-folders hold images: an extracted archive? prepare it with "
@@ -182,7 +182,7 @@ def write_manifest(path: Path, index: DatasetIndex, splits: dict, seed: int,
 
 def read_manifest(path: Path) -> dict:
     """Load a split manifest written by ``write_manifest`` (checked: see run_files.py)."""
-    from .run_files import read_manifest as read_checked_manifest
+    from ..run_files import read_manifest as read_checked_manifest
 
     return read_checked_manifest(Path(path))
 
