@@ -141,7 +141,9 @@ def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: in
 
     predictor = load_predictor(source)
     framework = "keras" if predictor.runtime == "keras" else "torch"
-    job = exporters.ExportJob(source, list(exporters.FORMATS[framework]), folder,
+    # the web page's model is the ONNX file again, run in a browser: not timed here
+    formats = [name for name in exporters.FORMATS[framework] if name != "web"]
+    job = exporters.ExportJob(source, formats, folder,
                               LabelledImages(folder, predictor.info.class_names, [], "none"),
                               tflite_precisions=precisions)
     rng = np.random.default_rng(0)
