@@ -17,7 +17,7 @@ def _defaults_line() -> str:
     scratch = " ".join(f"--{name} {value}" for name, value in SCRATCH_DEFAULTS.items())
     return ("per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
             + "\n\nfrom scratch (--weights none), the options you leave out take the measured "
-            f"recipe:\n  {scratch}\n(see the README's \"The from-scratch recipe\")")
+            f"recipe:\n  {scratch}\n(see docs/training.md, \"The from-scratch recipe\")")
 
 
 def _batch_size(value: str):
@@ -71,7 +71,7 @@ def _add_search_options(search) -> None:
                              "(default: sqlite in <output_dir>/search/<name>.db)")
     search.add_argument("--search_space", default=None, metavar="FILE",
                         help="YAML or JSON file that narrows or extends the searched "
-                             "hyperparameters (see the README)")
+                             "hyperparameters (see docs/search.md)")
 
 
 def _add_workers_option(group) -> None:

@@ -15,9 +15,9 @@ from .models import FRAMEWORKS, MODEL_SPECS, choose_framework, get_spec
 MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
 
 # The recipe of a from-scratch run (--weights none, no --base_model), for every option the
-# command line leaves out. Chosen by measurement (benchmarks/recipe.py on real photos, see the
-# README's "The from-scratch recipe"); the guide's values stay the defaults of ImageNet runs,
-# which could not be measured here.
+# command line leaves out. Chosen by measurement (benchmarks/recipe.py on real photos, see
+# docs/training.md, "The from-scratch recipe"); the guide's values stay the defaults of ImageNet
+# runs, which could not be measured here.
 SCRATCH_DEFAULTS: dict[str, object] = {
     "augment": "light",
     "lr_schedule": "cosine",

@@ -339,7 +339,7 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
         raise UserError("torchrun is for PyTorch networks (--framework pytorch); the Keras "
                         "networks train in one "
                         "process (on TensorFlow over every GPU of the machine, see 'Several "
-                        "GPUs' in the README)")
+                        "GPUs' in docs/multi-gpu.md)")
     if resume_dir is None:
         context, notes = create_run(config)
         try:
