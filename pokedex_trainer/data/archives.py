@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scan import IMAGE_EXTENSIONS, SYSTEM_NAMES, is_loop_link
+from .files import IMAGE_EXTENSIONS, SYSTEM_NAMES, is_loop_link
 
 logger = logging.getLogger(__name__)
 

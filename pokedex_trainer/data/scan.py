@@ -4,44 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..layout import MANIFEST as MANIFEST_NAME
+from .files import (IMAGE_EXTENSIONS, SYSTEM_NAMES, _is_hidden, is_image_file,  # noqa: F401
+                    is_loop_link)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
-SYSTEM_NAMES = {"__macosx", "$recycle.bin", "system volume information", "@eadir", "thumbs.db",
-                "desktop.ini", ".ds_store"}
 SPLITS = ("train", "val", "test")
 
 # The seed's guidance: below these numbers a run works but results suffer.
 RECOMMENDED_MIN_CLASSES = 10
 RECOMMENDED_MIN_IMAGES_PER_CLASS = 100
 RECOMMENDED_MIN_IMAGE_SIZE = 224
-
-
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in SYSTEM_NAMES
-
-
-def is_image_file(path: Path) -> bool:
-    """A visible, regular file with a .jpg/.jpeg/.png extension in any letter case."""
-    return path.is_file() and not _is_hidden(path) and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def is_loop_link(path: Path | str) -> bool:
-    """True for a link to the folder that holds it or to one of that folder's parents: reading
-    through it reads the same folders again, and a walk through it never ends."""
-    if not os.path.islink(path):
-        return False
-    target = os.path.realpath(path)
-    holder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    return holder == target or holder.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def list_class_dirs(data_path: Path) -> list[Path]:
