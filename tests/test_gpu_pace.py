@@ -123,3 +123,19 @@ assert not new, new
     assert (image.width, image.height) == (24, 16)
     validation = EventAccumulator(str(tmp_path / "validation")).Reload()
     assert validation.Scalars("epoch_accuracy")[0].value == 0.75
+
+
+@pytest.mark.slow
+def test_compile_trains_a_pytorch_run_with_cudnn_benchmark_on(tmp_path, tiny_dataset):
+    """--compile on the PyTorch route: the training forward pass through torch.compile (a
+    compiled module has no len(): ``module or self.model`` broke it); cuDNN's kernel search is
+    on unless --deterministic."""
+    import json
+
+    from conftest import train_tiny_run
+
+    torch.backends.cudnn.benchmark = False
+    run = train_tiny_run(tiny_dataset, tmp_path, "tiny_torch", "--compile")
+    assert json.loads((run / "summary.json").read_text("utf-8"))["status"] == "completed"
+    assert json.loads((run / "config.json").read_text("utf-8"))["compile"] is True
+    assert torch.backends.cudnn.benchmark is True
