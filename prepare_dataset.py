@@ -2,8 +2,8 @@
 
 import sys
 
-from pokedex_trainer.cli import run_main
-from pokedex_trainer.prepare import main
+from pokedex_trainer.cli.parsers import run_main
+from pokedex_trainer.prepare.run import main
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

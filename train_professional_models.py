@@ -9,13 +9,13 @@ import sys
 
 from pokedex_trainer.api import (EfficientNetTrainer, MobileNetV2Trainer,  # noqa: F401
                                  ResNet152Trainer, Trainer)
-from pokedex_trainer.cli import run_main, train_main
+from pokedex_trainer.cli.parsers import run_main, train_main
 
 
 def __getattr__(name: str):
     # Imported on first use only: --help and the Keras runs never load PyTorch.
     if name == "ResNet152Model":
-        from pokedex_trainer.torch_backend.guide_model import ResNet152Model
+        from pokedex_trainer.backends.torch.guide_model import ResNet152Model
 
         return ResNet152Model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pokedex_trainer.models import MODEL_SPECS, get_spec  # noqa: E402
+from pokedex_trainer.networks import MODEL_SPECS, get_spec  # noqa: E402
 
 CLASSES = 10
 
@@ -72,7 +72,7 @@ def peak_rss_mb() -> float:
 
 def memory_probe(path: str) -> None:
     """Child process: load one file, answer one image, print the peak RSS in MB."""
-    from pokedex_trainer.inference import load_predictor
+    from pokedex_trainer.evaluation.predict import load_predictor
 
     predictor = load_predictor(path, trust=True)  # files this script wrote
     height, width = predictor.info.image_size
@@ -109,7 +109,7 @@ def build_source(model_type: str, size: int, folder: Path):
     """(source file, eager call on uint8 NHWC) of a randomly initialized network."""
     spec = get_spec(model_type)
     if spec.framework == "keras":
-        from pokedex_trainer.keras_backend.models import build_model
+        from pokedex_trainer.backends.keras.networks import build_model
 
         model = build_model(spec, CLASSES, (size, size), "none", 0.3)
         path = folder / f"{spec.arch}_best.keras"
@@ -118,7 +118,7 @@ def build_source(model_type: str, size: int, folder: Path):
         return path, lambda x: model(x.astype(np.float32), training=False).numpy()
     import torch
 
-    from pokedex_trainer.torch_backend.models import build_model, checkpoint_payload
+    from pokedex_trainer.backends.torch.networks import build_model, checkpoint_payload
 
     model = build_model(spec, CLASSES, "none", 0.3).eval()
     path = folder / f"{spec.arch}_best.pth"
@@ -136,8 +136,8 @@ def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: in
     """Every export format of the source's framework, written without the parity check (the
     weights are random; export.py and the tests check parity)."""
     from pokedex_trainer.exporters import export_run as exporters
-    from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.finished_runs import LabelledImages
+    from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.runs.finished import LabelledImages
 
     predictor = load_predictor(source)
     framework = "keras" if predictor.runtime == "keras" else "torch"
@@ -172,7 +172,7 @@ def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: in
 
 
 def bench_model(model_type: str, args, folder: Path) -> list[dict]:
-    from pokedex_trainer.inference import load_predictor
+    from pokedex_trainer.evaluation.predict import load_predictor
 
     size = args.image_size
     rng = np.random.default_rng(0)
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         memory_probe(args.memory_probe)
         return 0
     frameworks = {get_spec(m).framework for m in args.model_types}
-    from pokedex_trainer.inference import import_frameworks
+    from pokedex_trainer.evaluation.predict import import_frameworks
 
     import_frameworks(frameworks)
     rows = []

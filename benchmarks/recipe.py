@@ -129,7 +129,7 @@ def check_trainer_options(name: str, argv: list[str]) -> None:
     import contextlib
     import io
 
-    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.cli.parsers import parse_train_command
     from pokedex_trainer.errors import UserError
 
     errors = io.StringIO()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pokedex_trainer.config import TrainConfig, default_workers  # noqa: E402
 from pokedex_trainer.data.scan import scan_dataset  # noqa: E402
 from pokedex_trainer.data.feeding import BatchLoader, BatchSource  # noqa: E402
-from pokedex_trainer.models import MODEL_SPECS, get_spec  # noqa: E402
+from pokedex_trainer.networks import MODEL_SPECS, get_spec  # noqa: E402
 
 
 def photo_like_dataset(root: Path, size: int, classes: int = 10, per_class: int = 24) -> Path:
@@ -59,16 +59,16 @@ class RepeatLoader:
 def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
     """The project's Keras step (its model, compile, feed and ``fit``) on the backend of
     --keras_backend (TensorFlow, PyTorch or JAX)."""
-    from pokedex_trainer.keras_backend.select import activate, choose
+    from pokedex_trainer.backends.keras.select import activate, choose
 
     backend, _ = choose(config.keras_backend)
     activate(backend)
     import numpy as np
 
     from pokedex_trainer.core.phases import Phase
-    from pokedex_trainer.keras_backend.models import apply_phase, build_model
-    from pokedex_trainer.keras_backend.platforms import current_platform
-    from pokedex_trainer.keras_backend.trainer import compile_model, configure_precision
+    from pokedex_trainer.backends.keras.networks import apply_phase, build_model
+    from pokedex_trainer.backends.keras.keras_backends import current_platform
+    from pokedex_trainer.backends.keras.trainer import compile_model, configure_precision
 
     platform = current_platform()
     configure_precision(config.mixed_precision, platform)
@@ -103,9 +103,9 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     import torch
 
     from pokedex_trainer.core.phases import Phase
-    from pokedex_trainer.torch_backend.data import make_data_loader
-    from pokedex_trainer.torch_backend.models import build_model
-    from pokedex_trainer.torch_backend.trainer import Runner, make_optimizer
+    from pokedex_trainer.backends.torch.data import make_data_loader
+    from pokedex_trainer.backends.torch.networks import build_model
+    from pokedex_trainer.backends.torch.trainer import Runner, make_optimizer
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pokedex_trainer.config import TrainConfig, default_workers  # noqa: E402
-from pokedex_trainer.models import MODEL_SPECS, get_spec  # noqa: E402
+from pokedex_trainer.networks import MODEL_SPECS, get_spec  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 def trainer_epochs(config: TrainConfig) -> tuple[list[float], Path]:
     """Per-epoch seconds of a real run (history.csv's epoch_time_s) and its directory."""
-    from pokedex_trainer.training import run_training
+    from pokedex_trainer.runs.lifecycle import run_training
 
     run_dir = run_training(config)
     with open(run_dir / "history.csv", encoding="utf-8") as handle:
@@ -58,7 +58,7 @@ def trainer_epochs(config: TrainConfig) -> tuple[list[float], Path]:
 
 
 def decoded_split(run_dir: Path, split: str, size: int):
-    from pokedex_trainer.finished_runs import run_split
+    from pokedex_trainer.runs.finished import run_split
 
     return run_split(run_dir, split).load_all((size, size))
 
@@ -66,8 +66,8 @@ def decoded_split(run_dir: Path, split: str, size: int):
 def bare_keras(config: TrainConfig, train, val) -> list[float]:
     import keras
 
-    from pokedex_trainer.keras_backend.models import build_model
-    from pokedex_trainer.keras_backend.trainer import compile_model
+    from pokedex_trainer.backends.keras.networks import build_model
+    from pokedex_trainer.backends.keras.trainer import compile_model
 
     spec = get_spec(config.model_type)
     keras.utils.set_random_seed(config.seed)
@@ -94,7 +94,7 @@ def bare_keras(config: TrainConfig, train, val) -> list[float]:
 def bare_torch(config: TrainConfig, train, val) -> list[float]:
     import torch
 
-    from pokedex_trainer.torch_backend.models import build_model
+    from pokedex_trainer.backends.torch.networks import build_model
 
     torch.manual_seed(config.seed)
     model = build_model(get_spec("resnet"), 10, "none", config.dropout)

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pokedex_trainer.errors import UserError  # noqa: E402
-from pokedex_trainer.layout import CONFIG, HISTORY, MANIFEST, TRAINING_LOG  # noqa: E402
-from pokedex_trainer.run_files import read_manifest  # noqa: E402
+from pokedex_trainer.runs.layout import CONFIG, HISTORY, MANIFEST, TRAINING_LOG  # noqa: E402
+from pokedex_trainer.runs.checked_files import read_manifest  # noqa: E402
 
 
 def pace(run_dir: Path) -> dict:

@@ -24,7 +24,7 @@ import inspect
 import json
 from pathlib import Path
 
-from .errors import UserError
+from pokedex_trainer.errors import UserError
 
 
 def _raising(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -78,7 +78,7 @@ def _signature(parser: argparse.ArgumentParser, fixed: tuple[str, ...] = ()) -> 
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from .cli import build_train_parser
+    from pokedex_trainer.cli.parsers import build_train_parser
 
     return _raising(build_train_parser())
 
@@ -96,7 +96,7 @@ class Trainer:
     model_type: str | None = None
 
     def __init__(self, **options):
-        from .cli import parse_train_command
+        from pokedex_trainer.cli.parsers import parse_train_command
 
         if self.model_type is not None:
             if options.get("model_type", self.model_type) != self.model_type:
@@ -119,8 +119,8 @@ class Trainer:
         command line."""
         from multiprocessing import current_process
 
-        from .cli import train_command
-        from .records import setup_console_logging
+        from pokedex_trainer.cli.parsers import train_command
+        from pokedex_trainer.runs.records import setup_console_logging
 
         if getattr(current_process(), "_inheriting", False):
             # a data-loading worker is importing the user's script: training here would start
@@ -150,7 +150,7 @@ class Trainer:
         """``evaluate.py --run_dir``: the best model on the run's test split (or on
         ``data_path=``); returns the metrics (also in ``<run>/evaluation/metrics.json``).
         Other keyword arguments are evaluate.py's options."""
-        from .cli import build_evaluate_parser, evaluate_command
+        from pokedex_trainer.cli.parsers import build_evaluate_parser, evaluate_command
 
         parser = _raising(build_evaluate_parser())
         other = [key for key in ("predict", "experiments", "ensemble", "search")
@@ -167,7 +167,7 @@ class Trainer:
                 **options) -> list[dict]:
         """``evaluate.py --predict``: the top classes (calibrated) of an image or of every
         image of a folder; one dict per image."""
-        from .cli import build_evaluate_parser, evaluate_command
+        from pokedex_trainer.cli.parsers import build_evaluate_parser, evaluate_command
 
         parser = _raising(build_evaluate_parser())
         argv = ["--run_dir", self._run(run_dir), "--predict", str(images)] + \
@@ -179,7 +179,7 @@ class Trainer:
         returns one dict per file (name, format, parity figures, passed)."""
         from dataclasses import asdict
 
-        from .cli import build_export_parser, export_from_args
+        from pokedex_trainer.cli.parsers import build_export_parser, export_from_args
 
         parser = _raising(build_export_parser())
         argv = ["--run_dir", self._run(run_dir)] + argv_from_options(parser, options)

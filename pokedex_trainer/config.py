@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UserError
-from .models import FRAMEWORKS, MODEL_SPECS, choose_framework, get_spec
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS, choose_framework, get_spec
 
 
 MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
@@ -41,7 +41,7 @@ class TrainConfig:
     """Every knob of a run. ``None`` for image_size / batch_size means the model's seed default.
 
     Frozen: a run's configuration is resolved once (``resolved``, then the base model and
-    ``--batch_size auto`` in training.py) and never changed afterwards; derive a new one with
+    ``--batch_size auto`` in runs/lifecycle.py) and never changed afterwards; derive a new one with
     ``dataclasses.replace``.
     """
 
@@ -166,7 +166,7 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
         if self.run_name is not None:
-            from .layout import check_single_component
+            from pokedex_trainer.runs.layout import check_single_component
 
             check_single_component(self.run_name, "--run_name")
         self._check_batch_memory()
@@ -176,7 +176,7 @@ class TrainConfig:
         the framework's own out-of-memory error is reported as one line too)."""
         if self.batch_size == "auto":
             return
-        from .memory import input_bytes, refuse_unless_fits
+        from pokedex_trainer.machine.memory import input_bytes, refuse_unless_fits
 
         height, width = self.image_size
         refuse_unless_fits(input_bytes(self.batch_size, self.image_size),
@@ -225,7 +225,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        from .run_files import config_values
+        from pokedex_trainer.runs.checked_files import config_values
 
         # A saved config is input too (copied, edited by hand): each value's type is checked.
         return cls(**config_values(Path(path), {name: f.type for name, f in

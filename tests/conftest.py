@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The tiny test networks (tiny_keras, tiny_torch) are registered in this process and in every
 # script a test starts (they inherit the environment).
 os.environ["POKEDEX_TEST_MODELS"] = "1"
-# The record of code-bearing files export.py wrote (safe_loading.py), kept out of the home folder.
+# The record of code-bearing files export.py wrote (evaluation/safe_loading.py), kept out of the home folder.
 os.environ["POKEDEX_TRUST_STORE"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_trust_"),
                                                  "trusted_models.jsonl")
 # The shared live log runs append to (training.log in the current folder for a user), kept out
@@ -27,7 +27,7 @@ os.environ["POKEDEX_LIVE_LOG"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_l
 # This test process loads both frameworks, which a user's run never does. Two orders matter:
 # importing torchvision after TensorFlow has initialized segfaults (torch._dynamo -> triton),
 # and TensorFlow must be loaded before the PyTorch backend, which otherwise switches TensorBoard
-# to its TensorFlow-free stub for the whole process (see torch_backend/__init__.py).
+# to its TensorFlow-free stub for the whole process (see backends/torch/__init__.py).
 try:
     import torchvision.models  # noqa: E402,F401
 except ImportError:
@@ -94,7 +94,7 @@ def tiny_run_argv(data: Path, out: Path, model_type: str, *extra: str,
 
 def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
     """Train a small run in this process (weights none, 32 px, 2 epochs unless overridden)."""
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     argv = tiny_run_argv(data, out, model_type, *extra, run_name=f"{model_type}_tiny")
     assert run_main(train_main, argv) == 0
@@ -125,7 +125,7 @@ def torch_run(tiny_dataset, shared_runs) -> Path:
 @pytest.fixture(scope="session")
 def keras_exports(keras_run) -> Path:
     """The Keras run after ``export.py --run_dir`` wrote every Keras format."""
-    from pokedex_trainer.cli import export_main, run_main
+    from pokedex_trainer.cli.parsers import export_main, run_main
 
     assert run_main(export_main, ["--run_dir", str(keras_run), "--check_images", "12",
                                   "--calibration_images", "16"]) == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tensorboard_tags
-from pokedex_trainer.tensorboard_tags import activation_tag
+from pokedex_trainer.core.tensorboard import activation_tag
 
 
 def _histogram_steps(log_dir, tag) -> list[int]:
@@ -33,8 +33,8 @@ def test_both_frameworks_write_the_same_activation_tags_every_epoch(keras_run, t
 def test_keras_probe_gives_the_stage_outputs_of_the_normalized_images():
     import keras
 
-    from pokedex_trainer.keras_backend import models
-    from pokedex_trainer.models import TEST_MODEL_SPECS
+    from pokedex_trainer.backends.keras import networks as models
+    from pokedex_trainer.networks import TEST_MODEL_SPECS
 
     model = models.build_model(TEST_MODEL_SPECS["tiny_keras"], 3, (32, 32), "none", 0.3)
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
@@ -50,8 +50,8 @@ def test_keras_probe_gives_the_stage_outputs_of_the_normalized_images():
 def test_torch_stage_outputs_leave_the_training_mode_as_it_was():
     import torch
 
-    from pokedex_trainer.models import TEST_MODEL_SPECS
-    from pokedex_trainer.torch_backend import models
+    from pokedex_trainer.networks import TEST_MODEL_SPECS
+    from pokedex_trainer.backends.torch import networks as models
 
     model = models.build_model(TEST_MODEL_SPECS["tiny_torch"], 3, "none", 0.3)
     model.train()
@@ -67,9 +67,9 @@ def test_torch_stage_outputs_leave_the_training_mode_as_it_was():
 def test_the_real_networks_have_their_four_stages():
     import torch
 
-    from pokedex_trainer.keras_backend import models as kmodels
-    from pokedex_trainer.models import get_spec
-    from pokedex_trainer.torch_backend import models as tmodels
+    from pokedex_trainer.backends.keras import networks as kmodels
+    from pokedex_trainer.networks import get_spec
+    from pokedex_trainer.backends.torch import networks as tmodels
 
     for model_type in ("mobilenet", "efficientnet"):
         model = kmodels.build_model(get_spec(model_type), 3, (64, 64), "none", 0.3)
@@ -85,8 +85,8 @@ def test_feature_extractor_gives_what_the_classifier_reads(keras_run, torch_run)
     import keras
     import torch
 
-    from pokedex_trainer.transfer import feature_extractor
-    from pokedex_trainer.torch_backend.models import load_checkpoint
+    from pokedex_trainer.runs.transfer import feature_extractor
+    from pokedex_trainer.backends.torch.networks import load_checkpoint
 
     images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
     model = keras.models.load_model(keras_run / "tiny_keras_best.keras")

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from pokedex_trainer import live_log
+from pokedex_trainer.runs import live_log
 from pokedex_trainer.api import Trainer, option_defaults
-from pokedex_trainer.cli import build_train_parser, parse_train_command
+from pokedex_trainer.cli.parsers import build_train_parser, parse_train_command
 from pokedex_trainer.errors import UserError
 from train_professional_models import EfficientNetTrainer, MobileNetV2Trainer, ResNet152Trainer
 

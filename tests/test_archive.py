@@ -9,9 +9,9 @@ import pytest
 
 from conftest import ROOT
 from pokedex_trainer.data.archives import ANIMALS10, find_image_roots, prepare_command
-from pokedex_trainer.cli import build_prepare_parser, run_main, train_main
+from pokedex_trainer.cli.parsers import build_prepare_parser, run_main, train_main
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.prepare import prepare
+from pokedex_trainer.prepare.run import prepare
 from pokedex_trainer.data.synthetic import write_dataset
 
 

@@ -24,7 +24,7 @@ def test_balanced_class_weights_as_computed_by_hand():
 
 def test_weighted_loss_is_the_same_in_pytorch_and_keras():
     torch = pytest.importorskip("torch")
-    from pokedex_trainer.torch_backend.trainer import _WeightedLoss
+    from pokedex_trainer.backends.torch.trainer import _WeightedLoss
 
     logits = np.array([[2.0, 0.5], [0.1, 1.0], [1.5, 1.4]], dtype=np.float32)
     labels = np.array([0, 1, 1])
@@ -44,7 +44,7 @@ def test_weighted_loss_is_the_same_in_pytorch_and_keras():
 
 def test_keras_dataset_carries_the_class_weights(tiny_dataset):
     pytest.importorskip("keras")
-    from pokedex_trainer.keras_backend.platforms import current_platform
+    from pokedex_trainer.backends.keras.keras_backends import current_platform
 
     index = scan_dataset(tiny_dataset)
     loader = BatchLoader(BatchSource(index.root, index.samples, (32, 32), training=False), 12,
@@ -74,7 +74,7 @@ def test_balanced_sampler_evens_out_the_classes(tiny_dataset):
 
 
 def test_imbalance_warning_suggests_the_flags(dataset_copy):
-    from pokedex_trainer.training import prepare_data
+    from pokedex_trainer.runs.lifecycle import prepare_data
 
     for path in sorted((dataset_copy / "Gato").iterdir())[4:]:
         path.unlink()
@@ -90,7 +90,7 @@ def test_imbalance_warning_suggests_the_flags(dataset_copy):
 
 
 def _seeded_run(tmp_path, data, name, *extra):
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     argv = ["--data_path", str(data), "--output_dir", str(tmp_path / "runs"), "--log_dir",
             str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",

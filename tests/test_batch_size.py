@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pokedex_trainer.batch_size import PeakRSS, find_batch_size
+from pokedex_trainer.core.batch_size import PeakRSS, find_batch_size
 from pokedex_trainer.errors import UserError
 
 MB = 2**20

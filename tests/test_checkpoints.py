@@ -59,10 +59,10 @@ def test_kill_during_a_save_leaves_a_run_that_resumes_evaluates_and_exports(
 
 
 def test_best_model_is_found_by_its_exact_name(tmp_path):
-    from pokedex_trainer.layout import RunLayout
-    from pokedex_trainer.models import get_spec
+    from pokedex_trainer.runs.layout import RunLayout
+    from pokedex_trainer.networks import get_spec
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.finished_runs import best_model_of
+    from pokedex_trainer.runs.finished import best_model_of
 
     TrainConfig(model_type="tiny_torch").save(tmp_path / "config.json")
     for name in (".tiny_torch_best.abc.pth", "a_best.pth", "tiny_torch_best.pth.tmp"):

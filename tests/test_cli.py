@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pokedex_trainer.cli import parse_train_args
+from pokedex_trainer.cli.parsers import parse_train_args
 from conftest import ROOT
 
 SEED_COMMANDS = {

@@ -75,8 +75,8 @@ def _rates(run_dir: Path) -> list[float]:
 
 def test_both_backends_give_the_same_learning_rates_for_the_same_metrics(
         monkeypatch, tmp_path, tiny_dataset):
-    from pokedex_trainer.keras_backend.trainer import KerasBackend
-    from pokedex_trainer.torch_backend.trainer import TorchBackend
+    from pokedex_trainer.backends.keras.trainer import KerasBackend
+    from pokedex_trainer.backends.torch.trainer import TorchBackend
 
     runs = {}
     for model_type, backend in (("tiny_keras", KerasBackend), ("tiny_torch", TorchBackend)):
@@ -104,7 +104,7 @@ def legacy(tmp_path, monkeypatch) -> Path:
 
 
 def test_runs_of_the_previous_version_evaluate_export_and_resume(legacy):
-    from pokedex_trainer.cli import evaluate_main, export_main, run_main, train_main
+    from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main, train_main
 
     for name in ("tiny_keras_finished", "tiny_torch_finished"):
         assert run_main(evaluate_main, ["--run_dir", f"runs/{name}", "--latency_runs", "2"]) \
@@ -130,7 +130,7 @@ def test_runs_of_the_previous_version_evaluate_export_and_resume(legacy):
 
 
 def test_an_older_experiments_table_is_migrated_not_misaligned(tmp_path):
-    from pokedex_trainer.records import EXPERIMENT_COLUMNS, append_experiment, read_experiments
+    from pokedex_trainer.runs.records import EXPERIMENT_COLUMNS, append_experiment, read_experiments
 
     path = tmp_path / "experiments.csv"
     older = [c for c in EXPERIMENT_COLUMNS if c not in ("sampler", "class_weight")]

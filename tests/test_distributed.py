@@ -47,14 +47,14 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-from pokedex_trainer.keras_backend import platforms
+from pokedex_trainer.backends.keras import platforms
 strategies = []
 def two_cpus():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     strategies.append(strategy)
     return strategy
 platforms.make_strategy = two_cpus
-from pokedex_trainer.cli import run_main, train_main
+from pokedex_trainer.cli.parsers import run_main, train_main
 code = run_main(train_main, {argv!r})
 print("EXIT", code, "REPLICAS", strategies[0].num_replicas_in_sync)
 """

@@ -252,14 +252,14 @@ def _parse_benchmark(script: Path, argv: list[str]):
 
 
 def _parse_train(argv: list[str]):
-    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.cli.parsers import parse_train_command
 
     return parse_train_command(argv)
 
 
 def _parse_with(builder_name: str):
     def parse(argv):
-        from pokedex_trainer import cli
+        from pokedex_trainer.cli import parsers as cli
 
         return getattr(cli, builder_name)().parse_args(argv)
     return parse

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_run
-from pokedex_trainer.cli import evaluate_main, run_main
+from pokedex_trainer.cli.parsers import evaluate_main, run_main
 from pokedex_trainer.data.synthetic import write_dataset
 
 FAST = ["--latency_runs", "3", "--latency_batch", "4"]
@@ -53,7 +53,7 @@ def test_expected_calibration_error_by_hand():
 def test_temperature_scaling_fixes_over_confident_logits():
     from pokedex_trainer.evaluation.calibration import (apply_temperature, expected_calibration_error,
                                              fit_temperature)
-    from pokedex_trainer.inference import softmax
+    from pokedex_trainer.evaluation.predict import softmax
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 1.5, (4000, 5))
@@ -118,8 +118,8 @@ def test_run_report_has_every_part(run_report, keras_run):
 
 def test_temperature_is_fitted_on_the_validation_split_and_saved(run_report, keras_run):
     from pokedex_trainer.evaluation.report import predict_images
-    from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.finished_runs import run_split
+    from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.runs.finished import run_split
 
     _, seen = run_report
     predictor = load_predictor(keras_run / "tiny_keras_best.keras")
@@ -257,7 +257,7 @@ def test_predict_with_a_loose_export_uses_the_temperature_in_its_sidecar(keras_e
                                                                         tiny_dataset, tmp_path):
     from pokedex_trainer.evaluation.calibration import apply_temperature
     from pokedex_trainer.evaluation.report import predict_command
-    from pokedex_trainer.inference import load_predictor
+    from pokedex_trainer.evaluation.predict import load_predictor
 
     for suffix in ("", ".json"):
         shutil.copy(keras_exports / "export" / f"tiny_keras_best.onnx{suffix}",
@@ -293,10 +293,10 @@ def test_a_kfold_fold_is_locked_and_leaves_nothing_when_stopped_before_its_first
         tiny_dataset, tmp_path, monkeypatch, capsys):
     """Each fold goes through the run lifecycle of any run: the run lock while it trains, and
     its directory removed again when bad input stops it before its first epoch."""
-    import pokedex_trainer.training as training
-    from pokedex_trainer.cli import run_main, train_main
+    import pokedex_trainer.runs.lifecycle as training
+    from pokedex_trainer.cli.parsers import run_main, train_main
     from pokedex_trainer.errors import UserError
-    from pokedex_trainer.records import RunLock
+    from pokedex_trainer.runs.records import RunLock
 
     locked = []
     real_acquire = RunLock.acquire
@@ -320,7 +320,7 @@ def test_a_kfold_fold_is_locked_and_leaves_nothing_when_stopped_before_its_first
 
 
 def test_kfold_with_export_is_a_one_line_error_before_training(tiny_dataset, tmp_path, capsys):
-    from pokedex_trainer.cli import train_main
+    from pokedex_trainer.cli.parsers import train_main
 
     assert run_main(train_main, ["--data_path", str(tiny_dataset), "--kfold", "2", "--export",
                                  "--output_dir", str(tmp_path / "runs")]) == 2

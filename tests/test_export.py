@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, train_tiny_run
-from pokedex_trainer.cli import export_main, run_main
+from pokedex_trainer.cli.parsers import export_main, run_main
 from pokedex_trainer.data.synthetic import write_dataset
 
 FAST = ["--check_images", "12", "--calibration_images", "16"]
@@ -104,8 +104,8 @@ print(json.dumps(results))
     assert done.returncode == 0, done.stderr[-2000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
 
-    from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.finished_runs import folder_images
+    from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.runs.finished import folder_images
 
     source = load_predictor(keras_exports / "tiny_keras_best.keras")
     images = folder_images(tiny_dataset, source.info.class_names)
@@ -119,8 +119,8 @@ print(json.dumps(results))
 
 def test_wrong_normalization_in_the_sidecar_fails_the_check(keras_exports, tmp_path):
     from pokedex_trainer.exporters.export_run import predict_all, verify_file
-    from pokedex_trainer.inference import load_predictor, sidecar_path
-    from pokedex_trainer.finished_runs import run_split
+    from pokedex_trainer.evaluation.predict import load_predictor, sidecar_path
+    from pokedex_trainer.runs.finished import run_split
 
     onnx_file = tmp_path / "broken.onnx"
     shutil.copy(keras_exports / "export" / "tiny_keras_best.onnx", onnx_file)
@@ -230,8 +230,8 @@ def test_base_model_keeps_the_backbone_and_trains_a_new_head_then_exports(keras_
 def test_torch_base_model_carries_the_backbone_over(torch_run):
     import torch
 
-    from pokedex_trainer.models import get_spec
-    from pokedex_trainer.torch_backend.models import build_model
+    from pokedex_trainer.networks import get_spec
+    from pokedex_trainer.backends.torch.networks import build_model
 
     base = torch_run / "tiny_torch_best.pth"
     saved = torch.load(base, map_location="cpu", weights_only=True)["state_dict"]

@@ -18,17 +18,22 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import ROOT, nth_commit, run_with_signal_at, train_tiny_run  # noqa: E402
-from pokedex_trainer.cli import (evaluate_main, export_main, parse_train_args,  # noqa: E402
-                                 run_main, train_main)
+from pokedex_trainer.cli.parsers import (
+    evaluate_main,
+    export_main,
+    parse_train_args,
+    run_main,
+    train_main,
+)
 from pokedex_trainer.config import TrainConfig  # noqa: E402
 from pokedex_trainer.core.phases import Phase, layers_to_unfreeze  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
-from pokedex_trainer.models import IMAGENET_MEAN, IMAGENET_STD, get_spec  # noqa: E402
+from pokedex_trainer.networks import IMAGENET_MEAN, IMAGENET_STD, get_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tmodels():
-    from pokedex_trainer.torch_backend import models
+    from pokedex_trainer.backends.torch import networks as models
 
     return models
 
@@ -106,7 +111,7 @@ def test_caffe_normalization_is_resnets_preprocessing_and_loads_in_safe_mode(tmp
     import keras
     from keras.applications.resnet import preprocess_input
 
-    from pokedex_trainer.keras_backend.normalization import CaffeNormalization
+    from pokedex_trainer.backends.keras.normalization import CaffeNormalization
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, CaffeNormalization(name="normalize_caffe")(inputs))
@@ -123,7 +128,7 @@ def test_keras_resnet152_builds_with_caffe_normalization_inside():
     import keras
     from keras.applications.resnet import preprocess_input
 
-    from pokedex_trainer.keras_backend.models import BACKBONE_NAME, apply_phase, build_model
+    from pokedex_trainer.backends.keras.networks import BACKBONE_NAME, apply_phase, build_model
 
     model = build_model(get_spec("resnet", "keras"), 3, (32, 32), "none", 0.2)
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
@@ -317,7 +322,7 @@ def test_new_route_killed_resumed_exported_and_evaluated(tmp_path, tiny_dataset,
 def test_keras_resnet152_local_weights_round_trip_and_refusal(tmp_path):
     import keras
 
-    from pokedex_trainer.keras_backend.models import BACKBONE_NAME, build_backbone, build_model
+    from pokedex_trainer.backends.keras.networks import BACKBONE_NAME, build_backbone, build_model
 
     spec = get_spec("resnet", "keras")
     source = build_backbone(spec, (32, 32), "none")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pokedex_trainer.torch_backend.trainer import EpochMeter
+from pokedex_trainer.backends.torch.trainer import EpochMeter
 
 
 def _reference(batches, k=5):
@@ -56,9 +56,9 @@ def test_compile_is_one_option_for_every_route(tmp_path):
     the step in torch.compile); off by default, where Keras' own 'auto' stands."""
     import keras
 
-    from pokedex_trainer.cli import build_train_parser
+    from pokedex_trainer.cli.parsers import build_train_parser
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.keras_backend.trainer import compile_model
+    from pokedex_trainer.backends.keras.trainer import compile_model
 
     parser = build_train_parser()
     assert parser.parse_args(["--compile"]).compile is True
@@ -94,7 +94,7 @@ import sys
 import numpy as np
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
-from pokedex_trainer.keras_backend.platforms import _EventWriter
+from pokedex_trainer.backends.keras.keras_backends import _EventWriter
 loaded = set(sys.modules)
 writer = _EventWriter(Path({str(tmp_path)!r}))
 writer.scalar("train", "epoch_loss", 0.5, 0)

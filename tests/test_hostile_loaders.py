@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from test_hostile import Payload, _one_line_error, torch_exports  # noqa: E402,F401
-from pokedex_trainer.cli import evaluate_main, export_main, run_main  # noqa: E402
+from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main  # noqa: E402
 
 
 def _entries(pt2: Path) -> list[tuple[str, bytes]]:
@@ -190,7 +190,7 @@ def test_a_pt2_that_hides_code_is_refused_at_every_entry_point(torch_exports, tm
 
 def test_a_pt2_of_this_tool_still_opens_from_the_checked_bytes(torch_exports, tmp_path,
                                                                tiny_dataset):
-    from pokedex_trainer.inference import load_predictor
+    from pokedex_trainer.evaluation.predict import load_predictor
 
     predictor = load_predictor(torch_exports / "tiny_torch_best.pt2")
     probabilities = predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
@@ -284,7 +284,7 @@ def test_a_folder_that_is_no_savedmodel_is_refused_in_one_line(tmp_path, tiny_da
 def _swap_after_the_check(monkeypatch, swap):
     """Run ``swap()`` between the trust check and the framework's load: where the framework
     is imported (seconds, for a user)."""
-    import pokedex_trainer.inference as inference
+    import pokedex_trainer.evaluation.predict as inference
 
     real = inference.import_frameworks
 
@@ -301,7 +301,7 @@ class _AllOnLast(torch.nn.Module):
 
 def test_a_trusted_torchscript_swapped_after_the_check_is_not_run(torch_exports, tmp_path,
                                                                   monkeypatch):
-    from pokedex_trainer.inference import load_predictor
+    from pokedex_trainer.evaluation.predict import load_predictor
 
     ours = shutil.copy(torch_exports / "tiny_torch_best.pt", tmp_path / "model.pt")
     shutil.copy(torch_exports / "tiny_torch_best.pt.json", tmp_path / "model.pt.json")
@@ -317,8 +317,8 @@ def test_a_trusted_torchscript_swapped_after_the_check_is_not_run(torch_exports,
 
 def test_a_trusted_savedmodel_swapped_after_the_check_is_not_run(tmp_path, monkeypatch,
                                                                  tiny_dataset, capsys):
-    from pokedex_trainer.inference import load_predictor
-    from pokedex_trainer.safe_loading import remember_written
+    from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.evaluation.safe_loading import remember_written
 
     folder = _saved_model_writing(tmp_path / "model_saved_model", None, as_text=False)
     _sidecar_for(folder)

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from pokedex_trainer.cli import evaluate_main, export_main, run_main
-from pokedex_trainer.output_guard import RECORD
+from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main
+from pokedex_trainer.user_io.output_guard import RECORD
 
 FAST_EXPORT = ["--check_images", "6", "--calibration_images", "6"]
 FAST_EVALUATE = ["--latency_runs", "1", "--latency_batch", "2"]
@@ -142,7 +142,7 @@ def test_ensemble_keeps_a_users_own_report(torch_run, tmp_path, capsys):
                                     json.dumps(["report.md"])])
 def test_a_record_the_tool_did_not_write_vouches_for_nothing(record, tmp_path):
     from pokedex_trainer.errors import UserError
-    from pokedex_trainer.output_guard import claim_outputs
+    from pokedex_trainer.user_io.output_guard import claim_outputs
 
     (tmp_path / RECORD).write_text(record, "utf-8")
     (tmp_path / "report.md").write_bytes(USER_BYTES)
@@ -153,7 +153,7 @@ def test_a_record_the_tool_did_not_write_vouches_for_nothing(record, tmp_path):
 
 def test_a_link_in_place_of_a_recorded_file_is_not_followed(tmp_path):
     from pokedex_trainer.errors import UserError
-    from pokedex_trainer.output_guard import claim_outputs, record_outputs
+    from pokedex_trainer.user_io.output_guard import claim_outputs, record_outputs
 
     claim_outputs(tmp_path, ["report.md"])
     (tmp_path / "report.md").write_text("written by the tool", "utf-8")

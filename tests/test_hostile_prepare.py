@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pokedex_trainer.cli import run_main
-from pokedex_trainer.prepare import main as prepare_main
+from pokedex_trainer.cli.parsers import run_main
+from pokedex_trainer.prepare.run import main as prepare_main
 from pokedex_trainer.data.synthetic import write_dataset
 
 STATE = ".prepare_state.json"

@@ -10,9 +10,9 @@ import os
 import pytest
 
 from conftest import tiny_run_argv
-from pokedex_trainer.cli import evaluate_main, export_main, run_main, train_main
+from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main, train_main
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.prepare import main as prepare_main
+from pokedex_trainer.prepare.run import main as prepare_main
 
 TOO_LONG = "x" * 300  # longer than any file system's longest name (255 bytes)
 
@@ -74,7 +74,7 @@ def test_unstarted_run_removes_its_own_event_files_only(tiny_dataset, tmp_path, 
                                                           monkeypatch):
     """An earlier run's TensorBoard folder of the same name keeps its event files; the new
     run's event files (written before it stopped) and the folders it made are removed."""
-    import pokedex_trainer.training as training
+    import pokedex_trainer.runs.lifecycle as training
 
     def stop(*args, **kwargs):
         raise UserError("stopped by the test before the first epoch")
@@ -123,7 +123,7 @@ def fake_cgroup(tmp_path, limit: int, used: int = 0, inactive_file: int = 0, v1=
 
 @pytest.mark.parametrize("v1", [False, True], ids=["cgroup_v2", "cgroup_v1"])
 def test_memory_available_reads_the_cgroup_limit(tmp_path, v1):
-    from pokedex_trainer import memory
+    from pokedex_trainer.machine import memory
 
     mib = 2**20
     root, self_file = fake_cgroup(tmp_path, 100 * mib, used=70 * mib, inactive_file=10 * mib,
@@ -135,7 +135,7 @@ def test_memory_available_reads_the_cgroup_limit(tmp_path, v1):
 def test_memory_available_without_a_limit_is_the_machines(tmp_path):
     import psutil
 
-    from pokedex_trainer import memory
+    from pokedex_trainer.machine import memory
 
     root, self_file = fake_cgroup(tmp_path, 2**62)
     (root / "job" / "memory.max").write_text("max\n")
@@ -146,7 +146,7 @@ def test_memory_available_without_a_limit_is_the_machines(tmp_path):
 @pytest.fixture
 def small_cgroup(tmp_path, monkeypatch):
     """Every memory check of this process sees a cgroup with 20 MiB left."""
-    from pokedex_trainer import memory
+    from pokedex_trainer.machine import memory
 
     root, self_file = fake_cgroup(tmp_path, 20 * 2**20)
     monkeypatch.setattr(memory, "CGROUP_ROOT", root)

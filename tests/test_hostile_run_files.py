@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pokedex_trainer.cli import evaluate_main, export_main, run_main, train_main  # noqa: E402
+from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main, train_main  # noqa: E402
 
 STATE = "resume/state.json"
 

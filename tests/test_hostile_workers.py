@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT, train_tiny_run
-from pokedex_trainer import worker_limits
-from pokedex_trainer.worker_limits import ProcessBudget, allowed_workers, usable_workers
+from pokedex_trainer.machine import worker_limits
+from pokedex_trainer.machine.worker_limits import ProcessBudget, allowed_workers, usable_workers
 
 SAFETY_NET = 120  # seconds; the fixed code ends each case in a few
 
@@ -55,7 +55,7 @@ def test_workers_that_die_at_start_for_any_reason_leave_the_run_in_the_main_proc
         tiny_dataset, tmp_path):
     """The same piped script with the stdin check switched off: the workers really start and
     die importing <stdin>; their exits are seen at once and the run goes on without them."""
-    script = ("import pokedex_trainer.worker_limits as limits\n"
+    script = ("import pokedex_trainer.machine.worker_limits as limits\n"
               "limits.unimportable_main = lambda: None\n")
     script = PIPED_SCRIPT.replace("from pokedex_trainer.api", script + "from pokedex_trainer.api")
     result = subprocess.run([sys.executable, "-"], capture_output=True, text=True, cwd=tmp_path,
@@ -117,8 +117,12 @@ def test_a_worker_that_never_answers_ends_the_wait(monkeypatch):
     """Alive but silent (a stalled network drive): the wait ends after the configured time."""
     import time
 
-    from pokedex_trainer.worker_pool import (TIMEOUT_VARIABLE, WorkerPool, WorkersFailed,
-                                             worker_timeout)
+    from pokedex_trainer.machine.worker_pool import (
+        TIMEOUT_VARIABLE,
+        WorkerPool,
+        WorkersFailed,
+        worker_timeout,
+    )
 
     monkeypatch.setenv(TIMEOUT_VARIABLE, "0.5")
     pool = WorkerPool(1, time.sleep, what="test", fix="use --workers 0", timeout=SAFETY_NET)
@@ -135,7 +139,7 @@ def test_a_worker_that_never_answers_ends_the_wait(monkeypatch):
 
 def test_a_worker_timeout_that_is_not_a_number_is_one_line(monkeypatch):
     from pokedex_trainer.errors import UserError
-    from pokedex_trainer.worker_pool import TIMEOUT_VARIABLE, worker_timeout
+    from pokedex_trainer.machine.worker_pool import TIMEOUT_VARIABLE, worker_timeout
 
     for bad in ("soon", "0", "-3", "nan", "inf"):
         monkeypatch.setenv(TIMEOUT_VARIABLE, bad)
@@ -169,7 +173,7 @@ def test_the_real_limits_are_read_and_applied(tmp_path):
     code = f"""
 import os, resource, sys
 sys.path.insert(0, {str(ROOT)!r})
-from pokedex_trainer import worker_limits as w
+from pokedex_trainer.machine import worker_limits as w
 import psutil
 if os.getuid() == 0:
     os.setgid(65534); os.setuid(65534)
@@ -214,8 +218,8 @@ def test_training_goes_on_in_the_main_process_when_no_worker_may_start(
 def test_prepare_goes_on_in_the_main_process_when_no_worker_may_start(tmp_path,
                                                                       refused_processes,
                                                                       caplog):
-    from pokedex_trainer.cli import run_main
-    from pokedex_trainer.prepare import main
+    from pokedex_trainer.cli.parsers import run_main
+    from pokedex_trainer.prepare.run import main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=6, size=(48, 48))

@@ -143,7 +143,7 @@ def _train_argv(tmp_path, data, model_type, workers):
 def _train_twice(tmp_path, data, model_type, workers):
     import json
 
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     for _ in range(2):
         assert run_main(train_main, _train_argv(tmp_path, data, model_type, workers)) == 0
@@ -171,7 +171,7 @@ def test_keras_training_with_workers_and_a_disk_cache(tiny_dataset, tmp_path):
 ])
 def test_a_cache_folder_that_cannot_be_used_is_refused_before_the_run(tiny_dataset, tmp_path,
                                                                       capsys, extra, message):
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     (tmp_path / "FILE").write_text("mine", encoding="utf-8")
     extra = [str(tmp_path / e) if e in ("FILE", "DIR") else e for e in extra]
@@ -188,7 +188,7 @@ def test_a_cache_folder_that_cannot_be_used_is_refused_before_the_run(tiny_datas
 @pytest.mark.slow
 def test_resume_takes_the_cache_of_the_resuming_command(tiny_dataset, tmp_path):
     from conftest import ROOT, nth_commit, run_with_signal_at
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     argv = [ROOT / "train_professional_models.py",
             *_train_argv(tmp_path, tiny_dataset, "tiny_torch", 0), "--epochs", "3",

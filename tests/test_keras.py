@@ -12,10 +12,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import KERAS_STYLE_SCALARS, tensorboard_tags  # noqa: E402
-from pokedex_trainer.cli import run_main, train_main  # noqa: E402
+from pokedex_trainer.cli.parsers import run_main, train_main  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
-from pokedex_trainer.keras_backend import models as kmodels  # noqa: E402
-from pokedex_trainer.models import get_spec  # noqa: E402
+from pokedex_trainer.backends.keras import networks as kmodels  # noqa: E402
+from pokedex_trainer.networks import get_spec  # noqa: E402
 from pokedex_trainer.core.phases import BATCHNORM, WEIGHTED, Phase, layers_to_unfreeze  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.keras_backend import select
+from pokedex_trainer.backends.keras import select
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_an_absent_backend_is_a_one_line_error_with_the_install_command(machine)
 
 def test_an_absent_backend_on_the_command_line_is_exit_code_2(machine, tmp_path, tiny_dataset,
                                                                capsys):
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     machine["installed"] = {"tensorflow"}
     assert run_main(train_main, ["--data_path", str(tiny_dataset), "--model_type", "tiny_keras",
@@ -81,13 +81,13 @@ def test_a_process_running_keras_on_one_backend_refuses_another():
 def test_every_backend_is_fed_the_same_augmented_batches(tiny_dataset):
     from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.data.feeding import BatchLoader, BatchSource
-    from pokedex_trainer.keras_backend.platforms import LoaderFeed
+    from pokedex_trainer.backends.keras.keras_backends import LoaderFeed
 
     index = scan_dataset(tiny_dataset)
     source = BatchSource(index.root, index.samples, (32, 32), training=True, seed=3)
     loader = BatchLoader(source, 8, shuffle=True, seed=3)
     feed = LoaderFeed(loader, class_weights=[1.0, 2.0, 3.0])
-    from pokedex_trainer.keras_backend.platforms import TensorFlowPlatform
+    from pokedex_trainer.backends.keras.keras_backends import TensorFlowPlatform
 
     tf_loader = BatchLoader(source, 8, shuffle=True, seed=3)
     tf_feed = TensorFlowPlatform().feed(tf_loader, (32, 32), [1.0, 2.0, 3.0])
@@ -111,7 +111,7 @@ def test_every_backend_is_fed_the_same_augmented_batches(tiny_dataset):
 TRAIN_AND_REPORT = """
 import sys
 sys.path.insert(0, {root!r})
-from pokedex_trainer.cli import run_main, train_main
+from pokedex_trainer.cli.parsers import run_main, train_main
 code = run_main(train_main, {argv!r})
 import keras
 print("EXIT", code, "BACKEND", keras.backend.backend())
@@ -149,7 +149,7 @@ def test_a_keras_network_trains_exports_and_evaluates_on_the_torch_backend(
     on_tf = tensorboard_tags(shared_runs / "tb" / keras_run.name)
     assert on_torch == on_tf and KERAS_STYLE_SCALARS <= on_torch["validation"]
     # a .keras file written on the torch backend evaluates here, on TensorFlow
-    from pokedex_trainer.cli import evaluate_main, run_main
+    from pokedex_trainer.cli.parsers import evaluate_main, run_main
 
     assert run_main(evaluate_main, ["--run_dir", str(run), "--latency_runs", "2"]) == 0
 
@@ -213,7 +213,7 @@ def test_every_training_option_works_on_the_torch_backend(tmp_path, tiny_dataset
 def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model_type,
                                                              expected):
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.framework_choice import pick_training_framework
+    from pokedex_trainer.backends.choice import pick_training_framework
 
     machine["gpu"] = gpu
     framework, note = pick_training_framework(TrainConfig(model_type=model_type),
@@ -230,7 +230,7 @@ def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model
                                     {"base_model": "runs/x"}])
 def test_framework_auto_keeps_keras_when_the_user_asked_for_keras_things(machine, pinned):
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.framework_choice import pick_training_framework
+    from pokedex_trainer.backends.choice import pick_training_framework
 
     config = TrainConfig(model_type="mobilenet", **pinned)
     assert pick_training_framework(config, probe=lambda b: b == "torch",

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from conftest import ROOT
-from pokedex_trainer import live_log
-from pokedex_trainer.live_log import HEADER, open_live_log
-from pokedex_trainer.records import capture_to_log
+from pokedex_trainer.runs import live_log
+from pokedex_trainer.runs.live_log import HEADER, open_live_log
+from pokedex_trainer.runs.records import capture_to_log
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_printed_lines_and_log_records_reach_both_logs(here, tmp_path):
 WRITER = """
 import sys
 sys.path.insert(0, {root!r})
-from pokedex_trainer.live_log import open_live_log
+from pokedex_trainer.runs.live_log import open_live_log
 live, _ = open_live_log(sys.argv[1])
 for i in range(300):
     live.write(f"line {{i}} " + "x" * 200)

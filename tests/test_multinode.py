@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, tiny_run_argv
-from pokedex_trainer.distributed import group_problem
+from pokedex_trainer.runs.distributed import group_problem
 
 
 def _free_port() -> int:
@@ -198,7 +198,7 @@ def test_a_keras_network_refuses_a_multi_worker_cluster_in_one_line(tmp_path, ti
                                                                     monkeypatch, capsys):
     """TF_CONFIG names a cluster: Keras 3 cannot fit under MultiWorkerMirroredStrategy, so the
     run stops with one line and exit 2 before it writes anything (not N separate runs)."""
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, '
                                     '"task": {"type": "worker", "index": 0}}')
@@ -214,7 +214,7 @@ def test_a_keras_network_refuses_a_multi_worker_cluster_in_one_line(tmp_path, ti
 
 
 def test_a_one_task_tf_config_is_a_single_machine_job():
-    from pokedex_trainer.distributed import _cluster_tasks
+    from pokedex_trainer.runs.distributed import _cluster_tasks
 
     assert _cluster_tasks('{"cluster": {"chief": ["localhost:2222"]}, '
                           '"task": {"type": "chief", "index": 0}}') == 1

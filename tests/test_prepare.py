@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pokedex_trainer.cli import build_prepare_parser as build_parser
-from pokedex_trainer.prepare import prepare, square_image
+from pokedex_trainer.cli.parsers import build_prepare_parser as build_parser
+from pokedex_trainer.prepare.run import prepare, square_image
 from pokedex_trainer.data.synthetic import draw_pattern
 
 
@@ -104,7 +104,7 @@ def test_second_run_rewrites_nothing_and_a_changed_source_is_redone(messy, tmp_p
 
 
 def test_interrupted_run_completes_on_the_next_call(messy, tmp_path, monkeypatch):
-    import pokedex_trainer.prepare as prep
+    import pokedex_trainer.prepare.run as prep
 
     out = tmp_path / "training"
     real = prep._parallel

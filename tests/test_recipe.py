@@ -67,7 +67,7 @@ def test_label_smoothing_loss_is_the_same_in_both_frameworks():
     import keras
     import torch
 
-    from pokedex_trainer.keras_backend.trainer import SmoothedSparseCrossentropy
+    from pokedex_trainer.backends.keras.trainer import SmoothedSparseCrossentropy
 
     logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], dtype=np.float32)
     labels = np.array([0, 1])
@@ -87,8 +87,8 @@ def test_adamw_decays_the_same_in_both_frameworks():
     import keras
     import torch
 
-    from pokedex_trainer.keras_backend.trainer import make_optimizer as keras_optimizer
-    from pokedex_trainer.torch_backend.trainer import make_optimizer as torch_optimizer
+    from pokedex_trainer.backends.keras.trainer import make_optimizer as keras_optimizer
+    from pokedex_trainer.backends.torch.trainer import make_optimizer as torch_optimizer
 
     config = TrainConfig(optimizer="adamw", weight_decay=0.1)
     variable = keras.Variable(np.ones(3, dtype=np.float32))
@@ -107,8 +107,8 @@ def test_weight_average_differs_from_the_weights_and_swaps_back():
     import keras
     import torch
 
-    from pokedex_trainer.keras_backend.trainer import make_optimizer
-    from pokedex_trainer.torch_backend.trainer import WeightAverage
+    from pokedex_trainer.backends.keras.trainer import make_optimizer
+    from pokedex_trainer.backends.torch.trainer import WeightAverage
 
     config = TrainConfig(ema=0.9)
     param = torch.nn.Parameter(torch.zeros(2))
@@ -170,7 +170,7 @@ def test_old_runs_read_with_the_new_options(tmp_path):
         saved = TrainConfig(model_type="mobilenet").to_dict()
         path.write_text(json.dumps({**saved, "augment": old}), "utf-8")
         assert TrainConfig.load(path).augment == new
-    from pokedex_trainer.cli import parse_train_args
+    from pokedex_trainer.cli.parsers import parse_train_args
 
     assert parse_train_args(["--no_augment"]).augment == "none"
     assert parse_train_args(["--augment", "light"]).augment == "light"
@@ -184,7 +184,7 @@ def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
     """--weights none takes the measured recipe, in the Keras and the PyTorch networks alike;
     an ImageNet run or a base model keeps the guide's values; a given option always wins, even
     when it is the guide's value."""
-    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.cli.parsers import parse_train_command
     from pokedex_trainer.config import SCRATCH_DEFAULTS
 
     assert any(getattr(GUIDE, name) != value for name, value in SCRATCH_DEFAULTS.items())
@@ -210,7 +210,7 @@ def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
 def test_options_that_need_the_guides_value_keep_it_from_scratch():
     """--augment_warmup means full augmentation, --lr_patience / --lr_factor the plateau
     schedule, --no_augment none: the from-scratch recipe does not undo what they ask for."""
-    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.cli.parsers import parse_train_command
 
     scratch = ["--weights", "none"]
     assert parse_train_command(scratch + ["--augment_warmup", "2"])[0].augment == "full"
@@ -221,7 +221,7 @@ def test_options_that_need_the_guides_value_keep_it_from_scratch():
 
 def test_the_python_api_takes_the_same_from_scratch_defaults():
     from pokedex_trainer.api import MobileNetV2Trainer, ResNet152Trainer
-    from pokedex_trainer.cli import parse_train_command
+    from pokedex_trainer.cli.parsers import parse_train_command
 
     for cls, model_type in ((MobileNetV2Trainer, "mobilenet"), (ResNet152Trainer, "resnet")):
         expected = parse_train_command(["--model_type", model_type, "--weights", "none"])[0]
@@ -234,7 +234,7 @@ def test_a_from_scratch_run_records_the_recipe_it_took(tiny_dataset, tmp_path, c
     came from."""
     from pokedex_trainer.config import SCRATCH_DEFAULTS
 
-    with caplog.at_level("INFO", logger="pokedex_trainer.cli"):
+    with caplog.at_level("INFO", logger="pokedex_trainer.cli.parsers"):
         run = train_tiny_run(tiny_dataset, tmp_path, "tiny_torch", "--epochs", "1")
     config = json.loads((run / "config.json").read_text("utf-8"))
     assert {name: config[name] for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS

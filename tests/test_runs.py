@@ -3,9 +3,15 @@
 import multiprocessing
 import sys
 
-from pokedex_trainer.records import (EXPERIMENT_COLUMNS, HistoryWriter, append_experiment,
-                                  atomic_write_bytes, capture_to_log, create_run_dir,
-                                  read_experiments)
+from pokedex_trainer.runs.records import (
+    EXPERIMENT_COLUMNS,
+    HistoryWriter,
+    append_experiment,
+    atomic_write_bytes,
+    capture_to_log,
+    create_run_dir,
+    read_experiments,
+)
 
 
 def _append_many(path, worker):
@@ -35,7 +41,7 @@ def test_run_dirs_never_collide(tmp_path):
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    import pokedex_trainer.records as runs
+    import pokedex_trainer.runs.records as runs
 
     target = tmp_path / "model.bin"
     target.write_bytes(b"good")

@@ -13,11 +13,17 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, nth_commit, run_with_signal_at
-from pokedex_trainer.cli import explicit_train_options, parse_train_command
+from pokedex_trainer.cli.parsers import explicit_train_options, parse_train_command
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.search import (check_values, command_parts, compose_space,
-                                    default_space, format_command, read_space_file)
+from pokedex_trainer.search.trials import (
+    check_values,
+    command_parts,
+    compose_space,
+    default_space,
+    format_command,
+    read_space_file,
+)
 
 
 def tiny_search_argv(data: Path, out: Path, trials: int, *extra: str) -> list[str]:
@@ -127,8 +133,8 @@ def test_command_line_repeats_the_trial():
 def test_three_trial_search_prunes_and_reports(tiny_dataset, tmp_path, monkeypatch, capsys):
     """3 trials: 3 run directories, 3 experiments rows with their trial number; the trial
     whose validation accuracy is forced low is pruned; evaluate.py --search reports it."""
-    from pokedex_trainer import search
-    from pokedex_trainer.cli import evaluate_main, run_main, train_main
+    from pokedex_trainer.search import trials as search
+    from pokedex_trainer.cli.parsers import evaluate_main, run_main, train_main
 
     monkeypatch.setattr(search, "epoch_score",
                         lambda trial, logs: 0.0 if trial.number == 2 else 1.0)
@@ -164,7 +170,7 @@ def test_three_trial_search_prunes_and_reports(tiny_dataset, tmp_path, monkeypat
 
 
 def test_search_refusals_are_one_line(tiny_dataset, tmp_path, capsys):
-    from pokedex_trainer.cli import evaluate_main, run_main, train_main
+    from pokedex_trainer.cli.parsers import evaluate_main, run_main, train_main
 
     base = tiny_search_argv(tiny_dataset, tmp_path, 2)
     cases = [(base + ["--run_name", "x"], "does not combine with --run_name"),
@@ -203,7 +209,7 @@ def test_a_study_refuses_another_space_or_split(tiny_dataset, tmp_path, capsys):
     before any trial starts."""
     import optuna
 
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     folder = tmp_path / "runs" / "search"
     folder.mkdir(parents=True)
@@ -232,7 +238,7 @@ def test_a_trial_another_machine_left_running_is_failed_by_its_old_heartbeat(tmp
 
     import optuna
 
-    from pokedex_trainer.search import fail_dead_trials, rdb_storage
+    from pokedex_trainer.search.trials import fail_dead_trials, rdb_storage
 
     db = tmp_path / "s.db"
     study = optuna.create_study(study_name="s", storage=rdb_storage(f"sqlite:///{db}"))

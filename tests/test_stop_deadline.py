@@ -24,9 +24,9 @@ BLOCKING_TRAINER = """
 import os, signal, sys, threading, types
 from pathlib import Path
 sys.path.insert(0, {root!r})
-import pokedex_trainer.training as training
+import pokedex_trainer.runs.lifecycle as training
 from pokedex_trainer.core.interrupt import GracefulInterrupt
-from pokedex_trainer.cli import run_main, train_main
+from pokedex_trainer.cli.parsers import run_main, train_main
 
 STARTED, SIGNALLED, BLOCK_EPOCH, WHERE = {started!r}, {signalled!r}, {epoch!r}, {where!r}
 graceful_handle = GracefulInterrupt._handle

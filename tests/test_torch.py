@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags  # noqa: E402
 from pokedex_trainer.errors import UserError  # noqa: E402
-from pokedex_trainer.models import IMAGENET_MEAN, get_spec  # noqa: E402
+from pokedex_trainer.networks import IMAGENET_MEAN, get_spec  # noqa: E402
 from pokedex_trainer.core.phases import BATCHNORM, Phase, layers_to_unfreeze  # noqa: E402
 
 
@@ -21,7 +21,7 @@ from pokedex_trainer.core.phases import BATCHNORM, Phase, layers_to_unfreeze  # 
 def tmodels():
     """Imported by the tests, not at collection: this module switches TensorBoard to its
     TensorFlow-free stub when TensorFlow is not loaded yet, which the Keras tests must not see."""
-    from pokedex_trainer.torch_backend import models
+    from pokedex_trainer.backends.torch import networks as models
 
     return models
 
@@ -118,7 +118,7 @@ print("TENSORFLOW_IMPORTED", "tensorflow" in sys.modules)
 @pytest.fixture(scope="module")
 def tiny_torch_weights(tmp_path_factory) -> Path:
     """A backbone state dict of the tiny PyTorch network, saved by the test."""
-    from pokedex_trainer.torch_backend.models import TinyConvNet
+    from pokedex_trainer.backends.torch.networks import TinyConvNet
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny_torch_test.pth"
@@ -169,7 +169,7 @@ def test_seed_command_runs_and_writes_every_output(tmodels, tmp_path, tiny_datas
 
 
 def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
-    from pokedex_trainer.cli import run_main, train_main
+    from pokedex_trainer.cli.parsers import run_main, train_main
 
     argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
             "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
@@ -185,7 +185,7 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
 def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_copy, caplog):
     from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.data.feeding import BatchLoader, BatchSource
-    from pokedex_trainer.torch_backend.data import make_data_loader
+    from pokedex_trainer.backends.torch.data import make_data_loader
 
     bad = dataset_copy / "León" / "León_0002.jpg"
     bad.write_bytes(bad.read_bytes()[:150])

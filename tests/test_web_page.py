@@ -227,7 +227,7 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
     chromium = _browser()
     from playwright.sync_api import sync_playwright
 
-    from pokedex_trainer.cli import export_main, run_main
+    from pokedex_trainer.cli.parsers import export_main, run_main
     from pokedex_trainer.evaluation.report import predict_command
     from pokedex_trainer.data.augment import build_eval_transform
     from pokedex_trainer.data.images import read_image

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from .phases import Phase
+from pokedex_trainer.core.phases import Phase
 
 
 class TrainingBackend(Protocol):

@@ -15,9 +15,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..layout import RunLayout
-from ..records import atomic_write_json
-from .backend import TrainingBackend
+from pokedex_trainer.runs.layout import RunLayout
+from pokedex_trainer.runs.records import atomic_write_json
+from pokedex_trainer.core.backend import TrainingBackend
 
 logger = logging.getLogger(__name__)
 

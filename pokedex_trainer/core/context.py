@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..data.scan import DatasetIndex
-from ..data.feeding import BatchLoader, BatchSource
-from ..layout import RunLayout
-from ..models import ModelSpec
+from pokedex_trainer.config import TrainConfig
+from pokedex_trainer.data.scan import DatasetIndex
+from pokedex_trainer.data.feeding import BatchLoader, BatchSource
+from pokedex_trainer.runs.layout import RunLayout
+from pokedex_trainer.networks import ModelSpec
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RunContext:
         if config.cache == "none":
             return None
         if self.image_cache is None:
-            from ..data.cache import ImageCache, default_cache_dir
+            from pokedex_trainer.data.cache import ImageCache, default_cache_dir
 
             files = sorted({relative for split in self.splits.values()
                             for relative, _ in split})
@@ -88,7 +88,7 @@ class RunContext:
         """Per-class loss weights of ``--class_weight`` (None when off), from the train split."""
         if self.config.class_weight != "balanced":
             return None
-        from ..data.balance import balanced_class_weights
+        from pokedex_trainer.data.balance import balanced_class_weights
 
         return balanced_class_weights([label for _, label in self.splits["train"]],
                                       self.num_classes)

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from ..errors import UserError
+from pokedex_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 

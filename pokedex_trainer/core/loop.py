@@ -18,13 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..records import HistoryWriter
-from .backend import TrainingBackend
-from .checkpoints import CheckpointSaver
-from .context import RunContext
-from .interrupt import INTERRUPT
-from .monitor import BestTracker, EarlyStopping, PlateauScheduler, cosine_learning_rate
-from .phases import Phase
+from pokedex_trainer.runs.records import HistoryWriter
+from pokedex_trainer.core.backend import TrainingBackend
+from pokedex_trainer.core.checkpoints import CheckpointSaver
+from pokedex_trainer.core.context import RunContext
+from pokedex_trainer.core.interrupt import INTERRUPT
+from pokedex_trainer.core.monitor import BestTracker, EarlyStopping, PlateauScheduler, cosine_learning_rate
+from pokedex_trainer.core.phases import Phase
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import TrainConfig
+from pokedex_trainer.config import TrainConfig
 
 WEIGHTED = "weighted"
 BATCHNORM = "batchnorm"

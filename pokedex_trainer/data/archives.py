@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import IMAGE_EXTENSIONS, SYSTEM_NAMES, is_loop_link
+from pokedex_trainer.data.files import IMAGE_EXTENSIONS, SYSTEM_NAMES, is_loop_link
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _relative_if_possible(path: Path) -> Path:
 
 
 def _quoted(path: Path) -> str:
-    from ..shell import quote_token
+    from pokedex_trainer.user_io.shell import quote_token
 
     return quote_token(path.as_posix() if not path.is_absolute() else str(path))
 

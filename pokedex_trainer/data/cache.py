@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from pokedex_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def _check_room(kind: str, need: int, free: int, where: str) -> None:
 def ram_cache_room() -> int:
     """Bytes a ``ram`` cache may take: what the process may still use (its container's limit
     included), and no more than shared memory can hold."""
-    from ..memory import memory_available
-    from .shared_batches import shared_memory_free
+    from pokedex_trainer.machine.memory import memory_available
+    from pokedex_trainer.data.shared_batches import shared_memory_free
 
     return min(memory_available(), shared_memory_free())
 
@@ -69,7 +69,7 @@ def ram_cache_room() -> int:
 def check_ram_cache_fits(count: int, image_size: tuple[int, int], batch_size) -> None:
     """``--cache ram`` of ``count`` images and one input batch: refused before the run starts
     when they do not fit (the kernel would kill the run once the cache filled up)."""
-    from ..memory import input_bytes
+    from pokedex_trainer.machine.memory import input_bytes
 
     need = cache_bytes(count, image_size)
     if isinstance(batch_size, int):
@@ -135,7 +135,7 @@ class ImageCache:
                             f"('{where}'); choose a writable folder with --cache_dir") from None
 
     def _open_disk(self) -> None:
-        from ..records import _locked
+        from pokedex_trainer.runs.records import _locked
 
         meta = {"version": CACHE_VERSION, "root": str(self.root.resolve()),
                 "shape": list(self.shape), "files": self.relatives}
@@ -162,7 +162,7 @@ class ImageCache:
         return saved == meta and sizes == (self.nbytes, self.shape[0] * 3 * 8)
 
     def _create_ram(self) -> None:
-        from .shared_batches import _release, allocate_shared, segment_tag
+        from pokedex_trainer.data.shared_batches import _release, allocate_shared, segment_tag
 
         _check_room("ram", self.nbytes, ram_cache_room(), f"{len(self.relatives)} images at "
                     f"{self.shape[1]}x{self.shape[2]}")
@@ -207,7 +207,7 @@ class ImageCache:
     def image(self, relative: str) -> np.ndarray:
         """The stored pixels of ``relative`` (decoded and stored first when missing or when
         the file changed). Read-only view. Raises UnreadableImageError."""
-        from .images import UnreadableImageError
+        from pokedex_trainer.data.images import UnreadableImageError
 
         pixels, stamps = self._open()
         slot = self.slots[relative]
@@ -226,7 +226,7 @@ class ImageCache:
     def _store(self, slot: int, path: Path, stamp: tuple[int, int]) -> np.ndarray:
         import cv2
 
-        from .images import read_image
+        from pokedex_trainer.data.images import read_image
 
         pixels, stamps = self._open()
         height, width = self.shape[1:3]

@@ -63,7 +63,7 @@ class BatchSource:
     def transform_of(self, level: str):
         """The pipeline of one strength (built once per process)."""
         if level not in self._transforms:
-            from .augment import create_transform
+            from pokedex_trainer.data.augment import create_transform
 
             self._transforms[level] = create_transform(self.image_size, self.training,
                                                        self.seed, level)
@@ -76,7 +76,7 @@ class BatchSource:
 
     def levels(self, epoch: int, count: int, rng_seed: int) -> list[str]:
         """The strength of each of ``count`` images of a batch in 0-based ``epoch``."""
-        from .augment import full_share
+        from pokedex_trainer.data.augment import full_share
 
         share = full_share(epoch, self.augment, self.augment_warmup) if self.training else 0
         if not self.training or share in (0.0, 1.0):
@@ -87,7 +87,7 @@ class BatchSource:
     def load_image(self, index: int, rng_seed: int | None = None,
                    level: str | None = None) -> np.ndarray:
         """Read and transform sample ``index``; raises UnreadableImageError."""
-        from .images import read_image
+        from pokedex_trainer.data.images import read_image
 
         relative, _ = self.samples[index]
         height, width = self.image_size
@@ -109,7 +109,7 @@ class BatchSource:
         ``out``: an array of at least ``len(indices)`` images to write the pixels into (a
         shared-memory buffer); ``Batch.images`` is then a view of it.
         """
-        from .images import UnreadableImageError
+        from pokedex_trainer.data.images import UnreadableImageError
 
         rng_seed = (self.seed * 1_000_003 + epoch * 10_007 + batch_number) % (2**32)
         levels = self.levels(epoch, len(indices), rng_seed)
@@ -166,7 +166,7 @@ def _init_worker(source: BatchSource, parent_pid: int, ring=None) -> None:
     global _WORKER_SOURCE, _WORKER_RING
     import cv2
 
-    from ..processes import exit_with_parent
+    from pokedex_trainer.machine.processes import exit_with_parent
 
     ignore_interrupts()
     exit_with_parent(parent_pid)
@@ -229,7 +229,7 @@ class BatchLoader:
         order = np.arange(len(self.source.samples))
         rng = np.random.default_rng([self.seed, epoch])
         if self.balanced:
-            from .balance import balanced_sample_probabilities
+            from pokedex_trainer.data.balance import balanced_sample_probabilities
 
             labels = [label for _, label in self.source.samples]
             p = balanced_sample_probabilities(labels, max(labels) + 1)
@@ -248,8 +248,8 @@ class BatchLoader:
         """The worker pool, started at the first call; None (and ``workers`` 0, so batches
         load in this process) when the machine lets no worker start."""
         if self._pool is None and self.workers > 0:
-            from .shared_batches import BatchRing
-            from ..worker_limits import usable_workers
+            from pokedex_trainer.data.shared_batches import BatchRing
+            from pokedex_trainer.machine.worker_limits import usable_workers
 
             self.workers = usable_workers(self.workers)
             if self.workers == 0:
@@ -267,8 +267,8 @@ class BatchLoader:
         return self._pool
 
     def _start_workers(self):
-        from ..worker_limits import workers_refused
-        from ..worker_pool import WorkerPool, WorkersUnavailable
+        from pokedex_trainer.machine.worker_limits import workers_refused
+        from pokedex_trainer.machine.worker_pool import WorkerPool, WorkersUnavailable
 
         try:
             pool = WorkerPool(self.workers, _worker_load, _init_worker,

@@ -8,9 +8,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..layout import MANIFEST as MANIFEST_NAME
-from .files import (IMAGE_EXTENSIONS, SYSTEM_NAMES, _is_hidden, is_image_file,  # noqa: F401
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.runs.layout import MANIFEST as MANIFEST_NAME
+from pokedex_trainer.data.files import (IMAGE_EXTENSIONS, SYSTEM_NAMES, _is_hidden, is_image_file,  # noqa: F401
                     is_loop_link)
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
         class_names.append(class_dir.name)
         samples.extend((image.relative_to(root).as_posix(), label) for image in images)
     if not samples:
-        from .archives import find_image_roots, training_advice
+        from pokedex_trainer.data.archives import find_image_roots, training_advice
 
         archive = find_image_roots(root)
         if archive is not None:
@@ -90,7 +90,7 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
 
 def _nested_note(folder: Path) -> str:
     """For a class folder whose images sit one level deeper (an archive's wrapper folder)."""
-    from .archives import is_class_root
+    from pokedex_trainer.data.archives import is_class_root
 
     if is_class_root(folder):
         return (f" (its sub-folders hold images: an extracted archive? prepare it with "
@@ -160,8 +160,8 @@ def write_manifest(path: Path, index: DatasetIndex, splits: dict, seed: int,
 
 
 def read_manifest(path: Path) -> dict:
-    """Load a split manifest written by ``write_manifest`` (checked: see run_files.py)."""
-    from ..run_files import read_manifest as read_checked_manifest
+    """Load a split manifest written by ``write_manifest`` (checked: see runs/checked_files.py)."""
+    from pokedex_trainer.runs.checked_files import read_manifest as read_checked_manifest
 
     return read_checked_manifest(Path(path))
 
@@ -185,7 +185,7 @@ def dataset_warnings(index: DatasetIndex, image_size: tuple[int, int]) -> list[s
 
 def find_unreadable_headers(index: DatasetIndex) -> list[tuple[str, str]]:
     """Check every file's header (cheap: no pixel decoding); return (path, reason) of bad ones."""
-    from .images import UnreadableImageError, probe_image
+    from pokedex_trainer.data.images import UnreadableImageError, probe_image
 
     bad = []
     for relative, _ in index.samples:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layout import CALIBRATION as CALIBRATION_FILE
+from pokedex_trainer.runs.layout import CALIBRATION as CALIBRATION_FILE
 
 ECE_BINS = 15
 _EPS = 1e-12
@@ -75,7 +75,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
-    from ..records import atomic_write_json
+    from pokedex_trainer.runs.records import atomic_write_json
 
     path = Path(run_dir) / CALIBRATION_FILE
     atomic_write_json(path, {"temperature": temperature, **details})
@@ -85,7 +85,7 @@ def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
 def checked_temperature(value, where: str) -> float:
     """A saved temperature as a float; UserError unless it is a finite positive number (a
     negative one would silently turn the ranking of the classes upside down)."""
-    from ..errors import UserError
+    from pokedex_trainer.errors import UserError
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value) or value <= 0:
@@ -103,7 +103,7 @@ def read_temperature(run_dir: Path | None, path: Path | None = None) -> float | 
     path = Path(path)
     if not path.is_file():
         return None
-    from ..run_files import read_calibration
+    from pokedex_trainer.runs.checked_files import read_calibration
 
     value = read_calibration(path).get("temperature")  # a damaged file is refused, not skipped
     return None if value is None else checked_temperature(value, str(path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import expected_calibration_error, negative_log_likelihood
+from pokedex_trainer.evaluation.calibration import expected_calibration_error, negative_log_likelihood
 
 
 def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:

@@ -2,7 +2,7 @@
 
 Inside a run directory the report folders are the tool's own. Anywhere else (``--output_dir``,
 or a folder beside a loose model file) a file is overwritten only when the tool wrote it there
-(see output_guard.py); the user's own ``report.md`` or ``predictions.csv`` ends the command in
+(see user_io/output_guard.py); the user's own ``report.md`` or ``predictions.csv`` ends the command in
 one line before a model is loaded.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..layout import EVALUATION_DIR, RunLayout
-from ..output_guard import claim_outputs
+from pokedex_trainer.runs.layout import EVALUATION_DIR, RunLayout
+from pokedex_trainer.user_io.output_guard import claim_outputs
 
 REPORT_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png",
                 "per_class_f1.png", "mistakes.png", "metrics.json", "classification_report.csv",

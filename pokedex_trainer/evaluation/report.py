@@ -1,6 +1,6 @@
 """evaluate.py: the honest report on a model, an ensemble, or predictions for the app.
 
-Any model file this tool writes is evaluated in its own runtime (see inference.py), on images it
+Any model file this tool writes is evaluated in its own runtime (see evaluation/predict.py), on images it
 never saw: the run's test split from its manifest, or a separate labelled folder. Confidence is
 calibrated by temperature scaling fitted on the validation split, never on the test split.
 """
@@ -15,19 +15,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import (CALIBRATION_FILE, apply_temperature, checked_temperature,
+from pokedex_trainer.evaluation.calibration import (CALIBRATION_FILE, apply_temperature, checked_temperature,
                           expected_calibration_error,
                           fit_temperature, negative_log_likelihood, reliability)
-from ..errors import UserError
-from .metrics import compute_metrics, most_confident_mistakes, report_rows
-from ..inference import (Predictor, framework_of, import_frameworks, load_predictor,
-                        measure_latency, measure_throughput)
-from ..layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
-from ..memory import check_latency_batch
-from ..finished_runs import LabelledImages, best_model_of, folder_images, model_and_run, run_split
-from ..output_guard import record_outputs
-from ..records import atomic_write_json
-from .outputs import ENSEMBLE_FILES, PREDICTION_FILES, REPORT_FILES, prepared_folder, \
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.evaluation.metrics import compute_metrics, most_confident_mistakes, report_rows
+from pokedex_trainer.evaluation.predict import (
+    Predictor,
+    framework_of,
+    import_frameworks,
+    load_predictor,
+    measure_latency,
+    measure_throughput,
+)
+from pokedex_trainer.runs.layout import CLASS_NAMES, EVALUATION_DIR, RunLayout
+from pokedex_trainer.machine.memory import check_latency_batch
+from pokedex_trainer.runs.finished import (
+    LabelledImages,
+    best_model_of,
+    folder_images,
+    model_and_run,
+    run_split,
+)
+from pokedex_trainer.user_io.output_guard import record_outputs
+from pokedex_trainer.runs.records import atomic_write_json
+from pokedex_trainer.evaluation.outputs import ENSEMBLE_FILES, PREDICTION_FILES, REPORT_FILES, prepared_folder, \
     report_folder
 
 logger = logging.getLogger(__name__)
@@ -105,7 +117,7 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict, path: Path
     """calibration.json (``path``): per model file, and at the top the run's best model's (used
     by export sidecars and by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ..run_files import read_calibration
+    from pokedex_trainer.runs.checked_files import read_calibration
 
     data = read_calibration(path) or {}  # a damaged file is refused, not overwritten
     data.setdefault("models", {})[model_path.name] = details
@@ -120,7 +132,7 @@ def saved_calibration(member: Member) -> dict | None:
     the run's), else the one an export recorded in its sidecar; None when there is none."""
     path = member.calibration_path
     if path is not None and path.is_file():
-        from ..run_files import read_calibration
+        from pokedex_trainer.runs.checked_files import read_calibration
 
         data = read_calibration(path)
         entry = data.get("models", {}).get(member.predictor.path.name)
@@ -216,7 +228,7 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
 def _load(model_path: Path, run: Path | None) -> Predictor:
     names = None
     if run is not None and (run / CLASS_NAMES).is_file():
-        from ..run_files import run_class_names
+        from pokedex_trainer.runs.checked_files import run_class_names
 
         names = run_class_names(run)
     predictor = load_predictor(model_path, names)
@@ -242,7 +254,7 @@ def member_metrics(member: Member, labels: np.ndarray) -> dict:
 def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
                  images: LabelledImages, mistakes: int) -> None:
     """metrics.json, classification_report.csv, the PNGs and report.md in ``out``."""
-    from . import plots
+    from pokedex_trainer.evaluation import plots
 
     names = member.predictor.info.class_names
     matrix = np.asarray(metrics["confusion_matrix"])
@@ -267,8 +279,8 @@ def write_report(out: Path, metrics: dict, member: Member, labels: np.ndarray,
 
 def _mistake_images(indices: list[int], member: Member, images: LabelledImages,
                     names: list[str]) -> tuple[list[np.ndarray], list[str]]:
-    from ..data.augment import build_eval_transform
-    from ..data.images import UnreadableImageError, read_image
+    from pokedex_trainer.data.augment import build_eval_transform
+    from pokedex_trainer.data.images import UnreadableImageError, read_image
 
     transform = build_eval_transform(member.predictor.info.image_size)
     pictures, titles = [], []
@@ -376,7 +388,7 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None,
     rows = [{"model": "ensemble", **_headline(ensemble)}] + \
         [{"model": name, **_headline(m)} for name, m in results.items()]
     _write_csv(out / "ensemble.csv", rows)
-    from .plots import plot_confusion
+    from pokedex_trainer.evaluation.plots import plot_confusion
 
     plot_confusion(np.asarray(ensemble["confusion_matrix"]), names,
                    out / "confusion_matrix.png", normalized=False)
@@ -426,7 +438,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
                     threshold: float | None, output_dir: str | None,
                     calibration: str | None = None) -> list[dict]:
     """``--predict``: top-k calibrated classes per image; "unknown" below ``threshold``."""
-    from ..data.scan import is_image_file
+    from pokedex_trainer.data.scan import is_image_file
 
     model_path, run = model_and_run(run_dir, model)
     home = run or model_path.parent
@@ -477,8 +489,8 @@ def _predict_files(files: list[Path], member: Member, top_k: int,
                    threshold: float | None) -> list[dict]:
     from tqdm import tqdm
 
-    from ..data.augment import build_eval_transform
-    from ..data.images import UnreadableImageError, read_image
+    from pokedex_trainer.data.augment import build_eval_transform
+    from pokedex_trainer.data.images import UnreadableImageError, read_image
 
     names = member.predictor.info.class_names
     transform = build_eval_transform(member.predictor.info.image_size)

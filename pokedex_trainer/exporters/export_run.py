@@ -18,15 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import UserError
-from ..inference import (ModelInfo, Predictor, load_predictor, measure_latency, sidecar_path)
-from ..finished_runs import LabelledImages
-from ..records import atomic_write_json
-from ..output_guard import record_outputs
-from ..safe_loading import file_sha256, is_code_bearing, remember_written
-from .keras_formats import TFLITE_PRECISIONS
-from .targets import export_folder
+from pokedex_trainer import __version__
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.evaluation.predict import (
+    ModelInfo,
+    Predictor,
+    load_predictor,
+    measure_latency,
+    sidecar_path,
+)
+from pokedex_trainer.runs.finished import LabelledImages
+from pokedex_trainer.runs.records import atomic_write_json
+from pokedex_trainer.user_io.output_guard import record_outputs
+from pokedex_trainer.evaluation.safe_loading import file_sha256, is_code_bearing, remember_written
+from pokedex_trainer.exporters.keras_formats import TFLITE_PRECISIONS
+from pokedex_trainer.exporters.targets import export_folder
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +93,7 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
 
     Raises UserError naming the formats that exist for the framework.
     """
-    from . import web_page
+    from pokedex_trainer.exporters import web_page
 
     available = FORMATS[framework]
     if text is None or text.strip().lower() in ("", "all"):
@@ -101,7 +107,7 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
     if "web" in wanted:
         web_page.check_runtime()
     if framework == "torch" and "tflite" in wanted:  # on request only: litert-torch is optional
-        from .torch_tflite import checked_format
+        from pokedex_trainer.exporters.torch_tflite import checked_format
         available = available + checked_format(available)
     wrong = [name for name in wanted if name not in available]
     if wrong:
@@ -258,7 +264,7 @@ def _write_with_sidecar(writer):
 
 
 def _keras_writers(job: ExportJob, source: Predictor):
-    from . import keras_formats
+    from pokedex_trainer.exporters import keras_formats
 
     model, stem = source.model, job.source.stem
     out = job.output_dir
@@ -303,7 +309,7 @@ def _keras_writers(job: ExportJob, source: Predictor):
 
 
 def _torch_writers(job: ExportJob, source: Predictor):
-    from . import torch_formats, torch_tflite
+    from pokedex_trainer.exporters import torch_formats, torch_tflite
 
     model, size, stem = source.model, source.info.image_size, job.source.stem
     out = job.output_dir
@@ -328,7 +334,7 @@ def _torch_writers(job: ExportJob, source: Predictor):
 def _web_writer(job: ExportJob, write_onnx):
     """The web page (web_page.py): its model is ``write_onnx``'s float32 ONNX, or the fp16 /
     int8 variant, checked like any file (against the precision's tolerance)."""
-    from . import web_page
+    from pokedex_trainer.exporters import web_page
 
     precision = web_page.WEB_PRECISIONS[job.web_precision]
     path = job.output_dir / web_page.WEB_DIR / web_page.MODEL_FILE
@@ -363,7 +369,7 @@ def record_results(results: list[ExportResult], json_path: Path, job: ExportJob)
         entry["path"] = str(job.output_dir / result.file)
         written = job.output_dir / result.file
         if result.passed and written.exists():
-            # code-bearing formats open later only with this record (see safe_loading.py)
+            # code-bearing formats open later only with this record (see evaluation/safe_loading.py)
             entry["sha256"] = remember_written(written) if is_code_bearing(written) else \
                 file_sha256(written)
         entry["checked_on"] = job.check.description
@@ -387,7 +393,7 @@ def results_table(results: list[ExportResult]) -> str:
 
 def resolve_source(run_dir: str | None, model: str | None) -> tuple[Path, Path | None]:
     """(model file, its run directory or None) from ``--run_dir`` or ``--model``."""
-    from ..finished_runs import model_and_run
+    from pokedex_trainer.runs.finished import model_and_run
 
     if bool(run_dir) == bool(model):
         raise UserError("give either --run_dir RUN_DIR or --model FILE")
@@ -398,7 +404,7 @@ def export_images(run_dir: Path | None, data_path: str | None, class_names: list
                   check_images: int, calibration_images: int):
     """(check images, calibration images): the run's validation and training splits, or a
     labelled folder (``--data_path``) for a model outside a run directory."""
-    from ..finished_runs import folder_images, run_split
+    from pokedex_trainer.runs.finished import folder_images, run_split
 
     if data_path:
         images = folder_images(Path(data_path), class_names)
@@ -414,7 +420,7 @@ def export_images(run_dir: Path | None, data_path: str | None, class_names: list
 
 
 def framework_of_source(path: Path) -> str:
-    from ..inference import framework_of
+    from pokedex_trainer.evaluation.predict import framework_of
 
     if path.is_dir():  # a SavedModel runs its graph when loaded: refuse before loading anything
         raise UserError(f"'{path}' is a folder, not a trained model of this tool (*.keras, *.h5 "
@@ -441,14 +447,14 @@ def export_command(run_dir: str | None = None, model: str | None = None,
 
     Raises UserError on bad input and ExportCheckFailed when any file failed its check.
     """
-    from ..errors import ExportCheckFailed
-    from ..inference import class_names_near, import_frameworks
+    from pokedex_trainer.errors import ExportCheckFailed
+    from pokedex_trainer.evaluation.predict import class_names_near, import_frameworks
 
     source, run = resolve_source(run_dir, model)
     framework = framework_of_source(source)
     wanted = parse_formats(formats, framework)
     precisions = _parse_precisions(tflite_precisions)
-    from .web_page import check_precision
+    from pokedex_trainer.exporters.web_page import check_precision
 
     web_precision = check_precision(web_precision)
     if threshold is not None and not 0 <= threshold <= 1:
@@ -459,7 +465,7 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     out, record, written = export_folder(output_dir, run, source, framework, wanted,
                                          precisions, opset)  # may refuse: before any work
     if framework == "keras":
-        from ..keras_backend.select import activate
+        from pokedex_trainer.backends.keras.select import activate
 
         activate("tensorflow")  # the converters are TensorFlow's, whatever backend trained it
     import_frameworks({framework})
@@ -497,7 +503,7 @@ def _parse_precisions(text: str | None) -> tuple[str, ...]:
 
 
 def _temperature(run_dir: Path | None, calibration: str | None = None) -> float | None:
-    from ..evaluation.calibration import read_temperature
+    from pokedex_trainer.evaluation.calibration import read_temperature
 
     if calibration is not None and not Path(calibration).is_file():
         raise UserError(f"--calibration: '{calibration}' does not exist (evaluate.py writes it)")

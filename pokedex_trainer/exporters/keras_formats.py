@@ -15,9 +15,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..records import atomic_write_bytes
-from .metadata import add_onnx_metadata, add_tflite_metadata
-from .quiet import quiet_converters
+from pokedex_trainer.runs.records import atomic_write_bytes
+from pokedex_trainer.exporters.metadata import add_onnx_metadata, add_tflite_metadata
+from pokedex_trainer.exporters.quiet import quiet_converters
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from pokedex_trainer.errors import UserError
 
 EXPORTS_JSON = "exports.json"
 
@@ -30,7 +30,7 @@ def export_file_names(stem: str, framework: str, formats: list[str],
                       precisions: tuple[str, ...]) -> list[str]:
     """The files (and folders) an export of ``stem`` writes, each with its sidecar JSON; the
     names follow ``export_run._keras_writers`` / ``_torch_writers``."""
-    from ..inference import sidecar_path
+    from pokedex_trainer.evaluation.predict import sidecar_path
 
     if framework == "keras":
         named = {"savedmodel": [f"{stem}_saved_model"], "onnx": [f"{stem}.onnx"],
@@ -52,8 +52,8 @@ def export_folder(output_dir: str | None, run: Path | None, source: Path, framew
     ``export/`` beside a loose model file) is cleared for writing: refused in one line when it
     holds a file of one of those names that this tool did not write there.
     """
-    from ..layout import EXPORT_DIR
-    from ..output_guard import claim_outputs
+    from pokedex_trainer.runs.layout import EXPORT_DIR
+    from pokedex_trainer.user_io.output_guard import claim_outputs
 
     check_opset(opset, framework)
     out = Path(output_dir) if output_dir else (run or source.parent) / EXPORT_DIR

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..records import atomic_target, atomic_write_bytes
-from .metadata import EXTRA_FILE, add_onnx_metadata
-from .quiet import quiet_converters
+from pokedex_trainer.runs.records import atomic_target, atomic_write_bytes
+from pokedex_trainer.exporters.metadata import EXTRA_FILE, add_onnx_metadata
+from pokedex_trainer.exporters.quiet import quiet_converters
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def write_onnx(classifier: nn.Module, image_size, path: Path, opset: int, sideca
 def read_extra_metadata(path: Path) -> dict | None:
     """The sidecar stored inside a TorchScript (.pt) or torch.export (.pt2) file (opened only
     when safe_loading allows it: these formats can carry code)."""
-    from ..safe_loading import check_can_open
+    from pokedex_trainer.evaluation.safe_loading import check_can_open
 
     checked = io.BytesIO(check_can_open(Path(path)).data)  # the bytes that were checked
     files = {EXTRA_FILE: ""}

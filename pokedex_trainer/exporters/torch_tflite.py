@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import UserError
+from pokedex_trainer.errors import UserError
 
 INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch, which is not installed: "
                 "'python -m pip install litert-torch' (best in its own virtual environment: it "
@@ -40,10 +40,10 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     import litert_torch
     import torch
 
-    from ..records import atomic_write_bytes
-    from .metadata import add_tflite_metadata
-    from .quiet import quiet_converters
-    from .torch_formats import ProbabilityModel
+    from pokedex_trainer.runs.records import atomic_write_bytes
+    from pokedex_trainer.exporters.metadata import add_tflite_metadata
+    from pokedex_trainer.exporters.quiet import quiet_converters
+    from pokedex_trainer.exporters.torch_formats import ProbabilityModel
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self, model):

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
+from pokedex_trainer.errors import UserError
 
 WEB_DIR = "web"
 MODEL_FILE = "model.onnx"
@@ -103,7 +103,7 @@ def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
                threshold: float | None) -> Path:
     """Write the page into ``folder``; ``write_float32_onnx(path)`` writes the model there.
     Returns the model file (the one the export check runs)."""
-    from ..records import atomic_write_json
+    from pokedex_trainer.runs.records import atomic_write_json
 
     runtime = check_runtime()
     folder.mkdir(parents=True, exist_ok=True)

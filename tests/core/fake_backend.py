@@ -1,4 +1,4 @@
-"""A ``TrainingBackend`` in plain Python, and a run built around it the way training.py builds
+"""A ``TrainingBackend`` in plain Python, and a run built around it the way runs/lifecycle.py builds
 a real one: the tests of ``core.loop`` and ``core.checkpoints`` drive the real core with it.
 
 The fake's weights are a dict of numbers: ``{"path": [1, 2, 5]}`` are weights trained at
@@ -21,9 +21,9 @@ from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
 from pokedex_trainer.core.phases import Phase, plan_phases
 from pokedex_trainer.data.scan import DatasetIndex
-from pokedex_trainer.records import create_run_dir
-from pokedex_trainer.run_files import check_history, read_state
-from pokedex_trainer.training import train_with_backend
+from pokedex_trainer.runs.records import create_run_dir
+from pokedex_trainer.runs.checked_files import check_history, read_state
+from pokedex_trainer.runs.lifecycle import train_with_backend
 
 STAMP = "20250101_120000"  # the run's timestamp (records.timestamp's format)
 STATE_FILE = "fake_state.json"  # what save_state writes into resume/epoch_NNN/
@@ -182,7 +182,7 @@ def make_context(tmp_path: Path, name: str = "run", **options):
 
 def train(context, backend: FakeBackend, resume: bool = False, on_epoch=None,
           main_process: bool = True) -> tuple[RunState, dict]:
-    """Train ``context`` with ``backend`` as training.py does (``_train_and_record`` and
+    """Train ``context`` with ``backend`` as runs/lifecycle.py does (``_train_and_record`` and
     ``train_with_backend``); ``resume`` continues from the run's resume/state.json, read and
     checked as ``open_resumed_run`` reads it. Returns the RunState and the test metrics."""
     layout, config = context.layout, context.config

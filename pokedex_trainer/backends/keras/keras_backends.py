@@ -1,0 +1,461 @@
+"""What differs between the Keras 3 backends (TensorFlow, PyTorch, JAX), and nothing else.
+
+The Keras trainer is written once against ``Platform``; each backend supplies its devices,
+memory settings, determinism, multi-GPU strategy, data feed, TensorBoard writer, gradients for
+the histograms and out-of-memory errors. A platform imports only its own framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import keras
+import numpy as np
+
+from pokedex_trainer.core.tensorboard import (
+    TRAIN_SUBDIR,
+    VALIDATION_SUBDIR,
+    tensorboard_without_tensorflow,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LoaderFeed(keras.utils.PyDataset):
+    """A BatchLoader as Keras' backend-neutral feed; each pass over it is one epoch.
+
+    Keras reads it in order (one worker, no multiprocessing: the loader has its own worker
+    processes), so batch ``i`` is the loader's ``i``-th batch of epoch ``epoch``.
+
+    Args:
+        loader: the shared BatchLoader.
+        replicas: devices a batch is split over (see ``pack_batch``).
+        class_weights: per-class loss weights, or None.
+    """
+
+    def __init__(self, loader, replicas: int = 1, class_weights=None):
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=2)
+        self.loader, self.replicas, self.class_weights = loader, replicas, class_weights
+        self.epoch = 0
+        self._batches = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getitem__(self, index: int):
+        if index == 0 or self._batches is None:
+            # In place: pack_batch's float conversion reads the shared buffer before the next
+            # batch may reuse it.
+            self._batches = self.loader.iter_epoch(self.epoch, in_place=True)
+        batch = next(self._batches)
+        return pack_batch(batch, self.replicas, self.class_weights, float_images=True)
+
+    def on_epoch_end(self) -> None:
+        self._batches = None
+
+
+def pack_batch(batch, replicas: int = 1, class_weights=None, float_images: bool = False):
+    """(images, labels[, sample weights]) for Keras.
+
+    ``class_weights`` (per class) become per-sample weights, which Keras multiplies into the
+    loss exactly as PyTorch's trainer does. With several replicas a last batch smaller than the
+    replica count would leave a device with an empty batch; it is padded with copies that carry
+    a sample weight of 0.
+    """
+    images = batch.images.astype(np.float32) if float_images else batch.images
+    if replicas <= 1 and class_weights is None:
+        return images, batch.labels
+    labels = batch.labels
+    weights = np.ones(len(labels), np.float32) if class_weights is None else \
+        np.asarray(class_weights, np.float32)[labels]
+    missing = -len(labels) % replicas
+    if missing:
+        take = np.arange(missing) % len(labels)
+        images = np.concatenate([images, images[take]])
+        labels = np.concatenate([labels, labels[take]])
+        weights = np.concatenate([weights, np.zeros(missing, np.float32)])
+    return images, labels, weights
+
+
+class Platform:
+    """The defaults: one device, no strategy, a PyDataset feed, PyTorch's TensorBoard writer."""
+
+    name = ""
+    gpus = 0
+
+    def describe(self) -> str:
+        return "CPU"
+
+    def seed(self, seed: int) -> None:
+        """keras.utils.set_random_seed without its TensorFlow part: it imports TensorFlow
+        whenever it is installed, which a PyTorch or JAX run must not load."""
+        import random
+
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+        global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def prepare_memory(self) -> None:
+        """Before the first model: how GPU memory is taken."""
+
+    def set_deterministic(self) -> None:
+        """Deterministic kernels where the framework has them."""
+
+    def strategy_scope(self):
+        return contextlib.nullcontext()
+
+    replicas = 1
+
+    def feed(self, loader, image_size, class_weights=None):
+        return LoaderFeed(loader, self.replicas, class_weights)
+
+    def set_epoch(self, feed, epoch: int) -> None:
+        feed.epoch = epoch
+
+    def writer(self, log_dir):
+        return _TorchWriter(log_dir)
+
+    def gradients(self, model, images: np.ndarray, labels: np.ndarray):
+        """(variable, gradient array) of one training batch, for the histograms; None when
+        this backend cannot give them cheaply."""
+        return None
+
+    out_of_memory: tuple = (MemoryError,)
+
+    def peak_memory(self, step):
+        """Run ``step`` and return the device's peak memory in bytes (None: use RAM)."""
+        return None
+
+
+def _note_many_gpus(count: int, backend: str) -> None:
+    if count > 1:
+        logger.warning("%d GPUs visible: Keras on %s trains on one of them. For several GPUs, "
+                       "use --keras_backend tensorflow on Linux (MirroredStrategy) or "
+                       "--framework pytorch with torchrun", count, backend)
+
+
+class TensorFlowPlatform(Platform):
+    name = "tensorflow"
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.prepare_memory()
+        self.devices = tf.config.list_logical_devices("GPU")
+        self.gpus = len(self.devices)
+        self._strategy = self._make_strategy()
+        self.replicas = self._strategy.num_replicas_in_sync
+
+    def describe(self) -> str:
+        return f"{self.gpus} GPU ({', '.join(g.name for g in self.devices)})" if self.gpus \
+            else "CPU"
+
+    def seed(self, seed: int) -> None:
+        keras.utils.set_random_seed(seed)
+
+    def prepare_memory(self) -> None:
+        """Take GPU memory as needed instead of all at once (the seed's OOM advice)."""
+        for gpu in self.tf.config.list_physical_devices("GPU"):
+            try:
+                self.tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass
+
+    def set_deterministic(self) -> None:
+        self.tf.config.experimental.enable_op_determinism()
+
+    def _make_strategy(self):
+        """MirroredStrategy over every visible GPU when there are several, else the default.
+        The batch size stays global: each of N GPUs gets batch_size / N images per step."""
+        return make_strategy()
+
+    def strategy_scope(self):
+        return self._strategy.scope()
+
+    def feed(self, loader, image_size, class_weights=None):
+        """tf.data over the loader: uint8 crosses into TensorFlow (4x smaller), then floats."""
+        tf = self.tf
+        height, width = image_size
+        replicas = self.replicas
+        weighted = replicas > 1 or class_weights is not None
+
+        def generate():
+            # Copied out of the shared buffers: TensorFlow may keep a NumPy array's memory.
+            for batch in loader.iter_epoch():
+                yield pack_batch(batch, replicas, class_weights)
+
+        signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
+                     tf.TensorSpec((None,), tf.int32))
+        if weighted:
+            signature += (tf.TensorSpec((None,), tf.float32),)
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(loader)))
+        dataset = dataset.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest))
+        return dataset.prefetch(2)
+
+    def set_epoch(self, feed, epoch: int) -> None:
+        pass  # the generator reads the loader's own epoch (set by the trainer)
+
+    def writer(self, log_dir):
+        return _TensorFlowWriter(log_dir)
+
+    def gradients(self, model, images, labels):
+        tf = self.tf
+        variables = model.trainable_variables
+        key = (id(model.optimizer), len(variables))
+        if getattr(self, "_gradient_key", None) != key:
+            # Compiled once per phase: eager backprop through a large backbone costs seconds.
+            @tf.function
+            def gradient_fn(x, y):
+                with tf.GradientTape() as tape:
+                    loss = model.loss(y, model(x, training=True))
+                return tape.gradient(loss, model.trainable_variables)
+
+            self._gradient_fn, self._gradient_key = gradient_fn, key
+        grads = self._gradient_fn(tf.cast(images, tf.float32), tf.convert_to_tensor(labels))
+        return [(v, g) for v, g in zip(variables, grads) if g is not None]
+
+    @property
+    def out_of_memory(self):
+        return (self.tf.errors.ResourceExhaustedError, MemoryError)
+
+    def peak_memory(self, step):
+        if not self.gpus:
+            return None
+        name = self.devices[0].name
+        self.tf.config.experimental.reset_memory_stats(name)
+        step()
+        return self.tf.config.experimental.get_memory_info(name)["peak"]
+
+
+def make_strategy():
+    """TensorFlow's distribution strategy for this machine (a hook the tests replace)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return strategy
+    return tf.distribute.get_strategy()
+
+
+class TorchPlatform(Platform):
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        torch.backends.cudnn.benchmark = True  # fixed sizes (set_deterministic turns it off)
+        if torch.cuda.is_available():
+            self.gpus, self.kind = torch.cuda.device_count(), "cuda"
+        elif torch.backends.mps.is_available():
+            self.gpus, self.kind = 1, "mps"
+        else:
+            self.gpus, self.kind = 0, "cpu"
+        _note_many_gpus(self.gpus, "PyTorch")
+
+    def describe(self) -> str:
+        if self.kind == "cuda":
+            return f"cuda:0 ({self.torch.cuda.get_device_name(0)})"
+        return self.kind
+
+    def seed(self, seed: int) -> None:
+        super().seed(seed)
+        self.torch.manual_seed(seed)
+
+    def set_deterministic(self) -> None:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        self.torch.use_deterministic_algorithms(True, warn_only=True)
+        self.torch.backends.cudnn.benchmark = False
+
+    def gradients(self, model, images, labels):
+        torch = self.torch
+        variables = model.trainable_variables
+        for variable in variables:
+            variable.value.grad = None
+        loss = model.loss(torch.as_tensor(labels),
+                          model(torch.as_tensor(images, dtype=torch.float32), training=True))
+        loss.backward()
+        pairs = [(v, v.value.grad.detach()) for v in variables if v.value.grad is not None]
+        for variable in variables:
+            variable.value.grad = None
+        return pairs
+
+    @property
+    def out_of_memory(self):
+        return (self.torch.cuda.OutOfMemoryError, MemoryError)
+
+    def peak_memory(self, step):
+        if self.kind != "cuda":
+            return None
+        self.torch.cuda.reset_peak_memory_stats()
+        step()
+        return self.torch.cuda.max_memory_allocated()
+
+
+class JaxPlatform(Platform):
+    name = "jax"
+
+    def __init__(self):
+        import jax
+
+        self.jax = jax
+        devices = [d for d in jax.devices() if d.platform == "gpu"]
+        self.gpus = len(devices)
+        self.device = devices[0] if devices else jax.devices()[0]
+        _note_many_gpus(self.gpus, "JAX")
+        logger.info("JAX: TensorBoard gets weight histograms, not gradient histograms")
+
+    def describe(self) -> str:
+        return f"{self.device.platform}:0 ({self.device.device_kind})"
+
+    def writer(self, log_dir):
+        # Not PyTorch's writer: importing torch would load PyTorch's CUDA libraries (cuDNN,
+        # cuBLAS, of its own versions) into the process whose GPU JAX drives.
+        return _EventWriter(log_dir)
+
+    def peak_memory(self, step):
+        if not self.gpus:
+            return None
+        step()
+        return (self.device.memory_stats() or {}).get("peak_bytes_in_use")
+
+
+PLATFORMS = {"tensorflow": TensorFlowPlatform, "torch": TorchPlatform, "jax": JaxPlatform}
+
+
+def current_platform() -> Platform:
+    """The platform of the backend Keras runs on in this process."""
+    return PLATFORMS[keras.backend.backend()]()
+
+
+class _Writers:
+    """The train and validation event-file writers of one run (``self.writers``)."""
+
+    writers: dict
+
+    def flush(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+class _TensorFlowWriter(_Writers):
+    """tf.summary event files for the train and validation runs."""
+
+    def __init__(self, log_dir):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writers = {"train": tf.summary.create_file_writer(str(log_dir / TRAIN_SUBDIR)),
+                        "val": tf.summary.create_file_writer(str(log_dir / VALIDATION_SUBDIR))}
+
+    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
+        with self.writers[which].as_default():
+            self.tf.summary.scalar(tag, value, step=step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        with self.writers["train"].as_default():
+            self.tf.summary.histogram(tag, values, step=step)
+
+    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
+        with self.writers["train"].as_default():
+            self.tf.summary.image(tag, grid[None], step=step)
+
+
+class _TorchWriter(_Writers):
+    """PyTorch's SummaryWriter, the same tags (TensorBoard reads both alike)."""
+
+    def __init__(self, log_dir):
+        from pokedex_trainer.backends import torch as torch_backend  # noqa: F401  (TensorBoard without loading TensorFlow)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writers = {"train": SummaryWriter(str(log_dir / TRAIN_SUBDIR)),
+                        "val": SummaryWriter(str(log_dir / VALIDATION_SUBDIR))}
+
+    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
+        self.writers[which].add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        self.writers["train"].add_histogram(tag, np.asarray(keras.ops.convert_to_numpy(values),
+                                                            np.float32), step)
+
+    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
+        self.writers["train"].add_image(tag, grid, step, dataformats="HWC")
+
+
+class _EventWriter(_Writers):
+    """Event files written with the tensorboard package alone (no TensorFlow, no PyTorch):
+    the same tags and summaries as the other writers."""
+
+    class _One:
+        def __init__(self, folder):
+            tensorboard_without_tensorflow()
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self.file = EventFileWriter(str(folder))
+
+        def add(self, value, step: int) -> None:
+            import time
+
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+
+            self.file.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                summary=summary_pb2.Summary(value=[value])))
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def close(self) -> None:
+            self.file.close()
+
+    def __init__(self, log_dir):
+        self.writers = {"train": self._One(log_dir / TRAIN_SUBDIR),
+                        "val": self._One(log_dir / VALIDATION_SUBDIR)}
+
+    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        self.writers[which].add(summary_pb2.Summary.Value(tag=tag, simple_value=float(value)),
+                                step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        values = np.asarray(keras.ops.convert_to_numpy(values), np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        counts, edges = np.histogram(values, bins=30)
+        histogram = summary_pb2.HistogramProto(
+            min=float(values.min()), max=float(values.max()), num=float(values.size),
+            sum=float(values.sum()), sum_squares=float(np.square(values).sum()),
+            bucket_limit=[float(edge) for edge in edges[1:]],
+            bucket=[float(count) for count in counts])
+        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, histo=histogram), step)
+
+    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
+        import cv2
+        from tensorboard.compat.proto import summary_pb2
+
+        grid = np.ascontiguousarray(grid, np.uint8)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        if not ok:
+            return
+        image = summary_pb2.Summary.Image(height=grid.shape[0], width=grid.shape[1],
+                                          colorspace=3, encoded_image_string=png.tobytes())
+        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, image=image), step)

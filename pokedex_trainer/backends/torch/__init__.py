@@ -1,0 +1,6 @@
+"""The PyTorch side: ResNet152 from torchvision. Imports torch; never TensorFlow."""
+
+from pokedex_trainer.core.tensorboard import tensorboard_without_tensorflow
+
+# torch.utils.tensorboard goes through tensorboard.compat: keep TensorFlow out of the process.
+tensorboard_without_tensorflow()

@@ -1,0 +1,629 @@
+"""Argument parsers of the command-line scripts. No framework import here: --help stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+from pokedex_trainer.config import SCRATCH_DEFAULTS, TrainConfig, default_workers
+from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS
+
+
+def _defaults_line() -> str:
+    rows = [
+        f"  {name:<13}{spec.display_name:<15}{spec.framework:<7}"
+        f"{spec.image_size[0]}x{spec.image_size[1]}, batch {spec.batch_size}"
+        for name, spec in MODEL_SPECS.items()
+    ]
+    scratch = " ".join(f"--{name} {value}" for name, value in SCRATCH_DEFAULTS.items())
+    return ("per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
+            + "\n\nfrom scratch (--weights none), the options you leave out take the measured "
+            f"recipe:\n  {scratch}\n(see docs/training.md, \"The from-scratch recipe\")")
+
+
+def _batch_size(value: str):
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'auto'") from None
+
+
+EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models; "
+                       "torchscript, torch_export, onnx for PyTorch ones (--framework); web "
+                       "for both (a static page that runs the model in a browser; needs "
+                       "ONNX Runtime Web: npm ci)")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="train_professional_models.py",
+        description="Train an animal classifier in two phases: a new head on a frozen ImageNet "
+        "backbone, then the last layers unfrozen at a lower learning rate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_defaults_line(),
+    )
+    _add_data_options(parser.add_argument_group("data"), d)
+    _add_model_options(parser.add_argument_group("model"), d)
+    _add_training_options(parser.add_argument_group("training"), d)
+    _add_output_options(parser.add_argument_group("output"), d)
+    _add_search_options(parser.add_argument_group("hyperparameter search (Optuna)"))
+    return parser
+
+
+SEARCH_ACTIONS = ("search_trials", "search_name", "search_storage", "search_space")
+
+
+def _add_search_options(search) -> None:
+    search.add_argument("--search_trials", type=int, default=None, metavar="N",
+                        help="search the hyperparameters: run trials (each a normal run) until "
+                             "the study has N finished ones; hopeless trials are pruned after "
+                             "an epoch below the median; flags you give stay fixed")
+    search.add_argument("--search_name", default=None,
+                        help="the study to create or continue (default: <model_type>_<data "
+                             "folder name>)")
+    search.add_argument("--search_storage", default=None, metavar="URL",
+                        help="where the study lives, shared by every process that runs it: "
+                             "sqlite:///file.db, postgresql://user:password@host/db, "
+                             "mysql+pymysql://..., or an Optuna journal file (*.log) "
+                             "(default: sqlite in <output_dir>/search/<name>.db)")
+    search.add_argument("--search_space", default=None, metavar="FILE",
+                        help="YAML or JSON file that narrows or extends the searched "
+                             "hyperparameters (see docs/search.md)")
+
+
+def _add_workers_option(group) -> None:
+    """``--workers``: one meaning (and default) in every script that has it."""
+    group.add_argument("--workers", type=int, default=default_workers(),
+                       help="worker processes for reading and decoding images; 0 works in "
+                            "the main process (default: %(default)s)")
+
+
+def _add_data_options(data, d: TrainConfig) -> None:
+    data.add_argument("--data_path", default=d.data_path,
+                      help="folder with one sub-folder of images per class (default: %(default)s)")
+    data.add_argument("--val_split", type=float, default=d.val_split,
+                      help="fraction of each class held out for validation (default: %(default)s)")
+    data.add_argument("--test_split", type=float, default=d.test_split,
+                      help="fraction of each class held out for the final test "
+                           "(default: %(default)s)")
+    _add_workers_option(data)
+    data.add_argument("--cache", choices=("none", "ram", "disk"), default=d.cache,
+                      help="keep each image decoded and resized after its first epoch: in "
+                           "shared memory for this run (ram), or in a memory-mapped file that "
+                           "later runs on the same folder and size reuse (disk); augmentation "
+                           "stays random (default: %(default)s)")
+    data.add_argument("--cache_dir", default=d.cache_dir, metavar="DIR",
+                      help="folder of --cache disk, safe to delete between runs "
+                           "(default: <output_dir>/cache)")
+    data.add_argument("--augment", choices=("none", "light", "full"), default=d.augment,
+                      help="augmentation strength: full is the guide's 13 transforms, light "
+                           "the random crop, flip and a mild colour change, none resizes only "
+                           "(default: %(default)s)")
+    data.add_argument("--no_augment", dest="augment", action="store_const", const="none",
+                      help="the same as --augment none")
+    data.add_argument("--augment_warmup", type=int, default=d.augment_warmup, metavar="N",
+                      help="with --augment full: over the first N epochs, a growing share of "
+                           "the images (1/(N+1), 2/(N+1), ...) gets the full pipeline and the "
+                           "rest the light one (default: %(default)s)")
+
+
+def _add_model_options(model, d: TrainConfig) -> None:
+    model.add_argument("--model_type", choices=sorted(MODEL_SPECS), default=None,
+                       help=f"network to train (default: {d.model_type}, or the network of "
+                            "--base_model)")
+    model.add_argument("--base_model", default=None, metavar="MODEL_FILE",
+                       help="start from a model this tool trained (model/ultra/<run>/<arch>_best"
+                            ".keras or .pth): its backbone is kept, its head is replaced by a new "
+                            "one for this data's classes, then the usual two phases")
+    model.add_argument("--weights", default=d.weights,
+                       help="'imagenet' (downloaded once, then cached), 'none' (train from "
+                            "scratch) or the path of a local weights file of the network, for "
+                            "offline machines: a torchvision state dict (.pth) for PyTorch, "
+                            "a .weights.h5 / .h5 (or .keras) for Keras; its classifier is "
+                            "ignored (default: %(default)s)")
+    model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                       default=None, help="input size (default: the model's, see below)")
+    model.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
+                       help="framework the network trains in; every network exists in both. "
+                            "auto keeps the guide's pairing: efficientnet and mobilenet on "
+                            "Keras, resnet on PyTorch (default: %(default)s, or the framework "
+                            "of --base_model)")
+    model.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
+                       default=d.keras_backend,
+                       help="Keras 3 backend of efficientnet and mobilenet: auto picks "
+                            "TensorFlow when it sees a GPU, else PyTorch when it sees CUDA or "
+                            "MPS (native Windows, macOS), else JAX with a GPU, else TensorFlow "
+                            "on the CPU; wins over KERAS_BACKEND (default: %(default)s)")
+    model.add_argument("--dropout", type=float, default=d.dropout,
+                       help="dropout before the new classification layer (default: %(default)s)")
+
+
+def _add_training_options(train, d: TrainConfig) -> None:
+    train.add_argument("--epochs", type=int, default=d.epochs,
+                       help="phase 1 epochs: new head on a frozen backbone (default: %(default)s)")
+    train.add_argument("--batch_size", type=_batch_size, default=None,
+                       help="images per step, or 'auto' for the largest that trains on this "
+                            "machine, with a safety margin (default: the model's, see below)")
+    train.add_argument("--kfold", type=int, default=None, metavar="K",
+                       help="cross-validation for small datasets: K runs, each tested on one "
+                            "stratified K-th of the data; prints mean and standard deviation")
+    train.add_argument("--find_batch_size", action="store_true",
+                       help="only find and print the largest batch size that trains, then exit")
+    train.add_argument("--memory_limit_mb", type=int, default=None,
+                       help="memory the batch-size search may use (default: the GPU's memory, "
+                            "or free RAM on CPU)")
+    train.add_argument("--learning_rate", type=float, default=d.learning_rate,
+                       help="phase 1 learning rate, Adam (default: %(default)s)")
+    train.add_argument("--fine_tune_epochs", type=int, default=d.fine_tune_epochs,
+                       help="phase 2 epochs; 0 skips phase 2 (default: %(default)s)")
+    train.add_argument("--fine_tune_layers", type=int, default=d.fine_tune_layers,
+                       help="phase 2 unfreezes the backbone's last N layers with weights, "
+                            "BatchNorm excluded (default: %(default)s)")
+    train.add_argument("--fine_tune_learning_rate", type=float,
+                       default=d.fine_tune_learning_rate,
+                       help="phase 2 learning rate (default: %(default)s)")
+    train.add_argument("--patience", type=int, default=d.patience,
+                       help="early stopping: epochs without a better validation accuracy "
+                            "(default: %(default)s)")
+    train.add_argument("--lr_patience", type=int, default=d.lr_patience,
+                       help="reduce the learning rate after this many epochs without a lower "
+                            "validation loss (default: %(default)s)")
+    train.add_argument("--lr_factor", type=float, default=d.lr_factor,
+                       help="factor of each learning-rate reduction (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=d.seed,
+                       help="seed of the split, the augmentation and the weights "
+                            "(default: %(default)s)")
+    train.add_argument("--class_weight", choices=("none", "balanced"), default=d.class_weight,
+                       help="balanced: weigh each class's loss by n / (classes x its count) "
+                            "(default: %(default)s)")
+    train.add_argument("--sampler", choices=("none", "balanced"), default=d.sampler,
+                       help="balanced: draw training images so every class is seen as often "
+                            "(rare classes oversampled) (default: %(default)s)")
+    _add_recipe_options(train, d)
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels where the framework has them (slower); with "
+                            "--seed, a repeated run gives the same numbers")
+    train.add_argument("--mixed_precision", action="store_true",
+                       help="float16 compute on GPU (bfloat16 on CPU, usually slower there)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the training step: torch.compile on PyTorch, "
+                            "jit_compile=True on Keras (XLA on TensorFlow and JAX, "
+                            "torch.compile on Keras' PyTorch backend); the first epoch is "
+                            "slower while it compiles. Measure it: "
+                            "benchmarks/train_throughput.py --compile")
+
+
+def _add_recipe_options(train, d: TrainConfig) -> None:
+    """Options of the training recipe; each has the same meaning in Keras and PyTorch."""
+    train.add_argument("--label_smoothing", type=float, default=d.label_smoothing,
+                       help="train on targets 1 - s + s/classes for the true class and "
+                            "s/classes for the others (default: %(default)s)")
+    train.add_argument("--lr_schedule", choices=("plateau", "cosine"), default=d.lr_schedule,
+                       help="plateau: reduce the rate when the validation loss stalls "
+                            "(--lr_patience, --lr_factor); cosine: in each phase, a linear "
+                            "warm-up over --warmup_epochs then a cosine decay to --min_lr by "
+                            "the phase's last epoch (default: %(default)s)")
+    train.add_argument("--warmup_epochs", type=int, default=d.warmup_epochs,
+                       help="cosine: epochs of linear warm-up at the start of each phase "
+                            "(default: %(default)s)")
+    train.add_argument("--min_lr", type=float, default=d.min_lr,
+                       help="lowest learning rate of either schedule (default: %(default)s)")
+    train.add_argument("--optimizer", choices=("adam", "adamw"), default=d.optimizer,
+                       help="adam, or adamw with decoupled weight decay (default: %(default)s)")
+    train.add_argument("--weight_decay", type=float, default=d.weight_decay,
+                       help="adamw's weight decay (default: %(default)s)")
+    train.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                       help="validate and save an exponential moving average of the weights, "
+                            "updated every step with this decay (e.g. 0.999); 0 turns it off "
+                            "(default: %(default)s)")
+
+
+def _add_output_options(out, d: TrainConfig) -> None:
+    out.add_argument("--output_dir", default=d.output_dir,
+                     help="where run directories and experiments.csv go (default: %(default)s)")
+    out.add_argument("--log_dir", default=d.log_dir,
+                     help="TensorBoard root; each run writes <log_dir>/<run> "
+                          "(default: %(default)s)")
+    out.add_argument("--histogram_freq", type=int, default=d.histogram_freq,
+                     help="write weight, gradient and layer-activation histograms every N "
+                          "epochs; 0 turns them off (they cost a forward and backward pass per "
+                          "N epochs) (default: %(default)s)")
+    out.add_argument("--save_every", type=int, default=d.save_every,
+                     help="also keep the model of every N-th epoch (default: 0, only best and "
+                          "final)")
+    out.add_argument("--save_h5", action="store_true",
+                     help="Keras networks: also save the final model as <arch>_final_<stamp>.h5 "
+                          "(legacy HDF5, the file the guide's snippets open) beside the .keras")
+    out.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue an interrupted run from its last finished epoch, with its "
+                          "own configuration (other flags but --workers are ignored)")
+    out.add_argument("--export", nargs="?", const="all", default=None, metavar="FORMATS",
+                     help="after training, export the best model and check each file against "
+                          "it; " + EXPORT_FORMATS_HELP + ". Without a value: every format of the "
+                          "network's framework")
+    out.add_argument("--run_name", default=None,
+                     help="name of the run directory (default: <model_type>_<timestamp>)")
+    out.add_argument("--live_log", default=None, metavar="FILE",
+                     help="shared live log every run appends to, each line prefixed with the "
+                          "run name; follow it with tail -f or Get-Content -Wait; 'none' turns "
+                          "it off (default: training.log in the current folder)")
+
+
+TRAIN_ACTIONS = ("resume", "find_batch_size", "export", "kfold", "live_log")
+
+
+def parse_train_command(argv: list[str] | None = None,
+                        parser: argparse.ArgumentParser | None = None
+                        ) -> tuple[TrainConfig, dict]:
+    """The trainer's command line as an unresolved TrainConfig and the actions
+    (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with
+    ``explicit``: the options the command line gives (what a search keeps fixed, what the
+    from-scratch defaults never override), and ``scratch_defaults``: the values a from-scratch
+    run took from ``SCRATCH_DEFAULTS``."""
+    values = vars((parser or build_train_parser()).parse_args(argv))
+    actions = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
+    actions["explicit"] = explicit_train_options(argv)
+    if values["image_size"] is not None:
+        values["image_size"] = tuple(values["image_size"])
+    if values["model_type"] is None:
+        values["model_type"] = TrainConfig.model_type
+        if values["base_model"]:
+            values["model_type"] = None  # taken from the base model (apply_base_model)
+    config, actions["scratch_defaults"] = TrainConfig(**values).with_scratch_defaults(
+        actions["explicit"])
+    return config, actions
+
+
+def explicit_train_options(argv: list[str] | None) -> dict:
+    """The options the command line gives explicitly (destination -> value), defaults left out:
+    what a search keeps fixed and the from-scratch defaults leave alone."""
+    parser = build_train_parser()
+    for action in parser._actions:  # argparse has no public way to tell given from default
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse the trainer's command line into an unresolved TrainConfig."""
+    return parse_train_command(argv)[0]
+
+
+def run_main(main, argv: list[str] | None = None) -> int:
+    """Run a script's ``main`` and turn expected failures into one line and an exit code."""
+    import sys
+
+    from pokedex_trainer.core.interrupt import terminate_as_interrupt
+    from pokedex_trainer.errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
+    from pokedex_trainer.runs.records import setup_console_logging
+
+    setup_console_logging()
+    try:
+        with terminate_as_interrupt():  # kill, timeout, docker stop, scancel: as Ctrl-C
+            code = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (TrainingStopped, ExportCheckFailed, RunFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a folder it cannot write, a disk that filled...
+        import errno
+
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        # a path the user named that cannot be used as given (a file where a folder goes, a
+        # name too long for the system): bad input, whichever option it came from
+        pointed_at = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                      errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP)
+        return 2 if exc.errno in pointed_at else 1
+    return int(code or 0)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """``train_professional_models.py``: parse, train, report."""
+    config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
+    train_command(config, actions)
+
+
+def train_command(config: TrainConfig, actions: dict):
+    """What ``train_professional_models.py`` does once parsed (the Python API calls it too):
+    the run directory, or the batch size of ``--find_batch_size``, or the ``--kfold`` summary
+    file; None on the other ranks of a torchrun."""
+    from pathlib import Path
+
+    from pokedex_trainer.runs.live_log import configure
+    from pokedex_trainer.runs.lifecycle import (
+        apply_base_model,
+        find_batch_size_only,
+        run_training,
+        run_framework,
+    )
+
+    configure(actions.get("live_log"))
+    if not actions["resume"]:
+        from pokedex_trainer.user_io.path_checks import check_train_paths
+
+        check_train_paths(config)
+    if config.framework == "auto" and not actions["resume"]:
+        from dataclasses import replace
+
+        from pokedex_trainer.backends.choice import pick_training_framework
+
+        framework, note = pick_training_framework(config)
+        config = replace(config, framework=framework)
+        if note:
+            import logging
+
+            logging.getLogger(__name__).warning("%s", note)
+    if actions.get("scratch_defaults") and not actions["resume"]:
+        import logging
+
+        logging.getLogger(__name__).info(
+            "--weights none: the from-scratch recipe sets %s (options you give win)",
+            " ".join(f"--{name} {value}" for name, value in actions["scratch_defaults"].items()))
+    if config.base_model and not actions["resume"]:
+        config = apply_base_model(config)
+    resume = Path(actions["resume"]) if actions["resume"] else None
+    if any(actions[key] is not None for key in SEARCH_ACTIONS):
+        from pokedex_trainer.search.trials import search_command
+
+        return search_command(config, actions, resume)
+    if actions["find_batch_size"]:
+        return find_batch_size_only(config)
+    if actions["kfold"] is not None:
+        from pokedex_trainer.errors import UserError
+        from pokedex_trainer.runs.kfold import run_kfold
+
+        if resume or actions["export"]:
+            raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
+                            "--export (export the fold you choose with export.py)")
+        return run_kfold(config, actions["kfold"])
+    formats = None
+    if actions["export"]:
+        from pokedex_trainer.exporters.export_run import parse_formats
+
+        # checked before training: a typo must not wait for the end of a long run
+        formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
+    run_dir = run_training(config, resume)
+    if formats and run_dir is not None:
+        export_after_training(run_dir, formats)
+    return run_dir
+
+
+def export_after_training(run_dir, formats: str) -> None:
+    """``--export``: in this process, or in a new one when Keras trained here on another
+    backend than TensorFlow (the exporters are TensorFlow's; a process has one backend)."""
+    import sys
+
+    keras = sys.modules.get("keras")
+    if keras is None or keras.backend.backend() == "tensorflow":
+        from pokedex_trainer.exporters.export_run import export_command
+
+        export_command(run_dir=str(run_dir), formats=formats)
+        return
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from pokedex_trainer.errors import ExportCheckFailed
+
+    script = Path(__file__).resolve().parents[2] / "export.py"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, str(script), "--run_dir", str(run_dir),
+                             "--formats", formats], env=env)
+    if result.returncode != 0:
+        raise ExportCheckFailed(f"export of {run_dir} failed (exit code {result.returncode}); "
+                                f"see the lines above")
+
+
+def build_prepare_parser() -> argparse.ArgumentParser:
+    """Parser of ``prepare_dataset.py``."""
+    from pokedex_trainer.prepare.run import MODES
+
+    parser = argparse.ArgumentParser(
+        prog="prepare_dataset.py",
+        description="Standardize a raw photo collection (one folder per class) into a clean "
+                    "training folder, and report unreadable files, duplicates, small images and "
+                    "class balance.")
+    parser.add_argument("--input_dir", default="data/raw_images",
+                        help="raw collection, one sub-folder per class (default: %(default)s)")
+    parser.add_argument("--output_dir", default="data/training",
+                        help="where the standardized images go (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=600,
+                        help="side of the square output images in px (default: %(default)s)")
+    parser.add_argument("--mode", choices=MODES, default="crop",
+                        help="crop: centre square, keeps the aspect ratio (default); pad: whole "
+                             "image on a square canvas; stretch: squash to a square (the guide's "
+                             "original script)")
+    parser.add_argument("--check", action="store_true",
+                        help="only inspect --input_dir and write the report; no image is written")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with code 1 when the guide's minimums are not met (10 classes, "
+                             "100 images per class, 224 px)")
+    parser.add_argument("--class_map", default=None,
+                        help="rename classes: a JSON file {\"old\": \"New\"}, 'animals10' "
+                             "(applied by itself to Animals-10's Italian folder names) or "
+                             "'none' (keep the folder names)")
+    _add_workers_option(parser)
+    return parser
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate a trained or exported model on images it never saw (accuracy, "
+                    "top-5, per-class precision/recall/F1, confusion matrix, calibration, "
+                    "latency), an ensemble of runs, predict photos for the app, or compare "
+                    "runs (--experiments).")
+    source = parser.add_argument_group("what to evaluate")
+    source.add_argument("--run_dir", help="a run directory: its best model on its test split")
+    source.add_argument("--model", help="any model file this tool writes: .keras, .h5, .pth, "
+                                        ".onnx, .tflite, .pt, .pt2 or a SavedModel folder")
+    source.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                        help="average the calibrated probabilities of these runs' best models")
+    source.add_argument("--data_path", help="evaluate on this labelled folder instead of the "
+                                            "run's test split (same classes as the model)")
+    source.add_argument("--output_dir", help="where the report goes; a file already there is "
+                                             "replaced only if evaluate.py wrote it (default: "
+                                             "<run_dir>/evaluation)")
+    source.add_argument("--trust_model_file", action="store_true",
+                        help="open a TorchScript (.pt) or SavedModel file that export.py did not "
+                             "write for you: they can run code when opened, so only for files "
+                             "you know the origin of")
+    source.add_argument("--calibration", metavar="FILE", default=None,
+                        help="where the temperature fitted on the run's validation split is "
+                             "saved (and --predict reads it) (default: <run_dir>/"
+                             "calibration.json)")
+    source.add_argument("--latency_runs", type=int, default=20,
+                        help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
+    source.add_argument("--latency_batch", type=int, default=32,
+                        help="batch size of the throughput figure (default: %(default)s)")
+    predict = parser.add_argument_group("predictions for the app")
+    predict.add_argument("--predict", metavar="IMAGE_OR_DIR",
+                         help="print the top classes of an image, or of every image of a folder "
+                              "(then also written to predictions.csv / .json)")
+    predict.add_argument("--top_k", type=int, default=3,
+                         help="classes shown per image (default: %(default)s)")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="answer 'unknown' when the top calibrated probability is below it")
+    runs = parser.add_argument_group("comparing runs")
+    runs.add_argument("--experiments", metavar="OUTPUT_DIR",
+                      help="print the experiments table of OUTPUT_DIR (e.g. model/ultra) "
+                           "sorted by --sort_by and write experiments.png beside it")
+    runs.add_argument("--sort_by", default="best_val_accuracy",
+                      help="column to sort by, best first (default: %(default)s)")
+    search = parser.add_argument_group("hyperparameter search")
+    search.add_argument("--search", metavar="NAME",
+                        help="report of a search (train_professional_models.py "
+                             "--search_trials): its trials, the best one's command line, "
+                             "history and importance plots; NAME or its .db file")
+    search.add_argument("--search_storage", metavar="URL",
+                        help="the search's database when it is not the default SQLite file "
+                             "(the same URL as for the search)")
+    return parser
+
+
+def evaluate_main(argv: list[str] | None = None) -> None:
+    """``evaluate.py``: a model's report, an ensemble, predictions, or the experiments table."""
+    evaluate_command(build_evaluate_parser().parse_args(argv))
+
+
+def evaluate_command(args: argparse.Namespace):
+    """What ``evaluate.py`` does once parsed (the Python API calls it too): the report folder,
+    or the prediction rows of ``--predict``, or the sorted rows of ``--experiments``."""
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.user_io.path_checks import check_file_option, check_folder_option
+
+    if args.output_dir:
+        check_folder_option(args.output_dir, "--output_dir")
+    if args.calibration:  # written after the calibration work: checked before it
+        check_file_option(args.calibration, "--calibration")
+    if args.experiments:
+        from pokedex_trainer.runs.experiments import show_experiments
+
+        return show_experiments(args.experiments, args.sort_by)
+    if args.search or args.search_storage:
+        if not args.search:
+            raise UserError("--search_storage goes with --search NAME")
+        from pokedex_trainer.search.report import search_report_command
+
+        return search_report_command(args.search, args.search_storage, args.output_dir)
+    if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
+        raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1.01:
+        raise UserError("--threshold is a probability between 0 and 1")
+    if args.trust_model_file:
+        if not args.model:
+            raise UserError("--trust_model_file goes with --model FILE")
+        from pokedex_trainer.evaluation.safe_loading import vouch_for
+
+        vouch_for(args.model)
+    from pokedex_trainer.evaluation import report as evaluating
+
+    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch,
+                                         calibration=args.calibration)
+    if args.ensemble:
+        if args.run_dir or args.model or args.predict:
+            raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
+                            "--model and --predict")
+        return evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
+    if not (args.run_dir or args.model):
+        raise UserError("say what to evaluate: --run_dir RUN_DIR, --model FILE, --ensemble "
+                        "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
+    if args.predict:
+        return evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
+                                          args.threshold, args.output_dir, args.calibration)
+    return evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a trained model to TFLite / ONNX / SavedModel (Keras) or "
+                    "TorchScript / torch.export / ONNX (PyTorch). Every file is checked against "
+                    "its source model on validation images, in its own runtime, before it is "
+                    "reported as written; each gets a sidecar JSON (class names, input) beside it.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run_dir", help="export the best model of this run directory")
+    source.add_argument("--model", help="export this model file (.keras, .h5 or .pth)")
+    parser.add_argument("--formats", default=None,
+                        help=EXPORT_FORMATS_HELP + " (default: every format of the framework)")
+    parser.add_argument("--tflite_precisions", default=None,
+                        help="comma-separated TFLite precisions: float32, float16 (the guide's "
+                             "default), dynamic_int8, int8 (full integer, calibrated on training "
+                             "images) (default: all four)")
+    parser.add_argument("--output_dir", default=None,
+                        help="where the files and exports.json go; the run directory is then "
+                             "only read, and a file already there is replaced only if export.py "
+                             "wrote it (default: <run_dir>/export, exports.json in <run_dir>)")
+    parser.add_argument("--calibration", metavar="FILE", default=None,
+                        help="calibration.json whose temperature the sidecars carry "
+                             "(default: <run_dir>/calibration.json, written by evaluate.py)")
+    parser.add_argument("--data_path", default=None,
+                        help="labelled folder for the check and the int8 calibration, for a "
+                             "model outside a run directory (default: the run's own split)")
+    parser.add_argument("--check_images", type=int, default=100,
+                        help="validation images the parity check uses (default: %(default)s)")
+    parser.add_argument("--calibration_images", type=int, default=200,
+                        help="training images that calibrate full int8 (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=18,
+                        help="ONNX opset: 14-18 for Keras (tf2onnx), 18-25 for PyTorch "
+                             "(default: %(default)s)")
+    parser.add_argument("--web_precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="the web page's model: float32, or the smaller float16 / dynamic "
+                             "int8 variant, each checked like any export (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the web page answers 'unknown' when the top calibrated "
+                             "probability is below it, as evaluate.py --predict --threshold "
+                             "(default: none; the page has a slider)")
+    return parser
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """``export.py``: write each format, check it against the source, print the figures."""
+    export_from_args(build_export_parser().parse_args(argv))
+
+
+def export_from_args(args: argparse.Namespace) -> list:
+    """What ``export.py`` does once parsed (the Python API calls it too): the checked files
+    (``ExportResult``)."""
+    from pokedex_trainer.errors import UserError
+
+    if args.check_images < 1 or args.calibration_images < 1:
+        raise UserError("--check_images and --calibration_images must be at least 1")
+    if args.output_dir:
+        from pokedex_trainer.user_io.path_checks import check_folder_option
+
+        check_folder_option(args.output_dir, "--output_dir")
+    from pokedex_trainer.exporters.export_run import export_command
+
+    return export_command(args.run_dir, args.model, args.formats, args.output_dir,
+                          args.data_path, args.check_images, args.calibration_images,
+                          args.opset, args.tflite_precisions, args.calibration,
+                          args.web_precision, args.threshold)

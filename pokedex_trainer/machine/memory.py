@@ -1,0 +1,132 @@
+"""How much memory this process may still use, for every check made before heavy work.
+
+The machine's free memory is not enough: in a container, a Slurm job or a systemd slice the
+kernel kills the process (exit 137) when its cgroup reaches its limit, long before the
+machine runs out. So the room is the smaller of the two: the machine's available memory, and
+what is left under the tightest memory limit of this process's cgroup and of its parents
+(cgroup v2 ``memory.max``, cgroup v1 ``memory.limit_in_bytes``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pokedex_trainer.errors import UserError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _stat_value(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0
+
+
+def _own_paths(self_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup path in the v2 hierarchy and in the v1 memory hierarchy."""
+    v2 = v1 = None
+    try:
+        lines = self_cgroup.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1 = parts[2]
+    return v2, v1
+
+
+def _folders(base: Path, own: str) -> list[Path]:
+    """``base/own`` and each parent up to ``base``: a parent's limit binds its children too.
+    In a container the path seen in /proc is the host's; then ``base`` itself is the
+    container's cgroup."""
+    folder = base / own.strip("/")
+    if not folder.is_dir():
+        return [base]
+    chain = [folder]
+    while folder != base and base in folder.parents:
+        folder = folder.parent
+        chain.append(folder)
+    return chain
+
+
+def cgroup_room(root: Path | None = None, self_cgroup: Path | None = None) -> int | None:
+    """Bytes left under the tightest cgroup memory limit of this process; None without one.
+
+    Memory the kernel can drop at once (inactive file cache) counts as left, as the kernel
+    reclaims it before it kills anything."""
+    root = Path(CGROUP_ROOT if root is None else root)
+    v2, v1 = _own_paths(Path(SELF_CGROUP if self_cgroup is None else self_cgroup))
+    rooms = []
+    if v2 is not None:
+        for folder in _folders(root, v2):
+            limit = _read_int(folder / "memory.max")
+            if limit is not None and limit < _UNLIMITED:
+                used = _read_int(folder / "memory.current") or 0
+                used -= _stat_value(folder / "memory.stat", "inactive_file")
+                rooms.append(limit - max(used, 0))
+    if v1 is not None:
+        for folder in _folders(root / "memory", v1):
+            limit = _read_int(folder / "memory.limit_in_bytes")
+            if limit is not None and limit < _UNLIMITED:
+                used = _read_int(folder / "memory.usage_in_bytes") or 0
+                used -= _stat_value(folder / "memory.stat", "total_inactive_file")
+                rooms.append(limit - max(used, 0))
+    return max(min(rooms), 0) if rooms else None
+
+
+def memory_available(root: Path | None = None, self_cgroup: Path | None = None) -> int:
+    """Bytes this process may still use: the machine's available memory or the room left
+    under its cgroup limit, whichever is smaller (``root``, ``self_cgroup``: for tests)."""
+    import psutil
+
+    machine = psutil.virtual_memory().available
+    room = cgroup_room(root, self_cgroup) if os.name == "posix" else None
+    return machine if room is None else min(machine, room)
+
+
+def gigabytes(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def input_bytes(batch: int, image_size: tuple[int, int]) -> int:
+    """A batch of RGB input pixels as float32, the least a forward pass holds."""
+    height, width = image_size
+    return batch * height * width * 3 * 4
+
+
+def refuse_unless_fits(need: int, what: str, advice: str) -> None:
+    """Raise one line when ``need`` bytes exceed what this process may still use."""
+    room = memory_available()
+    if need > room:
+        raise UserError(f"{what} needs about {gigabytes(need)} of memory, more than the "
+                        f"{gigabytes(room)} this process may still use (free memory, or what "
+                        f"its container or job limit leaves): {advice}")
+
+
+def check_latency_batch(batch: int, image_size: tuple[int, int]) -> None:
+    """``evaluate.py --latency_batch``: the tiled images (uint8) and their float32 input must
+    fit, checked before any work."""
+    refuse_unless_fits(input_bytes(batch, image_size) * 5 // 4,
+                       f"--latency_batch {batch} ({image_size[0]}x{image_size[1]} images)",
+                       "use a smaller --latency_batch")

@@ -1,0 +1,386 @@
+"""A run directory's own files, read back and checked before anything trusts them.
+
+A run directory travels: it is copied, shared, edited by hand, cut short by a full disk. So every
+file the tool reads back from it (config, class names, split manifest, resume state, history,
+summary, calibration) is input like any other. Each reader here checks types, ranges and the
+file's agreement with the run's other files, and raises ``UserError`` with one line that names
+the file, what is wrong and what the user can do: never a traceback, and never a guess that would
+restart a run, rewrite its history or delete a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from pokedex_trainer.errors import UserError
+
+RESUME_REMEDY = "the run cannot be resumed (restore the file from a copy of the run, or start " \
+                "a new run)"
+READ_REMEDY = "restore it from a copy of the run, or train the run again"
+CALIBRATION_REMEDY = "delete it and run evaluate.py again to fit the temperature anew"
+SUMMARY_REMEDY = "restore it, or delete it to resume the run as interrupted"
+STATE_DIR = re.compile(r"^epoch_\d{3,}$")
+REQUIRED_CONFIG = ("data_path", "model_type", "epochs", "fine_tune_epochs", "batch_size",
+                   "learning_rate", "image_size", "weights", "seed", "output_dir", "log_dir")
+
+
+def _fail(path: Path, problem: str, remedy: str):
+    raise UserError(f"{path}: {problem}; {remedy}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_whole(value, low: int = 0, high: int | None = None) -> bool:
+    """A JSON whole number (not a bool, not 2.0) in [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and \
+        (high is None or value <= high)
+
+
+def is_number(value, finite: bool = True) -> bool:
+    """A JSON number (int or float, not a bool); finite unless ``finite`` is False."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (not finite or math.isfinite(value))
+
+
+def read_json(path: Path, remedy: str):
+    """The parsed content of a JSON file; UserError when it cannot be read or parsed."""
+    import json
+
+    path = Path(path)
+    try:
+        from pokedex_trainer.user_io.regular_files import read_regular_text
+
+        return json.loads(read_regular_text(path))
+    except UnicodeDecodeError:
+        _fail(path, "is not UTF-8 text", remedy)
+    except ValueError as exc:
+        _fail(path, f"is not valid JSON ({exc})", remedy)
+    except OSError as exc:
+        _fail(path, f"cannot be read ({exc.strerror or exc})", remedy)
+
+
+def _object(path: Path, data, remedy: str) -> dict:
+    if not isinstance(data, dict):
+        _fail(path, f"must be a JSON object, got {type(data).__name__}", remedy)
+    return data
+
+
+# --- config.json ---------------------------------------------------------------------------
+
+def config_values(path: Path, fields: dict) -> dict:
+    """The known options of a saved TrainConfig, each checked against its type.
+
+    ``fields``: option name -> its type hint (``typing.get_type_hints(TrainConfig)``). Counts
+    are whole numbers >= 0 and rates finite numbers >= 0; the ranges of each option are
+    ``TrainConfig.validate``'s job (a resumed run runs it, see ``resolved_config``).
+    """
+    data = _object(path, read_json(path, READ_REMEDY), READ_REMEDY)
+    # Every version saved these: a config without them would silently take the defaults (an
+    # EfficientNetB7 with ImageNet weights on data/training) instead of the run's own values.
+    missing = [name for name in REQUIRED_CONFIG if name not in data]
+    if missing:
+        _fail(path, f"lacks {', '.join(missing)}", READ_REMEDY)
+    values = {k: v for k, v in data.items() if k in fields}
+    if isinstance(values.get("augment"), bool):  # written before --augment had levels
+        values["augment"] = "full" if values["augment"] else "none"
+    for name, value in values.items():
+        problem = _config_problem(name, value, str(fields[name]))
+        if problem:
+            _fail(path, f"{name} must be {problem}, got {_shown(value)}", READ_REMEDY)
+    if "model_type" in values:
+        from pokedex_trainer.networks import MODEL_SPECS
+
+        if values["model_type"] not in MODEL_SPECS:
+            _fail(path, f"model_type {_shown(values['model_type'])} is not a network of this "
+                        f"version ({', '.join(sorted(MODEL_SPECS))})", READ_REMEDY)
+    if values.get("image_size") is not None:
+        values["image_size"] = tuple(values["image_size"])
+    return values
+
+
+def _config_problem(name: str, value, hint: str) -> str | None:
+    """What a saved option's value should be, or None when it is fine."""
+    kinds = {part.strip() for part in hint.replace("Optional[", "").rstrip("]").split("|")}
+    if value is None:
+        return None if "None" in kinds else "set"
+    if name == "image_size":
+        ok = isinstance(value, list) and len(value) == 2 and all(is_whole(v, 1) for v in value)
+        return None if ok else "[height, width], two whole numbers >= 1"
+    if name == "batch_size" and value == "auto":
+        return None
+    if "int" in kinds:
+        return None if is_whole(value) else "a whole number >= 0"
+    if "float" in kinds:
+        return None if is_number(value) and value >= 0 else "a finite number >= 0"
+    if "bool" in kinds:
+        return None if isinstance(value, bool) else "true or false"
+    if "str" in kinds:
+        return None if isinstance(value, str) else "text"
+    return None
+
+
+def resolved_config(path: Path):
+    """The run's TrainConfig, checked as a new run's would be (for a run that trains again)."""
+    from pokedex_trainer.config import TrainConfig
+
+    config = TrainConfig.load(path)
+    try:
+        return config.resolved()
+    except UserError as exc:
+        _fail(path, f"holds a value a run cannot use ({exc})", RESUME_REMEDY)
+
+
+# --- class_names.json and split_manifest.json ------------------------------------------------
+
+def _names_problem(names) -> str | None:
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip()
+                                                     for n in names)):
+        return "must be a list of class names (non-empty strings)"
+    if len(set(names)) != len(names):
+        return "holds the same class name twice"
+    return None
+
+
+def read_class_names(path: Path, expected: list[str] | None = None) -> list[str]:
+    """A run's class_names.json; when ``expected`` (the manifest's) is given, it must match."""
+    names = read_json(path, READ_REMEDY)
+    problem = _names_problem(names)
+    if problem:
+        _fail(path, problem, READ_REMEDY)
+    if expected is not None and names != list(expected):
+        _fail(path, f"lists {len(names)} classes that are not the {len(expected)} of the run's "
+                    f"split_manifest.json", READ_REMEDY)
+    return names
+
+
+def run_class_names(run_dir: Path) -> list[str] | None:
+    """The class names of a run directory (checked against its manifest), None without
+    class_names.json."""
+    from pokedex_trainer.runs.layout import CLASS_NAMES, MANIFEST
+
+    path = Path(run_dir) / CLASS_NAMES
+    if not path.is_file():
+        return None
+    manifest = Path(run_dir) / MANIFEST
+    expected = read_manifest(manifest)["class_names"] if manifest.is_file() else None
+    return read_class_names(path, expected)
+
+
+def _relative_problem(text) -> str | None:
+    """Why a sample path of a manifest is not a plain path inside the data folder, or None."""
+    if not isinstance(text, str) or not text:
+        return "must be a non-empty path"
+    for flavour in (PurePosixPath, PureWindowsPath):
+        parsed = flavour(text)
+        if parsed.is_absolute() or parsed.drive or ".." in parsed.parts:
+            return "must stay inside the data folder (no absolute path, no '..')"
+    return None
+
+
+def read_manifest(path: Path) -> dict:
+    """split_manifest.json, checked: data_path, class names, and [path, label] samples whose
+    paths stay inside the data folder and whose labels index the classes."""
+    path = Path(path)
+    manifest = _object(path, read_json(path, READ_REMEDY), READ_REMEDY)
+    if not isinstance(manifest.get("data_path"), str):
+        _fail(path, "data_path must be the data folder's path (text)", READ_REMEDY)
+    problem = _names_problem(manifest.get("class_names"))
+    if problem:
+        _fail(path, f"class_names {problem}", READ_REMEDY)
+    n_classes = len(manifest["class_names"])
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        _fail(path, "splits must be an object of split name -> [[path, label], ...]",
+              READ_REMEDY)
+    checked = {}
+    for split, items in splits.items():
+        if not isinstance(items, list):
+            _fail(path, f"split '{split}' must be a list of [path, label] pairs", READ_REMEDY)
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2):
+                _fail(path, f"split '{split}': {_shown(item)} is not a [path, label] pair",
+                      READ_REMEDY)
+            problem = _relative_problem(item[0])
+            if problem:
+                _fail(path, f"split '{split}': sample path {_shown(item[0])} {problem}",
+                      READ_REMEDY)
+            if not is_whole(item[1], 0, n_classes - 1):
+                _fail(path, f"split '{split}': label of '{item[0]}' must be a whole number from "
+                            f"0 to {n_classes - 1}, got {_shown(item[1])}", READ_REMEDY)
+        checked[split] = [(p, label) for p, label in items]
+    return {**manifest, "splits": checked}
+
+
+# --- calibration.json and summary.json -------------------------------------------------------
+
+def _temperature_problem(entry) -> str | None:
+    if not isinstance(entry, dict):
+        return "must be an object"
+    from pokedex_trainer.exporters.sidecar_schema import TEMPERATURE_RANGE
+
+    value = entry.get("temperature")
+    low, high = TEMPERATURE_RANGE  # what a sidecar may carry: export writes it into one
+    if value is None or (is_number(value) and low <= value <= high):
+        return None
+    return f"temperature must be a number from {low} to {high}, got {_shown(value)}"
+
+
+def read_calibration(path: Path) -> dict | None:
+    """calibration.json (the temperature of the run's best model, and one per model file),
+    or None when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = _object(path, read_json(path, CALIBRATION_REMEDY), CALIBRATION_REMEDY)
+    problem = _temperature_problem(data)
+    if problem:
+        _fail(path, problem, CALIBRATION_REMEDY)
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        _fail(path, "models must be an object of model file -> calibration", CALIBRATION_REMEDY)
+    for name, entry in models.items():
+        problem = _temperature_problem(entry)
+        if problem:
+            _fail(path, f"models['{name}'] {problem}", CALIBRATION_REMEDY)
+    return data
+
+
+def read_summary(path: Path) -> dict | None:
+    """summary.json of a run, or None when it has none (it was killed before writing one)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = _object(path, read_json(path, SUMMARY_REMEDY), SUMMARY_REMEDY)
+    if not isinstance(data.get("status", ""), str):
+        _fail(path, f"status must be text, got {_shown(data['status'])}", SUMMARY_REMEDY)
+    return data
+
+
+# --- resume/state.json and history.csv ------------------------------------------------------
+
+def read_state(path: Path, phase_epochs: list[int], max_format: int) -> dict:
+    """resume/state.json, checked against the run's phase plan (``phase_epochs``: the epochs of
+    each phase). Files of the first version (no format, no state_dir) are accepted."""
+    path = Path(path)
+    point = _object(path, read_json(path, RESUME_REMEDY), RESUME_REMEDY)
+    planned = sum(phase_epochs)
+
+    def need(ok: bool, what: str, value) -> None:
+        if not ok:
+            _fail(path, f"{what}, got {_shown(value)}", RESUME_REMEDY)
+
+    if "format" in point:
+        need(is_whole(point["format"], 1, max_format),
+             f"format must be a state format this version reads (1 to {max_format})",
+             point["format"])
+    run_state = point.get("run_state")
+    need(isinstance(run_state, dict), "run_state must be an object", run_state)
+    epochs_run = run_state.get("epochs_run")
+    need(is_whole(epochs_run), "run_state.epochs_run must be a whole number >= 0", epochs_run)
+    need(epochs_run <= planned, f"run_state.epochs_run must not exceed the {planned} epochs the "
+                                "run's config plans", epochs_run)
+    need(is_whole(point.get("phase_index"), 0, len(phase_epochs) - 1),
+         f"phase_index must be a phase of the run's plan (0 to {len(phase_epochs) - 1})",
+         point.get("phase_index"))
+    need(point.get("next_epoch") == epochs_run and is_whole(point.get("next_epoch")),
+         f"next_epoch must equal run_state.epochs_run ({epochs_run})", point.get("next_epoch"))
+    phase_start = point.get("phase_start")
+    need(is_whole(phase_start, 0, epochs_run) and
+         epochs_run <= phase_start + phase_epochs[point["phase_index"]],
+         f"phase_start must be a whole number such that epoch {epochs_run} lies in the phase",
+         phase_start)
+    need(isinstance(point.get("phase_done"), bool), "phase_done must be true or false",
+         point.get("phase_done"))
+    rate = point.get("learning_rate")
+    # 0 is a rate a schedule can reach (--min_lr 0, the end of a cosine phase)
+    need(rate is None or (is_number(rate) and rate >= 0),
+         "learning_rate must be a finite number >= 0", rate)
+    _check_counters(need, run_state, epochs_run)
+    for where, counters in (("plateau", point.get("plateau")),
+                            ("backend.reduce_lr", (point.get("backend") or {}).get("reduce_lr")
+                             if isinstance(point.get("backend", {}), dict) else "not an object")):
+        need(counters is None or _plateau_ok(counters),
+             f"{where} must be an object of best (a number), wait and cooldown_counter (whole "
+             "numbers >= 0)", counters)
+    if "state_dir" in point:
+        state_dir = point["state_dir"]
+        need(isinstance(state_dir, str) and bool(STATE_DIR.match(state_dir)),
+             "state_dir must name a folder epoch_NNN of resume/", state_dir)
+        need((path.parent / state_dir).is_dir(), f"state_dir names a folder that is not in "
+                                                 f"'{path.parent}'", state_dir)
+    return point
+
+
+def _check_counters(need, run_state: dict, epochs_run: int) -> None:
+    tracker = run_state.get("tracker")
+    need(isinstance(tracker, dict) and (tracker.get("best") is None or
+                                        is_number(tracker.get("best"))) and
+         (tracker.get("best_epoch") is None or is_whole(tracker.get("best_epoch"), 1,
+                                                        epochs_run)),
+         "run_state.tracker must hold best (a number) and best_epoch (an epoch run so far)",
+         tracker)
+    stopping = run_state.get("early_stopping")
+    need(isinstance(stopping, dict) and is_whole(stopping.get("wait", 0)),
+         "run_state.early_stopping must hold wait, a whole number >= 0", stopping)
+    logs = run_state.get("best_logs")
+    need(isinstance(logs, dict) and all(is_number(v, finite=False) for v in logs.values()),
+         "run_state.best_logs must be an object of metric -> number", logs)
+
+
+def _plateau_ok(counters) -> bool:
+    return isinstance(counters, dict) and \
+        (counters.get("best") is None or is_number(counters.get("best"), finite=False)) and \
+        is_whole(counters.get("wait", 0)) and is_whole(counters.get("cooldown_counter", 0))
+
+
+def check_history(path: Path, epochs_run: int, state_path: Path) -> None:
+    """history.csv must hold epochs 1..epochs_run (and at most the one more epoch that a kill
+    between its row and its resume point leaves), so resuming drops no row it should keep."""
+    path = Path(path)
+    rows = []
+    if path.is_file():
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                rows = list(csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            _fail(path, f"cannot be read as CSV ({exc})", RESUME_REMEDY)
+    if epochs_run == 0 and not rows:
+        return
+    if not rows or not rows[0] or rows[0][0] != "epoch":
+        _fail(path, "must start with a header whose first column is 'epoch'", RESUME_REMEDY)
+    epochs = [row[0] for row in rows[1:] if row]
+    for number, text in enumerate(epochs, 1):
+        if text != str(number):
+            _fail(path, f"row {number} must be epoch {number}, got {_shown(text)}",
+                  RESUME_REMEDY)
+    if not epochs_run <= len(epochs) <= epochs_run + 1:
+        _fail(path, f"holds {len(epochs)} epochs but {state_path.name} says {epochs_run} were "
+                    "run", RESUME_REMEDY)
+
+
+# --- the metadata a checkpoint (.pth) carries beside its weights -----------------------------
+
+def checkpoint_problem(payload: dict) -> str | None:
+    """What is wrong with a ``.pth`` checkpoint's own description, or None."""
+    problem = _names_problem(payload.get("class_names"))
+    if problem:
+        return f"class_names {problem}"
+    size = payload.get("image_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and
+            all(is_whole(v, 1) and v <= 4096 for v in size)):
+        return (f"image_size must be [height, width], whole numbers from 1 to 4096 (the "
+                f"sidecars' bound), got {_shown(size)}")
+    for key in ("model_type", "arch"):
+        if not isinstance(payload.get(key), str):
+            return f"{key} must be text, got {_shown(payload.get(key))}"
+    dropout = payload.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+            not 0 <= dropout < 1:
+        return f"dropout must be a number from 0 to below 1, got {_shown(dropout)}"
+    return None

@@ -1,6 +1,0 @@
-"""The PyTorch side: ResNet152 from torchvision. Imports torch; never TensorFlow."""
-
-from ..tensorboard_tags import tensorboard_without_tensorflow
-
-# torch.utils.tensorboard goes through tensorboard.compat: keep TensorFlow out of the process.
-tensorboard_without_tensorflow()
