@@ -2,7 +2,7 @@
 
 import sys
 
-from pokedex_trainer.cli.parsers import evaluate_main, run_main
+from pokedex_trainer.cli.commands import evaluate_main, run_main
 
 if __name__ == "__main__":
     sys.exit(run_main(evaluate_main))

@@ -2,8 +2,7 @@
 
 import sys
 
-from pokedex_trainer.cli.parsers import run_main
-from pokedex_trainer.prepare.run import main
+from pokedex_trainer.cli.commands import prepare_main, run_main
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(prepare_main))

@@ -9,7 +9,7 @@ import sys
 
 from pokedex_trainer.api import (EfficientNetTrainer, MobileNetV2Trainer,  # noqa: F401
                                  ResNet152Trainer, Trainer)
-from pokedex_trainer.cli.parsers import run_main, train_main
+from pokedex_trainer.cli.commands import run_main, train_main
 
 
 def __getattr__(name: str):

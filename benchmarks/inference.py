@@ -109,7 +109,7 @@ def build_source(model_type: str, size: int, folder: Path):
     """(source file, eager call on uint8 NHWC) of a randomly initialized network."""
     spec = get_spec(model_type)
     if spec.framework == "keras":
-        from pokedex_trainer.backends.keras.networks import build_model
+        from pokedex_trainer.backends.keras.keras_networks import build_model
 
         model = build_model(spec, CLASSES, (size, size), "none", 0.3)
         path = folder / f"{spec.arch}_best.keras"
@@ -118,7 +118,7 @@ def build_source(model_type: str, size: int, folder: Path):
         return path, lambda x: model(x.astype(np.float32), training=False).numpy()
     import torch
 
-    from pokedex_trainer.backends.torch.networks import build_model, checkpoint_payload
+    from pokedex_trainer.backends.torch.torch_networks import build_model, checkpoint_payload
 
     model = build_model(spec, CLASSES, "none", 0.3).eval()
     path = folder / f"{spec.arch}_best.pth"
@@ -135,14 +135,15 @@ def build_source(model_type: str, size: int, folder: Path):
 def export_all(source: Path, folder: Path, precisions: tuple[str, ...], size: int) -> list:
     """Every export format of the source's framework, written without the parity check (the
     weights are random; export.py and the tests check parity)."""
-    from pokedex_trainer.exporters import export_run as exporters
+    from pokedex_trainer.exporters import writers as exporters
+    from pokedex_trainer.exporters.choices import FORMATS
     from pokedex_trainer.evaluation.predict import load_predictor
     from pokedex_trainer.runs.finished import LabelledImages
 
     predictor = load_predictor(source)
     framework = "keras" if predictor.runtime == "keras" else "torch"
     # the web page's model is the ONNX file again, run in a browser: not timed here
-    formats = [name for name in exporters.FORMATS[framework] if name != "web"]
+    formats = [name for name in FORMATS[framework] if name != "web"]
     job = exporters.ExportJob(source, formats, folder,
                               LabelledImages(folder, predictor.info.class_names, [], "none"),
                               tflite_precisions=precisions)
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
         memory_probe(args.memory_probe)
         return 0
     frameworks = {get_spec(m).framework for m in args.model_types}
-    from pokedex_trainer.evaluation.predict import import_frameworks
+    from pokedex_trainer.evaluation.model_files import import_frameworks
 
     import_frameworks(frameworks)
     rows = []

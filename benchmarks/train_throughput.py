@@ -66,12 +66,12 @@ def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     import numpy as np
 
     from pokedex_trainer.core.phases import Phase
-    from pokedex_trainer.backends.keras.networks import apply_phase, build_model
-    from pokedex_trainer.backends.keras.keras_backends import current_platform
+    from pokedex_trainer.backends.keras.keras_networks import apply_phase, build_model
+    from pokedex_trainer.backends.keras.keras_backends import keras_on_current_backend
     from pokedex_trainer.backends.keras.trainer import compile_model, configure_precision
 
-    platform = current_platform()
-    configure_precision(config.mixed_precision, platform)
+    keras_on = keras_on_current_backend()
+    configure_precision(config.mixed_precision, keras_on)
     spec = get_spec(config.model_type, "keras")
     model = build_model(spec, 10, config.image_size, "none", config.dropout)
     apply_phase(model, Phase("bench", 1, 1e-3, "all"))
@@ -80,21 +80,21 @@ def keras_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
         images = np.random.default_rng(0).integers(0, 256, (config.batch_size,
                                                              *config.image_size, 3), np.uint8)
         loader = RepeatLoader(images, np.zeros(config.batch_size, np.int32), steps)
-    feed = platform.feed(loader, config.image_size)
+    feed = keras_on.feed(loader, config.image_size)
 
     def fit(count):
-        platform.set_epoch(feed, 0)
+        keras_on.set_epoch(feed, 0)
         model.fit(feed, steps_per_epoch=count, epochs=1, verbose=0, shuffle=False)
 
     fit(min(3, steps))  # build the graph / warm the kernels
     start = time.perf_counter()
-    peak = platform.peak_memory(lambda: fit(steps))
+    peak = keras_on.peak_memory(lambda: fit(steps))
     if peak is None:  # no GPU: the steps ran here instead
         fit(steps)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "gpu_peak_mb": peak / 2**20 if peak else None,
-            "framework": "keras", "backend": platform.name,
-            "device": f"{platform.describe()}, Keras on {platform.name}"}
+            "framework": "keras", "backend": keras_on.name,
+            "device": f"{keras_on.describe()}, Keras on {keras_on.name}"}
 
 
 def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int) -> dict:
@@ -104,8 +104,8 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
 
     from pokedex_trainer.core.phases import Phase
     from pokedex_trainer.backends.torch.data import make_data_loader
-    from pokedex_trainer.backends.torch.networks import build_model
-    from pokedex_trainer.backends.torch.trainer import Runner, make_optimizer
+    from pokedex_trainer.backends.torch.torch_networks import build_model
+    from pokedex_trainer.backends.torch.runner import Runner, make_optimizer
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

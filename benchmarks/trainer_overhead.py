@@ -66,7 +66,7 @@ def decoded_split(run_dir: Path, split: str, size: int):
 def bare_keras(config: TrainConfig, train, val) -> list[float]:
     import keras
 
-    from pokedex_trainer.backends.keras.networks import build_model
+    from pokedex_trainer.backends.keras.keras_networks import build_model
     from pokedex_trainer.backends.keras.trainer import compile_model
 
     spec = get_spec(config.model_type)
@@ -94,7 +94,7 @@ def bare_keras(config: TrainConfig, train, val) -> list[float]:
 def bare_torch(config: TrainConfig, train, val) -> list[float]:
     import torch
 
-    from pokedex_trainer.backends.torch.networks import build_model
+    from pokedex_trainer.backends.torch.torch_networks import build_model
 
     torch.manual_seed(config.seed)
     model = build_model(get_spec("resnet"), 10, "none", config.dropout)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
     spec = get_spec(args.model_type)
     if spec.framework == "torch":
-        import torchvision  # noqa: F401  (before TensorFlow, see inference.import_frameworks)
+        import torchvision  # noqa: F401  (before TensorFlow, see model_files.import_frameworks)
     data = photo_like_dataset(Path(args.data_dir), args.image_size, per_class=args.per_class)
     with tempfile.TemporaryDirectory(prefix="pokedex_overhead_") as tmp:
         config = TrainConfig(data_path=str(data), model_type=args.model_type, weights="none",

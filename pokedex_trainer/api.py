@@ -119,8 +119,8 @@ class Trainer:
         command line."""
         from multiprocessing import current_process
 
-        from pokedex_trainer.cli.parsers import train_command
-        from pokedex_trainer.runs.records import setup_console_logging
+        from pokedex_trainer.cli.commands import train_command
+        from pokedex_trainer.runs.run_log import setup_console_logging
 
         if getattr(current_process(), "_inheriting", False):
             # a data-loading worker is importing the user's script: training here would start
@@ -150,7 +150,8 @@ class Trainer:
         """``evaluate.py --run_dir``: the best model on the run's test split (or on
         ``data_path=``); returns the metrics (also in ``<run>/evaluation/metrics.json``).
         Other keyword arguments are evaluate.py's options."""
-        from pokedex_trainer.cli.parsers import build_evaluate_parser, evaluate_command
+        from pokedex_trainer.cli.commands import evaluate_command
+        from pokedex_trainer.cli.parsers import build_evaluate_parser
 
         parser = _raising(build_evaluate_parser())
         other = [key for key in ("predict", "experiments", "ensemble", "search")
@@ -167,7 +168,8 @@ class Trainer:
                 **options) -> list[dict]:
         """``evaluate.py --predict``: the top classes (calibrated) of an image or of every
         image of a folder; one dict per image."""
-        from pokedex_trainer.cli.parsers import build_evaluate_parser, evaluate_command
+        from pokedex_trainer.cli.commands import evaluate_command
+        from pokedex_trainer.cli.parsers import build_evaluate_parser
 
         parser = _raising(build_evaluate_parser())
         argv = ["--run_dir", self._run(run_dir), "--predict", str(images)] + \
@@ -179,7 +181,8 @@ class Trainer:
         returns one dict per file (name, format, parity figures, passed)."""
         from dataclasses import asdict
 
-        from pokedex_trainer.cli.parsers import build_export_parser, export_from_args
+        from pokedex_trainer.cli.commands import export_from_args
+        from pokedex_trainer.cli.parsers import build_export_parser
 
         parser = _raising(build_export_parser())
         argv = ["--run_dir", self._run(run_dir)] + argv_from_options(parser, options)

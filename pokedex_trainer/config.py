@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Iterable
 
 from pokedex_trainer.errors import UserError
@@ -220,13 +218,7 @@ class TrainConfig:
         values["image_size"] = list(self.image_size) if self.image_size else None
         return values
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
-        from pokedex_trainer.runs.checked_files import config_values
-
-        # A saved config is input too (copied, edited by hand): each value's type is checked.
-        return cls(**config_values(Path(path), {name: f.type for name, f in
-                                                 cls.__dataclass_fields__.items()}))
+    def field_types(cls) -> dict:
+        """Each option's type as written in this class (checked when a saved config is read)."""
+        return {name: f.type for name, f in cls.__dataclass_fields__.items()}

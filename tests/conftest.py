@@ -94,7 +94,7 @@ def tiny_run_argv(data: Path, out: Path, model_type: str, *extra: str,
 
 def train_tiny_run(data: Path, out: Path, model_type: str, *extra: str) -> Path:
     """Train a small run in this process (weights none, 32 px, 2 epochs unless overridden)."""
-    from pokedex_trainer.cli.parsers import run_main, train_main
+    from pokedex_trainer.cli.commands import run_main, train_main
 
     argv = tiny_run_argv(data, out, model_type, *extra, run_name=f"{model_type}_tiny")
     assert run_main(train_main, argv) == 0
@@ -125,7 +125,7 @@ def torch_run(tiny_dataset, shared_runs) -> Path:
 @pytest.fixture(scope="session")
 def keras_exports(keras_run) -> Path:
     """The Keras run after ``export.py --run_dir`` wrote every Keras format."""
-    from pokedex_trainer.cli.parsers import export_main, run_main
+    from pokedex_trainer.cli.commands import export_main, run_main
 
     assert run_main(export_main, ["--run_dir", str(keras_run), "--check_images", "12",
                                   "--calibration_images", "16"]) == 0

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "evaluation/predict.py",
+@pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "inference.py",
                                     "trainer_overhead.py", "gpu_smoke_table.py", "recipe.py",
                                     "registry_photos.py", "bare_loops.py", "trainer_pace.py"])
 def test_help(script):
@@ -90,7 +90,7 @@ def test_trainer_pace_reads_a_finished_run(tmp_path, tiny_dataset):
 @pytest.mark.slow
 def test_inference_benchmark_times_the_eager_call_and_every_export(tmp_path):
     output = tmp_path / "inference.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "evaluation/predict.py"),
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"),
                              "--model_types", "mobilenet", "--image_size", "32", "--batch", "2",
                              "--runs", "2", "--tflite_precisions", "float16",
                              "--output", str(output)], capture_output=True, text=True,

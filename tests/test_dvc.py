@@ -130,7 +130,7 @@ def test_evaluate_and_export_with_their_own_folders_only_read_the_run(torch_run,
     """What the pipeline's stages rely on: a later stage never changes an earlier one's output."""
     import json
 
-    from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main
+    from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main
 
     before = _snapshot(torch_run)
     calibration = tmp_path / "evaluation" / "calibration.json"

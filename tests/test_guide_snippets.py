@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLASSES, train_tiny_run
-from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main, train_main
+from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main, train_main
 
 # The guide's "PyTorch TorchScript" snippet, verbatim but for the import it leaves out: the
 # loading lines, then the conversion (a full-size trace of ResNet152: slow on a small CPU).
@@ -44,7 +44,7 @@ def resnet_pth(tmp_path_factory):
     import torch
 
     from pokedex_trainer.networks import get_spec
-    from pokedex_trainer.backends.torch.networks import build_model, checkpoint_payload
+    from pokedex_trainer.backends.torch.torch_networks import build_model, checkpoint_payload
 
     spec = get_spec("resnet")
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def test_the_torchscript_snippets_loading_lines_run_as_pasted_on_this_tools_pth(
                                                                                 monkeypatch):
     import torch
 
-    from pokedex_trainer.backends.torch.networks import load_checkpoint
+    from pokedex_trainer.backends.torch.torch_networks import load_checkpoint
 
     monkeypatch.chdir(resnet_pth.parents[2])
     model = _run_snippet(SNIPPET_LOAD, {})["model"]
@@ -96,7 +96,7 @@ def test_resnet152model_refuses_a_checkpoint_it_cannot_hold(resnet_pth, tmp_path
     import torch
 
     from pokedex_trainer.networks import get_spec
-    from pokedex_trainer.backends.torch.networks import build_model, checkpoint_payload
+    from pokedex_trainer.backends.torch.torch_networks import build_model, checkpoint_payload
     from train_professional_models import ResNet152Model
 
     payload = torch.load(resnet_pth)  # the weights-only default

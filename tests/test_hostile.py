@@ -16,7 +16,12 @@ torch = pytest.importorskip("torch")
 
 from conftest import (ROOT, nth_commit, run_with_signal_at, tiny_run_argv,  # noqa: E402
                       train_tiny_run)
-from pokedex_trainer.cli.parsers import evaluate_main, export_main, run_main, train_main  # noqa: E402
+from pokedex_trainer.cli.commands import (  # noqa: E402
+    evaluate_main,
+    export_main,
+    run_main,
+    train_main,
+)
 
 
 class Payload:
@@ -178,7 +183,7 @@ def test_a_sidecar_that_does_not_describe_its_file_is_one_line(keras_exports, tm
 
 
 def test_prepare_never_deletes_or_overwrites_a_file_it_did_not_write(tmp_path):
-    from pokedex_trainer.prepare.run import main
+    from pokedex_trainer.cli.commands import prepare_main as main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=4,
@@ -207,7 +212,7 @@ def test_prepare_never_deletes_or_overwrites_a_file_it_did_not_write(tmp_path):
 
 @pytest.mark.parametrize("target", ["", "../../escaped", "x/y", "CON"])
 def test_class_map_targets_are_single_folder_names(tmp_path, capsys, target):
-    from pokedex_trainer.prepare.run import main
+    from pokedex_trainer.cli.commands import prepare_main as main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("cane", "gatto"), per_class=2, size=(40, 40))
@@ -269,7 +274,7 @@ def test_resume_of_a_finished_run_changes_nothing(torch_run, tmp_path, capsys):
 
 
 def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
-    from pokedex_trainer.runs.records import RunLock
+    from pokedex_trainer.runs.lock import RunLock
 
     fixture = Path(__file__).parent / "fixtures" / "legacy_v1"
     shutil.copytree(fixture, tmp_path / "legacy")
@@ -329,7 +334,7 @@ def test_prepare_killed_leaves_no_worker_and_no_leftover_after_a_rerun(tmp_path)
 
     import psutil
 
-    from pokedex_trainer.prepare.run import main
+    from pokedex_trainer.cli.commands import prepare_main as main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=40,
@@ -399,7 +404,7 @@ def test_idle_pool_workers_end_when_their_parent_is_killed(tmp_path):
 
 
 def test_prepare_keeps_a_report_file_of_the_users(tmp_path, caplog):
-    from pokedex_trainer.prepare.run import main
+    from pokedex_trainer.cli.commands import prepare_main as main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))
@@ -478,7 +483,7 @@ def test_loader_workers_end_when_the_trainer_is_killed(tmp_path, tiny_dataset):
 
 
 def test_prepare_keeps_an_output_the_user_edited(tmp_path, caplog):
-    from pokedex_trainer.prepare.run import main
+    from pokedex_trainer.cli.commands import prepare_main as main
     from pokedex_trainer.data.synthetic import write_dataset
 
     raw = write_dataset(tmp_path / "raw", classes=("Gato", "Perro"), per_class=3, size=(48, 48))

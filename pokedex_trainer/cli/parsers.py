@@ -291,140 +291,20 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     return parse_train_command(argv)[0]
 
 
-def run_main(main, argv: list[str] | None = None) -> int:
-    """Run a script's ``main`` and turn expected failures into one line and an exit code."""
-    import sys
-
-    from pokedex_trainer.core.interrupt import terminate_as_interrupt
-    from pokedex_trainer.errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
-    from pokedex_trainer.runs.records import setup_console_logging
-
-    setup_console_logging()
-    try:
-        with terminate_as_interrupt():  # kill, timeout, docker stop, scancel: as Ctrl-C
-            code = main(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (TrainingStopped, ExportCheckFailed, RunFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except OSError as exc:  # a folder it cannot write, a disk that filled...
-        import errno
-
-        where = f" ('{exc.filename}')" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        # a path the user named that cannot be used as given (a file where a folder goes, a
-        # name too long for the system): bad input, whichever option it came from
-        pointed_at = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
-                      errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP)
-        return 2 if exc.errno in pointed_at else 1
-    return int(code or 0)
-
-
-def train_main(argv: list[str] | None = None) -> None:
-    """``train_professional_models.py``: parse, train, report."""
-    config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
-    train_command(config, actions)
-
-
-def train_command(config: TrainConfig, actions: dict):
-    """What ``train_professional_models.py`` does once parsed (the Python API calls it too):
-    the run directory, or the batch size of ``--find_batch_size``, or the ``--kfold`` summary
-    file; None on the other ranks of a torchrun."""
-    from pathlib import Path
-
-    from pokedex_trainer.runs.live_log import configure
-    from pokedex_trainer.runs.lifecycle import (
-        apply_base_model,
-        find_batch_size_only,
-        run_training,
-        run_framework,
-    )
-
-    configure(actions.get("live_log"))
-    if not actions["resume"]:
-        from pokedex_trainer.user_io.path_checks import check_train_paths
-
-        check_train_paths(config)
-    if config.framework == "auto" and not actions["resume"]:
-        from dataclasses import replace
-
-        from pokedex_trainer.backends.choice import pick_training_framework
-
-        framework, note = pick_training_framework(config)
-        config = replace(config, framework=framework)
-        if note:
-            import logging
-
-            logging.getLogger(__name__).warning("%s", note)
-    if actions.get("scratch_defaults") and not actions["resume"]:
-        import logging
-
-        logging.getLogger(__name__).info(
-            "--weights none: the from-scratch recipe sets %s (options you give win)",
-            " ".join(f"--{name} {value}" for name, value in actions["scratch_defaults"].items()))
-    if config.base_model and not actions["resume"]:
-        config = apply_base_model(config)
-    resume = Path(actions["resume"]) if actions["resume"] else None
-    if any(actions[key] is not None for key in SEARCH_ACTIONS):
-        from pokedex_trainer.search.trials import search_command
-
-        return search_command(config, actions, resume)
-    if actions["find_batch_size"]:
-        return find_batch_size_only(config)
-    if actions["kfold"] is not None:
-        from pokedex_trainer.errors import UserError
-        from pokedex_trainer.runs.kfold import run_kfold
-
-        if resume or actions["export"]:
-            raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
-                            "--export (export the fold you choose with export.py)")
-        return run_kfold(config, actions["kfold"])
-    formats = None
-    if actions["export"]:
-        from pokedex_trainer.exporters.export_run import parse_formats
-
-        # checked before training: a typo must not wait for the end of a long run
-        formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
-    run_dir = run_training(config, resume)
-    if formats and run_dir is not None:
-        export_after_training(run_dir, formats)
-    return run_dir
-
-
-def export_after_training(run_dir, formats: str) -> None:
-    """``--export``: in this process, or in a new one when Keras trained here on another
-    backend than TensorFlow (the exporters are TensorFlow's; a process has one backend)."""
-    import sys
-
-    keras = sys.modules.get("keras")
-    if keras is None or keras.backend.backend() == "tensorflow":
-        from pokedex_trainer.exporters.export_run import export_command
-
-        export_command(run_dir=str(run_dir), formats=formats)
-        return
-    import os
-    import subprocess
-    from pathlib import Path
-
-    from pokedex_trainer.errors import ExportCheckFailed
-
-    script = Path(__file__).resolve().parents[2] / "export.py"
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run([sys.executable, str(script), "--run_dir", str(run_dir),
-                             "--formats", formats], env=env)
-    if result.returncode != 0:
-        raise ExportCheckFailed(f"export of {run_dir} failed (exit code {result.returncode}); "
-                                f"see the lines above")
+def train_option_actions() -> dict:
+    """Destination -> the argparse action of its first option in the trainer's parser, the
+    search's own options and --help left out: what a search writes its trials' command
+    lines with (``search.trials.command_parts``)."""
+    actions = {}
+    for action in build_train_parser()._actions:  # the first option of a destination wins
+        if action.option_strings and action.dest not in SEARCH_ACTIONS + ("help",):
+            actions.setdefault(action.dest, action)
+    return actions
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
     """Parser of ``prepare_dataset.py``."""
-    from pokedex_trainer.prepare.run import MODES
+    from pokedex_trainer.prepare.convert import MODES
 
     parser = argparse.ArgumentParser(
         prog="prepare_dataset.py",
@@ -509,59 +389,6 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate_main(argv: list[str] | None = None) -> None:
-    """``evaluate.py``: a model's report, an ensemble, predictions, or the experiments table."""
-    evaluate_command(build_evaluate_parser().parse_args(argv))
-
-
-def evaluate_command(args: argparse.Namespace):
-    """What ``evaluate.py`` does once parsed (the Python API calls it too): the report folder,
-    or the prediction rows of ``--predict``, or the sorted rows of ``--experiments``."""
-    from pokedex_trainer.errors import UserError
-    from pokedex_trainer.user_io.path_checks import check_file_option, check_folder_option
-
-    if args.output_dir:
-        check_folder_option(args.output_dir, "--output_dir")
-    if args.calibration:  # written after the calibration work: checked before it
-        check_file_option(args.calibration, "--calibration")
-    if args.experiments:
-        from pokedex_trainer.runs.experiments import show_experiments
-
-        return show_experiments(args.experiments, args.sort_by)
-    if args.search or args.search_storage:
-        if not args.search:
-            raise UserError("--search_storage goes with --search NAME")
-        from pokedex_trainer.search.report import search_report_command
-
-        return search_report_command(args.search, args.search_storage, args.output_dir)
-    if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
-        raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
-    if args.threshold is not None and not 0 <= args.threshold <= 1.01:
-        raise UserError("--threshold is a probability between 0 and 1")
-    if args.trust_model_file:
-        if not args.model:
-            raise UserError("--trust_model_file goes with --model FILE")
-        from pokedex_trainer.evaluation.safe_loading import vouch_for
-
-        vouch_for(args.model)
-    from pokedex_trainer.evaluation import report as evaluating
-
-    options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch,
-                                         calibration=args.calibration)
-    if args.ensemble:
-        if args.run_dir or args.model or args.predict:
-            raise UserError("--ensemble takes run directories of its own; drop --run_dir, "
-                            "--model and --predict")
-        return evaluating.evaluate_ensemble(args.ensemble, args.data_path, options)
-    if not (args.run_dir or args.model):
-        raise UserError("say what to evaluate: --run_dir RUN_DIR, --model FILE, --ensemble "
-                        "RUN_DIR RUN_DIR ... (or --experiments DIR to compare runs)")
-    if args.predict:
-        return evaluating.predict_command(args.predict, args.run_dir, args.model, args.top_k,
-                                          args.threshold, args.output_dir, args.calibration)
-    return evaluating.evaluate_model(args.run_dir, args.model, args.data_path, options)
-
-
 def build_export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export.py",
@@ -603,27 +430,3 @@ def build_export_parser() -> argparse.ArgumentParser:
                              "probability is below it, as evaluate.py --predict --threshold "
                              "(default: none; the page has a slider)")
     return parser
-
-
-def export_main(argv: list[str] | None = None) -> None:
-    """``export.py``: write each format, check it against the source, print the figures."""
-    export_from_args(build_export_parser().parse_args(argv))
-
-
-def export_from_args(args: argparse.Namespace) -> list:
-    """What ``export.py`` does once parsed (the Python API calls it too): the checked files
-    (``ExportResult``)."""
-    from pokedex_trainer.errors import UserError
-
-    if args.check_images < 1 or args.calibration_images < 1:
-        raise UserError("--check_images and --calibration_images must be at least 1")
-    if args.output_dir:
-        from pokedex_trainer.user_io.path_checks import check_folder_option
-
-        check_folder_option(args.output_dir, "--output_dir")
-    from pokedex_trainer.exporters.export_run import export_command
-
-    return export_command(args.run_dir, args.model, args.formats, args.output_dir,
-                          args.data_path, args.check_images, args.calibration_images,
-                          args.opset, args.tflite_precisions, args.calibration,
-                          args.web_precision, args.threshold)

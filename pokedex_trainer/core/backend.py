@@ -60,9 +60,8 @@ class TrainingBackend(Protocol):
     def save_state(self, folder: Path) -> None:
         """Write what resuming needs (weights, optimizer, scaler) into an empty ``folder``."""
 
-    def load_state(self, folder: Path) -> dict | None:
-        """Restore ``save_state``'s files (or an older version's); returns plateau counters
-        found in an older version's files, if any."""
+    def load_state(self, folder: Path) -> None:
+        """Restore ``save_state``'s files."""
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         """TensorBoard scalars (and histograms when due) of one finished epoch."""

@@ -15,8 +15,6 @@ import re
 import shutil
 from pathlib import Path
 
-from pokedex_trainer.runs.layout import RunLayout
-from pokedex_trainer.runs.records import atomic_write_json
 from pokedex_trainer.core.backend import TrainingBackend
 
 logger = logging.getLogger(__name__)
@@ -26,24 +24,24 @@ _STATE_DIR = re.compile(r"^epoch_\d{3,}$")
 _STATE_TMP = re.compile(r"^\.state\.json\..*\.tmp$")  # a killed write of state.json
 _RUN_FILE_TMP = re.compile(r"^\.(summary|config|class_names|split_manifest|calibration|exports)"
                            r"\.json\.[^.]+\.tmp$")
-# What the first version wrote into resume/ (kept readable, removed once a new state exists).
-LEGACY_STATE_FILES = ("last.pth", "last.weights.h5", "optimizer.npz")
 
 
 class CheckpointSaver:
     """Writes the model files of a run, and reads back what resuming needs.
 
     Args:
-        layout: the run's file names.
+        store: the run's files (its RunStore): model file names, resume/state.json.
         stamp: the timestamp in the final model's name.
         save_every: keep a copy of the model every N epochs (0: never).
         enabled: False on the ranks of a multi-process run that must not write.
         save_h5: also write the final model as legacy HDF5 (``--save_h5``, Keras only).
     """
 
-    def __init__(self, layout: RunLayout, stamp: str, save_every: int = 0, enabled: bool = True,
+    def __init__(self, store, stamp: str, save_every: int = 0, enabled: bool = True,
                  save_h5: bool = False):
-        self.layout, self.stamp, self.save_every, self.enabled = layout, stamp, save_every, enabled
+        layout = store.layout
+        self.store, self.layout, self.stamp, self.save_every, self.enabled = (
+            store, layout, stamp, save_every, enabled)
         self.save_h5 = save_h5
         if enabled:  # a killed save's leftovers
             shutil.rmtree(layout.partial_dir, ignore_errors=True)
@@ -96,8 +94,7 @@ class CheckpointSaver:
             self.layout.partial_dir.rmdir()
         except OSError:
             pass
-        atomic_write_json(self.layout.resume_state,
-                          {"format": STATE_FORMAT, "state_dir": name, **position})
+        self.store.write_resume_state({"format": STATE_FORMAT, "state_dir": name, **position})
         self._remove_older_states(keep=name)
 
     def _remove_older_states(self, keep: str) -> None:
@@ -106,14 +103,13 @@ class CheckpointSaver:
                 continue
             if path.is_dir() and _STATE_DIR.match(path.name):
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.name in LEGACY_STATE_FILES or _STATE_TMP.match(path.name):
+            elif _STATE_TMP.match(path.name):
                 path.unlink(missing_ok=True)
 
-    def restore(self, backend: TrainingBackend, position: dict) -> dict | None:
-        """Load the weights and optimizer saved with ``position`` into ``backend``."""
-        folder = self.layout.resume_dir / position["state_dir"] if "state_dir" in position \
-            else self.layout.resume_dir  # the first version's flat files
-        return backend.load_state(folder)
+    def restore(self, backend: TrainingBackend, position: dict) -> None:
+        """Load the weights and optimizer saved with ``position`` into ``backend`` (a run of
+        an earlier version was brought to this format when its store opened it)."""
+        backend.load_state(self.layout.resume_dir / position["state_dir"])
 
 
 def _fsync_folder(folder: Path) -> None:

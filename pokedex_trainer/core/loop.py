@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from pokedex_trainer.runs.records import HistoryWriter
+from pokedex_trainer.runs.history import HistoryWriter
 from pokedex_trainer.core.backend import TrainingBackend
 from pokedex_trainer.core.checkpoints import CheckpointSaver
 from pokedex_trainer.core.context import RunContext
@@ -270,13 +270,11 @@ def step_plateau(backend: TrainingBackend, plateau: PlateauScheduler, logs: dict
 def restore_position(backend: TrainingBackend, saver: CheckpointSaver, point: dict,
                      plateau: PlateauScheduler) -> float:
     """Weights, optimizer, plateau counters and learning rate of an interrupted phase."""
-    legacy_plateau = saver.restore(backend, point)
-    saved = point.get("plateau") or (point.get("backend") or {}).get("reduce_lr") or \
-        legacy_plateau
-    if saved:
-        plateau.load_state_dict(saved)
+    saver.restore(backend, point)
+    if point.get("plateau"):
+        plateau.load_state_dict(point["plateau"])
     learning_rate = point.get("learning_rate")
-    if learning_rate is None:  # the first version kept it only in the optimizer state
+    if learning_rate is None:  # a position without a rate: the optimizer holds it
         return backend.learning_rate()
     backend.set_learning_rate(learning_rate)
     return learning_rate

@@ -5,7 +5,7 @@ Tags follow Keras' TensorBoard callback: ``<run>/train`` and ``<run>/validation`
 ``<weight>/histogram``, ``gradients/<weight>``, the ``augmented_samples`` image grid and
 ``activations/stage_<k>``: the outputs of the backbone's k-th chosen stage (shallow to deep, the
 last one the backbone's output) on the first images of the same sample batch, with the same
-tags in Keras and PyTorch (the layers are listed per network in each backend's models.py).
+tags in Keras and PyTorch (the layers are listed per network in keras_networks.py and torch_networks.py).
 """
 
 from __future__ import annotations

@@ -135,11 +135,11 @@ class ImageCache:
                             f"('{where}'); choose a writable folder with --cache_dir") from None
 
     def _open_disk(self) -> None:
-        from pokedex_trainer.runs.records import _locked
+        from pokedex_trainer.user_io.atomic import locked
 
         meta = {"version": CACHE_VERSION, "root": str(self.root.resolve()),
                 "shape": list(self.shape), "files": self.relatives}
-        with open(self.path / LOCK, "a+", encoding="utf-8") as handle, _locked(handle):
+        with open(self.path / LOCK, "a+", encoding="utf-8") as handle, locked(handle):
             if self._disk_matches(meta):
                 logger.info("image cache: reusing %s", self.path)
                 return

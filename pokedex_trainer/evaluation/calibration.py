@@ -75,7 +75,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
-    from pokedex_trainer.runs.records import atomic_write_json
+    from pokedex_trainer.user_io.atomic import atomic_write_json
 
     path = Path(run_dir) / CALIBRATION_FILE
     atomic_write_json(path, {"temperature": temperature, **details})
@@ -99,11 +99,13 @@ def read_temperature(run_dir: Path | None, path: Path | None = None) -> float | 
     if path is None:
         if run_dir is None:
             return None
-        path = Path(run_dir) / CALIBRATION_FILE
+        from pokedex_trainer.runs.store import RunStore
+
+        path = RunStore(Path(run_dir)).calibration_path
     path = Path(path)
     if not path.is_file():
         return None
-    from pokedex_trainer.runs.checked_files import read_calibration
+    from pokedex_trainer.runs.store import read_calibration_file
 
-    value = read_calibration(path).get("temperature")  # a damaged file is refused, not skipped
+    value = read_calibration_file(path).get("temperature")  # a damaged file is refused, not skipped
     return None if value is None else checked_temperature(value, str(path))

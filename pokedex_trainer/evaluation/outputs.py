@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pokedex_trainer.runs.layout import EVALUATION_DIR, RunLayout
+from pokedex_trainer.runs.layout import EVALUATION_DIR
+from pokedex_trainer.runs.store import RunStore
 from pokedex_trainer.user_io.output_guard import claim_outputs
 
 REPORT_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png",
@@ -36,7 +37,7 @@ def report_folder(given: str | None, run: Path | None, model_path: Path) -> Path
     """The report folder of one model: ``--output_dir``, else ``<run>/evaluation`` (its best
     model) or ``<run>/evaluation/<file>``, else ``evaluation_<file>`` beside a loose file."""
     if run is not None:
-        best = RunLayout.read(run).is_best_model(model_path)
+        best = RunStore(run).is_best_model(model_path)
         default = run / EVALUATION_DIR if best else run / EVALUATION_DIR / model_path.name
     else:
         default = model_path.parent / f"{EVALUATION_DIR}_{model_path.name}"

@@ -75,7 +75,7 @@ def is_code_bearing(path: Path) -> bool:
 
 def remember_written(path: Path) -> str:
     """Record a code-bearing file this tool has just written and checked; returns its hash."""
-    from pokedex_trainer.runs.records import locked_append
+    from pokedex_trainer.user_io.atomic import locked_append
 
     digest = file_sha256(path)
     store = trust_store_path()

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pokedex_trainer.runs.records import atomic_write_bytes
+from pokedex_trainer.user_io.atomic import atomic_write_bytes
 from pokedex_trainer.exporters.metadata import add_onnx_metadata, add_tflite_metadata
 from pokedex_trainer.exporters.quiet import quiet_converters
 

@@ -29,8 +29,8 @@ def check_opset(opset: int, framework: str) -> None:
 def export_file_names(stem: str, framework: str, formats: list[str],
                       precisions: tuple[str, ...]) -> list[str]:
     """The files (and folders) an export of ``stem`` writes, each with its sidecar JSON; the
-    names follow ``export_run._keras_writers`` / ``_torch_writers``."""
-    from pokedex_trainer.evaluation.predict import sidecar_path
+    names follow ``writers._keras_writers`` / ``_torch_writers``."""
+    from pokedex_trainer.evaluation.model_files import sidecar_path
 
     if framework == "keras":
         named = {"savedmodel": [f"{stem}_saved_model"], "onnx": [f"{stem}.onnx"],

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pokedex_trainer.runs.records import atomic_target, atomic_write_bytes
+from pokedex_trainer.user_io.atomic import atomic_target, atomic_write_bytes
 from pokedex_trainer.exporters.metadata import EXTRA_FILE, add_onnx_metadata
 from pokedex_trainer.exporters.quiet import quiet_converters
 

@@ -40,7 +40,7 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     import litert_torch
     import torch
 
-    from pokedex_trainer.runs.records import atomic_write_bytes
+    from pokedex_trainer.user_io.atomic import atomic_write_bytes
     from pokedex_trainer.exporters.metadata import add_tflite_metadata
     from pokedex_trainer.exporters.quiet import quiet_converters
     from pokedex_trainer.exporters.torch_formats import ProbabilityModel

@@ -29,7 +29,7 @@ RUNTIME_DIR = "ort"
 # ONNX Runtime Web's WebAssembly build, single-threaded (python -m http.server does not send the
 # cross-origin-isolation headers that threads need): the loader, its module and the binary.
 RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-# --web_precision -> the tolerance (export_run.TOLERANCES) its check is held to
+# --web_precision -> the tolerance (parity.TOLERANCES) its check is held to
 WEB_PRECISIONS = {"fp32": "float32", "fp16": "float16", "int8": "dynamic_int8"}
 PROJECT = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "web"
@@ -103,7 +103,7 @@ def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
                threshold: float | None) -> Path:
     """Write the page into ``folder``; ``write_float32_onnx(path)`` writes the model there.
     Returns the model file (the one the export check runs)."""
-    from pokedex_trainer.runs.records import atomic_write_json
+    from pokedex_trainer.user_io.atomic import atomic_write_json
 
     runtime = check_runtime()
     folder.mkdir(parents=True, exist_ok=True)

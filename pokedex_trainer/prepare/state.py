@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from pokedex_trainer.data.scan import list_class_dirs, list_images
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.records import atomic_write_json
+from pokedex_trainer.user_io.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ REQUIRED_CONFIG = ("data_path", "model_type", "epochs", "fine_tune_epochs", "bat
                    "learning_rate", "image_size", "weights", "seed", "output_dir", "log_dir")
 
 
-def _fail(path: Path, problem: str, remedy: str):
+def fail(path: Path, problem: str, remedy: str):
     raise UserError(f"{path}: {problem}; {remedy}")
 
 
@@ -58,16 +58,16 @@ def read_json(path: Path, remedy: str):
 
         return json.loads(read_regular_text(path))
     except UnicodeDecodeError:
-        _fail(path, "is not UTF-8 text", remedy)
+        fail(path, "is not UTF-8 text", remedy)
     except ValueError as exc:
-        _fail(path, f"is not valid JSON ({exc})", remedy)
+        fail(path, f"is not valid JSON ({exc})", remedy)
     except OSError as exc:
-        _fail(path, f"cannot be read ({exc.strerror or exc})", remedy)
+        fail(path, f"cannot be read ({exc.strerror or exc})", remedy)
 
 
 def _object(path: Path, data, remedy: str) -> dict:
     if not isinstance(data, dict):
-        _fail(path, f"must be a JSON object, got {type(data).__name__}", remedy)
+        fail(path, f"must be a JSON object, got {type(data).__name__}", remedy)
     return data
 
 
@@ -78,26 +78,26 @@ def config_values(path: Path, fields: dict) -> dict:
 
     ``fields``: option name -> its type hint (``typing.get_type_hints(TrainConfig)``). Counts
     are whole numbers >= 0 and rates finite numbers >= 0; the ranges of each option are
-    ``TrainConfig.validate``'s job (a resumed run runs it, see ``resolved_config``).
+    ``TrainConfig.validate``'s job (a resumed run runs it, see ``RunStore.config``).
     """
     data = _object(path, read_json(path, READ_REMEDY), READ_REMEDY)
     # Every version saved these: a config without them would silently take the defaults (an
     # EfficientNetB7 with ImageNet weights on data/training) instead of the run's own values.
     missing = [name for name in REQUIRED_CONFIG if name not in data]
     if missing:
-        _fail(path, f"lacks {', '.join(missing)}", READ_REMEDY)
+        fail(path, f"lacks {', '.join(missing)}", READ_REMEDY)
     values = {k: v for k, v in data.items() if k in fields}
     if isinstance(values.get("augment"), bool):  # written before --augment had levels
         values["augment"] = "full" if values["augment"] else "none"
     for name, value in values.items():
         problem = _config_problem(name, value, str(fields[name]))
         if problem:
-            _fail(path, f"{name} must be {problem}, got {_shown(value)}", READ_REMEDY)
+            fail(path, f"{name} must be {problem}, got {_shown(value)}", READ_REMEDY)
     if "model_type" in values:
         from pokedex_trainer.networks import MODEL_SPECS
 
         if values["model_type"] not in MODEL_SPECS:
-            _fail(path, f"model_type {_shown(values['model_type'])} is not a network of this "
+            fail(path, f"model_type {_shown(values['model_type'])} is not a network of this "
                         f"version ({', '.join(sorted(MODEL_SPECS))})", READ_REMEDY)
     if values.get("image_size") is not None:
         values["image_size"] = tuple(values["image_size"])
@@ -125,17 +125,6 @@ def _config_problem(name: str, value, hint: str) -> str | None:
     return None
 
 
-def resolved_config(path: Path):
-    """The run's TrainConfig, checked as a new run's would be (for a run that trains again)."""
-    from pokedex_trainer.config import TrainConfig
-
-    config = TrainConfig.load(path)
-    try:
-        return config.resolved()
-    except UserError as exc:
-        _fail(path, f"holds a value a run cannot use ({exc})", RESUME_REMEDY)
-
-
 # --- class_names.json and split_manifest.json ------------------------------------------------
 
 def _names_problem(names) -> str | None:
@@ -152,9 +141,9 @@ def read_class_names(path: Path, expected: list[str] | None = None) -> list[str]
     names = read_json(path, READ_REMEDY)
     problem = _names_problem(names)
     if problem:
-        _fail(path, problem, READ_REMEDY)
+        fail(path, problem, READ_REMEDY)
     if expected is not None and names != list(expected):
-        _fail(path, f"lists {len(names)} classes that are not the {len(expected)} of the run's "
+        fail(path, f"lists {len(names)} classes that are not the {len(expected)} of the run's "
                     f"split_manifest.json", READ_REMEDY)
     return names
 
@@ -189,29 +178,29 @@ def read_manifest(path: Path) -> dict:
     path = Path(path)
     manifest = _object(path, read_json(path, READ_REMEDY), READ_REMEDY)
     if not isinstance(manifest.get("data_path"), str):
-        _fail(path, "data_path must be the data folder's path (text)", READ_REMEDY)
+        fail(path, "data_path must be the data folder's path (text)", READ_REMEDY)
     problem = _names_problem(manifest.get("class_names"))
     if problem:
-        _fail(path, f"class_names {problem}", READ_REMEDY)
+        fail(path, f"class_names {problem}", READ_REMEDY)
     n_classes = len(manifest["class_names"])
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or not splits:
-        _fail(path, "splits must be an object of split name -> [[path, label], ...]",
+        fail(path, "splits must be an object of split name -> [[path, label], ...]",
               READ_REMEDY)
     checked = {}
     for split, items in splits.items():
         if not isinstance(items, list):
-            _fail(path, f"split '{split}' must be a list of [path, label] pairs", READ_REMEDY)
+            fail(path, f"split '{split}' must be a list of [path, label] pairs", READ_REMEDY)
         for item in items:
             if not (isinstance(item, list) and len(item) == 2):
-                _fail(path, f"split '{split}': {_shown(item)} is not a [path, label] pair",
+                fail(path, f"split '{split}': {_shown(item)} is not a [path, label] pair",
                       READ_REMEDY)
             problem = _relative_problem(item[0])
             if problem:
-                _fail(path, f"split '{split}': sample path {_shown(item[0])} {problem}",
+                fail(path, f"split '{split}': sample path {_shown(item[0])} {problem}",
                       READ_REMEDY)
             if not is_whole(item[1], 0, n_classes - 1):
-                _fail(path, f"split '{split}': label of '{item[0]}' must be a whole number from "
+                fail(path, f"split '{split}': label of '{item[0]}' must be a whole number from "
                             f"0 to {n_classes - 1}, got {_shown(item[1])}", READ_REMEDY)
         checked[split] = [(p, label) for p, label in items]
     return {**manifest, "splits": checked}
@@ -240,14 +229,14 @@ def read_calibration(path: Path) -> dict | None:
     data = _object(path, read_json(path, CALIBRATION_REMEDY), CALIBRATION_REMEDY)
     problem = _temperature_problem(data)
     if problem:
-        _fail(path, problem, CALIBRATION_REMEDY)
+        fail(path, problem, CALIBRATION_REMEDY)
     models = data.get("models", {})
     if not isinstance(models, dict):
-        _fail(path, "models must be an object of model file -> calibration", CALIBRATION_REMEDY)
+        fail(path, "models must be an object of model file -> calibration", CALIBRATION_REMEDY)
     for name, entry in models.items():
         problem = _temperature_problem(entry)
         if problem:
-            _fail(path, f"models['{name}'] {problem}", CALIBRATION_REMEDY)
+            fail(path, f"models['{name}'] {problem}", CALIBRATION_REMEDY)
     return data
 
 
@@ -258,7 +247,7 @@ def read_summary(path: Path) -> dict | None:
         return None
     data = _object(path, read_json(path, SUMMARY_REMEDY), SUMMARY_REMEDY)
     if not isinstance(data.get("status", ""), str):
-        _fail(path, f"status must be text, got {_shown(data['status'])}", SUMMARY_REMEDY)
+        fail(path, f"status must be text, got {_shown(data['status'])}", SUMMARY_REMEDY)
     return data
 
 
@@ -273,7 +262,7 @@ def read_state(path: Path, phase_epochs: list[int], max_format: int) -> dict:
 
     def need(ok: bool, what: str, value) -> None:
         if not ok:
-            _fail(path, f"{what}, got {_shown(value)}", RESUME_REMEDY)
+            fail(path, f"{what}, got {_shown(value)}", RESUME_REMEDY)
 
     if "format" in point:
         need(is_whole(point["format"], 1, max_format),
@@ -349,18 +338,18 @@ def check_history(path: Path, epochs_run: int, state_path: Path) -> None:
             with open(path, encoding="utf-8", newline="") as handle:
                 rows = list(csv.reader(handle))
         except (UnicodeDecodeError, csv.Error) as exc:
-            _fail(path, f"cannot be read as CSV ({exc})", RESUME_REMEDY)
+            fail(path, f"cannot be read as CSV ({exc})", RESUME_REMEDY)
     if epochs_run == 0 and not rows:
         return
     if not rows or not rows[0] or rows[0][0] != "epoch":
-        _fail(path, "must start with a header whose first column is 'epoch'", RESUME_REMEDY)
+        fail(path, "must start with a header whose first column is 'epoch'", RESUME_REMEDY)
     epochs = [row[0] for row in rows[1:] if row]
     for number, text in enumerate(epochs, 1):
         if text != str(number):
-            _fail(path, f"row {number} must be epoch {number}, got {_shown(text)}",
+            fail(path, f"row {number} must be epoch {number}, got {_shown(text)}",
                   RESUME_REMEDY)
     if not epochs_run <= len(epochs) <= epochs_run + 1:
-        _fail(path, f"holds {len(epochs)} epochs but {state_path.name} says {epochs_run} were "
+        fail(path, f"holds {len(epochs)} epochs but {state_path.name} says {epochs_run} were "
                     "run", RESUME_REMEDY)
 
 

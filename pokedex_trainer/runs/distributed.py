@@ -63,10 +63,9 @@ def describe_node(root: Path, splits: dict, resume_point: dict | None,
         digest.update(f"{relative}\0{size}\n".encode("utf-8"))
     missing_resume = None
     if resume_point is not None:
-        from pokedex_trainer.runs.layout import RunLayout
+        from pokedex_trainer.runs.store import RunStore
 
-        folder = RunLayout(Path(run_dir)).resume_dir
-        state = folder / resume_point["state_dir"] if "state_dir" in resume_point else folder
+        state = RunStore(Path(run_dir)).resume_folder(resume_point)
         if not state.exists():
             missing_resume = str(state.absolute())
     return {"host": socket.gethostname(), "rank": rank, "root": str(root),

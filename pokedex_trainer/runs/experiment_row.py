@@ -10,7 +10,7 @@ from pathlib import Path
 from pokedex_trainer import __version__
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
-from pokedex_trainer.runs.records import RECIPE_COLUMNS
+from pokedex_trainer.runs.experiments_table import RECIPE_COLUMNS
 
 LIBRARIES = ("tensorflow", "keras", "torch", "torchvision", "albumentations",
              "opencv-python-headless", "numpy", "pillow")

@@ -8,12 +8,13 @@ import math
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.records import (
+from pokedex_trainer.runs.experiments_table import (
     EXPERIMENT_COLUMNS,
     RECIPE_COLUMNS,
-    atomic_write_bytes,
     read_experiments,
 )
+from pokedex_trainer.runs.store import RunStore
+from pokedex_trainer.user_io.atomic import atomic_write_bytes
 
 HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "image_size",
                    "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
@@ -83,13 +84,8 @@ PHASE_NUMBERS = {"head": "1", "fine_tune": "2"}
 def phases_run(row: dict) -> str:
     """Which phases a run trained: ``1``, ``2`` or ``1+2`` (from its history.csv, else from
     its epoch counts); empty when nothing tells."""
-    history = Path(row.get("run_dir") or "") / "history.csv"
-    if row.get("run_dir") and history.is_file():
-        try:
-            with open(history, encoding="utf-8", newline="") as handle:
-                phases = [r.get("phase", "") for r in csv.DictReader(handle)]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            phases = []
+    if row.get("run_dir"):
+        phases = [r.get("phase", "") for r in RunStore(Path(row["run_dir"])).history_rows()]
         numbers = [PHASE_NUMBERS[p] for p in dict.fromkeys(phases) if p in PHASE_NUMBERS]
         if numbers:
             return "+".join(numbers)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.data.scan import read_manifest, scan_dataset
+from pokedex_trainer.data.scan import scan_dataset
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.layout import CONFIG, MANIFEST, RunLayout
-from pokedex_trainer.runs.checked_files import run_class_names
+from pokedex_trainer.runs.layout import CONFIG, MANIFEST
+from pokedex_trainer.runs.store import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -26,22 +25,23 @@ def best_model_of(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
-    if (run_dir / CONFIG).is_file():
-        TrainConfig.load(run_dir / CONFIG)  # a damaged config.json: one line naming it
-    layout = RunLayout.read(run_dir)
-    if layout.arch is None:
+    store = RunStore(run_dir)
+    if store.is_run():
+        store.saved_config()  # a damaged config.json: one line naming it
+    if not store.knows_its_network():
         raise UserError(f"'{run_dir}' is not a run directory of this tool (no readable "
                         f"{CONFIG})")
-    if not layout.best_model.is_file():
-        raise UserError(f"'{run_dir}' holds no best model ({layout.best_model.name}): did its "
+    best = store.best_model()
+    if not best.is_file():
+        raise UserError(f"'{run_dir}' holds no best model ({best.name}): did its "
                         "first epoch finish?")
-    return layout.best_model
+    return best
 
 
 def run_dir_of(model_path: Path) -> Path | None:
     """The run directory a model file lives in (it has a split manifest), if any."""
     for folder in (Path(model_path).parent, Path(model_path).parent.parent):
-        if (folder / MANIFEST).is_file():
+        if RunStore(folder).has_manifest():
             return folder
     return None
 
@@ -123,15 +123,14 @@ def run_split(run_dir: Path, split: str) -> LabelledImages:
     recorded in the manifest.
     """
     run_dir = Path(run_dir)
-    manifest_path = run_dir / MANIFEST
-    if not manifest_path.is_file():
+    store = RunStore(run_dir)
+    if not store.has_manifest():
         raise UserError(f"'{run_dir}' has no {MANIFEST}: not a run directory of this tool")
-    manifest = read_manifest(manifest_path)
+    manifest = store.manifest()
     samples = manifest["splits"].get(split, [])
     candidates = []
-    config_path = run_dir / CONFIG
-    if config_path.is_file():
-        candidates.append(Path(TrainConfig.load(config_path).data_path))
+    if store.is_run():
+        candidates.append(Path(store.saved_config().data_path))
     candidates.append(Path(manifest["data_path"]))
     root = next((c for c in candidates if samples and (c / samples[0][0]).is_file()),
                 candidates[0])
@@ -139,7 +138,7 @@ def run_split(run_dir: Path, split: str) -> LabelledImages:
     if missing:
         raise UserError(f"{len(missing)} of the {len(samples)} {split} images of '{run_dir}' are "
                         f"missing under '{root}' (first: {missing[0]}); pass --data_path")
-    run_class_names(run_dir)  # class_names.json must agree with the manifest
+    store.class_names()  # class_names.json must agree with the manifest
     return LabelledImages(root, manifest["class_names"], samples,
                           f"the {split} split of {run_dir.name} ({len(samples)} images)")
 

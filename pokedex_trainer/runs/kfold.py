@@ -17,8 +17,8 @@ import numpy as np
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.data.scan import DatasetIndex, stratified_split
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.records import atomic_write_json, timestamp
-from pokedex_trainer.runs.checked_files import read_summary
+from pokedex_trainer.runs.store import RunStore, timestamp
+from pokedex_trainer.user_io.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def kfold_splits(index: DatasetIndex, k: int, val_split: float, seed: int) -> li
 
 def run_kfold(config: TrainConfig, k: int) -> Path:
     """Train one run per fold, then write and print the mean and spread of the metrics."""
-    from pokedex_trainer.runs.lifecycle import create_run, prepare_data, train_new_run
+    from pokedex_trainer.runs.lifecycle import train_new_run
+    from pokedex_trainer.runs.opening import create_run, prepare_data
 
     config = config.resolved()
     index, _, notes = prepare_data(config)
@@ -65,7 +66,7 @@ def run_kfold(config: TrainConfig, k: int) -> Path:
         fold_config = replace(config, run_name=f"{base}_fold{number}of{k}", test_split=1 / k)
         context, fold_notes = create_run(fold_config, prepared=(index, splits, notes))
         run_dir = train_new_run(context, fold_notes)  # the lock and cleanup of any run
-        summaries.append(read_summary(run_dir / "summary.json") or {})
+        summaries.append(RunStore(run_dir).summary() or {})
     return write_kfold_summary(Path(config.output_dir) / f"{base}_kfold{k}.json", summaries)
 
 

@@ -86,13 +86,13 @@ def feature_extractor(model_file: str | Path):
     if path.suffix.lower() == ".pth":
         from torch import nn
 
-        from pokedex_trainer.backends.torch.networks import load_checkpoint
+        from pokedex_trainer.backends.torch.torch_networks import load_checkpoint
 
         model, _ = load_checkpoint(path)
         return nn.Sequential(model.normalize, model.backbone).eval()
     import keras
 
-    from pokedex_trainer.backends.keras.networks import POOLING_NAME
+    from pokedex_trainer.backends.keras.keras_networks import POOLING_NAME
 
     model = keras.models.load_model(path, compile=False, safe_mode=True)
     return keras.Model(model.input, model.get_layer(POOLING_NAME).output,

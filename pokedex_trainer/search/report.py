@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.runs.experiments import format_table
-from pokedex_trainer.runs.records import atomic_write_bytes
-from pokedex_trainer.search.trials import SEARCH_DIR, best_trial, open_storage, trial_rows
+from pokedex_trainer.user_io.atomic import atomic_write_bytes
+from pokedex_trainer.search.storage import SEARCH_DIR, best_trial, open_storage, trial_rows
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def search_report_command(name: str, storage_url: str | None, output_dir: str | 
                         + (f"; it holds: {', '.join(names)}" if names else ""))
     study = optuna.load_study(study_name=name, storage=storage)
     from pokedex_trainer.user_io.output_guard import claim_outputs, record_outputs
-    from pokedex_trainer.runs.records import ensure_writable_dir
+    from pokedex_trainer.user_io.atomic import ensure_writable_dir
 
     written = ("trials.csv", "best_command.txt", *PLOTS)
     if output_dir:  # a folder of the user's: only files this tool wrote there are replaced

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.records import atomic_write_json
+from pokedex_trainer.user_io.atomic import atomic_write_json
 from pokedex_trainer.evaluation.safe_loading import file_sha256
 
 RECORD = ".pokedex_outputs.json"

@@ -21,7 +21,7 @@ from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
 from pokedex_trainer.core.phases import Phase, plan_phases
 from pokedex_trainer.data.scan import DatasetIndex
-from pokedex_trainer.runs.records import create_run_dir
+from pokedex_trainer.runs.store import create_run_dir
 from pokedex_trainer.runs.checked_files import check_history, read_state
 from pokedex_trainer.runs.lifecycle import train_with_backend
 

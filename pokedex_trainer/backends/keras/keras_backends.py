@@ -1,8 +1,9 @@
 """What differs between the Keras 3 backends (TensorFlow, PyTorch, JAX), and nothing else.
 
-The Keras trainer is written once against ``Platform``; each backend supplies its devices,
-memory settings, determinism, multi-GPU strategy, data feed, TensorBoard writer, gradients for
-the histograms and out-of-memory errors. A platform imports only its own framework.
+The Keras trainer is written once against ``KerasOnBackend``; ``KerasOnTensorFlow``,
+``KerasOnTorch`` and ``KerasOnJax`` supply their backend's devices, memory settings,
+determinism, multi-GPU strategy, data feed, TensorBoard writer (tensorboard_writers.py),
+gradients for the histograms and out-of-memory errors. Each imports only its own framework.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import logging
 import keras
 import numpy as np
 
-from pokedex_trainer.core.tensorboard import (
-    TRAIN_SUBDIR,
-    VALIDATION_SUBDIR,
-    tensorboard_without_tensorflow,
+from pokedex_trainer.backends.keras.tensorboard_writers import (
+    EventWriter,
+    TensorFlowWriter,
+    TorchWriter,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ def pack_batch(batch, replicas: int = 1, class_weights=None, float_images: bool 
     return images, labels, weights
 
 
-class Platform:
-    """The defaults: one device, no strategy, a PyDataset feed, PyTorch's TensorBoard writer."""
+class KerasOnBackend:
+    """Keras on any backend, the defaults: one device, no strategy, a PyDataset feed,
+    PyTorch's TensorBoard writer."""
 
     name = ""
     gpus = 0
@@ -119,7 +121,7 @@ class Platform:
         feed.epoch = epoch
 
     def writer(self, log_dir):
-        return _TorchWriter(log_dir)
+        return TorchWriter(log_dir)
 
     def gradients(self, model, images: np.ndarray, labels: np.ndarray):
         """(variable, gradient array) of one training batch, for the histograms; None when
@@ -140,7 +142,7 @@ def _note_many_gpus(count: int, backend: str) -> None:
                        "--framework pytorch with torchrun", count, backend)
 
 
-class TensorFlowPlatform(Platform):
+class KerasOnTensorFlow(KerasOnBackend):
     name = "tensorflow"
 
     def __init__(self):
@@ -204,7 +206,7 @@ class TensorFlowPlatform(Platform):
         pass  # the generator reads the loader's own epoch (set by the trainer)
 
     def writer(self, log_dir):
-        return _TensorFlowWriter(log_dir)
+        return TensorFlowWriter(log_dir)
 
     def gradients(self, model, images, labels):
         tf = self.tf
@@ -247,7 +249,7 @@ def make_strategy():
     return tf.distribute.get_strategy()
 
 
-class TorchPlatform(Platform):
+class KerasOnTorch(KerasOnBackend):
     name = "torch"
 
     def __init__(self):
@@ -304,7 +306,7 @@ class TorchPlatform(Platform):
         return self.torch.cuda.max_memory_allocated()
 
 
-class JaxPlatform(Platform):
+class KerasOnJax(KerasOnBackend):
     name = "jax"
 
     def __init__(self):
@@ -323,7 +325,7 @@ class JaxPlatform(Platform):
     def writer(self, log_dir):
         # Not PyTorch's writer: importing torch would load PyTorch's CUDA libraries (cuDNN,
         # cuBLAS, of its own versions) into the process whose GPU JAX drives.
-        return _EventWriter(log_dir)
+        return EventWriter(log_dir)
 
     def peak_memory(self, step):
         if not self.gpus:
@@ -332,130 +334,9 @@ class JaxPlatform(Platform):
         return (self.device.memory_stats() or {}).get("peak_bytes_in_use")
 
 
-PLATFORMS = {"tensorflow": TensorFlowPlatform, "torch": TorchPlatform, "jax": JaxPlatform}
+KERAS_ON = {"tensorflow": KerasOnTensorFlow, "torch": KerasOnTorch, "jax": KerasOnJax}
 
 
-def current_platform() -> Platform:
-    """The platform of the backend Keras runs on in this process."""
-    return PLATFORMS[keras.backend.backend()]()
-
-
-class _Writers:
-    """The train and validation event-file writers of one run (``self.writers``)."""
-
-    writers: dict
-
-    def flush(self) -> None:
-        for writer in self.writers.values():
-            writer.flush()
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-
-class _TensorFlowWriter(_Writers):
-    """tf.summary event files for the train and validation runs."""
-
-    def __init__(self, log_dir):
-        import tensorflow as tf
-
-        self.tf = tf
-        self.writers = {"train": tf.summary.create_file_writer(str(log_dir / TRAIN_SUBDIR)),
-                        "val": tf.summary.create_file_writer(str(log_dir / VALIDATION_SUBDIR))}
-
-    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
-        with self.writers[which].as_default():
-            self.tf.summary.scalar(tag, value, step=step)
-
-    def histogram(self, tag: str, values, step: int) -> None:
-        with self.writers["train"].as_default():
-            self.tf.summary.histogram(tag, values, step=step)
-
-    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
-        with self.writers["train"].as_default():
-            self.tf.summary.image(tag, grid[None], step=step)
-
-
-class _TorchWriter(_Writers):
-    """PyTorch's SummaryWriter, the same tags (TensorBoard reads both alike)."""
-
-    def __init__(self, log_dir):
-        from pokedex_trainer.backends import torch as torch_backend  # noqa: F401  (TensorBoard without loading TensorFlow)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writers = {"train": SummaryWriter(str(log_dir / TRAIN_SUBDIR)),
-                        "val": SummaryWriter(str(log_dir / VALIDATION_SUBDIR))}
-
-    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
-        self.writers[which].add_scalar(tag, value, step)
-
-    def histogram(self, tag: str, values, step: int) -> None:
-        self.writers["train"].add_histogram(tag, np.asarray(keras.ops.convert_to_numpy(values),
-                                                            np.float32), step)
-
-    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
-        self.writers["train"].add_image(tag, grid, step, dataformats="HWC")
-
-
-class _EventWriter(_Writers):
-    """Event files written with the tensorboard package alone (no TensorFlow, no PyTorch):
-    the same tags and summaries as the other writers."""
-
-    class _One:
-        def __init__(self, folder):
-            tensorboard_without_tensorflow()
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-            self.file = EventFileWriter(str(folder))
-
-        def add(self, value, step: int) -> None:
-            import time
-
-            from tensorboard.compat.proto import event_pb2, summary_pb2
-
-            self.file.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                summary=summary_pb2.Summary(value=[value])))
-
-        def flush(self) -> None:
-            self.file.flush()
-
-        def close(self) -> None:
-            self.file.close()
-
-    def __init__(self, log_dir):
-        self.writers = {"train": self._One(log_dir / TRAIN_SUBDIR),
-                        "val": self._One(log_dir / VALIDATION_SUBDIR)}
-
-    def scalar(self, which: str, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto import summary_pb2
-
-        self.writers[which].add(summary_pb2.Summary.Value(tag=tag, simple_value=float(value)),
-                                step)
-
-    def histogram(self, tag: str, values, step: int) -> None:
-        from tensorboard.compat.proto import summary_pb2
-
-        values = np.asarray(keras.ops.convert_to_numpy(values), np.float64).ravel()
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            return
-        counts, edges = np.histogram(values, bins=30)
-        histogram = summary_pb2.HistogramProto(
-            min=float(values.min()), max=float(values.max()), num=float(values.size),
-            sum=float(values.sum()), sum_squares=float(np.square(values).sum()),
-            bucket_limit=[float(edge) for edge in edges[1:]],
-            bucket=[float(count) for count in counts])
-        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, histo=histogram), step)
-
-    def image(self, tag: str, grid: np.ndarray, step: int) -> None:
-        import cv2
-        from tensorboard.compat.proto import summary_pb2
-
-        grid = np.ascontiguousarray(grid, np.uint8)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:
-            return
-        image = summary_pb2.Summary.Image(height=grid.shape[0], width=grid.shape[1],
-                                          colorspace=3, encoded_image_string=png.tobytes())
-        self.writers["train"].add(summary_pb2.Summary.Value(tag=tag, image=image), step)
+def keras_on_current_backend() -> KerasOnBackend:
+    """Keras on the backend it runs on in this process."""
+    return KERAS_ON[keras.backend.backend()]()

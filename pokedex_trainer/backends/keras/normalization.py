@@ -1,4 +1,4 @@
-"""Keras' ResNet152 normalization as a layer saved with the model (``"caffe"`` in models.py).
+"""Keras' ResNet152 normalization as a layer saved with the model (``"caffe"`` in keras_networks.py).
 
 keras.applications' ResNet weights were trained on Caffe's input: BGR pixels in 0..255 minus
 the ImageNet mean, no scaling (``keras.applications.resnet.preprocess_input``). The layer takes

@@ -13,7 +13,7 @@ import numpy as np
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT
 from pokedex_trainer.core.phases import Phase
-from pokedex_trainer.runs.records import atomic_target
+from pokedex_trainer.user_io.atomic import atomic_target
 from pokedex_trainer.core.tensorboard import (
     ACTIVATION_IMAGES,
     SAMPLE_IMAGES_TAG,
@@ -21,8 +21,8 @@ from pokedex_trainer.core.tensorboard import (
     image_grid,
     split_epoch_logs,
 )
-from pokedex_trainer.backends.keras.networks import activation_probe, apply_phase, build_model
-from pokedex_trainer.backends.keras.keras_backends import current_platform
+from pokedex_trainer.backends.keras.keras_networks import activation_probe, apply_phase, build_model
+from pokedex_trainer.backends.keras.keras_backends import keras_on_current_backend
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class TensorBoardLogger:
     flushed every epoch so a live TensorBoard shows each epoch; the same tags on every backend.
 
     Args:
-        platform: the Keras backend's platform (writer and gradients).
+        keras_on: Keras on this process's backend (writer and gradients).
         model: the model being trained.
         log_dir: the run's TensorBoard directory.
         sample_batch: (images uint8, labels) of training data, for gradients and the image grid.
@@ -116,12 +116,12 @@ class TensorBoardLogger:
             or None.
     """
 
-    def __init__(self, platform, model: keras.Model, log_dir,
+    def __init__(self, keras_on, model: keras.Model, log_dir,
                  sample_batch: tuple[np.ndarray, np.ndarray], histogram_freq: int = 1,
                  activations=None):
-        self.platform, self.model = platform, model
+        self.keras_on, self.model = keras_on, model
         self.histogram_freq = histogram_freq
-        self.writer = platform.writer(log_dir)
+        self.writer = keras_on.writer(log_dir)
         self.sample_batch = sample_batch
         self.activations = activations
 
@@ -133,7 +133,7 @@ class TensorBoardLogger:
         for weight in self.model.weights:
             self.writer.histogram(f"{weight.path}/histogram", weight.value, epoch)
         images, labels = self.sample_batch
-        for variable, gradient in self.platform.gradients(self.model, images, labels) or []:
+        for variable, gradient in self.keras_on.gradients(self.model, images, labels) or []:
             self.writer.histogram(f"gradients/{variable.path}", gradient, epoch)
         if self.activations is not None:
             for stage, values in enumerate(self.activations(images[:ACTIVATION_IMAGES]), 1):
@@ -153,11 +153,11 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def configure_precision(mixed: bool, platform) -> None:
+def configure_precision(mixed: bool, keras_on) -> None:
     if not mixed:
         keras.mixed_precision.set_global_policy("float32")
         return
-    if platform.gpus:
+    if keras_on.gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     else:
         logger.warning("--mixed_precision without a GPU uses bfloat16, which most CPUs run "
@@ -167,7 +167,6 @@ def configure_precision(mixed: bool, platform) -> None:
 
 WEIGHTS_FILE = "weights.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
-LEGACY_WEIGHTS_FILE = "last.weights.h5"  # the first version's resume/ files
 
 
 def save_training_state(folder: Path, model: keras.Model) -> None:
@@ -184,7 +183,7 @@ def restore_training_state(folder: Path, model: keras.Model) -> None:
     weights = folder / WEIGHTS_FILE
     with warnings.catch_warnings():  # the optimizer is restored below, from optimizer.npz
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(weights if weights.is_file() else folder / LEGACY_WEIGHTS_FILE)
+        model.load_weights(weights)
     model.optimizer.build(model.trainable_variables)
     with np.load(folder / OPTIMIZER_FILE) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -202,8 +201,8 @@ def search_batch_size(config, spec, num_classes: int):
     from pokedex_trainer.core.batch_size import PeakRSS, find_batch_size, ram_limit
     from pokedex_trainer.core.phases import Phase
 
-    platform = current_platform()
-    configure_precision(config.mixed_precision, platform)
+    keras_on = keras_on_current_backend()
+    configure_precision(config.mixed_precision, keras_on)
     # Random weights, everything trainable: the most memory either phase can need.
     model = build_model(spec, num_classes, config.image_size, "none", config.dropout)
     apply_phase(model, Phase("probe", 1, 1e-3, "all"))
@@ -216,15 +215,15 @@ def search_batch_size(config, spec, num_classes: int):
                                  np.zeros(batch, np.int32))
 
         try:
-            if platform.gpus:
-                return platform.peak_memory(step)
+            if keras_on.gpus:
+                return keras_on.peak_memory(step)
             with PeakRSS() as watch:
                 step()
             return watch.peak
-        except platform.out_of_memory:
+        except keras_on.out_of_memory:
             return None
 
-    if platform.gpus:
+    if keras_on.gpus:
         limit = (config.memory_limit_mb or 0) * 2**20 or 2**62  # the GPU's own OOM decides
         return find_batch_size(measure, limit, "GPU memory", resettable=True)
     return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
@@ -269,14 +268,14 @@ class KerasBackend:
     def __init__(self, context: RunContext):
         config = context.config
         self.context = context
-        self.platform = current_platform()
-        self.platform.seed(config.seed)
+        self.keras_on = keras_on_current_backend()
+        self.keras_on.seed(config.seed)
         if config.deterministic:
-            self.platform.set_deterministic()
-        self.device = f"{self.platform.describe()}, Keras on {self.platform.name}"
-        logger.info("Keras backend: %s, device: %s", self.platform.name, self.platform.describe())
-        configure_precision(config.mixed_precision, self.platform)
-        with self.platform.strategy_scope():
+            self.keras_on.set_deterministic()
+        self.device = f"{self.keras_on.describe()}, Keras on {self.keras_on.name}"
+        logger.info("Keras backend: %s, device: %s", self.keras_on.name, self.keras_on.describe())
+        configure_precision(config.mixed_precision, self.keras_on)
+        with self.keras_on.strategy_scope():
             self.model = build_model(context.spec, context.num_classes, config.image_size,
                                      config.weights, config.dropout, config.base_model)
             # compiled from the start: a resumed run with no epoch left still evaluates
@@ -293,18 +292,18 @@ class KerasBackend:
     def _start_feeding(self, context: RunContext) -> None:
         config = context.config
         sample = self.train_loader.sample_batch()
-        self.tensorboard = TensorBoardLogger(self.platform, self.model, context.tensorboard_dir,
+        self.tensorboard = TensorBoardLogger(self.keras_on, self.model, context.tensorboard_dir,
                                              (sample.images, sample.labels),
                                              config.histogram_freq,
                                              activation_probe(self.model, context.spec.model_type))
         self.tensorboard.log_samples()
-        self.train_ds = self.platform.feed(self.train_loader, config.image_size,
+        self.train_ds = self.keras_on.feed(self.train_loader, config.image_size,
                                            context.class_weights())
-        self.val_ds = self.platform.feed(self.val_loader, config.image_size)
+        self.val_ds = self.keras_on.feed(self.val_loader, config.image_size)
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:
         apply_phase(self.model, phase)
-        with self.platform.strategy_scope():
+        with self.keras_on.strategy_scope():
             compile_model(self.model, learning_rate, self.context.num_classes,
                           self.context.config)
 
@@ -328,7 +327,7 @@ class KerasBackend:
 
     def fit_epoch(self, epoch: int, phase: Phase) -> dict:
         self.train_loader.epoch = epoch
-        self.platform.set_epoch(self.train_ds, epoch)
+        self.keras_on.set_epoch(self.train_ds, epoch)
         history = self.model.fit(self.train_ds, initial_epoch=epoch, epochs=epoch + 1,
                                  shuffle=False, verbose=1 if _interactive() else 0,
                                  callbacks=[keras.callbacks.TerminateOnNaN(), _StopOnInterrupt(),
@@ -340,7 +339,7 @@ class KerasBackend:
             return _evaluate(self.model, self.val_ds)
         loader = self.context.make_loader(split, training=False)
         try:
-            return _evaluate(self.model, self.platform.feed(loader,
+            return _evaluate(self.model, self.keras_on.feed(loader,
                                                             self.context.config.image_size))
         finally:
             loader.close()
@@ -360,9 +359,8 @@ class KerasBackend:
     def save_state(self, folder: Path) -> None:
         save_training_state(folder, self.model)
 
-    def load_state(self, folder: Path) -> dict | None:
+    def load_state(self, folder: Path) -> None:
         restore_training_state(folder, self.model)
-        return None  # the first version kept its plateau counters in state.json
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         self.tensorboard.log_epoch(epoch, logs)

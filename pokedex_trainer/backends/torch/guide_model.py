@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pokedex_trainer.networks import get_spec
-from pokedex_trainer.backends.torch.networks import Classifier, build_model
+from pokedex_trainer.backends.torch.torch_networks import Classifier, build_model
 
 DEFAULT_DROPOUT = 0.3  # TrainConfig.dropout; dropout holds no weights, so any value loads
 

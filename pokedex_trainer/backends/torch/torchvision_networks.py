@@ -1,7 +1,7 @@
 """EfficientNetB7 and MobileNetV2 as torchvision networks (``--framework pytorch``).
 
 Each builder returns torchvision's network with its ImageNet classifier still attached, like
-``_resnet152`` in models.py: ``weights`` is 'imagenet' (torchvision's weights API, downloaded
+``_resnet152`` in torch_networks.py: ``weights`` is 'imagenet' (torchvision's weights API, downloaded
 once into ~/.cache/torch/hub/checkpoints), 'none', or the path of a local state dict.
 ``HEAD_ATTRIBUTE`` names the classifier that ``build_model`` replaces with its own head.
 """
@@ -32,7 +32,7 @@ def imagenet_download_error(display_name: str, torchvision_name: str, exc: Excep
 
 def _torchvision_network(builder, imagenet_weights, display_name: str, torchvision_name: str,
                          weights: str) -> nn.Module:
-    from pokedex_trainer.backends.torch.networks import load_backbone_file
+    from pokedex_trainer.backends.torch.tensor_files import load_backbone_file
 
     if weights.lower() == "imagenet":
         try:

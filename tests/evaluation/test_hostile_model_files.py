@@ -1,0 +1,421 @@
+"""Hostile model files, second round (issue 26, items 1-3): what a loader reads is what was checked.
+
+"Runs code" means a payload in the file created a marker file. Each hostile file is first shown
+to be live (the framework's own loader runs it), then every entry point must refuse it in one
+line with exit code 2 and leave no marker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_hostile import Payload, _one_line_error, torch_exports  # noqa: E402,F401
+from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main  # noqa: E402
+
+
+def _entries(pt2: Path) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(pt2) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def _write_entries(target: Path, entries: list[tuple[str, bytes]], sidecar_of: Path) -> Path:
+    with warnings.catch_warnings(), zipfile.ZipFile(target, "w") as archive:
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": wanted here
+        for name, data in entries:
+            archive.writestr(name, data)
+    shutil.copy(sidecar_of.with_name(sidecar_of.name + ".json"),
+                target.with_name(target.name + ".json"))
+    return target
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _root(entries) -> str:
+    return entries[0][0].split("/", 1)[0]
+
+
+def _named(entries, suffix: str) -> tuple[int, str, bytes]:
+    return next((i, n, d) for i, (n, d) in enumerate(entries) if n.endswith(suffix))
+
+
+def legacy_weights(entries, marker):
+    entries.append((f"{_root(entries)}/data/weights/model.pt", _saved(Payload(marker))))
+
+
+def legacy_constants(entries, marker):
+    entries.append((f"{_root(entries)}/data/constants/model.pt", _saved(Payload(marker))))
+
+
+def duplicate_entry(entries, marker):
+    # Python's zipfile returns the last of two same-named entries; PyTorch's reader looks names
+    # up by a search that finds either: one of the two orders reaches the loader
+    index, name, _ = _named(entries, "/models/model.json")
+    hostile = list(entries)
+    sympy_expression(hostile, marker)
+    hostile = (name, hostile[index][1])
+    return [entries[:index] + [hostile] + entries[index:],
+            entries[:index + 1] + [hostile] + entries[index + 1:]]
+
+
+def duplicate_entry_other_case(entries, marker):
+    # PyTorch's reader also compares names without case
+    index, name, _ = _named(entries, "/data/sample_inputs/model.pt")
+    hostile = (name.replace("/data/sample_inputs/", "/DATA/sample_inputs/"),
+               _saved(Payload(marker)))
+    return [entries[:index] + [hostile] + entries[index:],
+            entries[:index + 1] + [hostile] + entries[index + 1:]]
+
+
+def second_program(entries, marker):
+    root = _root(entries)
+    copies = {"/models/model.json": "/models/second.json",
+              "/data/sample_inputs/model.pt": "/data/sample_inputs/second.pt",
+              "/data/constants/model_constants_config.json":
+                  "/data/constants/second_constants_config.json"}
+    for old, new in copies.items():
+        entries.append((root + new, _named(entries, old)[2]))
+    config = json.loads(_named(entries, "/data/weights/model_weights_config.json")[2])
+    first = next(iter(config["config"].values()))
+    first.update(use_pickle=True, path_name="weight_payload")
+    entries.append((f"{root}/data/weights/second_weights_config.json", json.dumps(config).encode()))
+    entries.append((f"{root}/data/weights/weight_payload", _saved(Payload(marker))))
+
+
+def _change_program(entries, change):
+    index, name, data = _named(entries, "/models/model.json")
+    program = json.loads(data)
+    change(program)
+    entries[index] = (name, json.dumps(program).encode())
+
+
+def _touch_code(marker) -> str:
+    return f"__import__('pathlib').Path({str(marker)!r}).touch()"
+
+
+def sympy_expression(entries, marker):
+    # torch parses shape expressions with sympy.sympify, which evaluates Python
+    def change(program):
+        sizes = program["graph_module"]["graph"]["tensor_values"]["x"]["sizes"]
+        sizes[0]["as_expr"]["expr_str"] = _touch_code(marker)
+    _change_program(entries, change)
+
+
+def guard_code(entries, marker):
+    # guards are exec'd into a function that runs before every call of .module()
+    _change_program(entries, lambda p: p.update(guards_code=[_touch_code(marker) + " is None"]))
+
+
+def opaque_constant(entries, marker):
+    import pickle
+
+    index, name, data = _named(entries, "/data/constants/model_constants_config.json")
+    config = json.loads(data)
+    config["config"]["hidden"] = {"path_name": "opaque_obj_0", "is_param": False,
+                                  "use_pickle": True, "tensor_meta": None}
+    entries[index] = (name, json.dumps(config).encode())
+    entries.append((f"{_root(entries)}/data/constants/opaque_obj_0", pickle.dumps(Payload(marker))))
+
+
+def parameter_name_code(entries, marker):
+    # .module() writes `getattr(self, "<name>")` into Python source without escaping the name
+    # torch splits the name at dots, so the code has none (nor has the marker's folder)
+    assert "." not in str(marker)
+    touch = f"getattr(getattr(__import__('pathlib'),'Path')({str(marker)!r}),'touch')()"
+    evil = f'X"+str({touch})+"'
+
+    def change(program):
+        for spec in program["graph_module"]["signature"]["input_specs"]:
+            if spec.get("parameter", {}).get("parameter_name") == "classifier.head.bias":
+                spec["parameter"]["parameter_name"] = "classifier.head." + evil
+    _change_program(entries, change)
+    index, name, data = _named(entries, "/data/weights/model_weights_config.json")
+    config = json.loads(data)
+    config["config"]["classifier.head." + evil] = config["config"].pop("classifier.head.bias")
+    entries[index] = (name, json.dumps(config).encode())
+
+
+PT2_VARIANTS = [legacy_weights, legacy_constants, duplicate_entry, duplicate_entry_other_case,
+                second_program, sympy_expression, guard_code, opaque_constant,
+                parameter_name_code]
+
+
+def _is_live(bad: Path, marker: Path, capsys) -> bool:
+    """Whether PyTorch's own loader (and one call of the module) runs the payload."""
+    try:
+        module = torch.export.load(str(bad)).module()
+        module(torch.zeros(1, 3, 32, 32))
+    except Exception:
+        pass
+    capsys.readouterr()  # what PyTorch printed while doing so
+    live = marker.exists()
+    if live:
+        marker.unlink()
+    return live
+
+
+@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=lambda v: v.__name__)
+def test_a_pt2_that_hides_code_is_refused_at_every_entry_point(torch_exports, tmp_path,
+                                                               tiny_dataset, capsys, variant):
+    marker = tmp_path / "pwned"
+    source = torch_exports / "tiny_torch_best.pt2"
+    entries = _entries(source)
+    candidates = variant(entries, marker) or [entries]
+    bad = tmp_path / "model.pt2"
+    assert any(_is_live(_write_entries(bad, candidate, source), marker, capsys)
+               for candidate in candidates), "the payload does not run in PyTorch's loader"
+
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    for argv in (["--data_path", str(tiny_dataset)], ["--predict", str(photo)]):
+        assert run_main(evaluate_main, ["--model", str(bad), *argv]) == 2
+        assert "refused to open" in _one_line_error(capsys)
+        assert not marker.exists()
+    assert run_main(export_main, ["--model", str(bad), "--data_path", str(tiny_dataset)]) == 2
+    _one_line_error(capsys)
+    assert not marker.exists()
+
+
+def test_a_pt2_of_this_tool_still_opens_from_the_checked_bytes(torch_exports, tmp_path,
+                                                               tiny_dataset):
+    from pokedex_trainer.evaluation.predict import load_predictor
+
+    predictor = load_predictor(torch_exports / "tiny_torch_best.pt2")
+    probabilities = predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+
+# ---------------------------------------------------------------- SavedModel folders
+
+def _saved_model_writing(folder: Path, marker: Path | None, as_text: bool) -> Path:
+    """A SavedModel whose serving function writes ``marker`` (or plain softmax of zeros)."""
+    tf = pytest.importorskip("tensorflow")
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = tf.Variable([0.0, 1.0, 2.0])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def serve(self, x):
+            if marker is not None:
+                tf.io.write_file(str(marker), "x")
+            return tf.nn.softmax(tf.zeros([tf.shape(x)[0], 3]) + self.bias)
+
+    tf.saved_model.save(Model(), str(folder))
+    if as_text:  # the same graph as a text protocol buffer: TensorFlow reads either
+        from google.protobuf import text_format
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+        (folder / "saved_model.pbtxt").write_text(text_format.MessageToString(proto))
+        (folder / "saved_model.pb").unlink()
+    return folder
+
+
+def _sidecar_for(model: Path) -> None:
+    model.with_name(model.name + ".json").write_text(json.dumps({
+        "class_names": ["Gato", "León", "Perro"], "image_size": [32, 32],
+        "input": {"layout": "NHWC", "mean": [0, 0, 0], "std": [1, 1, 1]}}), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def pbtxt_saved_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(a text SavedModel that writes a marker when called, the marker); shown to be live."""
+    tf = pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("pbtxt")
+    marker = root / "written_by_the_graph"
+    folder = _saved_model_writing(root / "hostile", marker, as_text=True)
+    loaded = tf.saved_model.load(str(folder))
+    loaded.serve(tf.zeros([1, 32, 32, 3]))
+    assert marker.exists(), "the payload does not run in TensorFlow's loader"
+    marker.unlink()
+    return folder, marker
+
+
+@pytest.mark.parametrize("name", ["x.onnx", "x.keras", "x.pth", "x.tflite", "x.h5", "x.pt2",
+                                  "model_saved_model"])
+def test_a_text_savedmodel_is_refused_whatever_its_name(pbtxt_saved_model, tmp_path,
+                                                        tiny_dataset, capsys, name):
+    source, marker = pbtxt_saved_model
+    folder = tmp_path / name
+    shutil.copytree(source, folder)
+    _sidecar_for(folder)
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    for argv in (["--data_path", str(tiny_dataset)], ["--predict", str(photo)]):
+        assert run_main(evaluate_main, ["--model", str(folder), *argv]) == 2
+        assert "refused to open" in _one_line_error(capsys)
+        assert not marker.exists()
+    assert run_main(export_main, ["--model", str(folder), "--data_path",
+                                  str(tiny_dataset)]) == 2
+    _one_line_error(capsys)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["x.onnx", "x.keras", "x.pth"])
+def test_a_folder_that_is_no_savedmodel_is_refused_in_one_line(tmp_path, tiny_dataset, capsys,
+                                                               name):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"not a model")
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(folder), "--predict", str(photo)]) == 2
+    assert "is a folder but not a SavedModel" in _one_line_error(capsys)
+    assert run_main(export_main, ["--model", str(folder), "--data_path",
+                                  str(tiny_dataset)]) == 2
+    assert "is a folder, not a trained model" in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------- time of check, time of use
+
+def _swap_after_the_check(monkeypatch, swap):
+    """Run ``swap()`` between the trust check and the framework's load: where the framework
+    is imported (seconds, for a user)."""
+    import pokedex_trainer.evaluation.predict as inference
+
+    real = inference.import_frameworks
+
+    def import_then_swap(frameworks):
+        real(frameworks)
+        swap()
+    monkeypatch.setattr(inference, "import_frameworks", import_then_swap)
+
+
+class _AllOnLast(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((x.shape[0],), 2), 3).float()
+
+
+def test_a_trusted_torchscript_swapped_after_the_check_is_not_run(torch_exports, tmp_path,
+                                                                  monkeypatch):
+    from pokedex_trainer.evaluation.predict import load_predictor
+
+    ours = shutil.copy(torch_exports / "tiny_torch_best.pt", tmp_path / "model.pt")
+    shutil.copy(torch_exports / "tiny_torch_best.pt.json", tmp_path / "model.pt.json")
+    zeros = np.zeros((1, 32, 32, 3), np.uint8)
+    expected = load_predictor(ours).predict(zeros)  # trusted: export.py wrote these bytes
+    other = torch.jit.trace(_AllOnLast(), torch.zeros(1, 3, 32, 32))
+
+    _swap_after_the_check(monkeypatch, lambda: torch.jit.save(other, str(ours)))
+    predictor = load_predictor(ours)
+    assert not np.allclose(expected, [[0, 0, 1]])
+    assert np.allclose(predictor.predict(zeros), expected, atol=1e-6)  # the checked bytes ran
+
+
+def test_a_trusted_savedmodel_swapped_after_the_check_is_not_run(tmp_path, monkeypatch,
+                                                                 tiny_dataset, capsys):
+    from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.evaluation.safe_loading import remember_written
+
+    folder = _saved_model_writing(tmp_path / "model_saved_model", None, as_text=False)
+    _sidecar_for(folder)
+    remember_written(folder)  # as export.py does for what it wrote
+    marker = tmp_path / "written_by_the_graph"
+    hostile = _saved_model_writing(tmp_path / "hostile", marker, as_text=False)
+
+    def swap():
+        shutil.rmtree(folder)
+        shutil.copytree(hostile, folder)
+    _swap_after_the_check(monkeypatch, swap)
+    predictor = load_predictor(folder)
+    out = predictor.predict(np.zeros((1, 32, 32, 3), np.uint8))
+    assert not marker.exists()
+    assert np.allclose(out, np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- sidecars
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda s: s["input"].update(std=[1e-300, 1.0, 1.0]), "std"),
+    (lambda s: s["input"].update(mean=[1e300, 0.0, 0.0]), "mean"),
+    (lambda s: s.update(temperature=1e-300), "temperature"),
+    (lambda s: s.update(temperature=1e300), "temperature"),
+    (lambda s: s["input"].update(mean=[0.0, 0.0]), "mean"),
+    (lambda s: s.update(arch=["not", "a", "name"]), "arch"),
+], ids=["tiny std", "huge mean", "tiny temperature", "huge temperature", "2 means",
+        "arch not a string"])
+def test_a_sidecar_with_insane_numbers_is_one_line(torch_exports, tmp_path, tiny_dataset,
+                                                   capsys, change, expected):
+    model = shutil.copy(torch_exports / "tiny_torch_best.pt2", tmp_path / "model.pt2")
+    sidecar_file = tmp_path / "model.pt2.json"
+    sidecar = json.loads((torch_exports / "tiny_torch_best.pt2.json").read_text("utf-8"))
+    change(sidecar)
+    sidecar_file.write_text(json.dumps(sidecar), encoding="utf-8")
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(model), "--predict", str(photo)]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_a_model_that_answers_nan_is_one_line(torch_exports, tmp_path, tiny_dataset, capsys):
+    source = torch_exports / "tiny_torch_best.pt2"
+    entries = _entries(source)
+    index, name, data = _named(entries, "/data/weights/weight_0")
+    entries[index] = (name, np.full(len(data) // 4, np.nan, np.float32).tobytes())
+    model = _write_entries(tmp_path / "model.pt2", entries, source)
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(model), "--predict", str(photo)]) == 2
+    assert "NaN or infinite scores" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("expression", ["9**9**9**9", "Pow(Integer(9), Integer(999999999))",
+                                        "LShift(Integer(1), Integer(10**15))",
+                                        "Integer(1" + "0" * 30 + ")"])
+def test_a_pt2_whose_shapes_would_never_finish_computing_is_refused(torch_exports, tmp_path,
+                                                                   tiny_dataset, capsys,
+                                                                   expression):
+    """sympy evaluates powers as it parses: a tower of them never ends (not run here)."""
+    source = torch_exports / "tiny_torch_best.pt2"
+    entries = _entries(source)
+
+    def change(program):
+        sizes = program["graph_module"]["graph"]["tensor_values"]["x"]["sizes"]
+        sizes[0]["as_expr"]["expr_str"] = expression
+    _change_program(entries, change)
+    bad = _write_entries(tmp_path / "model.pt2", entries, source)
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(bad), "--predict", str(photo)]) == 2
+    assert "not plain arithmetic" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx", "model.pth"])
+def test_a_model_that_is_a_pipe_or_a_device_is_one_line(torch_exports, tmp_path, tiny_dataset,
+                                                        capsys, name):
+    """A named pipe would block every loader forever, /dev/zero would never end."""
+    import os
+
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    for kind in ("pipe", "device"):
+        model = tmp_path / kind / name
+        model.parent.mkdir()
+        if kind == "pipe":
+            os.mkfifo(model)
+        else:
+            model.symlink_to("/dev/zero")
+        shutil.copy(torch_exports / "tiny_torch_best.pt2.json", model.with_name(name + ".json"))
+        assert run_main(evaluate_main, ["--model", str(model), "--predict", str(photo)]) == 2
+        assert "not a regular file" in _one_line_error(capsys)
+
+
+def test_a_savedmodel_with_a_link_is_refused_before_it_is_copied(tmp_path, tiny_dataset,
+                                                                 capsys):
+    """A link to /dev/zero inside the folder would fill the disk while it is copied."""
+    folder = tmp_path / "model"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"\x08\x01")
+    (folder / "variables" / "variables.data-00000-of-00001").symlink_to("/dev/zero")
+    photo = next(tiny_dataset.rglob("*.jpg"))
+    assert run_main(evaluate_main, ["--model", str(folder), "--predict", str(photo)]) == 2
+    assert "is a link or a special file" in _one_line_error(capsys)

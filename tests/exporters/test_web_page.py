@@ -1,0 +1,305 @@
+"""export.py --formats web: the Pokedex page, checked against evaluate.py --predict.
+
+Default set: the page's resize (preprocess.js, run in Node.js) against OpenCV's INTER_AREA on
+many sizes, the format's options and its one-line errors. Slow set: a real export, served with
+python -m http.server's handler, opened in headless Chromium (Debian's ``chromium`` driven by
+Playwright), 20 test images through the page's own file input, answers compared with Python's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, train_tiny_run
+
+WEB = ROOT / "pokedex_trainer" / "exporters" / "web"
+
+
+def _node():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed (apt install nodejs): the page's resize is "
+                    "checked with it")
+    return node
+
+
+def _node_resize(cases):
+    """Run preprocess.js's resizeArea on each (image, width, height) in Node.js."""
+    script = """
+const fs = require("fs");
+const source = fs.readFileSync(process.argv[1], "utf8");
+const P = new Function(source + "; return PokedexPreprocess;")();
+const cases = JSON.parse(fs.readFileSync(0, "utf8"));
+const out = cases.map(([data, sw, sh, dw, dh]) =>
+  Array.from(P.resizeArea(Uint8Array.from(data), sw, sh, dw, dh)));
+process.stdout.write(JSON.stringify(out));
+"""
+    payload = json.dumps([[image.ravel().tolist(), image.shape[1], image.shape[0], w, h]
+                          for image, w, h in cases])
+    result = subprocess.run([_node(), "-e", script, str(WEB / "preprocess.js")], input=payload,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [np.array(values, np.uint8) for values in json.loads(result.stdout)]
+
+
+def test_the_page_resizes_as_the_trainer_does():
+    """preprocess.js against cv2.resize(INTER_AREA), the trainer's eval resize: shrinking by
+    any factor, by exact integer factors, growing, and mixed: the same bytes (OpenCV's float32
+    sums and round-half-even when shrinking, its fixed-point arithmetic when growing)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    shapes = [((48, 64), (32, 32)), ((64, 64), (32, 32)), ((96, 96), (32, 32)),
+              ((20, 24), (32, 32)), ((40, 31), (32, 32)), ((37, 53), (24, 16)),
+              ((300, 400), (224, 224)), ((33, 33), (32, 32)), ((64, 20), (32, 32))]
+    cases = []
+    for (h, w), (dh, dw) in shapes:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image[: h // 2] = image[: h // 2] // 3 + 100  # smooth and noisy regions
+        cases.append((image, dw, dh))
+    results = _node_resize(cases)
+    for (image, dw, dh), page in zip(cases, results):
+        expected = cv2.resize(image, (dw, dh), interpolation=cv2.INTER_AREA)
+        difference = np.abs(page.reshape(expected.shape).astype(int) - expected)
+        assert difference.max() == 0, (image.shape, (dh, dw), (difference > 0).mean())
+
+
+def test_web_is_a_format_of_both_frameworks_and_its_runtime_is_checked_first(monkeypatch,
+                                                                            tmp_path):
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.exporters import web_page
+    from pokedex_trainer.exporters.choices import parse_formats
+    from pokedex_trainer.exporters.targets import export_file_names
+
+    monkeypatch.setenv("POKEDEX_ORT_WEB", str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match=r"needs ONNX Runtime Web .* install it with: npm ci"):
+        parse_formats("onnx,web", "torch")
+    # among "all" (or no --formats) a missing runtime is a warning, the other formats go on
+    assert "web" not in parse_formats("all", "keras")
+    assert "web" not in parse_formats(None, "torch")
+    runtime = tmp_path / "dist"
+    runtime.mkdir()
+    for name in web_page.RUNTIME_FILES:
+        (runtime / name).write_bytes(b"x")
+    monkeypatch.setenv("POKEDEX_ORT_WEB", str(runtime))
+    assert parse_formats("all", "keras")[-1] == "web"
+    assert parse_formats("web", "torch") == ["web"]
+    assert export_file_names("m_best", "torch", ["onnx", "web"], ()) == [
+        "m_best.onnx", "m_best.onnx.json", "web"]
+    with pytest.raises(UserError, match="--web_precision fp8"):
+        web_page.check_precision("fp8")
+
+
+def test_the_page_config_comes_from_the_sidecar():
+    from pokedex_trainer.exporters.web_page import page_config
+
+    sidecar = {"class_names": ["Gato", "León"], "image_size": [32, 32],
+               "input": {"layout": "NHWC", "mean": [0, 0, 0], "std": [1, 1, 1]},
+               "output": {"kind": "probabilities"}, "temperature": 1.7,
+               "source_model": "mobilenet_v2_best.keras"}
+    config = page_config(sidecar, "fp16", 0.4, "1.31.1")
+    assert config["class_names"] == ["Gato", "León"] and config["temperature"] == 1.7
+    assert (config["threshold"], config["precision"], config["layout"]) == (0.4, "fp16", "NHWC")
+
+
+# --- the page in a real browser (slow) --------------------------------------------------------
+
+def _browser():
+    """Chromium's path and Playwright, or a skip that says what to install."""
+    chromium = os.environ.get("POKEDEX_CHROMIUM") or shutil.which("chromium") or \
+        shutil.which("chromium-browser")
+    missing = []
+    if chromium is None:
+        missing.append("Chromium (apt install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("Playwright for Python (python -m pip install playwright)")
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.exporters.web_page import check_runtime
+
+    try:
+        check_runtime()
+    except UserError:
+        missing.append("ONNX Runtime Web (npm ci in the project folder)")
+    if missing:
+        pytest.skip("the browser test needs " + ", ".join(missing))
+    return chromium
+
+
+def _sharpen(run: Path, factor: float = 100.0) -> None:
+    """Multiply the head of a run's best model by ``factor``: a tiny model trained for seconds
+    answers near 1/classes everywhere, which no probability check could tell apart; sharpened,
+    its answers are decisive and move with every pixel."""
+    import torch
+
+    pth = next(run.glob("*_best.pth"), None)
+    if pth is not None:
+        payload = torch.load(pth, weights_only=True)
+        for name in ("head.weight", "head.bias"):
+            payload["state_dict"][name] = payload["state_dict"][name] * factor
+        torch.save(payload, pth)
+        return
+    import keras
+
+    path = next(run.glob("*_best.keras"))
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    head.set_weights([w * factor for w in head.get_weights()])
+    model.save(path)
+
+
+def _copy_of(source: Path, folder: Path, per_class: int) -> Path:
+    """The first ``per_class`` images of each class of ``source``."""
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        (folder / class_dir.name).mkdir(parents=True)
+        for path in sorted(class_dir.glob("*.jpg"))[:per_class]:
+            shutil.copyfile(path, folder / class_dir.name / path.name)
+    return folder
+
+
+def _test_images(dataset: Path, folder: Path) -> list[Path]:
+    """20 photos of every kind the page meets: JPEG and PNG, shrunk by any or an integer
+    factor, grown, transparent, grey, and turned by an EXIF orientation tag."""
+    from PIL import Image
+
+    folder.mkdir()
+    sources = sorted(dataset.rglob("*.jpg"))
+    kinds = ([("jpg", (64, 48), "RGB")] * 8 + [("png", (64, 64), "RGB")] * 4 +
+             [("png", (50, 40), "RGBA")] * 2 + [("exif", (48, 64), "RGB")] * 2 +
+             [("jpg", (24, 20), "RGB")] * 2 + [("jpg", (96, 80), "L")] * 2)
+    written = []
+    for index, (kind, size, mode) in enumerate(kinds):
+        source = sources[index * len(sources) // len(kinds)]  # every class, in turn
+        image = Image.open(source).convert("RGB").resize(size)
+        if mode == "RGBA":
+            image = image.convert("RGBA")
+            alpha = Image.linear_gradient("L").resize(size)
+            image.putalpha(alpha)
+        elif mode == "L":
+            image = image.convert("L")
+        path = folder / f"photo_{index:02d}.{'png' if kind == 'png' else 'jpg'}"
+        if kind == "exif":  # stored sideways, with the tag that turns it upright
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            image.transpose(Image.Transpose.ROTATE_90).save(path, quality=92, exif=exif)
+        elif kind == "png":
+            image.save(path)
+        else:
+            image.save(path, quality=92)
+        written.append(path)
+    return written
+
+
+def _serve(folder: Path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type, precision, tolerance", [
+    ("tiny_torch", "fp32", 1e-3), ("tiny_keras", "fp32", 1e-3),
+    ("tiny_keras", "fp16", 1e-3), ("tiny_torch", "int8", 1e-2)])
+def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, precision,
+                                                         tolerance, caplog):
+    """The same model file in the page (ONNX Runtime Web, wasm) and in evaluate.py --predict
+    (ONNX Runtime for Python): same top-1 and 'unknown' on all 20 photos, probabilities within
+    1e-3 (int8: 1e-2, its integer kernels differ between the two builds), and the page's
+    resized pixels within one level of the trainer's (decoding, EXIF, resize)."""
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    from pokedex_trainer.cli.commands import export_main, run_main
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+    from pokedex_trainer.data.augment import build_eval_transform
+    from pokedex_trainer.data.images import read_image
+
+    if os.environ.get("POKEDEX_WEB_RUN"):  # a run of yours (docs/export.md: the screenshot)
+        run, data = Path(os.environ["POKEDEX_WEB_RUN"]), ROOT / "data" / "demo"
+    else:
+        data = _copy_of(ROOT / "data" / "demo", tmp_path / "demo", per_class=12)
+        run = train_tiny_run(data, tmp_path, model_type, "--epochs", "3")
+        _sharpen(run)
+    assert run_main(export_main, ["--run_dir", str(run), "--formats", "web",
+                                  "--web_precision", precision, "--check_images", "6",
+                                  "--threshold", "0.5"]) == 0
+    page_dir = run / "export" / "web"
+    photos = _test_images(data, tmp_path / "photos")
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    expected = {Path(r["image"]).name: r for r in predict_command(
+        str(tmp_path / "photos"), None, str(page_dir / "model.onnx"), 3, 0.5, None)}
+    assert "skipped 1 file(s) that are not .jpg/.jpeg/.png images: notes.txt" in caplog.text
+    # the page's folder is what a phone is served: the list of photos goes beside it
+    assert (page_dir.parent / "predictions" / "predictions.csv").is_file()
+    assert not (page_dir / "predictions").exists()
+    (tmp_path / "photos" / "notes.txt").unlink()
+    config = json.loads((page_dir / "model.json").read_text("utf-8"))
+    size = tuple(config["image_size"])
+    server = _serve(page_dir)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium,
+                                                 args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 760, "height": 900})
+            page.goto(f"http://127.0.0.1:{server.server_port}/index.html?debug=1")
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.set_input_files("#files", [str(p) for p in photos])
+            page.wait_for_selector(f"body[data-processed='{len(photos)}']", timeout=300_000)
+            if os.environ.get("POKEDEX_DOCS_SCREENSHOT") == "1" and precision == "fp32":
+                page.screenshot(path=str(ROOT / "docs" / "images" / "web_page.png"))
+            broken = tmp_path / "broken.jpg"  # not an image: a card says so, nothing else stops
+            broken.write_text("not a photo")
+            page.set_input_files("#files", [str(broken)])
+            page.wait_for_selector(f"body[data-processed='{len(photos) + 1}']",
+                                   timeout=300_000)
+            answers = page.evaluate("window.pokedexResults")
+            failed = [a for a in answers if a.get("error")]
+            assert [a["name"] for a in failed] == ["broken.jpg"], failed
+            assert page.locator(".card.failed").count() == 1
+            assert "1 could not be read" in page.inner_text("#status")
+            answers = [a for a in answers if not a.get("error")]
+            page.screenshot(path=str(tmp_path / "page.png"))
+            browser.close()
+    finally:
+        server.shutdown()
+    assert len(answers) == len(photos) and not [a for a in answers if a.get("error")]
+    worst_pixel = worst_probability = 0.0
+    for answer in answers:
+        python = expected[answer["name"]]
+        pixels = build_eval_transform(size)(image=read_image(tmp_path / "photos" /
+                                                             answer["name"]))["image"]
+        page_pixels = np.array(answer["pixels"], np.uint8).reshape(pixels.shape)
+        worst_pixel = max(worst_pixel, int(np.abs(page_pixels.astype(int) - pixels).max()))
+        assert answer["prediction"] == python["prediction"], answer["name"]
+        assert [t["label"] for t in answer["top"]][:1] == python["top_classes"][:1]
+        for top in answer["top"]:
+            index = python["top_classes"].index(top["label"]) \
+                if top["label"] in python["top_classes"] else None
+            if index is not None:
+                difference = abs(top["p"] - python["top_probabilities"][index])
+                worst_probability = max(worst_probability, difference)
+    assert worst_pixel <= 1, worst_pixel  # decode + EXIF + resize: within one level
+    assert worst_probability <= tolerance, worst_probability
+    print(f"{model_type} {precision}: pixels within {worst_pixel}, probabilities within "
+          f"{worst_probability:.2g}")
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    confident = [a for a in answers if a["top"][0]["p"] >= 0.5]
+    assert len(confident) >= 5, [a["top"][0]["p"] for a in answers]  # decisive answers
