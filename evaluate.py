@@ -1,4 +1,4 @@
-"""Compare training runs (and, once built, evaluate models): python evaluate.py --help"""
+"""Evaluate a model, an ensemble or a search, or compare training runs: python evaluate.py --help"""
 
 import sys
 

@@ -39,7 +39,7 @@ class TrainConfig:
     """Every knob of a run. ``None`` for image_size / batch_size means the model's seed default.
 
     Frozen: a run's configuration is resolved once (``resolved``, then the base model and
-    ``--batch_size auto`` in runs/lifecycle.py) and never changed afterwards; derive a new one with
+    ``--batch_size auto`` in runs/opening.py) and never changed afterwards; derive a new one with
     ``dataclasses.replace``.
     """
 
@@ -63,7 +63,7 @@ class TrainConfig:
     test_split: float = 0.15
     seed: int = 42
     workers: int = field(default_factory=default_workers)
-    cache: str = "none"  # decoded-image cache: none, ram or disk (image_cache.py)
+    cache: str = "none"  # decoded-image cache: none, ram or disk (data/cache.py)
     cache_dir: str | None = None  # --cache disk: where (default: <output_dir>/cache)
     mixed_precision: bool = False
     compile: bool = False  # --compile: torch.compile (PyTorch) / jit_compile=True (Keras)

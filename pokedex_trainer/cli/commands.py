@@ -73,7 +73,7 @@ def train_command(config: TrainConfig, actions: dict):
     if config.framework == "auto" and not actions["resume"]:
         from dataclasses import replace
 
-        from pokedex_trainer.backends.choice import pick_training_framework
+        from pokedex_trainer.backends.framework_choice import pick_training_framework
 
         framework, note = pick_training_framework(config)
         config = replace(config, framework=framework)
@@ -158,7 +158,7 @@ def evaluate_command(args: argparse.Namespace):
     if args.calibration:  # written after the calibration work: checked before it
         check_file_option(args.calibration, "--calibration")
     if args.experiments:
-        from pokedex_trainer.runs.experiments import show_experiments
+        from pokedex_trainer.runs.experiments_view import show_experiments
 
         return show_experiments(args.experiments, args.sort_by)
     if args.search or args.search_storage:

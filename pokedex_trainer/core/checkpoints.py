@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pokedex_trainer.core.backend import TrainingBackend
+from pokedex_trainer.core.training_backend import TrainingBackend
 
 logger = logging.getLogger(__name__)
 

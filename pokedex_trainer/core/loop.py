@@ -2,13 +2,12 @@
 
 It reads like fastai's ``fine_tune``: for each phase of the plan, set what trains, fit epoch by
 epoch (validate, keep the best, stop early, reduce the learning rate on a plateau, save what
-resuming needs), then go on from the best weights. A backend (``core.backend``) does the
-framework work of each step.
+resuming needs), then go on from the best weights. A training backend
+(``core.training_backend``) does the framework work of each step.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -19,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pokedex_trainer.runs.history import HistoryWriter
-from pokedex_trainer.core.backend import TrainingBackend
+from pokedex_trainer.core.training_backend import TrainingBackend
 from pokedex_trainer.core.checkpoints import CheckpointSaver
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT
@@ -80,9 +79,9 @@ class RunState:
             self.early_stopping.load_state_dict(saved["early_stopping"])
             self.best_logs = saved["best_logs"]
             self.epochs_run = saved["epochs_run"]
-            if self.main_process:
-                truncate_history(self.history_path, self.epochs_run)
         self.history = HistoryWriter(self.history_path)
+        if self.resume_point and self.main_process:
+            self.history.truncate(self.epochs_run)
 
     def schedule(self, phases: list[Phase]):
         """Yield the PhaseWindow of each phase still to run (all of them on a fresh run)."""
@@ -150,21 +149,6 @@ class RunState:
                         "earlier trials", epoch + 1, MONITOR)
             return improved, True
         return improved, stop
-
-
-def truncate_history(path: Path, epochs: int) -> None:
-    """Drop history rows past ``epochs``: an epoch killed after its row but before its resume
-    point is run again and must not appear twice."""
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
-    if len(kept) != len(rows):
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows(kept)
 
 
 def make_plateau(context: RunContext) -> PlateauScheduler:

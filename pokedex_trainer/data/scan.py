@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.layout import MANIFEST as MANIFEST_NAME
-from pokedex_trainer.data.files import (IMAGE_EXTENSIONS, SYSTEM_NAMES, _is_hidden, is_image_file,  # noqa: F401
-                    is_loop_link)
+from pokedex_trainer.data.files import _is_hidden, is_image_file, is_loop_link
 
 logger = logging.getLogger(__name__)
 
@@ -142,28 +139,6 @@ def stratified_split(index: DatasetIndex, val_split: float, test_split: float,
         for split, part in parts.items():
             splits[split].extend((p, label) for p in sorted(part))
     return splits
-
-
-def write_manifest(path: Path, index: DatasetIndex, splits: dict, seed: int,
-                   val_split: float, test_split: float) -> None:
-    """Write the split so evaluation later uses exactly the held-out images."""
-    manifest = {
-        "data_path": str(index.root.resolve()),
-        "class_names": index.class_names,
-        "seed": seed,
-        "val_split": val_split,
-        "test_split": test_split,
-        "counts": {split: len(items) for split, items in splits.items()},
-        "splits": {split: [[p, label] for p, label in items] for split, items in splits.items()},
-    }
-    path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-
-
-def read_manifest(path: Path) -> dict:
-    """Load a split manifest written by ``write_manifest`` (checked: see runs/checked_files.py)."""
-    from pokedex_trainer.runs.checked_files import read_manifest as read_checked_manifest
-
-    return read_checked_manifest(Path(path))
 
 
 def dataset_warnings(index: DatasetIndex, image_size: tuple[int, int]) -> list[str]:

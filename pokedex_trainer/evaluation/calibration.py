@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pokedex_trainer.runs.layout import CALIBRATION as CALIBRATION_FILE
 
 ECE_BINS = 15
 _EPS = 1e-12
@@ -72,14 +71,6 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
     return float(sum(count / n * abs(acc - conf)
                      for count, acc, conf in zip(table["count"], table["accuracy"],
                                                  table["confidence"]) if count))
-
-
-def write_temperature(run_dir: Path, temperature: float, details: dict) -> Path:
-    from pokedex_trainer.user_io.atomic import atomic_write_json
-
-    path = Path(run_dir) / CALIBRATION_FILE
-    atomic_write_json(path, {"temperature": temperature, **details})
-    return path
 
 
 def checked_temperature(value, where: str) -> float:

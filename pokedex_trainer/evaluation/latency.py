@@ -36,6 +36,20 @@ def measure_throughput(predictor: Predictor, images: np.ndarray, repeats: int = 
 
 
 def device_of(predictor: Predictor) -> str:
+    if predictor.runtime == "keras":  # the Keras backend the model was loaded on
+        import keras
+
+        backend = keras.backend.backend()
+        if backend == "torch":
+            import torch
+
+            return f"GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() \
+                else "CPU"
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return f"GPU ({gpus[0]})" if gpus else "CPU"
     if predictor.runtime in ("keras", "tf.saved_model"):
         import tensorflow as tf
 

@@ -91,7 +91,7 @@ class KerasPredictor(Predictor):
     def __init__(self, path: Path, class_names: list[str] | None = None):
         import keras
 
-        from pokedex_trainer.backends.keras import keras_networks as keras_models  # noqa: F401  (backend setup)
+        from pokedex_trainer.backends.keras import keras_networks  # noqa: F401  (backend setup)
 
         try:
             self.model = keras.models.load_model(path, compile=False)

@@ -14,8 +14,8 @@ from pokedex_trainer.user_io.atomic import locked
 logger = logging.getLogger(__name__)
 
 
-# The training recipe's options, one column each (runs/experiments.py reads runs from before an
-# option existed with its default).
+# The training recipe's options, one column each (read_experiment_rows gives a run from before
+# an option existed the option's default).
 RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr",
                   "optimizer", "weight_decay", "ema")
 
@@ -94,3 +94,20 @@ def read_experiments(path: Path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
+
+OLD_AUGMENT = {"True": "full", "False": "none"}  # rows written before --augment had levels
+
+
+def read_experiment_rows(path: Path) -> list[dict]:
+    """The rows of an experiments table as today's version writes them: rows of an earlier
+    version get today's ``augment`` words and, for options that did not exist yet, the default
+    they ran with."""
+    from pokedex_trainer.config import TrainConfig
+
+    rows = read_experiments(path)
+    for row in rows:
+        row["augment"] = OLD_AUGMENT.get(row.get("augment"), row.get("augment"))
+        for name in RECIPE_COLUMNS:
+            if row.get(name) in (None, ""):
+                row[name] = str(getattr(TrainConfig, name))
+    return rows

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pokedex_trainer.runs.experiments_table import read_experiments
+from pokedex_trainer.user_io.atomic import atomic_write_bytes
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.reader(handle))
 
 
 class HistoryWriter:
@@ -25,7 +30,10 @@ class HistoryWriter:
             self.columns = list(row)
         new = [k for k in row if k not in self.columns]
         if new:  # a later phase logged a new metric: rewrite with the wider header
-            old = read_experiments(self.path) if self.path.exists() else []
+            old = []
+            if self.path.exists():
+                header, *values = _rows(self.path) or [[]]
+                old = [dict(zip(header, row)) for row in values]
             self.columns += new
             with open(self.path, "w", encoding="utf-8", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=self.columns, lineterminator="\n")
@@ -39,3 +47,18 @@ class HistoryWriter:
                 writer.writeheader()
             writer.writerow(row)
 
+    def truncate(self, epochs: int) -> None:
+        """Drop rows past ``epochs``: an epoch killed after its row but before its resume
+        point is run again and must not appear twice. Replaced atomically."""
+        if not self.path.exists():
+            return
+        rows = _rows(self.path)
+        if not rows:
+            return
+        kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= epochs]
+        if len(kept) != len(rows):
+            import io
+
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows(kept)
+            atomic_write_bytes(self.path, buffer.getvalue().encode("utf-8"))

@@ -17,6 +17,7 @@ import numpy as np
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.data.scan import DatasetIndex, stratified_split
 from pokedex_trainer.errors import UserError
+from pokedex_trainer.runs.distributed import world as process_world
 from pokedex_trainer.runs.store import RunStore, timestamp
 from pokedex_trainer.user_io.atomic import atomic_write_json
 
@@ -55,6 +56,9 @@ def run_kfold(config: TrainConfig, k: int) -> Path:
     from pokedex_trainer.runs.lifecycle import train_new_run
     from pokedex_trainer.runs.opening import create_run, prepare_data
 
+    if process_world()[1] > 1:
+        raise UserError("--kfold trains its folds one after the other in one process: run it "
+                        "without torchrun")
     config = config.resolved()
     index, _, notes = prepare_data(config)
     folds = kfold_splits(index, k, config.val_split, config.seed)
@@ -66,7 +70,7 @@ def run_kfold(config: TrainConfig, k: int) -> Path:
         fold_config = replace(config, run_name=f"{base}_fold{number}of{k}", test_split=1 / k)
         context, fold_notes = create_run(fold_config, prepared=(index, splits, notes))
         run_dir = train_new_run(context, fold_notes)  # the lock and cleanup of any run
-        summaries.append(RunStore(run_dir).summary() or {})
+        summaries.append({"run_dir": str(run_dir), **(RunStore(run_dir).summary() or {})})
     return write_kfold_summary(Path(config.output_dir) / f"{base}_kfold{k}.json", summaries)
 
 

@@ -28,7 +28,7 @@ from pokedex_trainer.runs.lock import RunLock
 from pokedex_trainer.runs.opening import (
     create_run,
     feeding_of,
-    load_backend,
+    load_training_backend,
     open_resumed_run,
     run_framework,
 )
@@ -56,7 +56,7 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
         # Join first, whatever the network: a rank that stopped here alone would leave the
         # others waiting for it. The chief checks the network (a non-chief node may not see
         # the config of the run to resume) and every rank hears its answer.
-        module = load_backend("torch")
+        module = load_training_backend("torch")
         module.init_distributed()
     try:
         return _train_in_group(module, config, resume_dir, rank, world, on_epoch)
@@ -69,6 +69,7 @@ def train_new_run(context: RunContext, notes: list[str], on_epoch=None) -> Path:
     """Train a run whose directory ``create_run`` just made (a k-fold fold): locked while it
     trains, recorded whatever happens, removed again when bad input stops it before its
     first epoch."""
+    stop_grace()  # a bad POKEDEX_STOP_GRACE is refused before the run trains
     lock = _lock_new_run(context)
     try:
         return _train_and_record(context, notes, None, fresh=True, lock=lock,
@@ -227,7 +228,7 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             logger.warning("%s", live_note)
         _log_run_header(context, notes, bool(resume_point))
         try:
-            module = module or load_backend(context.spec.framework)
+            module = module or load_training_backend(context.spec.framework)
             test_metrics = train_with_backend(module, context, state)
             status = state.stop_reason or "completed"
         except KeyboardInterrupt as exc:

@@ -31,7 +31,7 @@ from pokedex_trainer.user_io.atomic import ensure_writable_dir
 logger = logging.getLogger(__name__)
 
 
-def load_backend(framework: str):
+def load_training_backend(framework: str):
     """Import the trainer of one framework only when a run needs it."""
     module = {"keras": "pokedex_trainer.backends.keras.trainer",
               "torch": "pokedex_trainer.backends.torch.trainer"}[framework]
@@ -76,7 +76,7 @@ def search_batch_size(config: TrainConfig, num_classes: int):
     logger.info("looking for the largest batch size that trains (%s, %dx%d%s)...",
                 spec.display_name, *config.image_size,
                 ", mixed precision" if config.mixed_precision else "")
-    return load_backend(spec.framework).search_batch_size(config, spec, num_classes)
+    return load_training_backend(spec.framework).search_batch_size(config, spec, num_classes)
 
 
 def find_batch_size_only(config: TrainConfig) -> int:

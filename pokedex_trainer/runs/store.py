@@ -106,12 +106,24 @@ class RunStore:
 
     def write_start(self, config, index, splits: dict) -> None:
         """config.json, class_names.json and split_manifest.json of a new run."""
-        from pokedex_trainer.data.scan import write_manifest
-
         atomic_write_json(self.layout.config, config.to_dict())
         atomic_write_json(self.layout.class_names, index.class_names)
-        write_manifest(self.layout.manifest, index, splits, config.seed, config.val_split,
-                       config.test_split)
+        self.write_manifest(index, splits, config.seed, config.val_split, config.test_split)
+
+    def write_manifest(self, index, splits: dict, seed: int, val_split: float,
+                       test_split: float) -> None:
+        """split_manifest.json: the split, so evaluation later uses exactly the held-out
+        images (the data folder, the class names and every image of every split)."""
+        atomic_write_json(self.layout.manifest, {
+            "data_path": str(index.root.resolve()),
+            "class_names": index.class_names,
+            "seed": seed,
+            "val_split": val_split,
+            "test_split": test_split,
+            "counts": {split: len(items) for split, items in splits.items()},
+            "splits": {split: [[p, label] for p, label in items]
+                       for split, items in splits.items()},
+        })
 
     def saved_config(self):
         """config.json as a TrainConfig, the type of every value checked (a saved config is
@@ -176,7 +188,7 @@ class RunStore:
 
     @property
     def log_path(self) -> Path:
-        """training.log (written through ``records.capture_to_log``)."""
+        """training.log (written through ``run_log.capture_to_log``)."""
         return self.layout.log
 
     def append_to_log(self, text: str) -> None:

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.runs.experiments import format_table
+from pokedex_trainer.runs.experiments_view import format_table
 from pokedex_trainer.user_io.atomic import atomic_write_bytes
 from pokedex_trainer.search.storage import SEARCH_DIR, best_trial, open_storage, trial_rows
 

@@ -9,6 +9,7 @@ search continues where it stopped and several processes or machines run trials o
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -202,7 +203,7 @@ def _note_failure(trial, config: TrainConfig, reason: str) -> None:
     """The reason, and the run directory a failed trial left (it can be resumed by hand)."""
     trial.set_user_attr("reason", reason)
     output = Path(config.output_dir)
-    for candidate in sorted(output.glob(f"{config.run_name}*")):
+    for candidate in sorted(output.glob(f"{glob.escape(config.run_name)}*")):
         saved = RunStore(candidate).config_values()
         if saved.get("search_name") == config.search_name and \
                 saved.get("search_trial") == config.search_trial:

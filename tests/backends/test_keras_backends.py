@@ -213,7 +213,7 @@ def test_every_training_option_works_on_the_torch_backend(tmp_path, tiny_dataset
 def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model_type,
                                                              expected):
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.backends.choice import pick_training_framework
+    from pokedex_trainer.backends.framework_choice import pick_training_framework
 
     machine["gpu"] = gpu
     framework, note = pick_training_framework(TrainConfig(model_type=model_type),
@@ -230,7 +230,7 @@ def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model
                                     {"base_model": "runs/x"}])
 def test_framework_auto_keeps_keras_when_the_user_asked_for_keras_things(machine, pinned):
     from pokedex_trainer.config import TrainConfig
-    from pokedex_trainer.backends.choice import pick_training_framework
+    from pokedex_trainer.backends.framework_choice import pick_training_framework
 
     config = TrainConfig(model_type="mobilenet", **pinned)
     assert pick_training_framework(config, probe=lambda b: b == "torch",

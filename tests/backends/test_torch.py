@@ -185,7 +185,7 @@ def test_nan_loss_stops_a_resnet_run(tmodels, tmp_path, tiny_dataset):
 def test_dataloader_carries_unreadable_files_to_the_warning(tmodels, dataset_copy, caplog):
     from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.data.feeding import BatchLoader, BatchSource
-    from pokedex_trainer.backends.torch.data import make_data_loader
+    from pokedex_trainer.backends.torch.feeding import make_data_loader
 
     bad = dataset_copy / "León" / "León_0002.jpg"
     bad.write_bytes(bad.read_bytes()[:150])

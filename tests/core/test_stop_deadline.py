@@ -43,8 +43,8 @@ def stuck():
         except KeyboardInterrupt:
             Path(SIGNALLED).touch()
 
-real_load_backend = training.load_backend
-def load_backend(framework):
+real_load_backend = training.load_training_backend
+def load_training_backend(framework):
     module = real_load_backend(framework)
     class Backend(module.Backend):
         epoch = -1
@@ -58,7 +58,7 @@ def load_backend(framework):
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives as the validation pass starts
             return super().evaluate(split)
     return types.SimpleNamespace(**{{**vars(module), "Backend": Backend}})
-training.load_backend = load_backend
+training.load_training_backend = load_training_backend
 sys.exit(run_main(train_main, {argv!r}))
 """
 

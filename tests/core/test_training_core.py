@@ -75,11 +75,11 @@ def _rates(run_dir: Path) -> list[float]:
 
 def test_both_backends_give_the_same_learning_rates_for_the_same_metrics(
         monkeypatch, tmp_path, tiny_dataset):
-    from pokedex_trainer.backends.keras.trainer import KerasBackend
-    from pokedex_trainer.backends.torch.trainer import TorchBackend
+    from pokedex_trainer.backends.keras.trainer import KerasTrainingBackend
+    from pokedex_trainer.backends.torch.trainer import TorchTrainingBackend
 
     runs = {}
-    for model_type, backend in (("tiny_keras", KerasBackend), ("tiny_torch", TorchBackend)):
+    for model_type, backend in (("tiny_keras", KerasTrainingBackend), ("tiny_torch", TorchTrainingBackend)):
         _scripted_validation(monkeypatch, backend, FLAT)
         runs[model_type] = train_tiny_run(
             tiny_dataset, tmp_path / model_type, model_type, "--epochs", str(len(FLAT)),

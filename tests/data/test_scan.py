@@ -2,8 +2,7 @@
 
 import pytest
 
-from pokedex_trainer.data.scan import (read_manifest, scan_dataset, split_counts,
-                                     stratified_split, write_manifest)
+from pokedex_trainer.data.scan import scan_dataset, split_counts, stratified_split
 from pokedex_trainer.errors import UserError
 
 
@@ -50,16 +49,6 @@ def test_class_with_too_few_images_is_a_clear_error(dataset_copy):
         path.unlink()
     with pytest.raises(UserError, match="class 'Gato' has only 3 images: at least 4"):
         stratified_split(scan_dataset(dataset_copy), 0.15, 0.15, seed=1)
-
-
-def test_manifest_round_trip(tiny_dataset, tmp_path):
-    index = scan_dataset(tiny_dataset)
-    splits = stratified_split(index, 0.2, 0.2, seed=3)
-    write_manifest(tmp_path / "split_manifest.json", index, splits, 3, 0.2, 0.2)
-    manifest = read_manifest(tmp_path / "split_manifest.json")
-    assert manifest["class_names"] == ["Gato", "León", "Perro"]
-    assert manifest["splits"] == splits
-    assert "León" in (tmp_path / "split_manifest.json").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("layout,message", [

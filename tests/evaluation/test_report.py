@@ -309,7 +309,7 @@ def test_a_kfold_fold_is_locked_and_leaves_nothing_when_stopped_before_its_first
         raise UserError("this fold's input is refused")
 
     monkeypatch.setattr(RunLock, "acquire", acquire)
-    monkeypatch.setattr(training, "load_backend", refuse)
+    monkeypatch.setattr(training, "load_training_backend", refuse)
     argv = ["--data_path", str(tiny_dataset), "--model_type", "tiny_keras", "--weights",
             "none", "--kfold", "2", "--output_dir", str(tmp_path / "runs"), "--log_dir",
             str(tmp_path / "tb"), "--run_name", "k", "--workers", "0"]

@@ -9,7 +9,11 @@ import sys
 from PIL import Image
 
 from conftest import ROOT
-from pokedex_trainer.runs.experiments import show_experiments, sort_rows, varied_hyperparameters
+from pokedex_trainer.runs.experiments_view import (
+    show_experiments,
+    sort_rows,
+    varied_hyperparameters,
+)
 from pokedex_trainer.runs.experiments_table import append_experiment
 
 
@@ -80,7 +84,7 @@ def _grid_row(path, name, lr, fine_tune_epochs, epochs_run, run_dir=""):
 
 
 def test_experiments_view_marks_what_varied_and_which_phases_ran(tmp_path, capsys):
-    from pokedex_trainer.runs.experiments import phases_run
+    from pokedex_trainer.runs.experiments_view import phases_run
 
     table = tmp_path / "experiments.csv"
     for lr in ("0.0001", "0.001", "0.005"):

@@ -98,3 +98,16 @@ def test_a_new_run_is_written_and_read_back_through_its_store(tmp_path, tiny_dat
     store.write_summary({"status": "completed"})
     assert store.finished_status() == "completed"
     assert store.remove_new_run() is False  # summary.json is not a file of an unstarted run
+
+
+def test_manifest_round_trip(tiny_dataset, tmp_path):
+    from pokedex_trainer.data.scan import scan_dataset, stratified_split
+
+    index = scan_dataset(tiny_dataset)
+    splits = stratified_split(index, 0.2, 0.2, seed=3)
+    store = RunStore(tmp_path)
+    store.write_manifest(index, splits, 3, 0.2, 0.2)
+    manifest = store.manifest()
+    assert manifest["class_names"] == ["Gato", "León", "Perro"]
+    assert manifest["splits"] == splits
+    assert "León" in (tmp_path / "split_manifest.json").read_text(encoding="utf-8")

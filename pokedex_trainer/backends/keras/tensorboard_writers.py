@@ -54,7 +54,9 @@ class TorchWriter(_Writers):
     """PyTorch's SummaryWriter, the same tags (TensorBoard reads both alike)."""
 
     def __init__(self, log_dir):
-        from pokedex_trainer.backends import torch as torch_backend  # noqa: F401  (TensorBoard without loading TensorFlow)
+        from pokedex_trainer.core.tensorboard import tensorboard_without_tensorflow
+
+        tensorboard_without_tensorflow()  # before SummaryWriter is imported: no TensorFlow
         from torch.utils.tensorboard import SummaryWriter
 
         self.writers = {"train": SummaryWriter(str(log_dir / TRAIN_SUBDIR)),

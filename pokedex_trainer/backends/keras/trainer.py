@@ -70,7 +70,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 def make_optimizer(config, learning_rate: float):
     """Adam or AdamW (``--optimizer``), keeping a moving average of the weights with
-    ``--ema``; the average is swapped in by ``KerasBackend.swap_ema_weights``, never written
+    ``--ema``; the average is swapped in by ``KerasTrainingBackend.swap_ema_weights``, never written
     over the weights at the end of ``fit`` (Keras' default)."""
     kwargs = {"learning_rate": learning_rate}
     if config is not None and config.ema:
@@ -255,8 +255,8 @@ class _BatchProgress(keras.callbacks.ProgbarLogger):
         self.epochs = 1
 
 
-class KerasBackend:
-    """Keras 3 work for the core phase loop (see core/backend.py for the contract).
+class KerasTrainingBackend:
+    """Keras 3 work for the core phase loop (see core/training_backend.py for the contract).
 
     Args:
         context: the run.
@@ -384,4 +384,4 @@ def _interactive() -> bool:
     return sys.stdout.isatty()
 
 
-Backend = KerasBackend
+Backend = KerasTrainingBackend

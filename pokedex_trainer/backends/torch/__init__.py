@@ -1,4 +1,5 @@
-"""The PyTorch side: ResNet152 from torchvision. Imports torch; never TensorFlow."""
+"""The PyTorch training backend: ResNet152 (and EfficientNetB7, MobileNetV2 with --framework pytorch)
+from torchvision. Imports torch; never TensorFlow."""
 
 from pokedex_trainer.core.tensorboard import tensorboard_without_tensorflow
 

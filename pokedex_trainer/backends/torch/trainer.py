@@ -14,7 +14,7 @@ from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.phases import Phase
 from pokedex_trainer.user_io.atomic import atomic_target
 from pokedex_trainer.core.tensorboard import ACTIVATION_IMAGES
-from pokedex_trainer.backends.torch.data import make_data_loader
+from pokedex_trainer.backends.torch.feeding import make_data_loader
 from pokedex_trainer.backends.torch.torch_networks import (
     apply_phase,
     build_model,
@@ -51,8 +51,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class TorchBackend:
-    """PyTorch work for the core phase loop (see core/backend.py for the contract).
+class TorchTrainingBackend:
+    """PyTorch work for the core phase loop (see core/training_backend.py for the contract).
 
     Under torchrun each process trains its share of every batch; rank 0 alone writes.
 
@@ -60,7 +60,7 @@ class TorchBackend:
         context: the run.
     """
 
-    graceful_interrupt = False  # see training.train_with_backend
+    graceful_interrupt = False  # see runs/lifecycle.train_with_backend
 
     def __init__(self, context: RunContext):
         config = context.config
@@ -240,4 +240,4 @@ def search_batch_size(config, spec, num_classes: int):
     return find_batch_size(measure, ram_limit(config.memory_limit_mb), "RAM", resettable=False)
 
 
-Backend = TorchBackend
+Backend = TorchTrainingBackend

@@ -10,9 +10,9 @@ from pathlib import Path
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.runs.experiments_table import (
     EXPERIMENT_COLUMNS,
-    RECIPE_COLUMNS,
-    read_experiments,
+    read_experiment_rows,
 )
+from pokedex_trainer.runs.layout import EXPERIMENTS
 from pokedex_trainer.runs.store import RunStore
 from pokedex_trainer.user_io.atomic import atomic_write_bytes
 
@@ -21,7 +21,6 @@ HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "im
                    "augment", "seed", "model_type", "class_weight", "sampler", "augment_warmup",
                    "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr", "optimizer",
                    "weight_decay", "ema")
-OLD_AUGMENT = {"True": "full", "False": "none"}  # rows written before --augment had levels
 SHOWN = ("run_name", "model_type", "status", "best_val_accuracy", "best_val_top5_accuracy",
          "test_accuracy", "learning_rate", "batch_size", "image_size", "epochs_run",
          "duration_s")
@@ -31,11 +30,11 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
     """Rows of ``<output_dir>/experiments.csv`` (or of that file itself)."""
     path = Path(output_dir)
     if path.is_dir():
-        path = path / "experiments.csv"
+        path = path / EXPERIMENTS
     if not path.is_file():
         raise UserError(f"no experiments table at '{path}': train a run first")
     try:
-        rows = read_experiments(path)
+        rows = read_experiment_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"'{path}' is not an experiments table this tool can read (UTF-8 CSV): "
                         f"{str(exc).splitlines()[0]}") from None
@@ -44,13 +43,6 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
                         "column)")
     if not rows:
         raise UserError(f"'{path}' holds no runs yet")
-    from pokedex_trainer.config import TrainConfig
-
-    for row in rows:
-        row["augment"] = OLD_AUGMENT.get(row.get("augment"), row.get("augment"))
-        for name in RECIPE_COLUMNS:  # runs from before an option existed used its default
-            if row.get(name) in (None, ""):
-                row[name] = str(getattr(TrainConfig, name))
     return rows
 
 
