@@ -103,7 +103,7 @@ def torch_throughput(config: TrainConfig, loader: BatchLoader | None, steps: int
     import torch
 
     from pokedex_trainer.core.phases import Phase
-    from pokedex_trainer.backends.torch.data import make_data_loader
+    from pokedex_trainer.backends.torch.feeding import make_data_loader
     from pokedex_trainer.backends.torch.torch_networks import build_model
     from pokedex_trainer.backends.torch.runner import Runner, make_optimizer
 
