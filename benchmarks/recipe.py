@@ -212,9 +212,11 @@ def run_tool(command: list[str], run_dir: Path):
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"error: the trainer failed (exit code {result.returncode}): {last}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    classes = json.loads((run_dir / "class_names.json").read_text())
-    model = keras.models.load_model(run_dir / "mobilenet_v2_best.keras", compile=False)
+    from pokedex_trainer.runs.store import RunStore
+
+    store = RunStore(run_dir)
+    summary, classes = store.summary(), store.class_names()
+    model = keras.models.load_model(store.best_model(), compile=False)
     return model, summary, classes
 
 

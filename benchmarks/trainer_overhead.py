@@ -15,7 +15,6 @@ whole augmentation pipeline. Prints a table and writes JSON (--output).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import sys
@@ -52,9 +51,10 @@ def trainer_epochs(config: TrainConfig) -> tuple[list[float], Path]:
     """Per-epoch seconds of a real run (history.csv's epoch_time_s) and its directory."""
     from pokedex_trainer.runs.lifecycle import run_training
 
+    from pokedex_trainer.runs.store import RunStore
+
     run_dir = run_training(config)
-    with open(run_dir / "history.csv", encoding="utf-8") as handle:
-        return [float(row["epoch_time_s"]) for row in csv.DictReader(handle)], run_dir
+    return [float(row["epoch_time_s"]) for row in RunStore(run_dir).history_rows()], run_dir
 
 
 def decoded_split(run_dir: Path, split: str, size: int):

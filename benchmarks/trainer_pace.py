@@ -10,7 +10,6 @@ images of an epoch are the training split less the last, smaller batch (the trai
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import re
@@ -21,20 +20,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pokedex_trainer.errors import UserError  # noqa: E402
-from pokedex_trainer.runs.layout import CONFIG, HISTORY, MANIFEST, TRAINING_LOG  # noqa: E402
-from pokedex_trainer.runs.checked_files import read_manifest  # noqa: E402
+from pokedex_trainer.runs.store import RunStore  # noqa: E402
 
 
 def pace(run_dir: Path) -> dict:
-    config = json.loads((run_dir / CONFIG).read_text("utf-8"))
-    train = len(read_manifest(run_dir / MANIFEST)["splits"]["train"])
+    store = RunStore(run_dir)
+    config = store.config_values()
+    train = len(store.manifest()["splits"]["train"])
     batch = int(config["batch_size"])
     per_epoch = train // batch * batch if train > batch else train
-    with open(run_dir / HISTORY, encoding="utf-8", newline="") as handle:
-        seconds = [float(row["epoch_time_s"]) for row in csv.DictReader(handle)]
+    seconds = [float(row["epoch_time_s"]) for row in store.history_rows()]
     if len(seconds) < 2:
         raise UserError(f"{run_dir}: needs two epochs or more (the first is left out)")
-    log = (run_dir / TRAINING_LOG).read_text("utf-8", errors="replace")
+    log = store.log_text()
     backend = re.search(r"Keras backend: (\w+)", log)
     framework = config.get("framework", "keras" if backend else "pytorch")
     return {"kind": "trainer", "model_type": config["model_type"], "framework": framework,

@@ -130,6 +130,10 @@ def _train_in_group(module, config: TrainConfig, resume_dir: Path | None, rank: 
             if world == 1:
                 raise
             error = str(exc)  # every rank must hear it, or they would wait forever
+        except Exception as exc:  # a full disk, a folder gone...: the same, in one line
+            if world == 1:
+                raise
+            error = f"rank 0 could not open the run: {describe_failure(exc)}"
     context, resume_point, notes, lock = opened or (None, None, [], None)
     finished = rank == 0 and opened is None and error is None
     if world > 1:

@@ -175,7 +175,12 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     context = RunContext(config, config.spec, index, splits, store.root,
                          tensorboard_dir / store.root.name, started_stamp)
     context.footprint = RunFootprint.before_writing(context.tensorboard_dir, made)
-    store.write_start(config, index, splits)
+    try:
+        store.write_start(config, index, splits)
+    except BaseException:  # a full disk, Ctrl-C: no half-written run is left behind
+        store.remove_new_run()
+        context.footprint.remove()
+        raise
     return context, notes
 
 

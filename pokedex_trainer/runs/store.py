@@ -191,6 +191,13 @@ class RunStore:
         """training.log (written through ``run_log.capture_to_log``)."""
         return self.layout.log
 
+    def log_text(self) -> str:
+        """training.log as text ("" when there is none yet)."""
+        try:
+            return self.layout.log.read_text("utf-8", errors="replace")
+        except OSError:
+            return ""
+
     def append_to_log(self, text: str) -> None:
         with open(self.layout.log, "a", encoding="utf-8") as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
