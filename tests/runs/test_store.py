@@ -111,3 +111,21 @@ def test_manifest_round_trip(tiny_dataset, tmp_path):
     assert manifest["class_names"] == ["Gato", "León", "Perro"]
     assert manifest["splits"] == splits
     assert "León" in (tmp_path / "split_manifest.json").read_text(encoding="utf-8")
+
+
+def test_a_new_run_whose_first_files_cannot_be_written_is_removed(tiny_dataset, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A full disk while config.json, class_names.json and the split are written: one line,
+    and no half-written run directory left for a later --resume or evaluate.py to trip on."""
+    from conftest import tiny_run_argv
+    from pokedex_trainer.cli.commands import run_main, train_main
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "split_manifest.json")
+
+    monkeypatch.setattr(RunStore, "write_manifest", full_disk)
+    code = run_main(train_main, tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch",
+                                              run_name="full"))
+    assert code != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "full").exists()
