@@ -64,8 +64,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, tiny_dataset, model_type, work
     """Ctrl-C right after an epoch is saved, to the trainer and its loader workers (Keras
     with no worker: the loader runs inside TensorFlow's data pipeline)."""
     run_dir = tmp_path / "runs" / "run"
-    argv = _argv(tmp_path, tiny_dataset, model_type)
-    argv[argv.index("--workers") + 1] = workers
+    argv = _argv(tmp_path, tiny_dataset, model_type, "--workers", workers)
     result = run_with_signal_at(tmp_path, argv, nth_commit("state.json", 1), after=True,
                                 action=SHOW_SEGMENTS + "os.killpg(os.getpgid(0), signal.SIGINT)")
     assert result.returncode == 130, result.stderr[-2000:]
