@@ -26,7 +26,6 @@ from pokedex_trainer.runs.checked_files import (
     run_class_names,
 )
 from pokedex_trainer.runs.experiments_table import append_experiment, check_experiments_table
-from pokedex_trainer.runs.history import HistoryWriter
 from pokedex_trainer.runs.layout import EXPERIMENTS, RunLayout
 from pokedex_trainer.runs.lock import RunLock
 from pokedex_trainer.user_io.atomic import atomic_write_json, ensure_writable_dir
@@ -149,10 +148,6 @@ class RunStore:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def framework(self) -> str | None:
-        """keras or torch: the framework of an existing run, None if it has no config."""
-        return self.config().spec.framework if self.is_run() else None
-
     def class_names(self) -> list[str] | None:
         """class_names.json, checked against the split manifest; None if the run has none."""
         return run_class_names(self.root)
@@ -168,9 +163,6 @@ class RunStore:
         return read_manifest(self.layout.manifest)
 
     # --- while it trains ------------------------------------------------------------------
-
-    def history_writer(self) -> HistoryWriter:
-        return HistoryWriter(self.layout.history)
 
     def history_rows(self) -> list[dict]:
         """history.csv's rows as written; [] when it is missing or unreadable (for views)."""

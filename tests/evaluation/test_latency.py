@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ print(sys.modules.get("tensorflow") is not None)
 
 def test_a_keras_model_on_torch_reports_its_device_without_tensorflow():
     """evaluate.py on a Keras-on-PyTorch run, on a machine without TensorFlow."""
-    env = {"KERAS_BACKEND": "torch", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
     result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW.format(root=str(ROOT))],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
