@@ -28,6 +28,11 @@ CONTINUATION = re.compile(r"(?:\s\\|\s`)$")  # bash `\`, PowerShell backtick
 LAUNCHERS = {"python", "python3", "py", "torchrun", "srun", "bash", "sh"}
 
 
+def _launcher(word: str) -> str:
+    """A launcher's name, also when a virtual environment's path leads it (.venv/bin/python)."""
+    return re.split(r"[\\/]", word)[-1]
+
+
 @dataclass(frozen=True)
 class Command:
     file: Path
@@ -135,7 +140,7 @@ def _expand(text: str, loops: dict, arrays: dict) -> list[str]:
 
 def _looks_like_command(text: str) -> bool:
     words = re.sub(r"^\s*(?:[A-Za-z_]\w*=\S*\s+)*", "", text).split()
-    return bool(words) and words[0] in LAUNCHERS
+    return bool(words) and _launcher(words[0]) in LAUNCHERS
 
 
 def _inline_spans(lines: list[str]):
@@ -297,7 +302,7 @@ def check_simple_command(argv: list[str]) -> str | None:
             words = words[1:]
     if not words:
         return None
-    launcher, rest = words[0], words[1:]
+    launcher, rest = _launcher(words[0]), words[1:]
     if launcher in {"bash", "sh"}:
         if rest and rest[0].endswith(".sh") and not (ROOT / rest[0]).is_file():
             return f"'{rest[0]}' does not exist"

@@ -15,8 +15,8 @@ from pathlib import Path
 from pokedex_trainer.errors import UserError
 
 INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch, which is not installed: "
-                "'python -m pip install litert-torch' (best in its own virtual environment: it "
-                "pins typing_extensions and pydantic), or train with --framework keras for the "
+                "'python -m pip install -r requirements-tflite.txt' (best in its own virtual "
+                "environment: it pins typing_extensions and pydantic; see docs/export.md), or train with --framework keras for the "
                 "app's TFLite; the formats for it without litert-torch are: {formats}")
 
 
