@@ -19,6 +19,24 @@
 #   ALLOW_CPU=1 runs it without a GPU, at tiny sizes (32 px, batch 4, 2 steps), to try it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# A GPU machine without a registry: the wheels of gpu_wheels.txt, downloaded here beforehand by
+# `bash benchmarks/gpu_wheels.sh` and carried in benchmarks/wheels/; only missing ones install.
+if compgen -G "benchmarks/wheels/*.whl" >/dev/null; then
+  missing=$(python -c "
+import importlib.metadata as md
+for line in open('benchmarks/gpu_wheels.txt', encoding='utf-8'):
+    wanted = line.split('#')[0].strip()
+    if wanted:
+        try:
+            md.version(wanted.split('==')[0])
+        except md.PackageNotFoundError:
+            print(wanted)")
+  if [ -n "$missing" ]; then
+    echo "installing from benchmarks/wheels: $(echo $missing)"
+    python -m pip install --quiet --no-index --no-deps --find-links benchmarks/wheels $missing \
+      || echo "pip could not install them from benchmarks/wheels"
+  fi
+fi
 RESULTS="${RESULTS:-benchmarks/results}"
 MODELS="${MODELS-mobilenet resnet efficientnet}"
 BACKENDS="${BACKENDS-tensorflow torch jax}"
