@@ -13,6 +13,9 @@ pairing stands. The probes run in child processes (backends/keras/select.py).
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from pokedex_trainer.errors import UserError
 
 MEASURED = ("Keras without TensorFlow's GPU measured 0.19x (EfficientNetB7, Keras on PyTorch), "
             "0.25x (MobileNetV2, Keras on JAX) and under 0.01x (MobileNetV2, Keras on PyTorch) "
@@ -27,9 +30,14 @@ def pick_training_framework(config, probe=None, maybe_gpu=None) -> tuple[str, st
     from pokedex_trainer.networks import MODEL_SPECS, choose_framework
 
     guide = choose_framework(config.model_type)
-    pinned = (config.keras_backend != "auto" or os.environ.get("KERAS_BACKEND") in select.BACKENDS
-              or config.weights.lower() not in ("imagenet", "none") or config.base_model)
-    if guide != "keras" or pinned:  # a Keras backend, weights or base model of Keras's asked
+    from_file = weights_file_framework(config.weights)
+    if from_file:  # a local weights file belongs to one framework
+        name = MODEL_SPECS[config.model_type].display_name
+        return from_file, (None if from_file == guide else
+                           f"--framework auto: {name} trains on {FRAMEWORK_NAMES[from_file]}, "
+                           f"the framework of --weights '{config.weights}'")
+    pinned = config.keras_backend != "auto" or os.environ.get("KERAS_BACKEND") in select.BACKENDS
+    if guide != "keras" or pinned:  # a Keras backend asked for
         return guide, None
     probe, maybe_gpu = probe or select.probe, maybe_gpu or select.maybe_gpu
     if not maybe_gpu() or probe("tensorflow") or not probe("torch"):
@@ -39,3 +47,34 @@ def pick_training_framework(config, probe=None, maybe_gpu=None) -> tuple[str, st
                        f"because TensorFlow sees no GPU and PyTorch does ({MEASURED}); "
                        "--framework keras keeps the guide's Keras network (TFLite from PyTorch "
                        "needs: python -m pip install litert-torch)")
+
+
+FRAMEWORK_NAMES = {"keras": "Keras", "pytorch": "PyTorch"}
+# A local --weights file's framework, by its name: torch.save's files, Keras' weight files.
+WEIGHTS_FILE_FRAMEWORKS = {".pth": "pytorch", ".pt": "pytorch", ".h5": "keras", ".keras": "keras"}
+
+
+def weights_file_framework(weights: str) -> str | None:
+    """keras or pytorch for a ``--weights`` file whose suffix names its framework, else None
+    (imagenet, none, or a name that says nothing)."""
+    if weights.lower() in ("imagenet", "none"):
+        return None
+    return WEIGHTS_FILE_FRAMEWORKS.get(Path(weights).suffix.lower())
+
+
+def check_framework_options(config) -> None:
+    """A new run's options that only one framework reads must match the framework it resolved
+    to (``config.framework``: keras or pytorch): one UserError line when they do not."""
+    spec = config.spec
+    framework = "keras" if spec.framework == "keras" else "pytorch"
+    if config.keras_backend != "auto" and framework != "keras":
+        raise UserError(f"--keras_backend {config.keras_backend} is for networks trained on "
+                        f"Keras, and {spec.display_name} trains on PyTorch here: add "
+                        "--framework keras to train it on Keras, or leave --keras_backend out")
+    from_file = weights_file_framework(config.weights)
+    if from_file and from_file != framework:
+        kind = ("a PyTorch state dict" if from_file == "pytorch" else "a Keras weights file")
+        raise UserError(f"--framework {framework} does not match --weights '{config.weights}', "
+                        f"{kind}: use --framework {from_file}, or a weights file of "
+                        f"{FRAMEWORK_NAMES[framework]} ("
+                        f"{'.pth' if framework == 'pytorch' else '.weights.h5'})")

@@ -63,32 +63,21 @@ def train_command(config: TrainConfig, actions: dict):
 
     from pokedex_trainer.runs.live_log import configure
     from pokedex_trainer.runs.lifecycle import run_training
-    from pokedex_trainer.runs.opening import apply_base_model, find_batch_size_only, run_framework
+    from pokedex_trainer.runs.opening import find_batch_size_only, run_framework, settle_framework
 
     configure(actions.get("live_log"))
     if not actions["resume"]:
         from pokedex_trainer.user_io.path_checks import check_train_paths
 
         check_train_paths(config)
-    if config.framework == "auto" and not actions["resume"]:
-        from dataclasses import replace
-
-        from pokedex_trainer.backends.framework_choice import pick_training_framework
-
-        framework, note = pick_training_framework(config)
-        config = replace(config, framework=framework)
-        if note:
-            import logging
-
-            logging.getLogger(__name__).warning("%s", note)
+    if not actions["resume"]:
+        config = settle_framework(config)
     if actions.get("scratch_defaults") and not actions["resume"]:
         import logging
 
         logging.getLogger(__name__).info(
             "--weights none: the from-scratch recipe sets %s (options you give win)",
             " ".join(f"--{name} {value}" for name, value in actions["scratch_defaults"].items()))
-    if config.base_model and not actions["resume"]:
-        config = apply_base_model(config)
     resume = Path(actions["resume"]) if actions["resume"] else None
     if any(actions[key] is not None for key in SEARCH_ACTIONS):
         from pokedex_trainer.search.trials import search_command

@@ -128,15 +128,18 @@ def _add_model_options(model, d: TrainConfig) -> None:
                        default=None, help="input size (default: the model's, see below)")
     model.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
                        help="framework the network trains in; every network exists in both. "
-                            "auto keeps the guide's pairing: efficientnet and mobilenet on "
-                            "Keras, resnet on PyTorch (default: %(default)s, or the framework "
-                            "of --base_model)")
+                            "auto keeps the guide's pairing (efficientnet and mobilenet on "
+                            "Keras, resnet on PyTorch), except where TensorFlow sees no GPU and "
+                            "PyTorch does: there all three train on PyTorch (Keras measured "
+                            "0.01x-0.25x there); a .pth or .h5 --weights file, --keras_backend "
+                            "or KERAS_BACKEND decide it too (default: %(default)s, or the "
+                            "framework of --base_model)")
     model.add_argument("--keras_backend", choices=("auto", "tensorflow", "torch", "jax"),
                        default=d.keras_backend,
-                       help="Keras 3 backend of efficientnet and mobilenet: auto picks "
-                            "TensorFlow when it sees a GPU, else PyTorch when it sees CUDA or "
-                            "MPS (native Windows, macOS), else JAX with a GPU, else TensorFlow "
-                            "on the CPU; wins over KERAS_BACKEND (default: %(default)s)")
+                       help="Keras 3 backend of a network trained on Keras: auto picks "
+                            "TensorFlow when it sees a GPU, else the fastest measured one that "
+                            "sees a GPU (JAX, then PyTorch on CUDA or MPS), else TensorFlow on "
+                            "the CPU; wins over KERAS_BACKEND (default: %(default)s)")
     model.add_argument("--dropout", type=float, default=d.dropout,
                        help="dropout before the new classification layer (default: %(default)s)")
 

@@ -88,6 +88,24 @@ def find_batch_size_only(config: TrainConfig) -> int:
     return result.chosen
 
 
+def settle_framework(config: TrainConfig, probe=None, maybe_gpu=None) -> TrainConfig:
+    """A new run's network and framework, before anything is built: those of ``--base_model``,
+    else ``--framework auto``'s choice (a switch is said in the log), then checked against the
+    options only one framework reads. ``probe``/``maybe_gpu``: see pick_training_framework."""
+    from pokedex_trainer.backends.framework_choice import (check_framework_options,
+                                                           pick_training_framework)
+
+    if config.base_model:
+        config = apply_base_model(config)
+    if config.framework == "auto":
+        framework, note = pick_training_framework(config, probe, maybe_gpu)
+        config = replace(config, framework=framework)
+        if note:
+            logger.warning("%s", note)
+    check_framework_options(config)
+    return config
+
+
 def apply_base_model(config: TrainConfig) -> TrainConfig:
     """Take the network (and, unless given, the input size) of ``--base_model``."""
     from pokedex_trainer.runs.transfer import describe_base_model

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
+
 import pytest
 
 from conftest import KERAS_STYLE_SCALARS, ROOT, tensorboard_tags
@@ -226,8 +228,7 @@ def test_framework_auto_takes_the_fast_route_on_this_machine(machine, gpu, model
         assert "--framework keras" in note and "0.19x" in note
 
 
-@pytest.mark.parametrize("pinned", [{"keras_backend": "torch"}, {"weights": "my.weights.h5"},
-                                    {"base_model": "runs/x"}])
+@pytest.mark.parametrize("pinned", [{"keras_backend": "torch"}, {"weights": "my.weights.h5"}])
 def test_framework_auto_keeps_keras_when_the_user_asked_for_keras_things(machine, pinned):
     from pokedex_trainer.config import TrainConfig
     from pokedex_trainer.backends.framework_choice import pick_training_framework
@@ -235,3 +236,38 @@ def test_framework_auto_keeps_keras_when_the_user_asked_for_keras_things(machine
     config = TrainConfig(model_type="mobilenet", **pinned)
     assert pick_training_framework(config, probe=lambda b: b == "torch",
                                    maybe_gpu=lambda: True) == ("keras", None)
+
+
+@pytest.mark.parametrize("gpu", [set(), {"tensorflow"}])
+def test_framework_auto_takes_the_framework_of_a_weights_file(machine, gpu):
+    from pokedex_trainer.config import TrainConfig
+    from pokedex_trainer.backends.framework_choice import pick_training_framework
+
+    framework, note = pick_training_framework(
+        TrainConfig(model_type="mobilenet", weights="offline/mobilenet_v2-b0353104.PTH"),
+        probe=lambda b: b in gpu, maybe_gpu=lambda: bool(gpu))
+    assert framework == "pytorch" and "--weights" in note and "PyTorch" in note
+    assert pick_training_framework(TrainConfig(model_type="resnet", weights="r.weights.h5"),
+                                   probe=lambda b: b in gpu,
+                                   maybe_gpu=lambda: bool(gpu))[0] == "keras"
+
+
+@pytest.mark.parametrize("options, wanted", [
+    ({"model_type": "mobilenet", "framework": "pytorch", "keras_backend": "jax"},
+     "--keras_backend jax is for networks trained on Keras"),
+    ({"model_type": "resnet", "framework": "auto", "keras_backend": "torch"},
+     "add --framework keras"),
+    ({"model_type": "mobilenet", "framework": "keras", "weights": "w.pth"},
+     "--framework keras does not match --weights 'w.pth', a PyTorch state dict"),
+    ({"model_type": "efficientnet", "framework": "pytorch", "weights": "w.weights.h5"},
+     "use --framework keras"),
+])
+def test_options_of_the_other_framework_are_one_line_before_training(machine, options, wanted):
+    from pokedex_trainer.config import TrainConfig
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.runs.opening import settle_framework
+
+    machine["gpu"] = set()
+    with pytest.raises(UserError, match=re.escape(wanted)):
+        settle_framework(TrainConfig(**options), probe=lambda b: False,
+                         maybe_gpu=lambda: False)

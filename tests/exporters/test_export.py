@@ -241,3 +241,27 @@ def test_torch_base_model_carries_the_backbone_over(torch_run):
     for name, tensor in model.state_dict().items():
         if name.startswith("backbone."):
             assert torch.equal(tensor, saved[name]), name
+
+
+@pytest.mark.parametrize("framework", ["auto", "pytorch"])
+def test_a_base_model_alone_names_the_network_and_the_framework(torch_run, keras_run, framework,
+                                                                monkeypatch):
+    """`--base_model FILE` without --model_type (docs/training.md): the file's network and
+    framework, under --framework auto too (it once crashed there with a KeyError)."""
+    from pokedex_trainer.cli.parsers import parse_train_command
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.runs.opening import settle_framework
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    no_gpu = {"probe": lambda backend: False, "maybe_gpu": lambda: False}
+    config, _ = parse_train_command(["--base_model", str(torch_run / "tiny_torch_best.pth"),
+                                     "--framework", framework])
+    settled = settle_framework(config, **no_gpu)
+    assert (settled.model_type, settled.framework) == ("tiny_torch", "pytorch")
+    config, _ = parse_train_command(["--base_model", str(keras_run / "tiny_keras_best.keras")])
+    settled = settle_framework(config, **no_gpu)
+    assert (settled.model_type, settled.framework) == ("tiny_keras", "keras")
+    config, _ = parse_train_command(["--base_model", str(torch_run / "tiny_torch_best.pth"),
+                                     "--framework", "keras"])
+    with pytest.raises(UserError, match="a pytorch model"):
+        settle_framework(config, **no_gpu)
