@@ -24,3 +24,16 @@ class ExportCheckFailed(Exception):
     """An exported file did not match its source model; it was deleted. Exit code 1."""
 
     exit_code = 1
+
+
+def reason_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a user: its first line, with the next one when the first
+    only announces it (ends with ':'), cut at ``limit`` characters; its type when it says
+    nothing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0]
+    if reason.endswith(":") and len(lines) > 1:
+        reason = f"{reason} {lines[1]}"
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."

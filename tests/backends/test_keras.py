@@ -99,8 +99,9 @@ def test_imagenet_download_failure_is_a_clear_message(monkeypatch):
 def test_weights_file_that_does_not_fit_is_a_clear_message(tmp_path):
     bad = tmp_path / "other.weights.h5"
     kmodels.build_model(get_spec("mobilenet"), 2, (32, 32), "none", 0.1).save_weights(bad)
-    with pytest.raises(UserError, match="could not load --weights"):
+    with pytest.raises(UserError, match="could not load --weights") as error:
         kmodels.build_backbone(get_spec("mobilenet"), (32, 32), str(bad))
+    assert "\n" not in str(error.value) and not str(error.value).endswith(":")  # a whole line
 
 
 def test_mobilenet_run_writes_every_output(tmp_path, tiny_dataset, mobilenet_weights):

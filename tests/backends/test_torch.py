@@ -84,6 +84,32 @@ def test_a_checkpoint_cannot_execute_code(tmodels, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"", "the file is empty"),
+    (b"epoch,loss\n1,0.5\n", "it is not a file written by torch.save"),
+    (b"\x89HDF\r\n\x1a\n" + bytes(64), "it is not a file written by torch.save"),
+])
+def test_a_weights_file_torch_did_not_write_says_what_it_is(tmodels, tmp_path, content,
+                                                            reason):
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"could not read --weights .*: {reason}"):
+        tmodels.load_backbone_file(tmodels._resnet152("none"), path, "ResNet152")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_a_refused_pickle_prints_no_pytorch_warning(tmodels, tmp_path, recwarn):
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": _Exploit()}}, evil)
+    with pytest.raises(UserError, match="holds more than tensors"):
+        tmodels.load_backbone_file(tmodels._resnet152("none"), evil, "ResNet152")
+    assert not [w for w in recwarn if "weights_only" in str(w.message)]
+
+
 def test_weights_file_that_does_not_fit_is_a_clear_message(tmodels, tmp_path):
     bad = tmp_path / "small.pth"
     torch.save(torch.nn.Linear(3, 3).state_dict(), bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.networks import ModelSpec
 from pokedex_trainer.core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
 from pokedex_trainer.backends.keras.normalization import CaffeNormalization
@@ -91,7 +91,7 @@ def build_backbone(spec: ModelSpec, image_size: tuple[int, int], weights: str) -
             backbone = _APPLICATIONS[spec.model_type](include_top=False, weights=source,
                                                       input_shape=(height, width, 3))
     except Exception as exc:  # download and file errors come in many types
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = reason_line(exc)
         if source == "imagenet":
             raise UserError(
                 f"could not get the ImageNet weights of {spec.display_name} ({reason}). They are "

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 
 
 def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
@@ -38,8 +38,20 @@ def load_backbone_file(model: nn.Module, path: Path, network: str) -> None:
 
 def load_tensors(path: Path):
     """``torch.load`` of a file of tensors, numbers and strings only: nothing in it can run
-    code (see evaluation/safe_loading.py)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    code (see evaluation/safe_loading.py). A file that torch.save did not write (empty, text,
+    another format) is refused before PyTorch reads it, with a reason a user can act on."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise ValueError("the file is empty")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a legacy pickle
+        raise ValueError("it is not a file written by torch.save (neither its zip nor its "
+                         "pickle format)")
+    import warnings
+
+    with warnings.catch_warnings():  # PyTorch's advice to drop weights_only: never taken
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def why_not_tensors(exc: Exception) -> str:
@@ -50,5 +62,5 @@ def why_not_tensors(exc: Exception) -> str:
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
         return "it holds more than tensors (pickled Python objects); refused, since loading " \
                "it could run code"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return reason_line(exc)
 
