@@ -47,6 +47,10 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _only_the_watcher(signum, frame) -> None:
+    """A Python handler that does nothing: the signal still reaches the wakeup fd."""
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (as SIGINT does) while the block runs (main thread)."""
@@ -60,6 +64,15 @@ def terminate_as_interrupt():
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             yield
+        except KeyboardInterrupt:
+            if _watching is not None:
+                # Stopping, and a StopDeadline still covers the way out: a further signal
+                # reaches its socket only (a second stop: exit 130 at once), instead of
+                # killing the process by signal or raising in the interpreter's teardown.
+                for number in STOP_SIGNALS:
+                    signal.signal(number, _only_the_watcher)
+                previous = _only_the_watcher
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:
@@ -199,13 +212,14 @@ class StopDeadline:
                 self._reader.close()
                 return
             self._forward(data)
-            for number in data:
-                if number not in STOP_SIGNALS:
-                    continue
-                if deadline is not None:
-                    self._expire("second stop signal")
-                self.signalled = True
-                deadline = time.monotonic() + self.grace
+            # Signals read together are one stop: `timeout` sends SIGTERM to the process and
+            # to its group at once, and that is not a user asking twice.
+            if not any(number in STOP_SIGNALS for number in data):
+                continue
+            if deadline is not None:
+                self._expire("second stop signal")
+            self.signalled = True
+            deadline = time.monotonic() + self.grace
 
     def _forward(self, data: bytes) -> None:
         """Pass the signals on to the wakeup fd this one replaced (an asyncio loop's)."""

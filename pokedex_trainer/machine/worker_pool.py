@@ -236,6 +236,7 @@ class WorkerPool:
 
         worker.process.join(5)
         code = worker.process.exitcode
+        fix = self.fix or "run it again with fewer workers"
         if code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -244,14 +245,15 @@ class WorkerPool:
             cause = f"was killed by {name}"
             if -code == getattr(signal, "SIGKILL", 9):
                 cause += " (the out-of-memory killer sends it when memory runs out)"
+            else:  # SIGTERM, SIGHUP...: something outside stopped it, not a lack of memory
+                fix = "something outside the trainer stopped it; run it again"
         else:
             cause = f"exited with code {code} (its error is printed above)"
         if not worker.ready:
             self._failure = WorkersFailed(f"{self.what} worker processes could not start: one "
                                           f"{cause}")
         else:
-            self._failure = WorkersFailed(f"a {self.what} worker process {cause}: "
-                                          f"{self.fix or 'run it again with fewer workers'}")
+            self._failure = WorkersFailed(f"a {self.what} worker process {cause}: {fix}")
         self._failure.at_start = not worker.ready
         raise self._failure
 

@@ -271,6 +271,10 @@ def _log_interrupted(context: RunContext) -> None:
         logger.warning("interrupted: trial %s of search '%s' is recorded as failed; "
                        "run the same search command again to continue the search",
                        context.config.search_trial, context.config.search_name)
+    elif not context.store.has_resume_state():
+        logger.warning("interrupted before the first epoch ended: there is nothing to resume; "
+                       "run the same command again to start over (%s may be deleted)",
+                       context.run_dir)
     else:
         logger.warning("interrupted: the last finished epoch is saved. Continue with: "
                        "python train_professional_models.py --resume %s", context.run_dir)

@@ -63,10 +63,10 @@ sys.exit(run_main(train_main, {argv!r}))
 """
 
 
-def _start(tmp_path, data, model_type, grace, where="fit"):
+def _start(tmp_path, data, model_type, grace, where="fit", epoch=1):
     argv = tiny_run_argv(data, tmp_path, model_type, epochs=3, run_name="run")
     code = BLOCKING_TRAINER.format(root=str(ROOT), started=str(tmp_path / "started"),
-                                   signalled=str(tmp_path / "signalled"), epoch=1,
+                                   signalled=str(tmp_path / "signalled"), epoch=epoch,
                                    where=where, argv=argv)
     env = dict(os.environ, POKEDEX_STOP_GRACE=str(grace), POKEDEX_TEST_MODELS="1")
     return subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
@@ -136,6 +136,19 @@ def test_a_second_signal_ends_a_stuck_run_at_once(tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
+def test_a_run_stopped_in_its_first_epoch_does_not_offer_a_resume(tmp_path, tiny_dataset):
+    process = _start(tmp_path, tiny_dataset, "tiny_torch", grace=2, epoch=0)
+    _wait_for(process, tmp_path / "started", "the stuck epoch")
+    process.send_signal(signal.SIGTERM)
+    returncode, stderr = _outcome(process)
+    assert returncode == 130, stderr[-3000:]
+    assert "interrupted before the first epoch ended: there is nothing to resume" in stderr
+    assert "--resume" not in stderr, stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text("utf-8"))
+    assert summary["status"] == "interrupted"
+
+
+@pytest.mark.slow
 def test_sigterm_ends_a_stuck_pytorch_run(tmp_path, tiny_dataset):
     process = _start(tmp_path, tiny_dataset, "tiny_torch", grace=2)
     _wait_for(process, tmp_path / "started", "the stuck epoch")
@@ -176,3 +189,27 @@ def test_forked_loader_workers_do_not_report_their_signals():
             os._exit(0 if signal.set_wakeup_fd(-1) == -1 else 1)
         assert os.waitpid(pid, 0)[1] == 0
     assert signal.set_wakeup_fd(-1) == -1  # restored after the run
+
+
+def test_signals_read_together_are_one_stop(monkeypatch):
+    """`timeout` sends SIGTERM to the trainer and to its group at once: the two arrive
+    together, and that is one stop (the graceful one), not a second signal."""
+    from pokedex_trainer.core import interrupt
+
+    monkeypatch.setenv(interrupt.GRACE_ENV, "600")
+    expired = []
+    monkeypatch.setattr(interrupt.StopDeadline, "_expire",
+                        lambda self, why, stack=False: expired.append(why))
+    watcher = interrupt.StopDeadline(lambda: None)
+    with watcher:
+        term = bytes([signal.SIGTERM])
+        watcher._writer.send(term + term)  # what the wakeup fd holds after both
+        for _ in range(6000):  # the watcher thread has read them (polled, up to 60 s)
+            if watcher.signalled:
+                break
+            time.sleep(0.01)
+        assert watcher.signalled
+        thread = watcher._thread
+        watcher.signalled = False  # end the block as the API does: the watcher stops...
+    thread.join(timeout=60)  # ...after the chunk it was reading
+    assert not thread.is_alive() and expired == []

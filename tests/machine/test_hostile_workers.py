@@ -84,7 +84,7 @@ if __name__ == "__main__":
     workers = [p for p in psutil.Process().children()
                if "resource_tracker" not in " ".join(p.cmdline())]
     print("WORKERS", len(workers), flush=True)
-    os.kill(workers[0].pid, signal.SIGKILL)
+    os.kill(workers[0].pid, signal.{signal})
     try:
         for _ in batches:
             pass
@@ -97,18 +97,21 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_epoch_stops_the_loader_with_one_line(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("sent, fix", [("SIGKILL", "--workers"),  # the out-of-memory killer
+                                       ("SIGTERM", "something outside the trainer stopped it")])
+def test_a_worker_killed_mid_epoch_stops_the_loader_with_one_line(tiny_dataset, tmp_path, sent,
+                                                                  fix):
     script = tmp_path / "killed_worker.py"
-    script.write_text(KILLED_WORKER.format(root=str(ROOT), data=str(tiny_dataset)),
-                      encoding="utf-8")
+    script.write_text(KILLED_WORKER.format(root=str(ROOT), data=str(tiny_dataset),
+                                           signal=sent), encoding="utf-8")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=SAFETY_NET)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WORKERS 2" in result.stdout
     stopped = [line for line in result.stdout.splitlines() if line.startswith("STOPPED")]
     assert len(stopped) == 1, result.stdout
-    assert "WorkersFailed" in stopped[0] and "SIGKILL" in stopped[0]
-    assert "--workers" in stopped[0]  # the fix is in the line
+    assert "WorkersFailed" in stopped[0] and sent in stopped[0]
+    assert fix in stopped[0]  # the fix is in the line
     assert "Traceback" not in result.stderr
 
 
