@@ -16,7 +16,8 @@
 #   BUDGET=530 (seconds for all children) SIZE=/BATCH= (override the guide's sizes)
 #   COMPILE=1: the PyTorch routes' step also with --compile (torch.compile; on Keras'
 #   PyTorch backend jit_compile=True), a row of its own
-#   ALLOW_CPU=1 runs it without a GPU, at tiny sizes (32 px, batch 4, 2 steps), to try it.
+#   ALLOW_CPU=1 runs it without a GPU, at tiny sizes (32 px, batch 4, 2 steps), to try it;
+#   its files go to benchmarks/results/cpu_try/ unless RESULTS says where.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # A GPU machine without a registry: the wheels of gpu_wheels.txt, downloaded here beforehand by
@@ -52,7 +53,9 @@ if ! nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; then
 fi
 if [ "$GPU" = 1 ]; then
   STEPS="${STEPS:-30}"; WARMUP="${WARMUP:-5}"; EPOCHS="${EPOCHS:-3}"; PRECISION=--mixed_precision
-else  # ALLOW_CPU: the script itself, at sizes a CPU runs in seconds
+else  # ALLOW_CPU: the script itself, at sizes a CPU runs in seconds; its figures go to a
+  # folder of their own, never over a GPU run's (benchmarks/results/gpu_smoke_table.md)
+  [ "$RESULTS" = benchmarks/results ] && RESULTS=benchmarks/results/cpu_try
   STEPS="${STEPS:-2}"; WARMUP="${WARMUP:-1}"; EPOCHS="${EPOCHS:-2}"; PRECISION=
   SIZE="${SIZE:-32}"; BATCH="${BATCH:-4}"; WORKERS="${WORKERS_CPU:-1}"
 fi

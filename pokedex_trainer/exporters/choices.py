@@ -26,6 +26,13 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
 
     available = FORMATS[framework]
     if text is None or text.strip().lower() in ("", "all"):
+        if framework == "torch":  # the app's TFLite file: said, since "all" leaves it out
+            from pokedex_trainer.exporters.torch_tflite import litert_torch_available
+
+            logger.info("TFLite (the app's file) is written from a PyTorch model on request: "
+                        "--formats tflite%s (see docs/export.md)",
+                        "" if litert_torch_available() else
+                        ", with litert-torch installed (pip install -r requirements-tflite.txt)")
         try:
             web_page.check_runtime()
         except UserError as exc:  # asked for by name it is an error; among "all", a warning

@@ -244,6 +244,20 @@ def test_torch_mobilenet_exports_onnx_and_evaluates_without_a_framework_flag(
     assert 0 <= metrics["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_all_formats_of_a_pytorch_model_say_how_to_get_its_tflite(monkeypatch, caplog,
+                                                                  installed):
+    from pokedex_trainer.exporters import choices, torch_tflite
+
+    monkeypatch.setattr(torch_tflite, "litert_torch_available", lambda: installed)
+    with caplog.at_level("INFO", logger=choices.__name__):
+        formats = choices.parse_formats(None, "torch")
+    assert "tflite" not in formats
+    said = [r.getMessage() for r in caplog.records if "TFLite" in r.getMessage()]
+    assert len(said) == 1 and "--formats tflite" in said[0]
+    assert ("requirements-tflite.txt" in said[0]) is not installed
+
+
 @pytest.mark.slow
 def test_tflite_of_a_pytorch_model_without_litert_torch_is_a_one_line_error(
         torch_mobilenet_run, capsys, monkeypatch):
