@@ -10,6 +10,7 @@ from pathlib import Path
 from pokedex_trainer import __version__
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
+from pokedex_trainer.networks import framework_option
 from pokedex_trainer.runs.experiments_table import RECIPE_COLUMNS
 
 LIBRARIES = ("tensorflow", "keras", "torch", "torchvision", "albumentations",
@@ -36,7 +37,8 @@ def experiment_row(context: RunContext, state: RunState, status: str, started: f
     config = context.config
     best = state.best_logs
     return {
-        "run_name": context.run_dir.name, "model_type": config.model_type, "status": status,
+        "run_name": context.run_dir.name, "model_type": config.model_type,
+        "framework": framework_option(context.spec.framework), "status": status,
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "duration_s": f"{time.time() - started:.1f}", "epochs_run": state.epochs_run,
         "best_val_accuracy": _fmt(best.get("val_accuracy")),

@@ -21,7 +21,7 @@ RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_ep
 
 
 EXPERIMENT_COLUMNS = [
-    "run_name", "model_type", "status", "started", "duration_s", "epochs_run",
+    "run_name", "model_type", "framework", "status", "started", "duration_s", "epochs_run",
     "best_val_accuracy", "best_val_top5_accuracy", "best_epoch", "test_accuracy",
     "test_top5_accuracy", "learning_rate", "fine_tune_learning_rate", "batch_size",
     "image_size", "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
@@ -100,13 +100,16 @@ OLD_AUGMENT = {"True": "full", "False": "none"}  # rows written before --augment
 
 def read_experiment_rows(path: Path) -> list[dict]:
     """The rows of an experiments table as today's version writes them: rows of an earlier
-    version get today's ``augment`` words and, for options that did not exist yet, the default
-    they ran with."""
+    version get today's ``augment`` words, their ``framework`` where the row shows it (a Keras
+    backend named; else it stays empty: unknown), and, for options that did not exist yet, the
+    default they ran with."""
     from pokedex_trainer.config import TrainConfig
 
     rows = read_experiments(path)
     for row in rows:
         row["augment"] = OLD_AUGMENT.get(row.get("augment"), row.get("augment"))
+        if not row.get("framework"):  # before the column: known where a Keras backend is named
+            row["framework"] = "keras" if row.get("keras_backend") else ""
         for name in RECIPE_COLUMNS:
             if row.get(name) in (None, ""):
                 row[name] = str(getattr(TrainConfig, name))

@@ -21,9 +21,9 @@ HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "im
                    "augment", "seed", "model_type", "class_weight", "sampler", "augment_warmup",
                    "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr", "optimizer",
                    "weight_decay", "ema")
-SHOWN = ("run_name", "model_type", "status", "best_val_accuracy", "best_val_top5_accuracy",
-         "test_accuracy", "learning_rate", "batch_size", "image_size", "epochs_run",
-         "duration_s")
+SHOWN = ("run_name", "model_type", "framework", "status", "best_val_accuracy",
+         "best_val_top5_accuracy", "test_accuracy", "learning_rate", "batch_size", "image_size",
+         "epochs_run", "duration_s")
 
 
 def load_experiments(output_dir: Path | str) -> list[dict]:

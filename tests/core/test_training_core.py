@@ -127,6 +127,12 @@ def test_runs_of_the_previous_version_evaluate_export_and_resume(legacy):
         ("tiny_torch_finished", "completed"), ("tiny_torch_killed", "interrupted"),
         ("tiny_keras_killed", "completed"), ("tiny_torch_killed", "completed")]
     assert all(Path(r["run_dir"]).name == r["run_name"] for r in rows)
+    # the framework column came later: old rows leave it empty (unknown), new rows name it
+    assert [r["framework"] for r in rows] == ["", "", "", "", "keras", "pytorch"]
+    from pokedex_trainer.runs.experiments_table import read_experiment_rows
+
+    upgraded = read_experiment_rows(legacy / "runs" / "experiments.csv")
+    assert [r["framework"] for r in upgraded][-2:] == ["keras", "pytorch"]
 
 
 def test_an_older_experiments_table_is_migrated_not_misaligned(tmp_path):
