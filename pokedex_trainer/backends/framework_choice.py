@@ -46,7 +46,7 @@ def pick_training_framework(config, probe=None, maybe_gpu=None) -> tuple[str, st
     return "pytorch", (f"--framework auto: {name} trains as torchvision's {name} on PyTorch, "
                        f"because TensorFlow sees no GPU and PyTorch does ({MEASURED}); "
                        "--framework keras keeps the guide's Keras network (TFLite from PyTorch "
-                       "needs: python -m pip install litert-torch)")
+                       "needs litert-torch: see docs/export.md)")
 
 
 FRAMEWORK_NAMES = {"keras": "Keras", "pytorch": "PyTorch"}
@@ -65,8 +65,10 @@ def weights_file_framework(weights: str) -> str | None:
 def check_framework_options(config) -> None:
     """A new run's options that only one framework reads must match the framework it resolved
     to (``config.framework``: keras or pytorch): one UserError line when they do not."""
+    from pokedex_trainer.networks import framework_option
+
     spec = config.spec
-    framework = "keras" if spec.framework == "keras" else "pytorch"
+    framework = framework_option(spec.framework)
     if config.keras_backend != "auto" and framework != "keras":
         raise UserError(f"--keras_backend {config.keras_backend} is for networks trained on "
                         f"Keras, and {spec.display_name} trains on PyTorch here: add "

@@ -16,8 +16,9 @@ from pokedex_trainer.errors import UserError
 
 INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch, which is not installed: "
                 "'python -m pip install -r requirements-tflite.txt' (best in its own virtual "
-                "environment: it pins typing_extensions and pydantic; see docs/export.md), or train with --framework keras for the "
-                "app's TFLite; the formats for it without litert-torch are: {formats}")
+                "environment: it pins typing_extensions and pydantic; see docs/export.md), or "
+                "train with --framework keras for the app's TFLite; the formats for it without "
+                "litert-torch are: {formats}")
 
 
 def litert_torch_available() -> bool:

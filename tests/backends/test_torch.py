@@ -103,8 +103,10 @@ class _Exploit:
 
 
 def test_a_refused_pickle_prints_no_pytorch_warning(tmodels, tmp_path, recwarn):
-    evil = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"x": _Exploit()}}, evil)
+    import pickle
+
+    evil = tmp_path / "evil.pth"  # a plain pickle (protocol 4): PyTorch warns about it
+    evil.write_bytes(pickle.dumps({"x": _Exploit()}, protocol=4))
     with pytest.raises(UserError, match="holds more than tensors"):
         tmodels.load_backbone_file(tmodels._resnet152("none"), evil, "ResNet152")
     assert not [w for w in recwarn if "weights_only" in str(w.message)]
