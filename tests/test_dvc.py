@@ -34,22 +34,36 @@ def test_params_are_options_of_their_scripts():
         assert not unknown, f"params.yaml {stage}: not options of the script: {unknown}"
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     assert tuple(stages) == STAGES
-    assert stages["evaluate"]["metrics"][0] == "${evaluate.output_dir}/metrics.json"
-    # DVC deletes a stage's outputs before it runs: never the guide's data/training
-    assert params["prepare"]["output_dir"].startswith("data/dvc/")
+    assert stages["evaluate"]["metrics"][0] == "model/dvc/evaluation/metrics.json"
+
+def test_no_parameter_can_name_a_folder_dvc_deletes():
+    """DVC empties a stage's outputs before it runs it: every output is a fixed path inside
+    the pipeline's own folders, and the fixed output options follow the parameters (the last
+    value wins), so a params.yaml output_dir pointing at a user's folder changes nothing."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    for name, stage in stages.items():
+        for out in stage["outs"]:
+            path = out if isinstance(out, str) else next(iter(out))
+            assert "${" not in path, f"{name}: output {path} comes from params.yaml"
+            assert path.startswith(("data/dvc/", "model/dvc/")), path
+        command = " ".join(stage["cmd"].split())
+        expansion = command.index("${" + name + "}") if "${" + name + "}" in command else -1
+        for fixed in ("--output_dir", "--run_name", "--log_dir"):
+            if fixed in command:
+                assert command.index(fixed) > expansion, f"{name}: {fixed} before ${{{name}}}"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for block in params.values():
+        assert not {"output_dir", "run_name", "log_dir"} & set(block)
 
 
 TINY_PARAMS = {
-    "prepare": {"input_dir": "data/raw_images", "output_dir": "data/dvc/training", "size": 48,
-                "mode": "crop", "workers": 0},
-    "train": {"model_type": "tiny_torch", "output_dir": "model/dvc", "run_name": "run",
-              "log_dir": "model/dvc/tensorboard", "weights": "none",
+    "prepare": {"input_dir": "data/raw_images", "size": 48, "mode": "crop", "workers": 0},
+    "train": {"model_type": "tiny_torch", "weights": "none",
               "image_size": [32, 32], "batch_size": 8, "epochs": 2, "learning_rate": 0.001,
               "fine_tune_epochs": 1, "fine_tune_learning_rate": 0.0001, "workers": 0,
               "histogram_freq": 0, "seed": 42},
-    "evaluate": {"output_dir": "model/dvc/evaluation", "latency_runs": 1, "latency_batch": 4},
-    "export": {"output_dir": "model/dvc/export", "formats": "torchscript",
-               "check_images": 6},
+    "evaluate": {"latency_runs": 1, "latency_batch": 4},
+    "export": {"formats": "torchscript", "check_images": 6},
 }
 
 
@@ -118,6 +132,18 @@ def test_dvc_repro_runs_the_four_stages_once_then_only_what_changed(tmp_path):
     # the workspace and the experiment have their metrics (the initial commit ran nothing)
     ran = [row for row in rows if row[1] not in ("master", "main")]
     assert len(ran) == 2 and all(row[accuracy] not in ("", "!") for row in ran), table
+
+    # an old or careless params.yaml naming a user's folder as an output: it is left alone
+    mine = repo / "my_photos"
+    (mine / "Gato").mkdir(parents=True)
+    (mine / "Gato" / "keep.jpg").write_bytes(b"mine")
+    params["prepare"]["output_dir"] = "my_photos"
+    params["prepare"]["size"] = 40
+    (repo / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    _dvc(repo, "repro", "prepare")
+    assert (mine / "Gato" / "keep.jpg").read_bytes() == b"mine"
+    assert sorted(p.name for p in mine.rglob("*")) == ["Gato", "keep.jpg"]
+    assert (repo / "data/dvc/training").is_dir()
 
 
 def _snapshot(folder: Path) -> dict:

@@ -19,11 +19,27 @@ def run_main(main, argv: list[str] | None = None) -> int:
     """Run a script's ``main`` and turn expected failures into one line and an exit code."""
     import sys
 
-    from pokedex_trainer.core.interrupt import terminate_as_interrupt
-    from pokedex_trainer.errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
     from pokedex_trainer.runs.run_log import setup_console_logging
+    from pokedex_trainer.user_io.inert_text import InertStream
 
     setup_console_logging()
+    consoles = sys.stdout, sys.stderr
+    # names users give (class folders, run names) may hold terminal escape sequences
+    sys.stdout, sys.stderr = InertStream(sys.stdout), InertStream(sys.stderr)
+    try:
+        return _run_with_exit_code(main, argv)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = consoles
+
+
+def _run_with_exit_code(main, argv: list[str] | None) -> int:
+    import sys
+
+    from pokedex_trainer.core.interrupt import terminate_as_interrupt
+    from pokedex_trainer.errors import ExportCheckFailed, RunFailed, TrainingStopped, UserError
+
     try:
         with terminate_as_interrupt():  # kill, timeout, docker stop, scancel: as Ctrl-C
             code = main(argv)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.data.files import _is_hidden, is_image_file, is_loop_link
+from pokedex_trainer.user_io.inert_text import class_name
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,12 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
             logger.warning("class folder '%s' holds no .jpg/.jpeg/.png image: ignored%s",
                            class_dir.name, _nested_note(class_dir))
             continue
+        name = class_name(class_dir.name)  # León from macOS is decomposed: one form (NFC)
+        if name in class_names:
+            raise UserError(f"'{root}' has two class folders named '{name}' (the same name in "
+                            "two Unicode forms, e.g. one copied from macOS): merge them")
         label = len(class_names)
-        class_names.append(class_dir.name)
+        class_names.append(name)
         samples.extend((image.relative_to(root).as_posix(), label) for image in images)
     if not samples:
         from pokedex_trainer.data.archives import find_image_roots, training_advice

@@ -69,8 +69,10 @@ class ModelInfo:
 
     @classmethod
     def from_sidecar(cls, data: dict) -> "ModelInfo":
+        from pokedex_trainer.user_io.inert_text import class_name
+
         given = data["input"]
-        return cls(list(data["class_names"]), tuple(int(v) for v in data["image_size"]),
+        return cls([class_name(n) for n in data["class_names"]], tuple(int(v) for v in data["image_size"]),
                    given.get("layout", "NHWC"), list(given.get("mean", [0.0] * 3)),
                    list(given.get("std", [1.0] * 3)), data.get("model_type", ""),
                    data.get("arch", ""), data.get("source_framework", ""),

@@ -130,10 +130,13 @@ def _mistake_images(indices: list[int], member: Member, images: LabelledImages,
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """A table of names and figures; no cell runs as a spreadsheet formula."""
+    from pokedex_trainer.user_io.inert_text import spreadsheet_row
+
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(spreadsheet_row(row) for row in rows)
 
 
 def report_markdown(metrics: dict, names: list[str]) -> str:

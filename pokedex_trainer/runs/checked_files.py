@@ -16,6 +16,7 @@ import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from pokedex_trainer.errors import UserError
+from pokedex_trainer.user_io.inert_text import class_name
 
 RESUME_REMEDY = "the run cannot be resumed (restore the file from a copy of the run, or start " \
                 "a new run)"
@@ -131,7 +132,7 @@ def _names_problem(names) -> str | None:
     if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip()
                                                      for n in names)):
         return "must be a list of class names (non-empty strings)"
-    if len(set(names)) != len(names):
+    if len({class_name(n) for n in names}) != len(names):
         return "holds the same class name twice"
     return None
 
@@ -142,7 +143,8 @@ def read_class_names(path: Path, expected: list[str] | None = None) -> list[str]
     problem = _names_problem(names)
     if problem:
         fail(path, problem, READ_REMEDY)
-    if expected is not None and names != list(expected):
+    names = [class_name(n) for n in names]  # one Unicode form, whatever wrote the file
+    if expected is not None and names != [class_name(n) for n in expected]:
         fail(path, f"lists {len(names)} classes that are not the {len(expected)} of the run's "
                     f"split_manifest.json", READ_REMEDY)
     return names
@@ -203,7 +205,8 @@ def read_manifest(path: Path) -> dict:
                 fail(path, f"split '{split}': label of '{item[0]}' must be a whole number from "
                             f"0 to {n_classes - 1}, got {_shown(item[1])}", READ_REMEDY)
         checked[split] = [(p, label) for p, label in items]
-    return {**manifest, "splits": checked}
+    return {**manifest, "class_names": [class_name(n) for n in manifest["class_names"]],
+            "splits": checked}
 
 
 # --- calibration.json and summary.json -------------------------------------------------------

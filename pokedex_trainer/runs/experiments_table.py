@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.user_io.atomic import locked
+from pokedex_trainer.user_io.inert_text import from_spreadsheet_row, spreadsheet_row
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def append_experiment(path: Path, row: dict) -> None:
             if header is not None:
                 columns += [c for c in header if c not in columns]
             if header is not None and header != columns:
-                old_rows = list(csv.DictReader(io.StringIO(existing)))
+                old_rows = [from_spreadsheet_row(r)
+                            for r in csv.DictReader(io.StringIO(existing))]
                 handle.seek(0)
                 handle.truncate()
                 _write_rows(handle, columns, old_rows, header=True)
@@ -86,13 +88,14 @@ def _write_rows(handle, columns: list[str], rows: list[dict], header: bool) -> N
                             lineterminator="\n")
     if header:
         writer.writeheader()
-    writer.writerows({key: row.get(key, "") for key in columns} for row in rows)
+    # run names and folders are the user's: no cell may run as a spreadsheet formula
+    writer.writerows(spreadsheet_row({key: row.get(key, "") for key in columns}) for row in rows)
     handle.write(buffer.getvalue())
 
 
 def read_experiments(path: Path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+        return [from_spreadsheet_row(row) for row in csv.DictReader(handle)]
 
 
 OLD_AUGMENT = {"True": "full", "False": "none"}  # rows written before --augment had levels

@@ -8,6 +8,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from pokedex_trainer.user_io.inert_text import plain_text
+
 
 class _TeeStream(io.TextIOBase):
     """Copy a console stream into the log file, keeping only the final state of each line
@@ -29,6 +31,7 @@ class _TeeStream(io.TextIOBase):
                 i = line.index("\b")
                 line = line[:max(0, i - 1)] + line[i + 1:]
             if line.strip():
+                line = plain_text(line)  # the log is read with cat too: no escape sequences
                 self.log_handle.write(line + "\n")
                 self.log_handle.flush()
                 if self.live is not None:
@@ -50,13 +53,20 @@ class _TeeStream(io.TextIOBase):
         return self.console.fileno()
 
 
+class _PlainFormatter(logging.Formatter):
+    """Log records for a file: control characters in a name shown as text (plain_text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return plain_text(super().format(record))
+
+
 @contextmanager
 def capture_to_log(log_path: Path, live=None):
     """Send everything printed (and every log record) to ``log_path`` as well as the console,
     and to ``live`` (the shared live log, see runs/live_log.py) when given."""
     handle = open(log_path, "a", encoding="utf-8")
     old_out, old_err = sys.stdout, sys.stderr
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = _PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = [logging.StreamHandler(handle)]
     if live is not None:
         handlers.append(live.handler(formatter))

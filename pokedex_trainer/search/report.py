@@ -14,6 +14,7 @@ from pokedex_trainer.errors import UserError
 from pokedex_trainer.runs.experiments_view import format_table
 from pokedex_trainer.user_io.atomic import atomic_write_bytes
 from pokedex_trainer.search.storage import SEARCH_DIR, best_trial, open_storage, trial_rows
+from pokedex_trainer.user_io.inert_text import spreadsheet_row
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(spreadsheet_row(row) for row in rows)
     atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
