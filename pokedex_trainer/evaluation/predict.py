@@ -43,7 +43,9 @@ def _quiet_logger(name: str):
 
 
 def _threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    """OMP_NUM_THREADS when it is a whole number above 0, else every core."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else os.cpu_count() or 1
 
 
 class Predictor:
@@ -234,14 +236,20 @@ class OnnxPredictor(_SidecarPredictor):
     def load(self):
         import onnxruntime as ort
 
+        from pokedex_trainer.evaluation.bounded_runs import CallDeadline, check_onnx_graph
+
+        check_onnx_graph(self.path)  # before the runtime reads it: no loop that never ends
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self._deadline, self._run_options = CallDeadline(self.path), ort.RunOptions
 
     def _run(self, x):
-        return self.session.run(None, {self.input_name: x})[0]
+        return self._deadline.run(
+            lambda options: self.session.run(None, {self.input_name: x}, options)[0],
+            self._run_options)
 
 
 class TFLitePredictor(_SidecarPredictor):
@@ -252,7 +260,10 @@ class TFLitePredictor(_SidecarPredictor):
     def load(self):
         from ai_edge_litert.interpreter import Interpreter
 
+        from pokedex_trainer.evaluation.bounded_runs import check_tflite_ops
+
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        check_tflite_ops(self.path, self.interpreter)  # before any invoke
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = None

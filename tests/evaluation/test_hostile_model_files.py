@@ -419,3 +419,66 @@ def test_a_savedmodel_with_a_link_is_refused_before_it_is_copied(tmp_path, tiny_
     photo = next(tiny_dataset.rglob("*.jpg"))
     assert run_main(evaluate_main, ["--model", str(folder), "--predict", str(photo)]) == 2
     assert "is a link or a special file" in _one_line_error(capsys)
+
+
+# --- models that never return (issue 32, item 2) ----------------------------------------------
+
+def _endless_onnx(path: Path, classes: int = 3, size: int = 32) -> Path:
+    """A 1 KB ONNX model whose answer is a Loop of 2^62 iterations, with a valid sidecar."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pokedex_trainer.evaluation.model_files import ModelInfo, sidecar_path
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [None, classes])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [None, classes])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+         helper.make_node("Loop", ["trip", "cond", "m"], ["out"], body=body)], "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, size, size, classes])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, classes])],
+        [helper.make_tensor("trip", TensorProto.INT64, [], [2 ** 62]),
+         helper.make_tensor("cond", TensorProto.BOOL, [], [True])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    info = ModelInfo(["Gato", "León", "Perro"], (size, size), "NHWC", [0.0] * 3, [1.0] * 3,
+                     "tiny_keras", "tiny", "keras", "probabilities")
+    sidecar_path(path).write_text(json.dumps(info.to_sidecar()), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("how", ["--predict", "--data_path"])
+def test_an_onnx_loop_that_never_ends_is_refused_in_one_line(how, tmp_path, tiny_dataset,
+                                                             capsys):
+    model = _endless_onnx(tmp_path / "endless.onnx")
+    assert model.stat().st_size < 2048
+    target = str(tiny_dataset / "Gato") if how == "--predict" else str(tiny_dataset)
+    code = run_main(evaluate_main, ["--model", str(model), how, target, "--output_dir",
+                                    str(tmp_path / "out"), "--latency_runs", "1"])
+    assert code == 2
+    assert "Loop" in _one_line_error(capsys)
+
+
+def test_a_model_call_past_its_deadline_is_stopped_in_one_line(tmp_path, monkeypatch):
+    """The second defence, for what the graph check cannot see: the runtime's terminate flag."""
+    import onnxruntime as ort
+
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.evaluation.bounded_runs import CALL_LIMIT_ENV, CallDeadline
+
+    model = _endless_onnx(tmp_path / "endless.onnx")
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    monkeypatch.setenv(CALL_LIMIT_ENV, "0.2")
+    deadline = CallDeadline(model)
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    with pytest.raises(UserError, match="did not answer within 0.2 s"):
+        deadline.run(lambda options: session.run(None, {"x": x}, options), ort.RunOptions)
+    monkeypatch.setenv(CALL_LIMIT_ENV, "soon")
+    with pytest.raises(UserError, match=CALL_LIMIT_ENV):
+        CallDeadline(model)

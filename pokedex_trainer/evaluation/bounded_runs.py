@@ -1,0 +1,132 @@
+"""Every model run on a user's behalf ends, or is refused, within a bound.
+
+A 1 KB ONNX or TFLite file can hold a loop of 2^62 iterations: opened and run as given, it
+never returns and prints nothing. Two defences, both before a result is trusted:
+
+* Refused before loading: control-flow operators that repeat (ONNX ``Loop`` and ``Scan``,
+  TFLite ``WHILE``), in the graph or any subgraph. No network this tool trains or exports uses
+  them, so a file that holds one did not come from here.
+* Bounded while running: every ONNX Runtime call has a deadline (``POKEDEX_MODEL_CALL_LIMIT``
+  seconds, 600 by default: far above a real batch of the largest network on a CPU) after which
+  its terminate flag is set and the command ends with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from pokedex_trainer.errors import UserError
+
+CALL_LIMIT_ENV = "POKEDEX_MODEL_CALL_LIMIT"
+DEFAULT_CALL_LIMIT_S = 600.0
+ONNX_REPEATING_OPS = {"Loop", "Scan"}
+TFLITE_REPEATING_OPS = {"WHILE"}
+
+
+def call_limit_s() -> float:
+    """Seconds one model call may take (``POKEDEX_MODEL_CALL_LIMIT``)."""
+    text = os.environ.get(CALL_LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CALL_LIMIT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e7:
+        raise UserError(f"{CALL_LIMIT_ENV}={text!r} is not a number of seconds above 0")
+    return value
+
+
+def _repeating_ops(graph) -> set[str]:
+    """Repeating operators of an ONNX graph and of every subgraph in its attributes."""
+    found, pending = set(), [graph]
+    while pending:  # a list, not recursion: a hostile file may nest deeper than Python's stack
+        current = pending.pop()
+        for node in current.node:
+            if node.op_type in ONNX_REPEATING_OPS:
+                found.add(node.op_type)
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+    return found
+
+
+def check_onnx_graph(path: Path) -> None:
+    """Refuse an ONNX file whose graph repeats (see the module's notes) before any runtime
+    opens it (ONNX Runtime may fold a loop of constants while loading)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, a recursion limit...
+        from pokedex_trainer.errors import reason_line
+
+        raise UserError(f"'{path}' is not a readable ONNX file: {reason_line(exc)}") from None
+    repeating = _repeating_ops(model.graph) | {op for function in model.functions
+                                               for op in _repeating_ops(function)}
+    if repeating:
+        raise UserError(f"'{path}' holds {', '.join(sorted(repeating))} operators (a loop that "
+                        "may never end); no model this tool exports has one, so it is not run")
+
+
+def check_tflite_ops(path: Path, interpreter) -> None:
+    """Refuse a TFLite file with a WHILE loop (checked after loading, before any invoke)."""
+    ops = {detail.get("op_name", "") for detail in interpreter._get_ops_details()}
+    repeating = ops & TFLITE_REPEATING_OPS
+    if repeating:
+        raise UserError(f"'{path}' holds {', '.join(sorted(repeating))} operators (a loop that "
+                        "may never end); no model this tool exports has one, so it is not run")
+
+
+class CallDeadline:
+    """One watcher thread per model: sets a running call's terminate flag at its deadline.
+
+    Args:
+        path: the model, for the message.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.limit = call_limit_s()
+        self._condition = threading.Condition()
+        self._armed = None  # (run options, deadline) of the call in progress
+        self._thread = None
+
+    def run(self, call, make_options):
+        """``call(options)`` with ``options = make_options()``, stopped at the deadline."""
+        options = make_options()
+        with self._condition:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True,
+                                                name="model-call-deadline")
+                self._thread.start()
+            self._armed = (options, time.monotonic() + self.limit)
+            self._condition.notify()
+        try:
+            return call(options)
+        except Exception:
+            if options.terminate:
+                raise UserError(f"'{self.path}' did not answer within {self.limit:g} s and was "
+                                f"stopped ({CALL_LIMIT_ENV} sets the limit)") from None
+            raise
+        finally:
+            with self._condition:
+                self._armed = None
+
+    def _watch(self) -> None:
+        with self._condition:
+            while True:
+                if self._armed is None:
+                    self._condition.wait()
+                    continue
+                options, deadline = self._armed
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    options.terminate = True
+                    self._armed = None
+                else:
+                    self._condition.wait(remaining)
