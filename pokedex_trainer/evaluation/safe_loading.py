@@ -73,15 +73,53 @@ def is_code_bearing(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".pt"
 
 
+def check_trust_store() -> Path:
+    """Before an export writes a code-bearing file: the trust store is this tool's (absent, or
+    only its JSON lines) and can take a line. UserError naming it otherwise: a file of the
+    user's that ``POKEDEX_TRUST_STORE`` points at never gets a line appended."""
+    store = trust_store_path()
+    if store.exists() or store.is_symlink():
+        try:
+            text = store.read_text(encoding="utf-8") if store.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            text = None
+        lines = [] if text is None else [line for line in text.splitlines() if line.strip()]
+        if text is None or not all(_is_trust_entry(line) for line in lines):
+            raise UserError(f"the trust store '{store}' ({TRUST_STORE_ENV}) is not this tool's "
+                            "record of the files it wrote, so nothing is added to it: point "
+                            f"{TRUST_STORE_ENV} at a new file")
+        if not os.access(store, os.W_OK):
+            raise UserError(f"the trust store '{store}' ({TRUST_STORE_ENV}) cannot be written: "
+                            "TorchScript and SavedModel exports are recorded there")
+    else:
+        parent = next((p for p in store.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"the trust store '{store}' ({TRUST_STORE_ENV}) cannot be created: "
+                            "TorchScript and SavedModel exports are recorded there")
+    return store
+
+
+def _is_trust_entry(line: str) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+
+
 def remember_written(path: Path) -> str:
     """Record a code-bearing file this tool has just written and checked; returns its hash."""
     from pokedex_trainer.user_io.atomic import locked_append
 
     digest = file_sha256(path)
-    store = trust_store_path()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    locked_append(store, json.dumps({"sha256": digest, "path": str(Path(path).resolve()),
-                                     "date": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    store = check_trust_store()
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        locked_append(store, json.dumps({"sha256": digest, "path": str(Path(path).resolve()),
+                                         "date": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    except OSError as exc:
+        raise UserError(f"the trust store '{store}' ({TRUST_STORE_ENV}) cannot be written: "
+                        f"{exc.strerror or exc}") from None
     return digest
 
 

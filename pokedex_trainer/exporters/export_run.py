@@ -60,6 +60,10 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     if "web" not in wanted and (web_precision != "fp32" or threshold is not None):
         logger.warning("--web_precision and --threshold are for the web page, which this "
                        "export does not write (--formats web): ignored")
+    if {"torchscript", "savedmodel"} & set(wanted):  # recorded in the trust store
+        from pokedex_trainer.evaluation.safe_loading import check_trust_store
+
+        check_trust_store()
     out, record, written = export_folder(output_dir, run, source, framework, wanted,
                                          precisions, opset)  # may refuse: before any work
     if framework == "keras":

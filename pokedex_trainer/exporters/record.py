@@ -27,13 +27,28 @@ def record_results(results: list[ExportResult], json_path: Path, job: ExportJob)
         written = job.output_dir / result.file
         if result.passed and written.exists():
             # code-bearing formats open later only with this record (see evaluation/safe_loading.py)
-            entry["sha256"] = remember_written(written) if is_code_bearing(written) else \
+            entry["sha256"] = _remembered(written) if is_code_bearing(written) else \
                 file_sha256(written)
         entry["checked_on"] = job.check.description
         entry["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
         previous[result.file] = entry
     atomic_write_json(json_path, {"source_model": str(job.source),
                                   "files": list(previous.values())})
+
+
+def _remembered(written: Path) -> str:
+    """The trust record of a code-bearing file just written; a file that cannot be recorded
+    would never open again, so it is removed (this tool wrote it) and the export ends."""
+    from pokedex_trainer.errors import UserError
+
+    try:
+        return remember_written(written)
+    except UserError as exc:
+        import shutil
+
+        shutil.rmtree(written) if written.is_dir() else written.unlink(missing_ok=True)
+        Path(str(written) + ".json").unlink(missing_ok=True)
+        raise UserError(f"{exc}; '{written.name}' was removed again") from None
 
 
 def results_table(results: list[ExportResult]) -> str:

@@ -51,7 +51,28 @@ def check_runtime() -> Path:
     if missing:
         raise UserError(f"the web page needs ONNX Runtime Web ({', '.join(missing)} not in "
                         f"{folder}); install it with: {INSTALL}")
+    for name in RUNTIME_FILES:
+        problem = _runtime_file_problem(folder / name)
+        if problem:
+            raise UserError(f"'{folder / name}' is not ONNX Runtime Web's file ({problem}): "
+                            f"the page would not run; install it with: {INSTALL}")
     return folder
+
+
+def _runtime_file_problem(path: Path) -> str | None:
+    """Why a runtime file would make a broken page (or copy what a link points to)."""
+    if path.is_symlink():
+        return "a link: only the files themselves are copied"
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if path.suffix == ".wasm":
+        return None if head.startswith(b"\0asm") else "no WebAssembly module"
+    try:
+        text = head.decode("utf-8", errors="strict") if len(head) < 4096 else \
+            head[:4000].decode("utf-8", errors="ignore")
+    except UnicodeDecodeError:
+        return "not JavaScript text"
+    return None if text.strip() and "\0" not in text else "not JavaScript text"
 
 
 def runtime_version(folder: Path) -> str:

@@ -45,6 +45,9 @@ def open_storage(url: str | None, folder: Path, name: str, create: bool = True):
         if create:
             ensure_writable_dir(folder, "search folder")
         url = "sqlite:///" + (folder / f"{name}.db").resolve().as_posix()
+    elif "${" in url or "$(" in url:
+        raise UserError(f"--search_storage '{url}' holds a variable that was not expanded "
+                        "(${...}): give the path itself, or let your shell expand it")
     elif "://" not in url:
         if not url.lower().endswith((".log", ".journal", ".jsonl")):
             raise UserError(f"--search_storage '{url}': give a database URL (sqlite:///file.db,"
@@ -60,7 +63,48 @@ def open_storage(url: str | None, folder: Path, name: str, create: bool = True):
                             "file, such as sqlite:///search.db")
         if not create:
             check_search_database(Path(path))
+        else:
+            check_only_optuna_tables(Path(path))
     return rdb_storage(url, create=create)
+
+
+# the tables Optuna's RDBStorage creates (optuna 5): a database holding any other is not a
+# search database, and Optuna's tables are never added to it
+OPTUNA_TABLES = {"alembic_version", "studies", "study_directions", "study_system_attributes",
+                 "study_user_attributes", "trial_heartbeats", "trial_intermediate_values",
+                 "trial_params", "trial_system_attributes", "trial_user_attributes",
+                 "trial_values", "trials", "version_info"}
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file, read without changing it."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    finally:
+        connection.close()
+
+
+def check_only_optuna_tables(path: Path) -> None:
+    """Before a search writes to an SQLite file: it is new, empty, or a search database
+    (only Optuna's tables); another application's database or any other file is refused."""
+    import sqlite3
+
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    try:
+        foreign = _sqlite_tables(path) - OPTUNA_TABLES
+    except sqlite3.Error as exc:
+        raise UserError(f"--search_storage: '{path}' is not an SQLite database ({exc}); "
+                        "give a new file or a search database") from None
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise UserError(f"--search_storage: '{path}' is another application's database "
+                        f"(tables {shown}); a search adds its tables only to a new file or a "
+                        "search database")
 
 
 def check_search_database(path: Path) -> None:
@@ -70,12 +114,7 @@ def check_search_database(path: Path) -> None:
     if not path.is_file():
         raise UserError(f"--search: no search database '{path}'")
     try:
-        connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            connection.close()
+        tables = _sqlite_tables(path)
     except sqlite3.Error as exc:
         raise UserError(f"--search: '{path}' is not an SQLite database ({exc})") from None
     if not {"studies", "trials"} <= tables:
@@ -89,6 +128,7 @@ def journal_storage(path: Path):
 
     if not path.parent.is_dir():
         raise UserError(f"--search_storage: the folder of '{path}' does not exist")
+    check_journal_lines(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -97,6 +137,33 @@ def journal_storage(path: Path):
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # not a journal
         raise UserError(f"--search_storage: '{path}' is not an Optuna journal file "
                         f"({type(exc).__name__})") from None
+
+
+def check_journal_lines(path: Path) -> None:
+    """An existing journal must be Optuna's, whole: one JSON operation per line, the last one
+    ended. Optuna skips a cut last line, then appends after it and so spoils the next one:
+    such a file is refused, left as it is."""
+    import json
+
+    if not path.is_file():
+        return
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data:
+        return
+    lines = data.split(b"\n")
+    if lines[-1]:
+        raise UserError(f"--search_storage: '{path}' ends in a cut line (a process stopped "
+                        "while writing it?); it is left as it is: remove its last, incomplete "
+                        "line, or give a new file")
+    for number, line in enumerate(lines[:-1], 1):
+        try:
+            operation = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            operation = None
+        if not (isinstance(operation, dict) and "op_code" in operation):
+            raise UserError(f"--search_storage: '{path}' is not an Optuna journal file (line "
+                            f"{number} is no journal entry); it is left as it is")
 
 
 DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql (and a mysql+pymysql:// URL)"}

@@ -88,7 +88,7 @@ def test_web_is_a_format_of_both_frameworks_and_its_runtime_is_checked_first(mon
     runtime = tmp_path / "dist"
     runtime.mkdir()
     for name in web_page.RUNTIME_FILES:
-        (runtime / name).write_bytes(b"x")
+        (runtime / name).write_bytes(b"\0asm\1\0\0\0" if name.endswith(".wasm") else b"x")
     monkeypatch.setenv("POKEDEX_ORT_WEB", str(runtime))
     assert parse_formats("all", "keras")[-1] == "web"
     assert parse_formats("web", "torch") == ["web"]
@@ -96,6 +96,31 @@ def test_web_is_a_format_of_both_frameworks_and_its_runtime_is_checked_first(mon
         "m_best.onnx", "m_best.onnx.json", "web"]
     with pytest.raises(UserError, match="--web_precision fp8"):
         web_page.check_precision("fp8")
+
+
+def test_a_runtime_folder_of_links_or_other_files_is_refused(monkeypatch, tmp_path):
+    """Issue 32, item 4: POKEDEX_ORT_WEB's files are copied into the page: a link would copy
+    what it points to, a file that is not the runtime would make a page that never runs."""
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.exporters import web_page
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private", encoding="utf-8")
+    runtime = tmp_path / "dist"
+    runtime.mkdir()
+    for name in web_page.RUNTIME_FILES:
+        (runtime / name).write_bytes(b"\0asm\1\0\0\0" if name.endswith(".wasm") else b"x")
+    monkeypatch.setenv("POKEDEX_ORT_WEB", str(runtime))
+    assert web_page.check_runtime() == runtime
+    (runtime / "ort.wasm.min.js").unlink()
+    (runtime / "ort.wasm.min.js").symlink_to(secret)
+    with pytest.raises(UserError, match="a link"):
+        web_page.check_runtime()
+    (runtime / "ort.wasm.min.js").unlink()
+    (runtime / "ort.wasm.min.js").write_bytes(b"x")
+    (runtime / "ort-wasm-simd-threaded.wasm").write_bytes(b"<html>not found</html>")
+    with pytest.raises(UserError, match="no WebAssembly module"):
+        web_page.check_runtime()
 
 
 def test_the_page_config_comes_from_the_sidecar():

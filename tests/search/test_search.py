@@ -289,3 +289,31 @@ def test_two_processes_share_one_study(tiny_dataset, tmp_path):
     assert pids == {first.pid, second.pid}  # both processes ran trials
     rows = experiment_rows(tmp_path)
     assert sorted(r["search_trial"] for r in rows) == sorted(str(t.number) for t in trials)
+
+
+def test_a_search_never_writes_into_a_file_that_is_not_its_own(tiny_dataset, tmp_path, capsys):
+    """Issue 32, items 4 and 7: another application's SQLite database, a journal cut in the
+    middle of a line, a path with an unexpanded variable: one line each, the file unchanged."""
+    import sqlite3
+
+    from pokedex_trainer.cli.commands import run_main, train_main
+
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE customers (name TEXT)")
+    cut = tmp_path / "cut.log"
+    cut.write_bytes(b'{"op_code": 0, "worker_id": "x", "study_name": "s", "directions": [1]}\n'
+                    b'{"op_code": 5, "wor')
+    notes = tmp_path / "notes.log"
+    notes.write_bytes(b"my own notes\n")
+    cases = [(f"sqlite:///{foreign}", "another application's database"),
+             (str(cut), "ends in a cut line"), (str(notes), "not an Optuna journal"),
+             ("sqlite:///${HOME}/search.db", "not expanded")]
+    for storage, message in cases:
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        argv = tiny_search_argv(tiny_dataset, tmp_path, 1, "--search_storage", storage)
+        assert run_main(train_main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and message in err, err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "runs" / "s_trial000").exists()

@@ -199,3 +199,42 @@ def test_search_report_keeps_a_users_own_file_and_reruns_into_its_own(tmp_path, 
     assert run_main(evaluate_main, argv) == 2
     assert "best_command.txt" in _one_line_error(capsys)
     assert (out / "best_command.txt").read_bytes() == USER_BYTES
+
+
+@pytest.mark.parametrize("kind", ["a user's text file", "under a file"])
+def test_a_trust_store_that_is_not_the_tools_is_never_written(kind, torch_run, tmp_path,
+                                                              monkeypatch, capsys):
+    """Issue 32, items 4 and 7: POKEDEX_TRUST_STORE at a user's file gets no line appended;
+    one that cannot be created is named; no exported file is left behind either way."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(USER_BYTES)
+    store = notes if kind == "a user's text file" else notes / "trusted_models.jsonl"
+    monkeypatch.setenv("POKEDEX_TRUST_STORE", str(store))
+    out = tmp_path / "out"
+    code = run_main(export_main, ["--run_dir", str(torch_run), "--formats", "torchscript",
+                                  "--output_dir", str(out), *FAST_EXPORT])
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert str(store) in err and "POKEDEX_TRUST_STORE" in err
+    assert notes.read_bytes() == USER_BYTES
+    assert not out.exists() or not list(out.glob("*.pt"))
+
+
+def test_an_export_that_cannot_be_recorded_is_removed_again(torch_run, tmp_path, monkeypatch,
+                                                             capsys):
+    """The store went bad between the check and the record: the .pt would never open again."""
+    from pokedex_trainer.exporters import record
+
+    def refuse(path):
+        from pokedex_trainer.errors import UserError
+
+        raise UserError("the trust store 'x' (POKEDEX_TRUST_STORE) cannot be written: full")
+
+    monkeypatch.setattr(record, "remember_written", refuse)
+    out = tmp_path / "out"
+    code = run_main(export_main, ["--run_dir", str(torch_run), "--formats", "torchscript",
+                                  "--output_dir", str(out), *FAST_EXPORT])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "was removed again" in err, err
+    assert not list(out.glob("*.pt")) and not list(out.glob("*.pt.json"))
