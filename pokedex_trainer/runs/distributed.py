@@ -24,16 +24,44 @@ from pathlib import Path
 from pokedex_trainer.errors import UserError
 
 
+def _whole(name: str, default: int, least: int) -> int:
+    """A whole number torchrun puts in the environment; UserError for anything else."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not (text.isdigit() and int(text) >= least):
+        raise UserError(f"{name}={text!r} is not a whole number of at least {least}: torchrun "
+                        f"sets it; without torchrun unset {name}")
+    return int(text)
+
+
 def world() -> tuple[int, int]:
-    """(global rank, world size) when started by torchrun, else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    """(global rank, world size) when started by torchrun, else (0, 1).
+
+    Raises UserError when the environment names a group that torchrun did not start (a
+    WORLD_SIZE left set in a shell, without MASTER_ADDR and MASTER_PORT): joining it would
+    wait for processes that never come.
+    """
+    size = _whole("WORLD_SIZE", 1, 1)
+    rank = _whole("RANK", 0, 0)
+    if rank >= size:
+        raise UserError(f"RANK={rank} is not below WORLD_SIZE={size}: start several processes "
+                        "with torchrun, or unset RANK and WORLD_SIZE")
+    if size > 1:
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            raise UserError(f"WORLD_SIZE={size} is set but {' and '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not: start several "
+                            "processes with torchrun (docs/multi-gpu.md), or unset WORLD_SIZE "
+                            "and RANK to train in one")
+    return rank, size
 
 
 def describe_group() -> str:
     """One line for the run's log: how many processes on how many machines."""
     rank, size = world()
-    nodes = int(os.environ.get("GROUP_WORLD_SIZE", 1))
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+    nodes = _whole("GROUP_WORLD_SIZE", 1, 1)
+    per_node = _whole("LOCAL_WORLD_SIZE", size, 1)
     return (f"torchrun: {size} processes on {nodes} machine{'s' if nodes > 1 else ''} "
             f"({per_node} per machine); rank 0 on {socket.gethostname()} writes the run")
 

@@ -83,7 +83,9 @@ def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:
         raise UserError(f"--search_trials does not combine with {', '.join(others)}: each "
                         "trial is a run named <search_name>_trialNNN; resume, export or "
                         "evaluate one with its run directory")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    from pokedex_trainer.runs.distributed import world
+
+    if world()[1] > 1:
         raise UserError("a search does not run under torchrun: start it in several plain "
                         "processes sharing one --search_storage instead")
 
