@@ -65,10 +65,27 @@ def _run_with_exit_code(main, argv: list[str] | None) -> int:
     return int(code or 0)
 
 
-def train_main(argv: list[str] | None = None) -> None:
-    """``train_professional_models.py``: parse, train, report."""
+SHORT_TRAIN_USAGE = """\
+usage: python train_professional_models.py --data_path DIR --model_type {efficientnet,resnet,mobilenet} [options]
+  e.g. python train_professional_models.py --data_path data/training --model_type mobilenet --epochs 10
+  python train_professional_models.py --help lists every option; the README's quick start
+  trains on the embedded demo data in minutes.
+No option was given, so nothing was started (a PowerShell command with backtick line ends,
+pasted into bash, arrives like this: join its lines, or replace each ` with \\)."""
+
+
+def train_main(argv: list[str] | None = None) -> int | None:
+    """``train_professional_models.py``: parse, train, report. With no argument at all it
+    prints a short usage and exits with 2: a full EfficientNetB7 run is never started by
+    accident."""
+    import sys
+
+    if (sys.argv[1:] if argv is None else argv) == []:
+        print(SHORT_TRAIN_USAGE, file=sys.stderr)
+        return 2
     config, actions = parse_train_command(argv)  # --help exits here, before heavy imports
     train_command(config, actions)
+    return None
 
 
 def train_command(config: TrainConfig, actions: dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pokedex_trainer.cli.script_parser import PREFIX_NOTE, ScriptParser
 from pokedex_trainer.config import SCRATCH_DEFAULTS, TrainConfig, default_workers
 from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS
 
@@ -17,7 +18,8 @@ def _defaults_line() -> str:
     scratch = " ".join(f"--{name} {value}" for name, value in SCRATCH_DEFAULTS.items())
     return ("per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
             + "\n\nfrom scratch (--weights none), the options you leave out take the measured "
-            f"recipe:\n  {scratch}\n(see docs/training.md, \"The from-scratch recipe\")")
+            f"recipe:\n  {scratch}\n(see docs/training.md, \"The from-scratch recipe\")\n\n"
+            + PREFIX_NOTE)
 
 
 def _batch_size(value: str):
@@ -38,7 +40,7 @@ EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras mode
 def build_train_parser() -> argparse.ArgumentParser:
     """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
     d = TrainConfig()
-    parser = argparse.ArgumentParser(
+    parser = ScriptParser(
         prog="train_professional_models.py",
         description="Train an animal classifier in two phases: a new head on a frozen ImageNet "
         "backbone, then the last layers unfrozen at a lower learning rate.",
@@ -309,8 +311,8 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     """Parser of ``prepare_dataset.py``."""
     from pokedex_trainer.prepare.convert import MODES
 
-    parser = argparse.ArgumentParser(
-        prog="prepare_dataset.py",
+    parser = ScriptParser(
+        prog="prepare_dataset.py", epilog=PREFIX_NOTE,
         description="Standardize a raw photo collection (one folder per class) into a clean "
                     "training folder, and report unreadable files, duplicates, small images and "
                     "class balance.")
@@ -338,8 +340,8 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
+    parser = ScriptParser(
+        prog="evaluate.py", epilog=PREFIX_NOTE,
         description="Evaluate a trained or exported model on images it never saw (accuracy, "
                     "top-5, per-class precision/recall/F1, confusion matrix, calibration, "
                     "latency), an ensemble of runs, predict photos for the app, or compare "
@@ -393,8 +395,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="export.py",
+    parser = ScriptParser(
+        prog="export.py", epilog=PREFIX_NOTE,
         description="Export a trained model to TFLite / ONNX / SavedModel (Keras) or "
                     "TorchScript / torch.export / ONNX (PyTorch). Every file is checked against "
                     "its source model on validation images, in its own runtime, before it is "

@@ -67,3 +67,42 @@ def test_evaluate_and_export_without_a_model_say_what_they_need():
     result = subprocess.run([sys.executable, "export.py"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 2 and "--run_dir --model is required" in result.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--learning-rate", "0.001"], "did you mean --learning_rate?"),
+    (["--model_type", "EfficientNet"], "did you mean --model_type efficientnet?"),
+    (["--image_size", "224"], "--image_size HEIGHT WIDTH"),
+    (["--modeltype", "resnet"], "did you mean --model_type?"),
+])
+def test_a_mistyped_option_is_one_line_with_the_nearest_spelling(argv, expected, capsys):
+    """Issue 32, item 11: not 45 lines of usage before the one that matters."""
+    from pokedex_trainer.cli.commands import run_main, train_main
+
+    assert run_main(train_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert expected in err
+
+
+def test_no_arguments_start_nothing_and_print_a_short_usage(tmp_path, monkeypatch, capsys):
+    """The guide's PowerShell command pasted into bash arrives with no option at all."""
+    import sys
+
+    from pokedex_trainer.cli.commands import run_main, train_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train_professional_models.py"])
+    assert run_main(train_main) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and len(err.splitlines()) < 10
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_says_options_may_be_shortened(capsys):
+    from pokedex_trainer.cli.parsers import (build_evaluate_parser, build_export_parser,
+                                             build_prepare_parser, build_train_parser)
+
+    for build in (build_train_parser, build_prepare_parser, build_evaluate_parser,
+                  build_export_parser):
+        assert "--epoch means --epochs" in " ".join(build().format_help().split())
