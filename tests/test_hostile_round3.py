@@ -38,3 +38,62 @@ def test_omp_num_threads_that_is_no_number_does_not_crash_evaluate(torch_run, tm
     assert run_main(evaluate_main, ["--run_dir", str(torch_run), "--output_dir",
                                     str(tmp_path / "out"), "--latency_runs", "1",
                                     "--latency_batch", "2"]) == 0
+
+
+# --- item 12: small lies and leftovers --------------------------------------------------------
+
+def test_a_refused_resume_leaves_no_lock_in_the_folder(dataset_copy, capsys):
+    before = sorted(p.name for p in dataset_copy.iterdir())
+    assert run_main(train_main, ["--resume", str(dataset_copy)]) == 2
+    assert "not a run directory" in _last_error(capsys)
+    assert sorted(p.name for p in dataset_copy.iterdir()) == before
+
+
+def test_export_of_a_model_file_given_as_run_dir_says_to_use_model(torch_run, capsys):
+    from pokedex_trainer.cli.commands import export_main
+
+    model = torch_run / "tiny_torch_best.pth"
+    assert run_main(export_main, ["--run_dir", str(model)]) == 2
+    assert f"--model '{model}'" in _last_error(capsys)
+
+
+def test_predict_on_a_file_that_is_no_image_fails_and_names_why(torch_run, tmp_path, capsys):
+    text = tmp_path / "README.md"
+    text.write_text("# not a photo\n", encoding="utf-8")
+    assert run_main(evaluate_main, ["--run_dir", str(torch_run), "--predict", str(text)]) == 2
+    err = _last_error(capsys)
+    assert "not an image" in err and "BytesIO" not in err
+
+
+def test_without_the_requirements_each_script_gives_the_install_line(tmp_path):
+    """python -S: no site-packages, as on a machine where pip install was skipped."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for script in ("train_professional_models.py", "prepare_dataset.py", "evaluate.py"):
+        result = subprocess.run([sys.executable, "-S", str(ROOT / script), "--data_path",
+                                 str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "pip install -r requirements.txt" in result.stderr.strip().splitlines()[-1]
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_others_kept(capfd, monkeypatch):
+    import os
+
+    from pokedex_trainer.machine.native_noise import without_native_noise
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    noise = (b"WARNING: All log messages before absl::InitializeLog() is called are written "
+             b"to STDERR\nE0000 00:00:1796648651.279826    8528 cuda_platform.cc:52] failed "
+             b"call to cuInit: INTERNAL: CUDA error\n")
+    with without_native_noise():
+        os.write(2, noise + b"a real problem\n")
+    assert capfd.readouterr().err == "a real problem\n"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # asked for: shown as TensorFlow would
+    with without_native_noise():
+        os.write(2, noise)
+    assert "cuInit" in capfd.readouterr().err

@@ -52,6 +52,12 @@ def _run_with_exit_code(main, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # the requirements are not installed (or not all)
+        if not exc.name or exc.name.split(".")[0] == "pokedex_trainer":
+            raise
+        print(f"error: the package '{exc.name.split('.')[0]}' is not installed: run 'python -m "
+              "pip install -r requirements.txt' (see the README's quick start)", file=sys.stderr)
+        return 2
     except OSError as exc:  # a folder it cannot write, a disk that filled...
         import errno
 

@@ -73,8 +73,16 @@ def read_image(path: Path | str, min_size: tuple[int, int] | None = None) -> np.
     except UnreadableImageError:
         raise
     except Exception as exc:  # Pillow raises many types for bad files; all mean "unreadable".
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnreadableImageError(path, reason) from None
+        raise UnreadableImageError(path, _pillow_reason(exc)) from None
+
+
+def _pillow_reason(exc: Exception) -> str:
+    """Pillow's complaint as a user reads it (its "cannot identify image file
+    <_io.BytesIO object at 0x...>" names a buffer, not the file)."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if reason.startswith("cannot identify image file"):
+        return "not an image (no JPEG or PNG content)"
+    return reason
 
 
 def probe_image(path: Path | str) -> tuple[int, int]:
@@ -90,4 +98,4 @@ def probe_image(path: Path | str) -> tuple[int, int]:
                 width, height = height, width
             return width, height
     except Exception as exc:
-        raise UnreadableImageError(path, str(exc).splitlines()[0] or type(exc).__name__) from None
+        raise UnreadableImageError(path, _pillow_reason(exc)) from None

@@ -140,7 +140,9 @@ def import_frameworks(frameworks: set[str]) -> None:
         backend = reading_backend()
         activate(backend)
         if backend == "tensorflow":
-            import tensorflow  # noqa: F401
+            from pokedex_trainer.machine.native_noise import import_tensorflow_quietly
+
+            import_tensorflow_quietly()
 
 
 def class_names_near(model_path: Path) -> list[str] | None:

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 def best_model_of(run_dir: Path) -> Path:
     """``<arch>_best.keras`` or ``<arch>_best.pth`` of a run directory, by its exact name."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise UserError(f"'{run_dir}' is a file, not a run directory: give a model file with "
+                        f"--model '{run_dir}', or its folder with --run_dir")
     if not run_dir.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
     store = RunStore(run_dir)

@@ -104,7 +104,9 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
         context, notes = create_run(config)
         return context, None, notes, _lock_new_run(context)
     store = RunStore(Path(resume_dir))
-    if store.is_run() and store.finished_status():
+    if not store.is_run():  # before the lock: no .lock file left in a folder of someone else's
+        raise UserError(f"--resume: '{resume_dir}' is not a run directory (no config.json)")
+    if store.finished_status():
         return None
     lock = store.lock()
     try:

@@ -138,3 +138,7 @@ def activate(backend: str) -> None:
         raise UserError(f"Keras backend {backend}: {PACKAGE[backend]} is not installed; install "
                         f"it with: {INSTALL[backend]}")
     os.environ["KERAS_BACKEND"] = backend
+    if backend == "tensorflow":  # its start-up lines on stderr look like errors: kept quiet
+        from pokedex_trainer.machine.native_noise import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
