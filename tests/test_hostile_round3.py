@@ -97,3 +97,11 @@ def test_tensorflow_start_up_lines_are_dropped_and_others_kept(capfd, monkeypatc
     with without_native_noise():
         os.write(2, noise)
     assert "cuInit" in capfd.readouterr().err
+
+
+def test_the_test_loss_training_prints_says_it_is_the_objective(torch_run):
+    """The shared run trains from scratch: label smoothing 0.1, so its loss is not evaluate's."""
+    log = (torch_run / "training.log").read_text(encoding="utf-8")
+    line = next(line for line in log.splitlines() if "test split: accuracy" in line)
+    assert "the training objective, with label smoothing 0.1" in line
+    assert "evaluate.py reports the plain cross-entropy" in line

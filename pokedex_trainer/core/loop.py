@@ -270,7 +270,15 @@ def evaluate_split(backend: TrainingBackend, context: RunContext, split: str) ->
         return {}
     metrics = backend.evaluate(split)
     INTERRUPT.check()  # a pass cut short by Ctrl-C gives no metrics
-    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f", split,
+    # the loss is the training objective; evaluate.py reports the plain cross-entropy, which
+    # differs from it by the label smoothing and the class weights
+    config = context.config
+    objective = [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+    if config.class_weight != "none":
+        objective.append(f"{config.class_weight} class weights")
+    note = (f" (the training objective, with {' and '.join(objective)}; evaluate.py reports "
+            "the plain cross-entropy)") if objective else ""
+    logger.info("%s split: accuracy %.4f, top-5 %.4f, loss %.4f%s", split,
                 metrics.get("accuracy", math.nan), metrics.get("top5_accuracy", math.nan),
-                metrics.get("loss", math.nan))
+                metrics.get("loss", math.nan), note)
     return metrics

@@ -165,3 +165,13 @@ def test_mixed_layouts_are_said_and_reports_are_not_photos(tmp_path):
     dollar = animals10_archive(tmp_path / "pr$ice", per_class=1, size=(16, 16))
     assert shlex.split(prepare_command(find_image_roots(dollar)))[3] == \
         str(dollar / "raw-img")
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["cane", "gatto"], True), (["Cane", "gatto", "ragno"], True), (["cane"], False),
+    (["cane", "gatto", "Perro"], False), (["Gato", "Perro"], False)])
+def test_a_part_of_animals10_is_recognised_too(names, expected):
+    """Issue 32, item 12: a user who kept 3 of the 10 Italian folders gets them renamed too."""
+    from pokedex_trainer.data.archives import looks_like_animals10
+
+    assert looks_like_animals10(names) is expected
