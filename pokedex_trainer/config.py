@@ -73,6 +73,7 @@ class TrainConfig:
     histogram_freq: int = 1
     save_every: int = 0
     save_h5: bool = False  # Keras: also <arch>_final_<stamp>.h5 (legacy HDF5) beside the .keras
+    keep_resume: bool = False  # a finished run keeps resume/ (by default it is removed)
     class_weight: str = "none"
     sampler: str = "none"
     deterministic: bool = False

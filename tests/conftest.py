@@ -112,14 +112,14 @@ def keras_run(tiny_dataset, shared_runs) -> Path:
     """A finished run of the tiny Keras network on the tiny dataset, trained by the real
     trainer and shared by the report, export and TensorBoard tests."""
     return train_tiny_run(tiny_dataset, shared_runs, "tiny_keras", "--histogram_freq", "1",
-                          "--epochs", "4")
+                          "--epochs", "4", "--keep_resume")  # tests of resume files read it
 
 
 @pytest.fixture(scope="session")
 def torch_run(tiny_dataset, shared_runs) -> Path:
     """A finished run of the tiny PyTorch network on the tiny dataset."""
     return train_tiny_run(tiny_dataset, shared_runs, "tiny_torch", "--histogram_freq", "1",
-                          "--epochs", "4")
+                          "--epochs", "4", "--keep_resume")
 
 
 @pytest.fixture(scope="session")

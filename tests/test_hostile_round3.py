@@ -105,3 +105,55 @@ def test_the_test_loss_training_prints_says_it_is_the_objective(torch_run):
     line = next(line for line in log.splitlines() if "test split: accuracy" in line)
     assert "the training objective, with label smoothing 0.1" in line
     assert "evaluate.py reports the plain cross-entropy" in line
+
+
+# --- item 13: disk ----------------------------------------------------------------------------
+
+def test_a_finished_run_drops_its_resume_state_unless_asked(tiny_dataset, tmp_path, capsys):
+    from pokedex_trainer.runs.store import RunStore
+
+    argv = tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch", run_name="lean", epochs=2)
+    assert run_main(train_main, argv) == 0
+    run = tmp_path / "runs" / "lean"
+    assert not (run / "resume").exists()
+    assert (run / "tiny_torch_best.pth").is_file() and list(run.glob("tiny_torch_final_*"))
+    log = (run / "training.log").read_text(encoding="utf-8")
+    assert "its resume state (resume/" in log and "--keep_resume keeps it" in log
+    assert RunStore(run).finished_status() == "completed"
+    assert run_main(train_main, ["--resume", str(run)]) == 0  # "already finished", as before
+    assert "already finished" in capsys.readouterr().out
+
+    kept = tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch", "--keep_resume",
+                         run_name="kept", epochs=2)
+    assert run_main(train_main, kept) == 0
+    assert (tmp_path / "runs" / "kept" / "resume" / "state.json").is_file()
+
+
+# --- item 8: resume on changed photos ---------------------------------------------------------
+
+def test_resume_says_which_photos_changed_since_the_run_started(dataset_copy, tmp_path,
+                                                                 caplog):
+    import json
+    import logging
+
+    from pokedex_trainer.data.synthetic import write_dataset
+    from pokedex_trainer.runs.opening import open_resumed_run
+
+    argv = tiny_run_argv(dataset_copy, tmp_path, "tiny_torch", "--keep_resume",
+                         run_name="run", epochs=1)
+    assert run_main(train_main, argv) == 0
+    run = tmp_path / "runs" / "run"
+    manifest = json.loads((run / "split_manifest.json").read_text(encoding="utf-8"))
+    photo = manifest["splits"]["train"][0][0]
+    assert photo in manifest["fingerprints"]
+    with caplog.at_level(logging.INFO):
+        open_resumed_run(run, None)
+    assert "changed since the run started" not in caplog.text
+    # the same name, another picture (as an editor or a new export would leave it)
+    other = write_dataset(tmp_path / "other", classes=("X",), per_class=1, size=(48, 48),
+                          seed=99)
+    (dataset_copy / photo).write_bytes(next((other / "X").iterdir()).read_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        open_resumed_run(run, None)
+    assert "1 photo(s) changed since the run started" in caplog.text and photo in caplog.text

@@ -52,6 +52,10 @@ def _run_with_exit_code(main, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RecursionError:  # a file nested deeper than Python's stack (JSON, YAML...)
+        print("error: an input file is nested too deeply to be read (thousands of levels): it "
+              "is not a file of this tool", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:  # the requirements are not installed (or not all)
         if not exc.name or exc.name.split(".")[0] == "pokedex_trainer":
             raise

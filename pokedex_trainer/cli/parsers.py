@@ -242,6 +242,10 @@ def _add_output_options(out, d: TrainConfig) -> None:
     out.add_argument("--save_h5", action="store_true",
                      help="Keras networks: also save the final model as <arch>_final_<stamp>.h5 "
                           "(legacy HDF5, the file the guide's snippets open) beside the .keras")
+    out.add_argument("--keep_resume", action="store_true",
+                     help="keep the run's resume state (resume/: the model and its optimizer, "
+                          "about 3x the model's size) once it finishes; by default a finished "
+                          "run keeps its best and final models only")
     out.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run from its last finished epoch, with its "
                           "own configuration (other flags but --workers are ignored)")

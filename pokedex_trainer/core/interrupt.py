@@ -38,6 +38,7 @@ GRACE_ENV = "POKEDEX_STOP_GRACE"
 DEFAULT_GRACE_S = 10.0
 RECORD_WAIT_S = 5.0  # the most the watcher waits for a record being written, then exits
 INTERRUPTED_EXIT_CODE = 130
+LOG_ONLY = "log_only"  # a log record's extra: for the run's log file, not the console
 _ends_on_stop = False  # inside terminate_as_interrupt: the process ends after a stop
 _STOP_WATCHING = b"\0"  # no signal has the number 0
 _watching = None  # the StopDeadline whose socket is the wakeup fd
@@ -236,9 +237,11 @@ class StopDeadline:
         backstop.daemon = True
         backstop.start()  # a record that hangs (a stuck disk, a held lock) cannot keep it up
         try:
-            logger.warning("%s: ending the process now", why)
-            if stack:
-                logger.warning("the main thread was here:\n%s", main_thread_stack())
+            logger.warning("%s: ending the process now%s", why,
+                           " (where it was stuck is in the run's training.log)" if stack else "")
+            if stack:  # for a bug report: in the run's log, not on the user's screen
+                logger.warning("the main thread was here:\n%s", main_thread_stack(),
+                               extra={LOG_ONLY: True})
             if self._lock.acquire(timeout=RECORD_WAIT_S) and not self._recorded:
                 self._recorded = True  # the lock stays held: the main thread records nothing
                 self._record()

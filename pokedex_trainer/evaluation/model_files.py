@@ -97,6 +97,9 @@ def read_sidecar(model_path: Path) -> dict:
         data = json.loads(read_regular_text(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"sidecar '{path}' is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[... nested deeper than Python's stack
+        raise UserError(f"sidecar '{path}' is not a sidecar of this tool (JSON nested "
+                        "thousands of levels deep)") from None
     except OSError as exc:
         raise UserError(f"sidecar '{path}' cannot be read: {exc.strerror or exc}") from None
     problem = sidecar_problem(data)

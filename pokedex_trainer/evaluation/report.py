@@ -67,7 +67,8 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
     model_path, run = model_and_run(run_dir, model)
     out = report_folder(options.output_dir, run, model_path)  # before any work: it may refuse
     predictor = load_for_run(model_path, run)
-    check_latency_batch(options.latency_batch, predictor.info.image_size)  # before any work
+    check_latency_batch(options.latency_batch, predictor.info.image_size,  # before any work
+                        predictor.info.model_type, predictor.info.source_framework)
     images = evaluation_images(run, data_path, predictor.info.class_names)
     member = Member(model_path.name, predictor, run,
                     calibration_file=Path(options.calibration) if options.calibration else None)

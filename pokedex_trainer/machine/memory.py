@@ -124,9 +124,14 @@ def refuse_unless_fits(need: int, what: str, advice: str) -> None:
                         f"its container or job limit leaves): {advice}")
 
 
-def check_latency_batch(batch: int, image_size: tuple[int, int]) -> None:
-    """``evaluate.py --latency_batch``: the tiled images (uint8) and their float32 input must
-    fit, checked before any work."""
-    refuse_unless_fits(input_bytes(batch, image_size) * 5 // 4,
-                       f"--latency_batch {batch} ({image_size[0]}x{image_size[1]} images)",
+def check_latency_batch(batch: int, image_size: tuple[int, int], model_type: str = "",
+                        framework: str = "") -> None:
+    """``evaluate.py --latency_batch``: the tiled images (uint8), their float32 input and the
+    forward pass of the network (machine/step_memory.py) must fit, checked before any work."""
+    from pokedex_trainer.machine.step_memory import inference_bytes
+
+    need = input_bytes(batch, image_size) // 4 + inference_bytes(model_type, framework, batch,
+                                                                 image_size)
+    refuse_unless_fits(need, f"--latency_batch {batch} ({image_size[0]}x{image_size[1]} "
+                             "images, the model's forward pass included)",
                        "use a smaller --latency_batch")

@@ -56,6 +56,15 @@ def _map_chunk(item: tuple) -> list:
 
 def _serve(conn, payload: bytes) -> None:
     """A worker's life: initialize, say ready, then answer tasks until told to stop."""
+    # Ctrl-C, timeout, kill -- -PGID and scancel signal the whole process group: the main
+    # process stops the run cleanly and then its workers; a worker that died of the signal
+    # first would turn that clean stop into a crash (a broken pipe inside the framework).
+    # A worker still ends with its parent (exit_with_parent) and when the pool closes.
+    import signal
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     # One thread per library: the workers are the parallelism (and threads count against the
     # process limit). Set before unpickling the payload imports numpy or OpenCV.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -62,6 +62,8 @@ def read_json(path: Path, remedy: str):
         fail(path, "is not UTF-8 text", remedy)
     except ValueError as exc:
         fail(path, f"is not valid JSON ({exc})", remedy)
+    except RecursionError:  # [[[[... nested deeper than Python's stack
+        fail(path, "is not a file of this tool (JSON nested thousands of levels deep)", remedy)
     except OSError as exc:
         fail(path, f"cannot be read ({exc.strerror or exc})", remedy)
 

@@ -169,6 +169,10 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         logger.info("--weights none: training from scratch, nothing is frozen")
     try:
         state.device = backend.device
+        if state.device.lower().startswith("cpu"):  # a GPU reports its own out-of-memory
+            from pokedex_trainer.machine.step_memory import check_training_step
+
+            check_training_step(context.config)
         saver = CheckpointSaver(context.store, context.timestamp, context.config.save_every,
                                 enabled=backend.main_process, save_h5=context.config.save_h5)
         # Every rank of a torchrun must stop at the same step, and PyTorch's training loop is
@@ -243,13 +247,16 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
         except UserError as exc:
             failure = exc
         except Exception as exc:  # out of memory, a full disk, a folder gone...
-            failure = RunFailed(f"training failed: {describe_failure(exc)}; what was saved is "
-                                f"kept in {context.run_dir}")
+            resumable = store.has_resume_state()
+            failure = RunFailed(f"training failed: {describe_failure(exc, resumable)}; what was "
+                                f"saved is kept in {context.run_dir}")
             failure.details = traceback.format_exc()
         unstarted = isinstance(failure, UserError) and state.epochs_run == epochs_before
         if not unstarted:
             summary = deadline.record_once(lambda: record_outcome(
                 context, state, status, started, test_metrics, failure))
+        if failure is None and summary is not None:
+            _drop_resume_state_of_finished(context)
     if getattr(failure, "details", None):
         store.append_to_log(failure.details)  # the traceback, for a bug report
     _end_live_log(live, status, failure)
@@ -265,6 +272,22 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     logger.info("done: best %s %s at epoch %s; outputs in %s", MONITOR,
                 summary["best_val_accuracy"], summary["best_epoch"], context.run_dir)
     return context.run_dir
+
+
+def _drop_resume_state_of_finished(context: RunContext) -> None:
+    """A finished run cannot be resumed: its resume state (the model with its optimizer,
+    about 3x the model) goes, unless --keep_resume; best and final models stay."""
+    store = context.store
+    try:
+        if context.config.keep_resume or not store.finished_status():
+            return
+        freed = store.drop_resume_state()
+    except (OSError, UserError) as exc:
+        logger.warning("the finished run's resume state was kept: %s", describe_failure(exc))
+        return
+    if freed:
+        logger.info("finished: its resume state (resume/, %.1f MB) was removed, the best and "
+                    "final models are kept (--keep_resume keeps it)", freed / 1e6)
 
 
 def _log_interrupted(context: RunContext) -> None:
@@ -317,8 +340,9 @@ def record_outcome(context: RunContext, state: RunState, status: str, started: f
     return summary
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One line for an error that ended a run."""
+def describe_failure(exc: BaseException, resumable: bool = True) -> str:
+    """One line for an error that ended a run; ``resumable``: the run has a resume state (a
+    full disk then says --resume, else to start again)."""
     import errno
 
     name = type(exc).__name__
@@ -327,10 +351,16 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or "OutOfMemory" in name or "ResourceExhausted" in name:
         return ("out of memory: use a smaller --batch_size or --image_size "
                 "(or --batch_size auto)")
+    then = "then --resume" if resumable else \
+        "then run the same command again (no epoch finished: nothing to resume)"
+    text = str(exc)
+    if "unexpected pos" in text or "failed writing file" in text:  # torch.save on a full disk
+        return f"a model file could not be written (the disk is probably full): free some " \
+               f"space, {then}"
     if isinstance(exc, OSError):
         where = f" ('{exc.filename}')" if exc.filename else ""
         if exc.errno == errno.ENOSPC:
-            return f"no space left on the disk{where}: free some space, then --resume"
+            return f"no space left on the disk{where}: free some space, {then}"
         return f"{exc.strerror or exc}{where}"
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{name}: {first}" if first else name

@@ -202,6 +202,23 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     return context, notes
 
 
+def _warn_changed_photos(root: Path, manifest: dict) -> None:
+    """Say which photos changed since the run started (same names, other content)."""
+    from pokedex_trainer.data.fingerprints import changed_photos
+
+    recorded = manifest.get("fingerprints")
+    if not isinstance(recorded, dict):  # a run of an earlier version: nothing to compare
+        logger.info("--resume: this run was started by an earlier version, which kept no "
+                    "fingerprints of its photos: photos changed since are not noticed")
+        return
+    changed = changed_photos(root, {k: v for k, v in recorded.items()
+                                    if isinstance(k, str) and isinstance(v, str)})
+    if changed:
+        logger.warning("--resume: %d photo(s) changed since the run started (first: %s): the "
+                       "run goes on with them as they are now; start a new run to train on one "
+                       "version of the photos", len(changed), ", ".join(changed[:3]))
+
+
 FEEDING_OPTIONS = ("workers", "cache", "cache_dir")  # how images are fed, not what is trained
 
 
@@ -235,6 +252,7 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
         raise UserError(f"--resume: {len(missing)} images of the run's split are missing under "
                         f"'{root}' (first: {missing[0]})")
     store.class_names()  # class_names.json must agree with the manifest
+    _warn_changed_photos(root, manifest)
     # The state and the history are checked before anything acts on them: a bad epochs_run
     # would truncate history.csv, an empty state would restart the run from scratch.
     point = store.resume_point([p.epochs for p in plan_phases(config)], STATE_FORMAT)

@@ -99,6 +99,11 @@ class _ConsoleHandler(logging.StreamHandler):
     def stream(self, value):
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "log_only", False):  # e.g. a stack trace, kept for a bug report
+            return
+        super().emit(record)
+
 
 def setup_console_logging(verbose: bool = False) -> None:
     """Log records to stderr as short lines; called once by each script."""

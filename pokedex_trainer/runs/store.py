@@ -29,6 +29,7 @@ from pokedex_trainer.runs.experiments_table import append_experiment, check_expe
 from pokedex_trainer.runs.layout import EXPERIMENTS, RunLayout
 from pokedex_trainer.runs.lock import RunLock
 from pokedex_trainer.user_io.atomic import atomic_write_json, ensure_writable_dir
+from pokedex_trainer.data.fingerprints import fingerprints
 
 FINISHED = ("completed", "nan_loss", "pruned")  # a summary status that cannot continue
 
@@ -122,6 +123,9 @@ class RunStore:
             "counts": {split: len(items) for split, items in splits.items()},
             "splits": {split: [[p, label] for p, label in items]
                        for split, items in splits.items()},
+            # what --resume compares, to say which photos changed since the run started
+            "fingerprints": fingerprints(index.root, [p for items in splits.values()
+                                                      for p, _ in items]),
         })
 
     def saved_config(self):
@@ -255,6 +259,19 @@ class RunStore:
 
     def final_stamp(self) -> str | None:
         return self.layout.final_stamp()
+
+    def drop_resume_state(self) -> int:
+        """Remove resume/ (state.json and its epoch folders) of a finished run; returns the
+        bytes freed. Only this tool writes there (see CheckpointSaver)."""
+        import shutil
+
+        folder = self.layout.resume_dir
+        if not folder.is_dir() or folder.is_symlink():
+            return 0
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
+                   and not p.is_symlink())
+        shutil.rmtree(folder)
+        return size
 
     def write_resume_state(self, position: dict) -> None:
         """resume/state.json, replaced atomically (it names the epoch folder it belongs to)."""

@@ -122,6 +122,8 @@ def test_sigterm_ends_a_run_stuck_inside_the_framework(tmp_path, tiny_dataset):
     # where it was stuck, for a bug report: the blocking frame of the main thread
     log = (tmp_path / "runs" / "run" / "training.log").read_text("utf-8")
     assert "the main thread was here:" in log and "in stuck" in log, log[-3000:]
+    assert "the main thread was here:" not in stderr  # the user sees one line pointing there
+    assert "where it was stuck is in the run's training.log" in stderr
 
 
 @pytest.mark.slow
@@ -213,3 +215,39 @@ def test_signals_read_together_are_one_stop(monkeypatch):
         watcher.signalled = False  # end the block as the API does: the watcher stops...
     thread.join(timeout=60)  # ...after the chunk it was reading
     assert not thread.is_alive() and expired == []
+
+
+def _history_rows(run_dir) -> int:
+    try:
+        with open(run_dir / "history.csv", encoding="utf-8") as handle:
+            return len(list(csv.DictReader(handle)))
+    except (OSError, csv.Error):
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["tiny_keras", "tiny_torch"])
+def test_a_stop_sent_to_the_whole_process_group_is_a_clean_stop(model_type, tmp_path,
+                                                               tiny_dataset):
+    """Issue 32, item 9: `timeout` and `kill -TERM -- -PGID` signal the loader workers too;
+    the run still stops as after Ctrl-C (exit 130, recorded as interrupted, --resume)."""
+    argv = tiny_run_argv(tiny_dataset, tmp_path, model_type, "--workers", "2", epochs=500,
+                         run_name="run")
+    env = dict(os.environ, POKEDEX_TEST_MODELS="1")
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_professional_models.py"),
+                                *argv], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    run_dir = tmp_path / "runs" / "run"
+    for _ in range(3000):  # wait for the event (a finished epoch); 10 minutes at most
+        if _history_rows(run_dir) >= 2 or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    os.killpg(process.pid, signal.SIGTERM)  # as `timeout` and `kill -TERM -- -PGID` do
+    returncode, stderr = _outcome(process)
+    assert returncode == 130, stderr[-3000:]
+    assert "training failed" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert f"--resume {run_dir}" in stderr
+    summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
+    assert summary["status"] == "interrupted"

@@ -19,7 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_hostile import Payload, _one_line_error, torch_exports  # noqa: E402,F401
+from test_hostile import (Payload, _copy_with_sidecar, _one_line_error,  # noqa: E402,F401
+                          torch_exports)
 from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main  # noqa: E402
 
 
@@ -482,3 +483,16 @@ def test_a_model_call_past_its_deadline_is_stopped_in_one_line(tmp_path, monkeyp
     monkeypatch.setenv(CALL_LIMIT_ENV, "soon")
     with pytest.raises(UserError, match=CALL_LIMIT_ENV):
         CallDeadline(model)
+
+
+def test_a_sidecar_nested_200000_levels_is_one_line_naming_it(torch_exports, tmp_path,
+                                                              tiny_dataset, capsys):
+    """Issue 32, item 7: not a RecursionError blamed on the runtime."""
+    model = _copy_with_sidecar(torch_exports / "tiny_torch_best.pt", tmp_path / "m.pt")
+    sidecar = model.with_name(model.name + ".json")
+    sidecar.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    code = run_main(evaluate_main, ["--model", str(model), "--predict",
+                                    str(tiny_dataset / "Gato"), "--trust_model_file"])
+    assert code == 2
+    line = _one_line_error(capsys)
+    assert "sidecar" in line and "nested" in line
