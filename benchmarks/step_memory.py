@@ -82,7 +82,7 @@ INFERENCE = {
     "keras": ("import os, resource; os.environ['KERAS_BACKEND'] = 'tensorflow'; import numpy, "
               "keras; m = {'mobilenet': keras.applications.MobileNetV2, 'resnet': "
               "keras.applications.ResNet152, 'efficientnet': keras.applications.EfficientNetB7}"
-              "[%r](weights=None, input_shape=(None, None, 3)); n, h, w = %d, %d, %d; "
+              "[%r](weights=None, include_top=False, input_shape=(None, None, 3)); n, h, w = %d, %d, %d; "
               "m.predict_on_batch(numpy.zeros((n, h, w, 3), 'float32')); "
               "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"),
 }

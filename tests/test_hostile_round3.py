@@ -157,3 +157,42 @@ def test_resume_says_which_photos_changed_since_the_run_started(dataset_copy, tm
     with caplog.at_level(logging.INFO):
         open_resumed_run(run, None)
     assert "1 photo(s) changed since the run started" in caplog.text and photo in caplog.text
+
+
+# --- item 7: a full disk ----------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB file system (tmpfs), as a full disk; needs root (CI and this machine run so)."""
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_tensorboard_disk_is_one_line_without_a_traceback(tiny_dataset, tmp_path,
+                                                                 small_disk):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    argv = tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch", "--log_dir", str(small_disk),
+                         "--histogram_freq", "1", epochs=3)
+    result = subprocess.run([sys.executable, str(ROOT / "train_professional_models.py"),
+                             *argv], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, POKEDEX_TEST_MODELS="1"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training failed: no space left on the disk"), last
+    resumable = (next((tmp_path / "runs").iterdir()) / "resume" / "state.json").is_file()
+    assert ("then --resume" in last) == resumable, last

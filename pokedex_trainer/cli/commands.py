@@ -23,6 +23,9 @@ def run_main(main, argv: list[str] | None = None) -> int:
     from pokedex_trainer.user_io.inert_text import InertStream
 
     setup_console_logging()
+    import threading
+
+    threading.excepthook = _thread_failure_as_one_line
     consoles = sys.stdout, sys.stderr
     # names users give (class folders, run names) may hold terminal escape sequences
     sys.stdout, sys.stderr = InertStream(sys.stdout), InertStream(sys.stderr)
@@ -32,6 +35,31 @@ def run_main(main, argv: list[str] | None = None) -> int:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         sys.stdout, sys.stderr = consoles
+
+
+def _thread_failure_as_one_line(args) -> None:
+    """An error in a background thread (TensorBoard's writer on a full disk...): one warning
+    line on the console, the traceback in the run's log only; the main thread meets the same
+    cause and ends the command with its own line."""
+    import logging
+    import traceback
+
+    from pokedex_trainer.core.interrupt import LOG_ONLY
+    from pokedex_trainer.errors import reason_line
+
+    if args.exc_type is SystemExit:
+        return
+    log = logging.getLogger("pokedex_trainer")
+    name = args.thread.name if args.thread is not None else "a background thread"
+    where = f" ('{args.exc_value.filename}')" if getattr(args.exc_value, "filename", None) \
+        else ""
+    value = args.exc_value
+    reason = value.strerror if isinstance(value, OSError) and value.strerror else \
+        reason_line(value)
+    log.warning("a background thread (%s) stopped: %s%s", name, reason, where)
+    log.warning("%s", "".join(traceback.format_exception(args.exc_type, args.exc_value,
+                                                         args.exc_traceback)).rstrip(),
+                extra={LOG_ONLY: True})
 
 
 def _run_with_exit_code(main, argv: list[str] | None) -> int:

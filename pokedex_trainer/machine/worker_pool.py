@@ -267,10 +267,12 @@ class WorkerPool:
         raise self._failure
 
     def close(self) -> None:
-        """Stop every worker now (work in progress is dropped)."""
+        """Stop every worker now (work in progress is dropped). SIGKILL, since workers leave
+        SIGTERM to the main process (see _serve); the pool owns nothing they could leave half
+        done (the shared batch buffers are the main process's)."""
         for worker in self._workers:
             if worker.process.exitcode is None:
-                worker.process.terminate()
+                worker.process.kill()
         deadline = time.monotonic() + 5
         for worker in self._workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))

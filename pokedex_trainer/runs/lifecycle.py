@@ -352,7 +352,7 @@ def describe_failure(exc: BaseException, resumable: bool = True) -> str:
         return ("out of memory: use a smaller --batch_size or --image_size "
                 "(or --batch_size auto)")
     then = "then --resume" if resumable else \
-        "then run the same command again (no epoch finished: nothing to resume)"
+        "then run the same command again (no resume state was saved yet)"
     text = str(exc)
     if "unexpected pos" in text or "failed writing file" in text:  # torch.save on a full disk
         return f"a model file could not be written (the disk is probably full): free some " \

@@ -226,7 +226,7 @@ def _history_rows(run_dir) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["tiny_keras", "tiny_torch"])
+@pytest.mark.parametrize("model_type", ["mobilenet", "tiny_torch"])
 def test_a_stop_sent_to_the_whole_process_group_is_a_clean_stop(model_type, tmp_path,
                                                                tiny_dataset):
     """Issue 32, item 9: `timeout` and `kill -TERM -- -PGID` signal the loader workers too;
@@ -240,7 +240,7 @@ def test_a_stop_sent_to_the_whole_process_group_is_a_clean_stop(model_type, tmp_
                                start_new_session=True)
     run_dir = tmp_path / "runs" / "run"
     for _ in range(3000):  # wait for the event (a finished epoch); 10 minutes at most
-        if _history_rows(run_dir) >= 2 or process.poll() is not None:
+        if _history_rows(run_dir) >= 1 or process.poll() is not None:
             break
         time.sleep(0.2)
     assert process.poll() is None, process.communicate()[1][-3000:]
