@@ -19,6 +19,9 @@ os.environ["POKEDEX_TEST_MODELS"] = "1"
 # The record of code-bearing files export.py wrote (evaluation/safe_loading.py), kept out of the home folder.
 os.environ["POKEDEX_TRUST_STORE"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_trust_"),
                                                  "trusted_models.jsonl")
+# litert-torch's own environment (TFLite from PyTorch, exporters/tflite_env.py): in the clone,
+# made once by the first test that needs it (slow set), never in the home folder.
+os.environ.setdefault("POKEDEX_TFLITE_ENV", str(ROOT / ".venv-tflite"))
 # The shared live log runs append to (training.log in the current folder for a user), kept out
 # of the repository; tests of the live log name their own with --live_log.
 os.environ["POKEDEX_LIVE_LOG"] = os.path.join(tempfile.mkdtemp(prefix="pokedex_live_"),

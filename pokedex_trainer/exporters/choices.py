@@ -32,7 +32,8 @@ def parse_formats(text: str | None, framework: str) -> list[str]:
             logger.info("TFLite (the app's file) is written from a PyTorch model on request: "
                         "--formats tflite%s (see docs/export.md)",
                         "" if litert_torch_available() else
-                        ", with litert-torch installed (pip install -r requirements-tflite.txt)")
+                        ", converted in litert-torch's own environment, made on first use "
+                        "(requirements-tflite.txt)")
         try:
             web_page.check_runtime()
         except UserError as exc:  # asked for by name it is an error; among "all", a warning

@@ -1,10 +1,10 @@
 """A PyTorch network to TFLite through litert-torch (the app's file, from ``--framework
 pytorch``), checked in LiteRT like the Keras one.
 
-litert-torch is optional: it is not in requirements.txt because its dependencies (jax,
-transformers, pinned typing_extensions and pydantic) would replace packages of the training
-environment. Without it, asking a PyTorch model for TFLite is a one-line error that says how
-to get it.
+litert-torch is not in requirements.txt: its dependencies (jax, transformers, pinned
+typing_extensions and pydantic) would replace packages of the training environment. Where it
+is importable here, it converts in this process; elsewhere (the README's one install) the
+conversion runs in an environment of its own that export.py makes once (tflite_env.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 
 from pokedex_trainer.errors import UserError
 
-INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch, which is not installed: "
-                "'python -m pip install -r requirements-tflite.txt' (best in its own virtual "
-                "environment: it pins typing_extensions and pydantic; see docs/export.md), or "
+INSTALL_HINT = ("TFLite from a PyTorch model needs litert-torch (made for you in its own "
+                "environment when the package registry is reachable; see docs/export.md), or "
                 "train with --framework keras for the app's TFLite; the formats for it without "
                 "litert-torch are: {formats}")
 
@@ -26,10 +25,16 @@ def litert_torch_available() -> bool:
 
 
 def checked_format(available: tuple[str, ...]) -> tuple[str, ...]:
-    """("tflite",), the format a PyTorch model gains with litert-torch; UserError (one line,
-    naming the ``available`` formats) when litert-torch is missing."""
+    """("tflite",), the format a PyTorch model gains with litert-torch: here, or in its own
+    environment, made now, before any export (UserError, one line, when it cannot be)."""
     if not litert_torch_available():
-        raise UserError(INSTALL_HINT.format(formats=", ".join(available)))
+        from pokedex_trainer.exporters.tflite_env import ensure_env
+
+        try:
+            ensure_env()
+        except UserError as exc:
+            raise UserError(f"{exc}; {INSTALL_HINT.format(formats=', '.join(available))}"
+                            ) from None
     return ("tflite",)
 
 
@@ -38,7 +43,6 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     file; ``sidecar`` is updated to say so."""
     import tempfile
 
-    import litert_torch
     import torch
 
     from pokedex_trainer.user_io.atomic import atomic_write_bytes
@@ -56,12 +60,22 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
 
     module = ChannelsLast(ProbabilityModel(classifier)).eval()
     example = torch.rand(1, *image_size, 3, generator=torch.Generator().manual_seed(0)) * 255.0
-    with quiet_converters():
-        edge = litert_torch.convert(module, (example,))
     sidecar["input"]["layout"] = "NHWC"
     with tempfile.TemporaryDirectory(prefix="pokedex_tflite_") as folder:
-        edge.export(str(Path(folder) / "model.tflite"))
-        flatbuffer = (Path(folder) / "model.tflite").read_bytes()
+        target = Path(folder) / "model.tflite"
+        if litert_torch_available():
+            import litert_torch
+
+            with quiet_converters():
+                litert_torch.convert(module, (example,)).export(str(target))
+        else:  # in litert-torch's own environment, on the same program
+            from pokedex_trainer.exporters.tflite_env import convert_in_env
+
+            program = Path(folder) / "model.pt2"
+            with quiet_converters():
+                torch.export.save(torch.export.export(module, (example,)), str(program))
+            convert_in_env(program, tuple(example.shape), target)
+        flatbuffer = target.read_bytes()
     # the sidecar inside the file too, as in the Keras TFLite (metadata "pokedex_ultra")
     atomic_write_bytes(path, add_tflite_metadata(flatbuffer, sidecar))
     return path

@@ -259,20 +259,31 @@ def test_all_formats_of_a_pytorch_model_say_how_to_get_its_tflite(monkeypatch, c
 
 
 @pytest.mark.slow
-def test_tflite_of_a_pytorch_model_without_litert_torch_is_a_one_line_error(
-        torch_mobilenet_run, capsys, monkeypatch):
+def test_tflite_of_a_pytorch_model_whose_environment_cannot_be_made_is_one_line(
+        torch_mobilenet_run, capsys, monkeypatch, tmp_path):
+    """POKEDEX_TFLITE_ENV at a folder that is no virtual environment: nothing is installed
+    there, one line says why and what else there is, before any export."""
     from pokedex_trainer.exporters import torch_tflite
 
     monkeypatch.setattr(torch_tflite, "litert_torch_available", lambda: False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    monkeypatch.setenv("POKEDEX_TFLITE_ENV", str(mine))
+    out = tmp_path / "out"
     assert run_main(export_main, ["--run_dir", str(torch_mobilenet_run), "--formats",
-                                  "tflite"]) == 2
+                                  "tflite", "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs litert-torch" in err[0]
+    assert len(err) == 1 and "is not a virtual environment" in err[0], err
+    assert "needs litert-torch" in err[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not out.exists()
 
 
 @pytest.mark.slow
 def test_torch_mobilenet_tflite_is_verified_in_litert(torch_mobilenet_run):
-    pytest.importorskip("litert_torch")
+    """From the README's one install: litert-torch converts in its own environment, which
+    export.py makes when it is missing (POKEDEX_TFLITE_ENV; .ci/run points it into the clone);
+    where litert-torch is importable, in this process."""
     run = torch_mobilenet_run
     assert run_main(export_main, ["--run_dir", str(run), "--formats", "tflite",
                                   "--check_images", "6"]) == 0

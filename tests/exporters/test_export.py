@@ -197,7 +197,8 @@ def test_model_outside_a_run_needs_labelled_images(keras_run, tmp_path, capsys):
 
 def test_trainer_refuses_an_unknown_export_format_before_training(tiny_dataset, tmp_path):
     done = subprocess.run([sys.executable, "train_professional_models.py", "--data_path",
-                           str(tiny_dataset), "--model_type", "tiny_torch", "--export", "tflite",
+                           str(tiny_dataset), "--model_type", "tiny_torch", "--export",
+                           "savedmodel",
                            "--output_dir", str(tmp_path / "runs")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
