@@ -196,3 +196,133 @@ def test_a_full_tensorboard_disk_is_one_line_without_a_traceback(tiny_dataset, t
     assert last.startswith("error: training failed: no space left on the disk"), last
     resumable = (next((tmp_path / "runs").iterdir()) / "resume" / "state.json").is_file()
     assert ("then --resume" in last) == resumable, last
+
+
+# --- item 3: memory -------------------------------------------------------------------------
+
+def test_the_memory_watch_acts_once_when_the_room_under_the_limit_runs_out():
+    import threading
+
+    from pokedex_trainer.machine.memory_watch import MemoryWatch
+
+    rooms = iter([2**30, 2**29, 2**20] + [2**20] * 1000)
+    said, fired = [], threading.Event()
+
+    def on_low(message):
+        said.append(message)
+        fired.set()
+
+    with MemoryWatch(on_low, room=lambda: next(rooms), limit=4 * 2**30):
+        assert fired.wait(60)  # an event, not a moment
+    assert len(said) == 1 and "out of memory" in said[0] and "--batch_size" in said[0]
+    quiet = threading.Event()
+    with MemoryWatch(lambda m: quiet.set(), room=lambda: 2**20, limit=None):
+        pass  # no limit: no thread, nothing said
+    assert not quiet.is_set()
+
+
+def test_a_cgroup_limit_and_its_room_are_read_from_the_files(tmp_path):
+    from pokedex_trainer.machine.memory import cgroup_limit, cgroup_room
+
+    group = tmp_path / "sys" / "job"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text(str(6 * 2**30))
+    (group / "memory.current").write_text(str(5 * 2**30))
+    (group / "memory.stat").write_text(f"anon 1\nfile {2**30}\ninactive_file {2**29}\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/job\n")
+    root = tmp_path / "sys"
+    assert cgroup_limit(root, own) == 6 * 2**30
+    assert cgroup_room(root, own) == 6 * 2**30 - (5 * 2**30 - 2**29)
+    assert cgroup_room(root, own, all_cache=True) == 2 * 2**30
+
+
+@pytest.mark.slow
+def test_a_run_about_to_be_killed_for_memory_ends_in_one_line_and_is_recorded(tiny_dataset,
+                                                                              tmp_path):
+    """Where the estimate is wrong: the room under a (simulated) limit runs out mid-run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    argv = tiny_run_argv(tiny_dataset, tmp_path, "tiny_torch", run_name="run", epochs=2)
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "import pokedex_trainer.machine.memory as m\n"
+            "m.cgroup_limit = lambda *a, **k: 6 * 2**30\n"
+            "m.cgroup_room = lambda *a, **k: 2**20\n"
+            "m.memory_available = lambda *a, **k: 2**40\n"
+            "from pokedex_trainer.cli.commands import run_main, train_main\n"
+            "sys.exit(run_main(train_main, %r))\n") % (str(ROOT), argv)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ,
+                                                             POKEDEX_TEST_MODELS="1"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training failed: out of memory") and "Traceback" not in \
+        result.stderr, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text("utf-8"))
+    assert summary["status"] == "failed" and "out of memory" in summary["reason"]
+
+
+def test_a_training_step_that_cannot_fit_is_refused_with_its_numbers(monkeypatch):
+    """ResNet152 at 4000x4000, batch 1, with 6 GiB left: the input alone (192 MB) fits, the
+    step (measured bytes per pixel x pixels) does not."""
+    from pokedex_trainer.config import TrainConfig
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.machine import memory
+    from pokedex_trainer.machine.step_memory import check_training_step
+
+    monkeypatch.setattr(memory, "memory_available", lambda *a, **k: 6 * 2**30)
+    for model_type, framework in (("resnet", "pytorch"), ("mobilenet", "keras")):
+        config = TrainConfig(model_type=model_type, framework=framework,
+                             image_size=(4000, 4000), batch_size=1, weights="imagenet")
+        with pytest.raises(UserError) as refused:
+            check_training_step(config)
+        message = str(refused.value)
+        assert "--image_size 4000 4000 with --batch_size 1" in message
+        assert "GiB" in message and "use a smaller --image_size or --batch_size" in message
+        check_training_step(TrainConfig(model_type=model_type, framework=framework,
+                                        image_size=(224, 224), batch_size=8,
+                                        weights="imagenet"))  # an ordinary batch fits
+
+
+def test_a_latency_batch_counts_the_forward_pass(monkeypatch):
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.machine import memory
+
+    monkeypatch.setattr(memory, "memory_available", lambda *a, **k: 6 * 2**30)
+    # 100000 images of 224x224: 60 GB of input, far more with ResNet152's activations
+    with pytest.raises(UserError, match="--latency_batch 100000"):
+        memory.check_latency_batch(100000, (224, 224), "resnet", "torch")
+    # 64 images fit; 4000 ResNet152 images of 224 px fit as pixels (2.4 GB) but not as a pass
+    memory.check_latency_batch(64, (224, 224), "resnet", "torch")
+    memory.check_latency_batch(4000, (224, 224))  # unknown network: pixels only
+    with pytest.raises(UserError, match="forward pass"):
+        memory.check_latency_batch(4000, (224, 224), "resnet", "torch")
+
+
+@pytest.mark.slow
+def test_training_at_4000_px_on_the_cpu_is_refused_before_the_first_step(tiny_dataset,
+                                                                         tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    argv = tiny_run_argv(tiny_dataset, tmp_path, "mobilenet", "--image_size", "4000", "4000",
+                         "--batch_size", "1", epochs=1)
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "import pokedex_trainer.machine.memory as m\n"
+            "m.memory_available = lambda *a, **k: 6 * 2**30  # a 6 GB container\n"
+            "from pokedex_trainer.cli.commands import run_main, train_main\n"
+            "sys.exit(run_main(train_main, %r))\n") % (str(ROOT), argv)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "a training step of MobileNetV2 at --image_size 4000 4000" in last, last
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

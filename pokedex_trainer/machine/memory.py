@@ -70,29 +70,48 @@ def _folders(base: Path, own: str) -> list[Path]:
     return chain
 
 
-def cgroup_room(root: Path | None = None, self_cgroup: Path | None = None) -> int | None:
+def cgroup_room(root: Path | None = None, self_cgroup: Path | None = None,
+                all_cache: bool = False) -> int | None:
     """Bytes left under the tightest cgroup memory limit of this process; None without one.
 
     Memory the kernel can drop at once (inactive file cache) counts as left, as the kernel
-    reclaims it before it kills anything."""
+    reclaims it before it kills anything; ``all_cache``: the active file cache too (what the
+    kernel reclaims, more slowly, before it kills: the out-of-memory watcher's measure)."""
+    rooms = [limit - used for limit, used in _limits(root, self_cgroup, all_cache)]
+    return max(min(rooms), 0) if rooms else None
+
+
+def cgroup_limit(root: Path | None = None, self_cgroup: Path | None = None) -> int | None:
+    """The tightest cgroup memory limit of this process in bytes; None without one."""
+    limits = [limit for limit, _ in _limits(root, self_cgroup)]
+    return min(limits) if limits else None
+
+
+def _limits(root: Path | None, self_cgroup: Path | None,
+            all_cache: bool = False) -> list[tuple[int, int]]:
+    """(limit, used) of every cgroup level of this process that has a memory limit."""
+    if os.name != "posix":
+        return []
     root = Path(CGROUP_ROOT if root is None else root)
     v2, v1 = _own_paths(Path(SELF_CGROUP if self_cgroup is None else self_cgroup))
-    rooms = []
+    found = []
     if v2 is not None:
         for folder in _folders(root, v2):
             limit = _read_int(folder / "memory.max")
             if limit is not None and limit < _UNLIMITED:
                 used = _read_int(folder / "memory.current") or 0
-                used -= _stat_value(folder / "memory.stat", "inactive_file")
-                rooms.append(limit - max(used, 0))
+                used -= _stat_value(folder / "memory.stat",
+                                    "file" if all_cache else "inactive_file")
+                found.append((limit, max(used, 0)))
     if v1 is not None:
         for folder in _folders(root / "memory", v1):
             limit = _read_int(folder / "memory.limit_in_bytes")
             if limit is not None and limit < _UNLIMITED:
                 used = _read_int(folder / "memory.usage_in_bytes") or 0
-                used -= _stat_value(folder / "memory.stat", "total_inactive_file")
-                rooms.append(limit - max(used, 0))
-    return max(min(rooms), 0) if rooms else None
+                used -= _stat_value(folder / "memory.stat",
+                                    "total_cache" if all_cache else "total_inactive_file")
+                found.append((limit, max(used, 0)))
+    return found
 
 
 def memory_available(root: Path | None = None, self_cgroup: Path | None = None) -> int:

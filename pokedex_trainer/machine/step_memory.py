@@ -15,9 +15,16 @@ from __future__ import annotations
 from pokedex_trainer.machine.memory import gigabytes, input_bytes, refuse_unless_fits
 
 # (model_type, framework) -> bytes per input pixel per image: (from scratch, transfer, inference)
-# Measured on 2026-12-07 (benchmarks/results/step_memory.json); the tiny test networks take the
-# smallest figure.
+# Measured on 2026-12-07 (benchmarks/results/step_memory.json: training at 64 and 128 px;
+# inference, the larger of that run and one at 96 and 192 px). The tiny test networks are not
+# listed: their step is counted as its input pixels only.
 BYTES_PER_PIXEL = {
+    ("mobilenet", "keras"): (1454, 627, 290),
+    ("mobilenet", "pytorch"): (1848, 1509, 408),
+    ("resnet", "pytorch"): (3955, 620, 412),
+    ("resnet", "keras"): (3732, 198, 154),
+    ("efficientnet", "keras"): (13343, 1144, 778),
+    ("efficientnet", "pytorch"): (10546, 198, 875),
 }
 _SMALLEST = (0, 0, 0)
 

@@ -17,6 +17,7 @@ from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.core.checkpoints import CheckpointSaver
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT, StopDeadline, stop_grace
+from pokedex_trainer.machine.memory_watch import MemoryWatch
 from pokedex_trainer.core.loop import MONITOR, RunState, run_phases
 from pokedex_trainer.core.phases import plan_phases
 from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError
@@ -233,7 +234,9 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     live, live_note = open_live_log(context.run_dir.name)
     # a run stuck inside the framework after Ctrl-C/SIGTERM is recorded and ended from a thread
     deadline = StopDeadline(lambda: _record_interrupted(context, state, started, live))
-    with capture_to_log(store.log_path, live), deadline:
+    memory = MemoryWatch(lambda message: _end_out_of_memory(context, state, started, live,
+                                                           deadline, message))
+    with capture_to_log(store.log_path, live), deadline, memory:
         if live_note:
             logger.warning("%s", live_note)
         _log_run_header(context, notes, bool(resume_point))
@@ -288,6 +291,26 @@ def _drop_resume_state_of_finished(context: RunContext) -> None:
     if freed:
         logger.info("finished: its resume state (resume/, %.1f MB) was removed, the best and "
                     "final models are kept (--keep_resume keeps it)", freed / 1e6)
+
+
+def _end_out_of_memory(context: RunContext, state: RunState, started: float, live,
+                       deadline: StopDeadline, message: str) -> None:
+    """MemoryWatch's thread: the run recorded as failed, one line, exit 1, before the
+    kernel's out-of-memory killer ends the process without a word."""
+    import os
+    import sys
+
+    failure = RunFailed(f"training failed: {message}; what was saved is kept in "
+                        f"{context.run_dir}")
+    try:
+        deadline.record_once(lambda: record_outcome(context, state, "failed", started, {},
+                                                    failure))
+        _end_live_log(live, "failed", failure)
+        print(f"error: {failure}", file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    finally:
+        os._exit(failure.exit_code)
 
 
 def _log_interrupted(context: RunContext) -> None:
