@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -28,7 +27,6 @@ import sys
 import threading
 import time
 
-from pokedex_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +115,9 @@ INTERRUPT = GracefulInterrupt()  # the training process's one instance
 
 def stop_grace() -> float:
     """Seconds a run may take to stop after the first stop signal (``POKEDEX_STOP_GRACE``)."""
-    text = os.environ.get(GRACE_ENV, "").strip()
-    if not text:
-        return DEFAULT_GRACE_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise UserError(f"{GRACE_ENV} must be a number of seconds (0 or more), not '{text}'")
-    return value
+    from pokedex_trainer.user_io.env_values import env_seconds
+
+    return env_seconds(GRACE_ENV, DEFAULT_GRACE_S, zero_allowed=True)
 
 
 class StopDeadline:

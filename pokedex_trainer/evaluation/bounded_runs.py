@@ -13,7 +13,6 @@ never returns and prints nothing. Two defences, both before a result is trusted:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -28,16 +27,9 @@ TFLITE_REPEATING_OPS = {"WHILE"}
 
 def call_limit_s() -> float:
     """Seconds one model call may take (``POKEDEX_MODEL_CALL_LIMIT``)."""
-    text = os.environ.get(CALL_LIMIT_ENV, "").strip()
-    if not text:
-        return DEFAULT_CALL_LIMIT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e7:
-        raise UserError(f"{CALL_LIMIT_ENV}={text!r} is not a number of seconds above 0")
-    return value
+    from pokedex_trainer.user_io.env_values import env_seconds
+
+    return env_seconds(CALL_LIMIT_ENV, DEFAULT_CALL_LIMIT_S)
 
 
 def _repeating_ops(graph) -> set[str]:

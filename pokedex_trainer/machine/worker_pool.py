@@ -16,7 +16,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 
-from pokedex_trainer.errors import RunFailed, UserError
+from pokedex_trainer.errors import RunFailed
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +35,9 @@ class WorkersUnavailable(Exception):
 
 def worker_timeout() -> float:
     """Seconds to wait for a worker's answer (``POKEDEX_WORKER_TIMEOUT``, default 300)."""
-    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise UserError(f"{TIMEOUT_VARIABLE}={text!r}: give the seconds to wait for a worker "
-                        "process, a number above 0")
-    return value
+    from pokedex_trainer.user_io.env_values import env_seconds
+
+    return env_seconds(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT)
 
 
 def _map_chunk(item: tuple) -> list:
