@@ -42,11 +42,41 @@ def test_omp_num_threads_that_is_no_number_does_not_crash_evaluate(torch_run, tm
 
 # --- item 12: small lies and leftovers --------------------------------------------------------
 
-def test_a_refused_resume_leaves_no_lock_in_the_folder(dataset_copy, capsys):
+def test_a_refused_resume_leaves_no_lock_in_the_folder(dataset_copy, tmp_path, capsys):
     before = sorted(p.name for p in dataset_copy.iterdir())
     assert run_main(train_main, ["--resume", str(dataset_copy)]) == 2
     assert "not a run directory" in _last_error(capsys)
     assert sorted(p.name for p in dataset_copy.iterdir()) == before
+    almost = tmp_path / "almost"  # a config.json, but nothing to resume
+    almost.mkdir()
+    (almost / "config.json").write_text("{}", encoding="utf-8")
+    assert run_main(train_main, ["--resume", str(almost)]) == 2
+    assert "no resumable state" in _last_error(capsys)
+    assert sorted(p.name for p in almost.iterdir()) == ["config.json"]
+
+
+def test_paths_from_the_environment_with_an_unexpanded_variable_are_refused(
+        torch_run, tmp_path, monkeypatch, capsys):
+    from pokedex_trainer.cli.commands import export_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POKEDEX_TRUST_STORE", "${HOME}/t.jsonl")
+    assert run_main(export_main, ["--run_dir", str(torch_run), "--formats", "torchscript",
+                                  "--output_dir", str(tmp_path / "out")]) == 2
+    assert "POKEDEX_TRUST_STORE='${HOME}/t.jsonl' holds a variable" in _last_error(capsys)
+    assert not (tmp_path / "${HOME}").exists()
+
+
+def test_a_thread_count_that_is_no_number_is_one_warning_and_ignored(monkeypatch, capsys):
+    import os
+
+    from pokedex_trainer.cli.commands import run_main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "abc")
+    assert run_main(lambda argv: 0, []) == 0
+    assert "OMP_NUM_THREADS='abc' is not a whole number above 0: ignored" in \
+        capsys.readouterr().err
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_export_of_a_model_file_given_as_run_dir_says_to_use_model(torch_run, capsys):

@@ -23,6 +23,7 @@ def run_main(main, argv: list[str] | None = None) -> int:
     from pokedex_trainer.user_io.inert_text import InertStream
 
     setup_console_logging()
+    _drop_bad_thread_counts()
     import threading
 
     threading.excepthook = _thread_failure_as_one_line
@@ -35,6 +36,21 @@ def run_main(main, argv: list[str] | None = None) -> int:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         sys.stdout, sys.stderr = consoles
+
+
+def _drop_bad_thread_counts() -> None:
+    """OMP_NUM_THREADS and its kin that are no whole number above 0: OpenMP complains on
+    stderr once per library and uses every core anyway. Said once, then unset for this
+    process (before any framework reads it)."""
+    import logging
+    import os
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        text = os.environ.get(name)
+        if text is not None and not (text.strip().isdigit() and int(text) > 0):
+            logging.getLogger("pokedex_trainer").warning(
+                "%s=%r is not a whole number above 0: ignored (every core is used)", name, text)
+            del os.environ[name]
 
 
 def _thread_failure_as_one_line(args) -> None:

@@ -102,7 +102,8 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        logger.warning("%s: stopping after this batch (Ctrl-C again to stop at once)", name)
+        logger.warning("%s: stopping after this batch (a second Ctrl-C or SIGTERM stops at "
+                       "once)", name)
 
     def check(self) -> None:
         """Raise KeyboardInterrupt when a stop was asked for."""

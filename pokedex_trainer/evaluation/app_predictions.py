@@ -58,9 +58,11 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
         raise UserError(f"--predict: '{target}' is neither an image nor a folder")
     rows = _predict_files(files, member, top_k, threshold)
     if all(row.get("error") for row in rows):
-        raise UserError(f"--predict: '{target}': nothing to predict: "
-                        + ("" if len(rows) == 1 else f"none of its {len(rows)} images could be "
-                           "read; the first, ") + f"'{rows[0]['image']}', {rows[0]['error']}")
+        if len(rows) == 1 and target_path.is_file():
+            raise UserError(f"--predict: '{target}' cannot be read as an image: "
+                            f"{rows[0]['error']}")
+        raise UserError(f"--predict: '{target}': none of its {len(rows)} images could be read "
+                        f"(the first, '{rows[0]['image']}': {rows[0]['error']})")
     for row in rows:
         shown = ", ".join(f"{c} {p:.1%}" for c, p in zip(row["top_classes"],
                                                           row["top_probabilities"]))

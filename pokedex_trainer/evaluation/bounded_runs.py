@@ -3,12 +3,13 @@
 A 1 KB ONNX or TFLite file can hold a loop of 2^62 iterations: opened and run as given, it
 never returns and prints nothing. Two defences, both before a result is trusted:
 
-* Refused before loading: control-flow operators that repeat (ONNX ``Loop`` and ``Scan``,
-  TFLite ``WHILE``), in the graph or any subgraph. No network this tool trains or exports uses
+* Refused before loading: control-flow operators that repeat (ONNX ``Loop``, ``Scan`` and
+  ``SequenceMap``, TFLite ``WHILE``), in the graph or any subgraph. No network this tool trains or exports uses
   them, so a file that holds one did not come from here.
 * Bounded while running: every ONNX Runtime call has a deadline (``POKEDEX_MODEL_CALL_LIMIT``
   seconds, 600 by default: far above a real batch of the largest network on a CPU) after which
-  its terminate flag is set and the command ends with one line.
+  its terminate flag is set and the command ends with one line. ONNX Runtime reads the flag
+  between operators: one enormous operator finishes first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pokedex_trainer.errors import UserError
 
 CALL_LIMIT_ENV = "POKEDEX_MODEL_CALL_LIMIT"
 DEFAULT_CALL_LIMIT_S = 600.0
-ONNX_REPEATING_OPS = {"Loop", "Scan"}
+ONNX_REPEATING_OPS = {"Loop", "Scan", "SequenceMap"}  # SequenceMap: a loop in ONNX Runtime
 TFLITE_REPEATING_OPS = {"WHILE"}
 
 
@@ -65,9 +66,30 @@ def check_onnx_graph(path: Path) -> None:
                         "may never end); no model this tool exports has one, so it is not run")
 
 
+def _tflite_operator_names(path: Path) -> set[str]:
+    """The builtin operators a TFLite file declares, for every subgraph (an IF branch or a
+    WHILE body is a subgraph of its own, which the interpreter's op list leaves out)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items()
+             if isinstance(value, int) and not name.startswith("_")}
+    model = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    found = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        found.add(names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), ""))
+    return found
+
+
 def check_tflite_ops(path: Path, interpreter) -> None:
-    """Refuse a TFLite file with a WHILE loop (checked after loading, before any invoke)."""
+    """Refuse a TFLite file with a WHILE loop in any subgraph (checked after loading, before
+    any invoke)."""
     ops = {detail.get("op_name", "") for detail in interpreter._get_ops_details()}
+    try:
+        ops |= _tflite_operator_names(path)
+    except Exception:  # noqa: BLE001 - the interpreter read it; a schema it cannot parse
+        raise UserError(f"'{path}' is a TFLite file whose operators cannot be listed, so it "
+                        "is not run") from None
     repeating = ops & TFLITE_REPEATING_OPS
     if repeating:
         raise UserError(f"'{path}' holds {', '.join(sorted(repeating))} operators (a loop that "

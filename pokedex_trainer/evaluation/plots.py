@@ -14,7 +14,13 @@ DPI = 100
 
 
 def _pyplot():
+    import warnings
+
     import matplotlib
+
+    # a class name with a character no font draws (an emoji, a control character) is drawn as
+    # a box; the warning with its source line is noise to a user
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -42,9 +42,10 @@ def vouch_for(path: Path | str) -> None:
 
 def trust_store_path() -> Path:
     """The user's record of the code-bearing files this tool wrote."""
-    configured = os.environ.get(TRUST_STORE_ENV)
-    return Path(configured) if configured else Path.home() / ".pokedex_ultra" / \
-        "trusted_models.jsonl"
+    from pokedex_trainer.user_io.env_values import env_path
+
+    configured = env_path(TRUST_STORE_ENV)
+    return configured or Path.home() / ".pokedex_ultra" / "trusted_models.jsonl"
 
 
 def file_sha256(path: Path) -> str:

@@ -36,9 +36,11 @@ CONVERT_TIMEOUT_S = 3600
 
 def env_folder() -> Path:
     """Where the TFLite environment of this Python environment lives."""
-    given = os.environ.get(ENV_VARIABLE, "").strip()
-    if given:
-        return Path(given)
+    from pokedex_trainer.user_io.env_values import env_path
+
+    given = env_path(ENV_VARIABLE)
+    if given is not None:
+        return given
     key = hashlib.sha256(str(Path(sys.prefix).resolve()).encode("utf-8")).hexdigest()[:10]
     return Path.home() / ".pokedex_ultra" / "tflite-env" / key
 

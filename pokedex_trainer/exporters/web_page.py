@@ -15,7 +15,6 @@ std``; its answers are checked against ``evaluate.py --predict`` in a real brows
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +28,9 @@ RUNTIME_DIR = "ort"
 # ONNX Runtime Web's WebAssembly build, single-threaded (python -m http.server does not send the
 # cross-origin-isolation headers that threads need): the loader, its module and the binary.
 RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# far below the runtime's files (onnxruntime-web 1.31.1: the .wasm 14.8 MB, the scripts 54 KB
+# and 25 KB): a few bytes of something else make a page that never runs
+MIN_WASM_BYTES, MIN_SCRIPT_BYTES = 1_000_000, 4_096
 # --web_precision -> the tolerance (parity.TOLERANCES) its check is held to
 WEB_PRECISIONS = {"fp32": "float32", "fp16": "float16", "int8": "dynamic_int8"}
 PROJECT = Path(__file__).resolve().parents[2]
@@ -39,8 +41,9 @@ INSTALL = "npm ci (in the project folder, with Node.js's npm; the version is pin
 
 def runtime_folder() -> Path:
     """Where ONNX Runtime Web's files are: ``POKEDEX_ORT_WEB`` or the project's node_modules."""
-    given = os.environ.get("POKEDEX_ORT_WEB")
-    return Path(given) if given else PROJECT / "node_modules" / "onnxruntime-web" / "dist"
+    from pokedex_trainer.user_io.env_values import env_path
+
+    return env_path("POKEDEX_ORT_WEB") or PROJECT / "node_modules" / "onnxruntime-web" / "dist"
 
 
 def check_runtime() -> Path:
@@ -65,8 +68,13 @@ def _runtime_file_problem(path: Path) -> str | None:
         return "a link: only the files themselves are copied"
     with open(path, "rb") as handle:
         head = handle.read(4096)
+    size = path.stat().st_size
     if path.suffix == ".wasm":
-        return None if head.startswith(b"\0asm") else "no WebAssembly module"
+        if not head.startswith(b"\0asm\x01\0\0\0"):
+            return "no WebAssembly module"
+        return None if size >= MIN_WASM_BYTES else f"{size} bytes, too small for the runtime"
+    if size < MIN_SCRIPT_BYTES:
+        return f"{size} bytes, too small for the runtime's script"
     try:
         text = head.decode("utf-8", errors="strict") if len(head) < 4096 else \
             head[:4000].decode("utf-8", errors="ignore")

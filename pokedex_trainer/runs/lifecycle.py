@@ -109,6 +109,9 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
         raise UserError(f"--resume: '{resume_dir}' is not a run directory (no config.json)")
     if store.finished_status():
         return None
+    if not store.has_resume_state():  # before the lock, too
+        raise UserError(f"--resume: '{resume_dir}' has no resumable state (it stopped before "
+                        "its first epoch ended, or is not a run directory)")
     lock = store.lock()
     try:
         if store.finished_status():  # it finished while this process was starting

@@ -139,6 +139,9 @@ def journal_storage(path: Path):
                         f"({type(exc).__name__})") from None
 
 
+JOURNAL_OP_CODES = range(11)  # optuna 5's JournalOperation: CREATE_STUDY (0) .. DISCARD_TRIALS
+
+
 def check_journal_lines(path: Path) -> None:
     """An existing journal must be Optuna's, whole: one JSON operation per line, the last one
     ended. Optuna skips a cut last line, then appends after it and so spoils the next one:
@@ -161,7 +164,8 @@ def check_journal_lines(path: Path) -> None:
             operation = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             operation = None
-        if not (isinstance(operation, dict) and "op_code" in operation):
+        if not (isinstance(operation, dict) and operation.get("op_code") in JOURNAL_OP_CODES
+                and not isinstance(operation.get("op_code"), bool)):
             raise UserError(f"--search_storage: '{path}' is not an Optuna journal file (line "
                             f"{number} is no journal entry); it is left as it is")
 

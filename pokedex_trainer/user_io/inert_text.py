@@ -6,8 +6,8 @@
   text" mark, shown by none of them), numbers excepted (``-0.25`` stays a number). A cell that
   already starts with ``'`` gets one more, so that reading strips exactly what writing added.
 * Terminals: escape sequences inside a name (``ESC ] 0 ;`` sets the window title, ``ESC [ 2 J``
-  clears the screen, ``ESC ] 52`` writes the clipboard) are printed as visible ``\\x1b`` text.
-  Colours (``ESC [ ... m``) and the cursor-up that progress bars use (``ESC [ A``) pass.
+  clears the screen, ``ESC ] 52`` writes the clipboard, ``ESC [ 8 m`` hides text) are printed
+  as visible ``\\x1b`` text, on the console and in logs and CSV tables (``cat`` shows them).
 * Unicode: ``León`` copied from macOS is decomposed (``e`` + a combining accent); every class
   name is compared and stored in one form, NFC (``class_name``).
 """
@@ -36,9 +36,11 @@ def _is_number(text: str) -> bool:
 
 
 def spreadsheet_cell(value):
-    """``value`` as a CSV cell that no spreadsheet runs as a formula (see the module's notes)."""
+    """``value`` as a CSV cell that no spreadsheet runs as a formula and no terminal runs as
+    an escape sequence (see the module's notes)."""
     if not isinstance(value, str) or not value:
         return value
+    value = plain_text(value)
     if value.startswith(_TEXT_MARK) or (value.startswith(FORMULA_STARTS)
                                         and not _is_number(value)):
         return _TEXT_MARK + value
@@ -61,9 +63,10 @@ def from_spreadsheet_row(row: dict) -> dict:
             for key, value in row.items()}
 
 
-# what may reach a terminal: colours and cursor-up (progress bars); every other escape
-# sequence and control character (C0 but \b \t \n \r, DEL, C1) is shown as text
-_KEPT_SEQUENCE = re.compile(r"\x1b\[[0-9;]*[mA]")
+# what may reach a terminal: no escape sequence at all (a colour can hide the rest of a line, a
+# cursor move overwrite earlier ones); \b \t \n \r pass for progress bars, every other
+# control character (C0, DEL, C1) is shown as text. Nothing this tool prints is coloured.
+_KEPT_SEQUENCE = re.compile(r"(?!)")  # matches nothing
 _CONTROL = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 

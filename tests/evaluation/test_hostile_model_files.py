@@ -496,3 +496,71 @@ def test_a_sidecar_nested_200000_levels_is_one_line_naming_it(torch_exports, tmp
     assert code == 2
     line = _one_line_error(capsys)
     assert "sidecar" in line and "nested" in line
+
+
+def _sidecar_for(path: Path, layout: str) -> Path:
+    from pokedex_trainer.evaluation.model_files import ModelInfo, sidecar_path
+
+    info = ModelInfo(["Gato", "León", "Perro"], (32, 32), layout, [0.0] * 3, [1.0] * 3,
+                     "tiny_keras", "tiny", "keras", "probabilities")
+    sidecar_path(path).write_text(json.dumps(info.to_sidecar()), encoding="utf-8")
+    return path
+
+
+def test_an_onnx_sequence_map_is_refused_like_a_loop(tmp_path, tiny_dataset, capsys):
+    """SequenceMap runs its body once per element (ONNX Runtime makes it a Loop)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph([helper.make_node("ReduceSum", ["e"], ["o"], keepdims=0)], "b",
+                             [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Constant", [], ["big"],
+                              value=numpy_helper.from_array(np.zeros(10**6, np.float32))),
+             helper.make_node("SplitToSequence", ["big"], ["sq"], axis=0, keepdims=0),
+             helper.make_node("SequenceMap", ["sq"], ["os"], body=body),
+             helper.make_node("ConcatFromSequence", ["os"], ["cat"], axis=0, new_axis=1),
+             helper.make_node("ReduceSum", ["cat"], ["s"], keepdims=0),
+             helper.make_node("Add", ["x", "s"], ["x2"]),
+             helper.make_node("ReduceMean", ["x2"], ["m"], axes=[1, 2], keepdims=0),
+             helper.make_node("Softmax", ["m"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 32, 32, 3])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _sidecar_for(tmp_path / "seqmap.onnx", "NHWC")
+    onnx.save(model, path)
+    assert run_main(evaluate_main, ["--model", str(path), "--predict",
+                                    str(tiny_dataset / "Gato"), "--output_dir",
+                                    str(tmp_path / "out")]) == 2
+    assert "SequenceMap" in _one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_a_tflite_while_hidden_in_an_if_branch_is_refused(tmp_path, tiny_dataset, capsys):
+    """The interpreter lists the main graph's operators only: IF, not the WHILE of its
+    branch. A loop of 4e18 steps that ignores SIGTERM must never start."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+    def hidden(x):
+        s = tf.reduce_mean(x)
+
+        def spin():
+            _, v = tf.while_loop(lambda i, v: i < tf.cast(s * 0 + 4e18, tf.int64),
+                                 lambda i, v: (i + 1, v + 1e-9),
+                                 [tf.constant(0, tf.int64), tf.constant(0.0)])
+            return v
+
+        z = tf.cond(s > -1.0, spin, lambda: tf.constant(0.0))
+        return tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]) + z)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [hidden.get_concrete_function()], hidden)
+    path = _sidecar_for(tmp_path / "hidden_while.tflite", "NHWC")
+    path.write_bytes(converter.convert())
+    assert run_main(evaluate_main, ["--model", str(path), "--predict",
+                                    str(tiny_dataset / "Gato"), "--output_dir",
+                                    str(tmp_path / "out")]) == 2
+    assert "WHILE" in _one_line_error(capsys)

@@ -72,6 +72,11 @@ def test_the_page_resizes_as_the_trainer_does():
         assert difference.max() == 0, (image.shape, (dh, dw), (difference > 0).mean())
 
 
+# stand-ins of the runtime's files, as large as the check wants (the page is not run here)
+FAKE_WASM = b"\0asm\1\0\0\0" + bytes(1_000_000)
+FAKE_SCRIPT = b"// a stand-in\n" * 400
+
+
 def test_web_is_a_format_of_both_frameworks_and_its_runtime_is_checked_first(monkeypatch,
                                                                             tmp_path):
     from pokedex_trainer.errors import UserError
@@ -88,7 +93,7 @@ def test_web_is_a_format_of_both_frameworks_and_its_runtime_is_checked_first(mon
     runtime = tmp_path / "dist"
     runtime.mkdir()
     for name in web_page.RUNTIME_FILES:
-        (runtime / name).write_bytes(b"\0asm\1\0\0\0" if name.endswith(".wasm") else b"x")
+        (runtime / name).write_bytes(FAKE_WASM if name.endswith(".wasm") else FAKE_SCRIPT)
     monkeypatch.setenv("POKEDEX_ORT_WEB", str(runtime))
     assert parse_formats("all", "keras")[-1] == "web"
     assert parse_formats("web", "torch") == ["web"]
@@ -109,7 +114,7 @@ def test_a_runtime_folder_of_links_or_other_files_is_refused(monkeypatch, tmp_pa
     runtime = tmp_path / "dist"
     runtime.mkdir()
     for name in web_page.RUNTIME_FILES:
-        (runtime / name).write_bytes(b"\0asm\1\0\0\0" if name.endswith(".wasm") else b"x")
+        (runtime / name).write_bytes(FAKE_WASM if name.endswith(".wasm") else FAKE_SCRIPT)
     monkeypatch.setenv("POKEDEX_ORT_WEB", str(runtime))
     assert web_page.check_runtime() == runtime
     (runtime / "ort.wasm.min.js").unlink()
@@ -117,9 +122,16 @@ def test_a_runtime_folder_of_links_or_other_files_is_refused(monkeypatch, tmp_pa
     with pytest.raises(UserError, match="a link"):
         web_page.check_runtime()
     (runtime / "ort.wasm.min.js").unlink()
-    (runtime / "ort.wasm.min.js").write_bytes(b"x")
+    (runtime / "ort.wasm.min.js").write_bytes(FAKE_SCRIPT)
     (runtime / "ort-wasm-simd-threaded.wasm").write_bytes(b"<html>not found</html>")
     with pytest.raises(UserError, match="no WebAssembly module"):
+        web_page.check_runtime()
+    (runtime / "ort-wasm-simd-threaded.wasm").write_bytes(b"\0asm\1\0\0\0garbage")
+    with pytest.raises(UserError, match="too small for the runtime"):
+        web_page.check_runtime()
+    (runtime / "ort-wasm-simd-threaded.wasm").write_bytes(FAKE_WASM)
+    (runtime / "ort.wasm.min.js").write_bytes(b"dear diary")
+    with pytest.raises(UserError, match="too small for the runtime's script"):
         web_page.check_runtime()
 
 

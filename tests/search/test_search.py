@@ -306,8 +306,12 @@ def test_a_search_never_writes_into_a_file_that_is_not_its_own(tiny_dataset, tmp
                     b'{"op_code": 5, "wor')
     notes = tmp_path / "notes.log"
     notes.write_bytes(b"my own notes\n")
+    odd = tmp_path / "odd.log"  # JSON lines, but operations Optuna does not know
+    odd.write_bytes(b'{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\n'
+                    b'{"op_code": 99}\n')
     cases = [(f"sqlite:///{foreign}", "another application's database"),
              (str(cut), "ends in a cut line"), (str(notes), "not an Optuna journal"),
+             (str(odd), "not an Optuna journal"),
              ("sqlite:///${HOME}/search.db", "not expanded")]
     for storage, message in cases:
         before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
