@@ -139,7 +139,7 @@ def measure(routes: list[str], sizes: tuple[int, int]) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", nargs="+", default=list(ROUTES),
                         help="model_type:framework pairs (default: all six)")
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     parser.add_argument("--inference_only", action="store_true",
                         help="only the forward pass (evaluate.py's latency batch)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = measure_inference(args.routes, tuple(args.sizes))
     if not args.inference_only:
         rows += measure(args.routes, tuple(args.sizes))

@@ -498,7 +498,7 @@ def test_a_sidecar_nested_200000_levels_is_one_line_naming_it(torch_exports, tmp
     assert "sidecar" in line and "nested" in line
 
 
-def _sidecar_for(path: Path, layout: str) -> Path:
+def _loop_sidecar(path: Path, layout: str) -> Path:
     from pokedex_trainer.evaluation.model_files import ModelInfo, sidecar_path
 
     info = ModelInfo(["Gato", "León", "Perro"], (32, 32), layout, [0.0] * 3, [1.0] * 3,
@@ -529,7 +529,7 @@ def test_an_onnx_sequence_map_is_refused_like_a_loop(tmp_path, tiny_dataset, cap
             "y", TensorProto.FLOAT, ["N", 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    path = _sidecar_for(tmp_path / "seqmap.onnx", "NHWC")
+    path = _loop_sidecar(tmp_path / "seqmap.onnx", "NHWC")
     onnx.save(model, path)
     assert run_main(evaluate_main, ["--model", str(path), "--predict",
                                     str(tiny_dataset / "Gato"), "--output_dir",
@@ -558,7 +558,7 @@ def test_a_tflite_while_hidden_in_an_if_branch_is_refused(tmp_path, tiny_dataset
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [hidden.get_concrete_function()], hidden)
-    path = _sidecar_for(tmp_path / "hidden_while.tflite", "NHWC")
+    path = _loop_sidecar(tmp_path / "hidden_while.tflite", "NHWC")
     path.write_bytes(converter.convert())
     assert run_main(evaluate_main, ["--model", str(path), "--predict",
                                     str(tiny_dataset / "Gato"), "--output_dir",
