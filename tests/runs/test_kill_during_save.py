@@ -26,8 +26,10 @@ def _run(tmp_path, *argv):
                           text=True, timeout=600)
 
 
+# all slow (about 30 s each on 2 cores): the default set's kill-and-resume case is
+# test_resume.py's tiny_torch one
 @pytest.mark.parametrize("moment", [
-    "before_state_json",
+    pytest.param("before_state_json", marks=pytest.mark.slow),
     pytest.param("before_state_folder", marks=pytest.mark.slow),
     pytest.param("inside_model_save", marks=pytest.mark.slow)])
 def test_kill_during_a_save_leaves_a_run_that_resumes_evaluates_and_exports(

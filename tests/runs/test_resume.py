@@ -30,7 +30,8 @@ def _resume(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("model_type", ["tiny_torch", "tiny_keras"])
+@pytest.mark.parametrize("model_type", [
+    "tiny_torch", pytest.param("tiny_keras", marks=pytest.mark.slow)])  # Keras: 22 s on 2 cores
 def test_sigkill_then_resume_continues_at_the_right_epoch_and_phase(tmp_path, tiny_dataset,
                                                                     model_type):
     run_dir = tmp_path / "runs" / "run"
