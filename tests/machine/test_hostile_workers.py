@@ -98,7 +98,7 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sent, fix", [("SIGKILL", "--workers"),  # the out-of-memory killer
-                                       ("SIGTERM", "something outside the trainer stopped it")])
+                                       ("SIGHUP", "something outside the trainer stopped it")])
 def test_a_worker_killed_mid_epoch_stops_the_loader_with_one_line(tiny_dataset, tmp_path, sent,
                                                                   fix):
     script = tmp_path / "killed_worker.py"
@@ -113,6 +113,19 @@ def test_a_worker_killed_mid_epoch_stops_the_loader_with_one_line(tiny_dataset, 
     assert "WorkersFailed" in stopped[0] and sent in stopped[0]
     assert fix in stopped[0]  # the fix is in the line
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_ignores_sigterm_which_the_main_process_answers(tiny_dataset, tmp_path):
+    """timeout, kill -- -PGID and scancel signal every process of the group: a worker leaves
+    the stop to the main process (issue 32, item 9), so SIGTERM to it alone changes nothing."""
+    script = tmp_path / "terminated_worker.py"
+    script.write_text(KILLED_WORKER.format(root=str(ROOT), data=str(tiny_dataset),
+                                           signal="SIGTERM"), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=SAFETY_NET)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WORKERS 2" in result.stdout and "FINISHED" in result.stdout, result.stdout
 
 
 @pytest.mark.slow
