@@ -152,7 +152,8 @@ def test_a_node_without_the_shared_run_directory_stops_the_resume_in_one_line(
     """Node 1 sees an empty output folder (no shared storage): every rank stops with the same
     one-line error before training, and the run is left as it was."""
     out = tmp_path / "out"
-    nodes = _start_nodes(tmp_path, _train_args(tiny_dataset, out), _static)
+    # --keep_resume: the run must look killed after its last epoch, resume state and all
+    nodes = _start_nodes(tmp_path, _train_args(tiny_dataset, out) + ["--keep_resume"], _static)
     assert [code for code, _ in _finish(nodes)] == [0, 0]
     run_dir = next(p for p in (out / "runs").iterdir() if p.is_dir())
     (run_dir / "summary.json").unlink()  # as if killed after its last epoch
