@@ -9,7 +9,8 @@ never returns and prints nothing. Two defences, both before a result is trusted:
 * Bounded while running: every ONNX Runtime call has a deadline (``POKEDEX_MODEL_CALL_LIMIT``
   seconds, 600 by default: far above a real batch of the largest network on a CPU) after which
   its terminate flag is set and the command ends with one line. ONNX Runtime reads the flag
-  between operators: one enormous operator finishes first.
+  between operators, so an operator too large to finish within the bound is refused before
+  loading, from the tensor sizes the file implies (evaluation/graph_work.py).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def _repeating_ops(graph) -> set[str]:
     return found
 
 
-def check_onnx_graph(path: Path) -> None:
+def check_onnx_graph(path: Path, input_shape: tuple[int, ...] | None = None) -> None:
     """Refuse an ONNX file whose graph repeats (see the module's notes) before any runtime
-    opens it (ONNX Runtime may fold a loop of constants while loading)."""
+    opens it (ONNX Runtime may fold a loop of constants while loading), and, given the shape
+    of one image as the tool feeds it, one whose single operator would outlast any deadline
+    (evaluation/graph_work.py)."""
     import onnx
 
     try:
@@ -64,6 +67,10 @@ def check_onnx_graph(path: Path) -> None:
     if repeating:
         raise UserError(f"'{path}' holds {', '.join(sorted(repeating))} operators (a loop that "
                         "may never end); no model this tool exports has one, so it is not run")
+    if input_shape is not None:
+        from pokedex_trainer.evaluation.graph_work import check_onnx_work
+
+        check_onnx_work(path, model, input_shape)
 
 
 def _tflite_operator_names(path: Path) -> set[str]:
@@ -82,8 +89,8 @@ def _tflite_operator_names(path: Path) -> set[str]:
 
 
 def check_tflite_ops(path: Path, interpreter) -> None:
-    """Refuse a TFLite file with a WHILE loop in any subgraph (checked after loading, before
-    any invoke)."""
+    """Refuse a TFLite file with a WHILE loop in any subgraph, or an operator too large to end
+    (checked after loading, before any invoke)."""
     ops = {detail.get("op_name", "") for detail in interpreter._get_ops_details()}
     try:
         ops |= _tflite_operator_names(path)
@@ -94,6 +101,9 @@ def check_tflite_ops(path: Path, interpreter) -> None:
     if repeating:
         raise UserError(f"'{path}' holds {', '.join(sorted(repeating))} operators (a loop that "
                         "may never end); no model this tool exports has one, so it is not run")
+    from pokedex_trainer.evaluation.graph_work import check_tflite_work
+
+    check_tflite_work(path, interpreter)  # no operator too large to end
 
 
 class CallDeadline:

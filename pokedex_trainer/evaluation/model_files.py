@@ -49,6 +49,11 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The shape of ``batch`` images as the model takes them."""
+        height, width = self.image_size
+        return (batch, 3, height, width) if self.layout == "NCHW" else (batch, height, width, 3)
+
     def to_sidecar(self, **extra) -> dict:
         """The sidecar JSON of an exported file: enough to use it without this project."""
         return {

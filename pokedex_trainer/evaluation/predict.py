@@ -238,7 +238,8 @@ class OnnxPredictor(_SidecarPredictor):
 
         from pokedex_trainer.evaluation.bounded_runs import CallDeadline, check_onnx_graph
 
-        check_onnx_graph(self.path)  # before the runtime reads it: no loop that never ends
+        # before the runtime reads it: no loop that never ends, no operator too large to end
+        check_onnx_graph(self.path, self.info.input_shape(1))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options,

@@ -466,6 +466,69 @@ def test_an_onnx_loop_that_never_ends_is_refused_in_one_line(how, tmp_path, tiny
     assert "Loop" in _one_line_error(capsys)
 
 
+def _one_operator_onnx(path: Path, size_input: str = "constant") -> Path:
+    """The probe's 540-byte model: a ConstantOfShape makes a 1x64x4096x4096 tensor for one
+    Conv (6e11 multiply-adds, one operator, so the deadline cannot stop it). With
+    ``size_input="photo"`` the tensor's size comes from the photo's values instead."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mx"], axes=[1, 2], keepdims=0)]
+    if size_input == "photo":  # 1 x 64 x (max pixel) x (max pixel)
+        nodes += [helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+                  helper.make_node("Cast", ["peak"], ["peak_int"], to=TensorProto.INT64),
+                  helper.make_node("Reshape", ["peak_int", "one_dim"], ["side"]),
+                  helper.make_node("Concat", ["head", "side", "side"], ["shape"], axis=0)]
+    nodes += [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                               value=numpy_helper.from_array(np.ones(1, np.float32))),
+              helper.make_node("Conv", ["big", "w"], ["y"], pads=[1, 1, 1, 1]),
+              helper.make_node("ReduceMean", ["y"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
+              helper.make_node("Add", ["mx", "m"], ["out"])]
+    weights = [numpy_helper.from_array(np.full((64, 64, 3, 3), 1e-3, np.float32), "w")]
+    if size_input == "photo":
+        weights += [numpy_helper.from_array(np.array([1, 64], np.int64), "head"),
+                    numpy_helper.from_array(np.array([1], np.int64), "one_dim")]
+    else:
+        weights.append(numpy_helper.from_array(np.array([1, 64, 4096, 4096], np.int64),
+                                               "shape"))
+    graph = helper.make_graph(
+        nodes, "one_operator",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32, 32, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return _loop_sidecar(path, "NHWC")
+
+
+@pytest.mark.parametrize("size_input,message", [("constant", "6.18e+11 operations"),
+                                                ("photo", "depends on the photo's values")])
+def test_one_operator_too_large_to_end_is_refused_before_it_runs(size_input, message,
+                                                                 tmp_path, tiny_dataset,
+                                                                 capsys):
+    """Issue 32, item 2: ONNX Runtime reads its terminate flag between operators, so one huge
+    operator would run past the deadline (30 s with a 3 s limit when tried): its size is read
+    from the file and it is refused before anything runs."""
+    model = _one_operator_onnx(tmp_path / "huge.onnx", size_input)
+    code = run_main(evaluate_main, ["--model", str(model), "--predict",
+                                    str(tiny_dataset / "Gato")])
+    assert code == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_a_small_model_of_the_same_operators_is_run(tmp_path, tiny_dataset, capsys):
+    """The bound refuses the size, not the operators: the same graph at 1x64x8x8 answers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = _one_operator_onnx(tmp_path / "small.onnx")
+    proto = onnx.load(str(model))
+    shape = next(i for i in proto.graph.initializer if i.name == "shape")
+    shape.CopyFrom(numpy_helper.from_array(np.array([1, 64, 8, 8], np.int64), "shape"))
+    onnx.save(proto, str(model))
+    code = run_main(evaluate_main, ["--model", str(model), "--predict",
+                                    str(tiny_dataset / "Gato")])
+    assert code == 0, capsys.readouterr().err
+
+
 def test_a_model_call_past_its_deadline_is_stopped_in_one_line(tmp_path, monkeypatch):
     """The second defence, for what the graph check cannot see: the runtime's terminate flag."""
     import onnxruntime as ort
@@ -564,3 +627,47 @@ def test_a_tflite_while_hidden_in_an_if_branch_is_refused(tmp_path, tiny_dataset
                                     str(tiny_dataset / "Gato"), "--output_dir",
                                     str(tmp_path / "out")]) == 2
     assert "WHILE" in _one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_a_tflite_operator_sized_by_the_photo_is_refused(tmp_path, tiny_dataset, capsys):
+    """The TFLite twin of the one-operator probe: a FILL whose size is the photo's brightest
+    pixel feeds one CONV_2D (255x255x64 on a white photo, any size a hostile file wants)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+    def huge(x):
+        side = tf.cast(tf.reduce_max(x), tf.int32)
+        big = tf.fill(tf.stack([1, side, side, 64]), 1.0)
+        y = tf.nn.conv2d(big, tf.ones([3, 3, 64, 64]) * 1e-3, 1, "SAME")
+        return tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]) + tf.reduce_mean(y))
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [huge.get_concrete_function()], huge)
+    path = _loop_sidecar(tmp_path / "huge.tflite", "NHWC")
+    path.write_bytes(converter.convert())
+    assert run_main(evaluate_main, ["--model", str(path), "--predict",
+                                    str(tiny_dataset / "Gato")]) == 2
+    assert "FILL result depends on the photo's values" in _one_line_error(capsys)
+
+
+def test_the_operator_bound_reads_real_exports(keras_exports, torch_run, monkeypatch,
+                                               tiny_dataset, tmp_path, capsys):
+    """The tool's own ONNX and TFLite files pass the bound (the tests that run them show it);
+    with the bound set below their largest convolution they are refused, so it is computed."""
+    from pokedex_trainer.evaluation import graph_work
+
+    photo = str(next(tiny_dataset.rglob("*.jpg")))
+    assert run_main(export_main, ["--run_dir", str(torch_run), "--formats", "onnx",
+                                  "--output_dir", str(tmp_path), "--check_images", "6"]) == 0
+    models = [keras_exports / "export" / "tiny_keras_best_int8.tflite",
+              keras_exports / "export" / "tiny_keras_best_float32.tflite",
+              keras_exports / "export" / "tiny_keras_best.onnx",
+              tmp_path / "tiny_torch_best.onnx"]
+    for model in models:
+        assert run_main(evaluate_main, ["--model", str(model), "--predict", photo]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(graph_work, "MAX_WORK", 1000)
+    for model in models:
+        assert run_main(evaluate_main, ["--model", str(model), "--predict", photo]) == 2
+        assert "operations for one image" in _one_line_error(capsys)
