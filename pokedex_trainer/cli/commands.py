@@ -257,8 +257,15 @@ def evaluate_command(args: argparse.Namespace):
     from pokedex_trainer.evaluation.app_predictions import predict_command
     from pokedex_trainer.evaluation.ensemble import evaluate_ensemble
 
+    from pokedex_trainer.evaluation.unknown import check_recall
+
     options = evaluating.EvaluateOptions(args.output_dir, args.latency_runs, args.latency_batch,
-                                         calibration=args.calibration)
+                                         calibration=args.calibration,
+                                         unknown_data=args.unknown_data,
+                                         unknown_recall=check_recall(args.unknown_recall))
+    if args.unknown_data and (args.predict or args.ensemble):
+        raise UserError("--unknown_data goes with the report of one model (--run_dir or "
+                        "--model), not with --predict or --ensemble")
     if args.ensemble:
         if args.run_dir or args.model or args.predict:
             raise UserError("--ensemble takes run directories of its own; drop --run_dir, "

@@ -373,6 +373,15 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="timed batch-1 calls after 3 warm-up calls (default: %(default)s)")
     source.add_argument("--latency_batch", type=int, default=32,
                         help="batch size of the throughput figure (default: %(default)s)")
+    source.add_argument("--unknown_data", metavar="DIR",
+                        help="a folder of photos of none of the classes (any layout): the "
+                             "report measures how well each score tells them from the known "
+                             "test photos (AUROC, FPR at 95%% known recall, histograms, "
+                             "accuracy-coverage)")
+    source.add_argument("--unknown_recall", type=float, default=0.95,
+                        help="share of the known validation photos the fitted 'unknown' rule "
+                             "keeps (saved with the temperature; --predict and the exports "
+                             "apply it) (default: %(default)s)")
     predict = parser.add_argument_group("predictions for the app")
     predict.add_argument("--predict", metavar="IMAGE_OR_DIR",
                          help="print the top classes of an image, or of every image of a folder "
@@ -380,7 +389,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top_k", type=int, default=3,
                          help="classes shown per image (default: %(default)s)")
     predict.add_argument("--threshold", type=float, default=None,
-                         help="answer 'unknown' when the top calibrated probability is below it")
+                         help="answer 'unknown' when the top calibrated probability is below it "
+                              "(default: the rule evaluate.py fitted, or the export's sidecar)")
     runs = parser.add_argument_group("comparing runs")
     runs.add_argument("--experiments", metavar="OUTPUT_DIR",
                       help="print the experiments table of OUTPUT_DIR (e.g. model/ultra) "

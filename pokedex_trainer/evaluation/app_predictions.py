@@ -40,6 +40,12 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     if saved is None:
         logger.warning("no calibration saved for %s: probabilities are uncalibrated (run "
                        "evaluate.py --run_dir first to fit the temperature)", model_path.name)
+    rule = (saved or {}).get("unknown")
+    if threshold is None and rule:
+        threshold = float(rule["threshold"])
+        logger.info("answering 'unknown' below a top probability of %.3f (the saved rule: it "
+                    "keeps %.0f %% of the known photos of the %s; --threshold sets another)",
+                    threshold, 100 * rule.get("recall", 0.95), rule.get("fitted_on", "run"))
     target_path = Path(target)
     if target_path.is_dir():
         found = sorted(p for p in target_path.rglob("*") if p.is_file())

@@ -37,6 +37,7 @@ class Member:
     temperature: float = 1.0
     calibration: dict = field(default_factory=dict)
     calibration_file: Path | None = None  # --calibration; default <run>/calibration.json
+    unknown_recall: float = 0.95  # --unknown_recall: known photos the "unknown" rule keeps
 
     @property
     def calibrated(self) -> np.ndarray:
@@ -82,8 +83,12 @@ def calibrate(member: Member) -> None:
     temperature = fit_temperature(probabilities, labels)
     calibrated = apply_temperature(probabilities, temperature)
     member.temperature = temperature
+    from pokedex_trainer.evaluation.unknown import fit_rule
+
     member.calibration = {
         "temperature": temperature, "fitted_on": f"validation split ({len(labels)} images)",
+        "unknown": fit_rule(calibrated, member.unknown_recall,
+                            f"validation split ({len(labels)} images)"),
         "val_ece_before": expected_calibration_error(probabilities, labels),
         "val_ece_after": expected_calibration_error(calibrated, labels),
         "val_loss_before": negative_log_likelihood(probabilities, labels),
@@ -112,15 +117,21 @@ def saved_calibration(member: Member) -> dict | None:
         data = read_calibration_file(path)
         entry = data.get("models", {}).get(member.predictor.path.name)
         if entry is None and "temperature" in data:
-            entry = {"temperature": data["temperature"],
+            entry = {"temperature": data["temperature"], "unknown": data.get("unknown"),
                      "fitted_on": f"{data.get('fitted_on', 'validation split')} of "
                                   f"{data.get('model', 'the run')}"}
         if entry is not None:
             checked_temperature(entry.get("temperature"), str(path))
+            from pokedex_trainer.evaluation.unknown import checked_rule
+
+            checked_rule(entry.get("unknown"), str(path))
             return entry
     sidecar = getattr(member.predictor, "sidecar", {})
-    if sidecar.get("temperature"):
-        return {"temperature": float(sidecar["temperature"]),
+    if sidecar.get("temperature") or sidecar.get("unknown"):
+        from pokedex_trainer.evaluation.unknown import checked_rule
+
+        return {"temperature": float(sidecar.get("temperature") or 1.0),
+                "unknown": checked_rule(sidecar.get("unknown"), f"{member.predictor.path}.json"),
                 "fitted_on": f"the validation split of {sidecar.get('source_model', 'its source')}"
                              " (from the export's sidecar)"}
     return None

@@ -16,7 +16,7 @@ from pokedex_trainer.user_io.output_guard import claim_outputs
 
 REPORT_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "reliability.png",
                 "per_class_f1.png", "mistakes.png", "metrics.json", "classification_report.csv",
-                "report.md")
+                "report.md", "unknown_scores.png", "accuracy_coverage.png")
 ENSEMBLE_FILES = ("metrics.json", "ensemble.csv", "confusion_matrix.png", "report.md")
 PREDICTION_FILES = ("predictions.json", "predictions.csv")
 

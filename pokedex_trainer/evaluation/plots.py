@@ -136,3 +136,34 @@ def plot_mistakes(images: list[np.ndarray], titles: list[str], path: Path) -> Pa
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle("Most confident mistakes")
     return _save(fig, path)
+
+
+def plot_unknown_scores(known: dict, unknown: dict, table: dict, path: Path) -> Path:
+    """One histogram per score: the known test photos against the unknown folder."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(known), figsize=(4.0 * len(known), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], known):
+        low = float(min(known[name].min(), unknown[name].min()))
+        high = float(max(known[name].max(), unknown[name].max()))
+        bins = np.linspace(low, high if high > low else low + 1.0, 31)
+        ax.hist(known[name], bins=bins, alpha=0.6, density=True, label="known (test split)")
+        ax.hist(unknown[name], bins=bins, alpha=0.6, density=True, label="unknown folder")
+        ax.set_title(f"{name}: AUROC {table[name]['auroc']:.3f}")
+        ax.set_xlabel("score (higher: known)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_coverage(curves: dict, path: Path) -> Path:
+    """Accuracy on the known photos each score keeps, against the share it keeps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for name, curve in curves.items():
+        ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], marker=".",
+                label=name)
+    ax.set_xlabel("coverage (share of known test photos answered)")
+    ax.set_ylabel("accuracy on the answered photos")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

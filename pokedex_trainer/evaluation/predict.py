@@ -77,6 +77,11 @@ class Predictor:
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(logits, penultimate features) of uint8 images, for the unknown-photo scores;
+        None for a file that gives probabilities only (every export)."""
+        return None
+
     def describe(self) -> str:
         return f"{self.path.name} ({self.runtime})"
 
@@ -129,6 +134,24 @@ class KerasPredictor(Predictor):
 
         return keras.ops.convert_to_numpy(self._call(x))
 
+    def logits_and_features(self, images):
+        import keras
+
+        from pokedex_trainer.backends.keras.keras_networks import HEAD_NAME, POOLING_NAME
+
+        names = {layer.name for layer in self.model.layers}
+        if HEAD_NAME not in names or POOLING_NAME not in names:
+            return None  # not a network of this tool's shape (the guide's own, say)
+        if getattr(self, "_features", None) is None:
+            self._features = keras.Model(self.model.input,
+                                         self.model.get_layer(POOLING_NAME).output)
+        features = np.concatenate([
+            keras.ops.convert_to_numpy(self._features(self.prepare(images[i:i + 64]),
+                                                      training=False))
+            for i in range(0, len(images), 64)]).astype(np.float64)
+        weight, bias = self.model.get_layer(HEAD_NAME).get_weights()
+        return features @ weight.astype(np.float64) + bias, features
+
 
 class TorchCheckpointPredictor(Predictor):
     runtime = "pytorch"
@@ -160,6 +183,16 @@ class TorchCheckpointPredictor(Predictor):
     def _run(self, x):
         with self._torch.inference_mode():
             return self.model.probabilities(self._torch.from_numpy(x)).numpy()
+
+    def logits_and_features(self, images):
+        model = self.model
+        if not all(hasattr(model, part) for part in ("normalize", "backbone", "head")):
+            return None  # not a network of this tool's shape (the guide's own, say)
+        torch = self._torch
+        with torch.inference_mode():
+            features = model.backbone(model.normalize(torch.from_numpy(self.prepare(images))))
+            logits = model.head(features)
+        return logits.double().numpy(), features.double().numpy()
 
 
 class _SidecarPredictor(Predictor):

@@ -59,6 +59,8 @@ class EvaluateOptions:
     latency_batch: int = 32
     mistakes: int = 16
     calibration: str | None = None  # calibration.json to write (default: in the run)
+    unknown_data: str | None = None  # a folder of photos of none of the classes
+    unknown_recall: float = 0.95  # known photos the fitted "unknown" rule keeps
 
 
 def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None,
@@ -71,10 +73,22 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
                         predictor.info.model_type, predictor.info.source_framework)
     images = evaluation_images(run, data_path, predictor.info.class_names)
     member = Member(model_path.name, predictor, run,
-                    calibration_file=Path(options.calibration) if options.calibration else None)
+                    calibration_file=Path(options.calibration) if options.calibration else None,
+                    unknown_recall=options.unknown_recall)
+    if options.unknown_data:  # before any work: a folder with no photo is one line
+        from pokedex_trainer.evaluation.unknown import unknown_files
+
+        unknown_files(Path(options.unknown_data))
     calibrate(member)
     member.probabilities, labels = predict_images(predictor, images, label="test images")
     metrics = member_metrics(member, labels)
+    for name in ("unknown_scores.png", "accuracy_coverage.png"):
+        (out / name).unlink(missing_ok=True)  # an earlier report's (report_folder checked)
+    if options.unknown_data:
+        from pokedex_trainer.evaluation.unknown_report import measure_unknown
+
+        metrics["unknown"] = measure_unknown(member, images, labels,
+                                             Path(options.unknown_data), out)
     sample = next(images.load(predictor.info.image_size, batch_size=options.latency_batch))[0]
     metrics["latency"] = latency(predictor, sample, options.latency_runs, options.latency_batch)
     metrics.update(model=str(model_path), runtime=predictor.runtime,
@@ -173,6 +187,10 @@ def report_markdown(metrics: dict, names: list[str]) -> str:
         lines.append("No confusion: every image was classified correctly.")
     lines += ["", "## Confidence", "", "![reliability diagram](reliability.png)", "",
               "## Most confident mistakes", "", "![mistakes](mistakes.png)", ""]
+    if metrics.get("unknown"):
+        from pokedex_trainer.evaluation.unknown_report import unknown_markdown
+
+        lines += unknown_markdown(metrics["unknown"])
     return "\n".join(lines)
 
 
@@ -190,4 +208,8 @@ def print_summary(metrics: dict, out: Path) -> None:
               f"{lat['throughput_batch']}")
     for pair in metrics["most_confused"][:3]:
         print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}x")
+    if metrics.get("unknown"):
+        from pokedex_trainer.evaluation.unknown_report import unknown_line
+
+        print(f"  {unknown_line(metrics['unknown'])}")
     print(f"report: {out / 'report.md'}")

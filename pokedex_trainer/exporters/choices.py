@@ -112,3 +112,16 @@ def export_temperature(run_dir: Path | None, calibration: str | None = None) -> 
     if calibration is not None and not Path(calibration).is_file():
         raise UserError(f"--calibration: '{calibration}' does not exist (evaluate.py writes it)")
     return read_temperature(run_dir, Path(calibration) if calibration else None)
+
+
+def export_unknown_rule(run_dir: Path | None, calibration: str | None = None) -> dict | None:
+    """The "unknown" rule evaluate.py saved beside the temperature (calibration.json), or None
+    (run_export then fits one on the check images)."""
+    from pokedex_trainer.evaluation.unknown import checked_rule
+    from pokedex_trainer.runs.store import RunStore, read_calibration_file
+
+    path = Path(calibration) if calibration else (
+        RunStore(Path(run_dir)).calibration_path if run_dir is not None else None)
+    if path is None or not path.is_file():
+        return None
+    return checked_rule(read_calibration_file(path).get("unknown"), str(path))

@@ -16,6 +16,7 @@ from pokedex_trainer.exporters.choices import (
     DEFAULT_OPSET,
     export_images,
     export_temperature,
+    export_unknown_rule,
     framework_of_source,
     parse_formats,
     parse_precisions,
@@ -78,7 +79,8 @@ def export_command(run_dir: str | None = None, model: str | None = None,
         raise UserError(f"no class list for '{source}': expected class_names.json beside it")
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
-                    export_temperature(run, calibration_file), web_precision, threshold)
+                    export_temperature(run, calibration_file), web_precision, threshold,
+                    export_unknown_rule(run, calibration_file))
     results = run_export(job)
     record_results(results, record, job)
     record_outputs(out, written)

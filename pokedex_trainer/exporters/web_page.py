@@ -122,7 +122,10 @@ def page_config(sidecar: dict, precision: str, threshold: float | None,
         "std": given.get("std", [1.0] * 3), "resize": "area",
         "output": sidecar.get("output", {}).get("kind", "probabilities"),
         "temperature": sidecar.get("temperature", 1.0),
-        "threshold": threshold, "precision": precision, "model": MODEL_FILE,
+        # --threshold wins; else the sidecar's "unknown" rule, as evaluate.py --predict applies
+        "threshold": threshold if threshold is not None else
+        (sidecar.get("unknown") or {}).get("threshold"),
+        "precision": precision, "model": MODEL_FILE,
         "source_model": sidecar.get("source_model", ""), "created": sidecar.get("created", ""),
         "onnxruntime_web": runtime,
     }

@@ -51,6 +51,7 @@ class ExportJob:
     temperature: float | None = None
     web_precision: str = "fp32"
     threshold: float | None = None
+    unknown: dict | None = None  # the "unknown" rule the sidecars carry (None: fitted here)
 
 
 def run_export(job: ExportJob) -> list[ExportResult]:
@@ -65,6 +66,8 @@ def run_export(job: ExportJob) -> list[ExportResult]:
     images, labels = job.check.load_all(source.info.image_size)
     reference = predict_all(source, images)
     logger.info("checking exports on %d images (%s)", len(images), job.check.description)
+    if job.unknown is None:
+        job.unknown = _fit_unknown_rule(reference, job)
     writers = _keras_writers(job, source) if source.runtime == "keras" else \
         _torch_writers(job, source)
     results = []
@@ -92,6 +95,19 @@ def run_export(job: ExportJob) -> list[ExportResult]:
     return results
 
 
+def _fit_unknown_rule(reference, job: ExportJob) -> dict:
+    """The "unknown" rule when evaluate.py saved none: fitted on the check images (the
+    validation split) with the run's temperature, to keep 95 % of them."""
+    from pokedex_trainer.evaluation.calibration import apply_temperature
+    from pokedex_trainer.evaluation.unknown import DEFAULT_RECALL, fit_rule
+
+    calibrated = apply_temperature(reference, job.temperature or 1.0)
+    rule = fit_rule(calibrated, DEFAULT_RECALL, f"{job.check.description}, at export")
+    logger.info("'unknown' below a top probability of %.3f (keeps %.0f %% of %s)",
+                rule["threshold"], 100 * DEFAULT_RECALL, job.check.description)
+    return rule
+
+
 def _sidecar(info: ModelInfo, job: ExportJob, fmt: str, precision: str) -> dict:
     extra = {"format": fmt, "precision": precision, "source_model": job.source.name,
              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "pokedex_trainer": __version__}
@@ -99,6 +115,8 @@ def _sidecar(info: ModelInfo, job: ExportJob, fmt: str, precision: str) -> dict:
         extra["temperature"] = job.temperature
         extra["temperature_note"] = ("calibrated probabilities: softmax(log(p) / temperature); "
                                      "the model's own output is uncalibrated")
+    if job.unknown is not None:
+        extra["unknown"] = job.unknown
     return info.to_sidecar(**extra)
 
 

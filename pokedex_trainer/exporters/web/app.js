@@ -65,10 +65,13 @@ function render(result, file) {
   }
   card.append(image, body);
   card.updateAnswer = () => {
+    // the same rule as evaluate.py --predict: "unknown" below the threshold (the sidecar's
+    // fitted rule unless export.py --threshold gave another); the guesses stay, greyed
     const known = result.top[0].p >= state.threshold;
-    answer.textContent = known ? result.top[0].label : "unknown";
+    answer.textContent = known ? result.top[0].label : "I don't know this one";
     answer.className = known ? "answer" : "answer unknown";
-    result.prediction = answer.textContent;
+    card.classList.toggle("not-known", !known);
+    result.prediction = known ? result.top[0].label : "unknown";
   };
   card.updateAnswer();
   $("results").prepend(card);

@@ -1,0 +1,121 @@
+"""evaluate.py --unknown_data DIR: the report's section on photos of none of the classes.
+
+Every score of evaluation/unknown.py is measured on the known test photos against the unknown
+folder (AUROC, FPR at 95 % known recall, the histogram of both, the accuracy-coverage curve);
+the shipped rule (the top calibrated probability under the threshold fitted on the validation
+split) is measured as the app applies it: how many unknown photos it still names as a species.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pokedex_trainer.evaluation import unknown as scoring
+from pokedex_trainer.evaluation.calibration import apply_temperature
+from pokedex_trainer.runs.finished import LabelledImages, run_split
+
+logger = logging.getLogger(__name__)
+
+
+def unknown_images(folder: Path, class_names: list[str], known: list[LabelledImages]
+                   ) -> LabelledImages:
+    """The unknown folder as images (label -1), refused in one line when it shares a photo
+    with the classes' photos."""
+    folder = Path(folder)
+    files = scoring.unknown_files(folder)
+    known_files = [images.root / relative for images in known for relative, _ in images.samples]
+    scoring.check_no_shared_photos(files, known_files, "the same file content")
+    return LabelledImages(folder, list(class_names),
+                          [(path.relative_to(folder).as_posix(), -1) for path in files],
+                          f"{folder} ({len(files)} unknown photos)")
+
+
+def _outputs(predictor, images: LabelledImages, label: str):
+    """(probabilities, logits or None, features or None) of every readable image."""
+    probabilities, logits, features = [], [], []
+    for batch, _ in images.load(predictor.info.image_size, 32, progress=label):
+        probabilities.append(predictor.predict(batch))
+        inner = predictor.logits_and_features(batch)
+        if inner is not None:
+            logits.append(inner[0])
+            features.append(inner[1])
+    if not probabilities:
+        from pokedex_trainer.errors import UserError
+
+        raise UserError(f"no readable photo in {images.description}")
+    joined = np.concatenate(probabilities)
+    if len(logits) and sum(len(x) for x in logits) == len(joined):
+        return joined, np.concatenate(logits), np.concatenate(features)
+    return joined, None, None
+
+
+def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Path,
+                    out: Path) -> dict:
+    """The ``unknown`` section of metrics.json (and its two plots in ``out``)."""
+    from pokedex_trainer.evaluation import plots
+
+    predictor, run = member.predictor, member.run_dir
+    known_sets = [test] + ([run_split(run, split) for split in ("train", "val")] if run else [])
+    unknown = unknown_images(folder, predictor.info.class_names, known_sets)
+    probabilities, logits, features = _outputs(predictor, test, "known photos (scores)")
+    u_probabilities, u_logits, u_features = _outputs(predictor, unknown, "unknown photos")
+    bank = None
+    if features is not None and run is not None:
+        train = run_split(run, "train").subset(scoring.KNN_BANK, seed=3)
+        bank_features = _outputs(predictor, train, "training photos (feature bank)")[2]
+        bank = scoring.normalized(bank_features) if bank_features is not None else None
+    calibrated = apply_temperature(probabilities, member.temperature)
+    u_calibrated = apply_temperature(u_probabilities, member.temperature)
+    known_scores = scoring.scores(calibrated, logits, features, bank)
+    unknown_scores = scoring.scores(u_calibrated, u_logits, u_features, bank)
+    correct = calibrated.argmax(axis=1) == labels
+    table = {name: {"auroc": scoring.auroc(known_scores[name], unknown_scores[name]),
+                    "fpr_at_95_recall": scoring.fpr_at_recall(known_scores[name],
+                                                              unknown_scores[name])}
+             for name in known_scores}
+    rule = member.calibration.get("unknown")
+    section = {"photos": len(u_probabilities), "folder": str(folder), "scores": table,
+               "coverage": {name: scoring.coverage_curve(score, correct)
+                            for name, score in known_scores.items()},
+               "shipped_rule": rule}
+    if rule:
+        threshold = rule["threshold"]
+        section["named_as_species"] = float((u_calibrated.max(axis=1) >= threshold).mean())
+        section["known_kept"] = float((calibrated.max(axis=1) >= threshold).mean())
+    if logits is None:
+        section["note"] = ("max_logit, energy and knn need the network's logits and features: "
+                           "evaluate the run's own model file (.keras or .pth) for them")
+    plots.plot_unknown_scores(known_scores, unknown_scores, table, out / "unknown_scores.png")
+    plots.plot_coverage(section["coverage"], out / "accuracy_coverage.png")
+    return section
+
+
+def unknown_line(section: dict) -> str:
+    """How well the model knows what it does not know, in one line."""
+    best = max(section["scores"], key=lambda name: section["scores"][name]["auroc"])
+    shipped = section["scores"][scoring.SHIPPED_SCORE]
+    text = (f"unknown photos ({section['photos']}): AUROC {shipped['auroc']:.3f} with the "
+            f"shipped score ({scoring.SHIPPED_SCORE}), {shipped['fpr_at_95_recall']:.0%} named "
+            f"as a species at 95 % known recall")
+    if "named_as_species" in section:
+        text += (f"; the shipped threshold {section['shipped_rule']['threshold']:.3f} names "
+                 f"{section['named_as_species']:.0%} of them as a species and keeps "
+                 f"{section['known_kept']:.0%} of the known photos")
+    if best != scoring.SHIPPED_SCORE:
+        text += f"; best score: {best} (AUROC {section['scores'][best]['auroc']:.3f})"
+    return text
+
+
+def unknown_markdown(section: dict) -> list[str]:
+    lines = ["", "## Photos of none of the classes", "", unknown_line(section) + ".", "",
+             "| score | AUROC | FPR at 95 % known recall |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {row['auroc']:.4f} | {row['fpr_at_95_recall']:.1%} |"
+              for name, row in section["scores"].items()]
+    if section.get("note"):
+        lines += ["", section["note"] + "."]
+    lines += ["", "![scores of known and unknown photos](unknown_scores.png)",
+              "![accuracy against coverage](accuracy_coverage.png)", ""]
+    return lines
