@@ -1,0 +1,139 @@
+"""Photos of none of the classes (issue 33): the scores by hand, the report's section, the
+fitted rule in calibration.json and the sidecars, and the same verdicts in every runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main
+from pokedex_trainer.evaluation import unknown as scoring
+
+FAST = ["--latency_runs", "1", "--latency_batch", "2"]
+
+
+def test_scores_and_measures_worked_out_by_hand():
+    known, unknown = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.5, 0.7, 0.1])
+    # 12 pairs: 0.9 and 0.8 beat all 3, 0.7 beats 2 and ties 1, 0.6 beats 2
+    assert scoring.auroc(known, unknown) == pytest.approx(10.5 / 12)
+    assert scoring.threshold_for_recall(known, 0.75) == 0.7  # keeps 3 of 4
+    assert scoring.fpr_at_recall(known, unknown, 0.75) == pytest.approx(1 / 3)  # 0.7 >= 0.7
+    logits = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    found = scoring.scores(np.array([[0.8, 0.1, 0.1], [1 / 3] * 3]), logits)
+    assert found["max_logit"].tolist() == [2.0, 1.0]
+    assert found["energy"] == pytest.approx([np.log(np.exp(2) + 2), 1 + np.log(3)])
+    bank = scoring.normalized(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    near = scoring.knn_distance(np.array([[2.0, 0.0]]), bank, k=1)
+    assert near == pytest.approx([0.0])
+    second = scoring.knn_distance(np.array([[2.0, 0.0]]), bank, k=2)
+    assert second == pytest.approx([np.sqrt(2 - 2 * np.cos(np.pi / 4))])
+    curve = scoring.coverage_curve(np.array([0.9, 0.1, 0.5, 0.4]),
+                                   np.array([True, False, True, False]), points=4)
+    assert [p["accuracy"] for p in curve] == [1.0, 1.0, 2 / 3, 0.5]
+
+
+def _noise_folder(folder, count=10, nested=True):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        target = folder / ("deep" if nested and i % 2 else "") / f"noise_{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(target)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["keras", "torch"])
+def test_unknown_data_adds_every_score_to_the_report(which, keras_run, torch_run, tmp_path,
+                                                     capsys):
+    run = keras_run if which == "keras" else torch_run
+    unknown = _noise_folder(tmp_path / "not_animals")
+    out = tmp_path / "report"
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--unknown_data", str(unknown),
+                                    "--output_dir", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    section = json.loads((out / "metrics.json").read_text("utf-8"))["unknown"]
+    assert section["photos"] == 10
+    assert set(section["scores"]) == {"max_softmax", "max_logit", "energy", "knn"}
+    for row in section["scores"].values():
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr_at_95_recall"] <= 1.0
+    assert section["shipped_rule"]["score"] == "max_softmax"
+    assert 0.0 <= section["named_as_species"] <= 1.0
+    assert (out / "unknown_scores.png").is_file() and (out / "accuracy_coverage.png").is_file()
+    assert "## Photos of none of the classes" in (out / "report.md").read_text("utf-8")
+    assert "unknown photos (10): AUROC" in printed
+    saved = json.loads((run / "calibration.json").read_text("utf-8"))
+    assert saved["models"][next(run.glob("*_best.*")).name]["unknown"]["recall"] == 0.95
+
+
+def test_predict_applies_the_fitted_rule_and_exports_carry_it(keras_run, tiny_dataset,
+                                                              tmp_path):
+    """One verdict everywhere: the run's model (rule from calibration.json) and its ONNX and
+    TFLite exports (rule from their sidecars) answer 'unknown' for the same photos."""
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--output_dir",
+                                    str(tmp_path / "report"), "--unknown_recall", "0.6",
+                                    *FAST]) == 0
+    rule = json.loads((keras_run / "calibration.json").read_text("utf-8"))["unknown"]
+    assert rule["recall"] == 0.6
+    out = tmp_path / "export"
+    assert run_main(export_main, ["--run_dir", str(keras_run), "--formats", "onnx,tflite",
+                                  "--tflite_precisions", "float32", "--output_dir", str(out),
+                                  "--check_images", "6"]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(tiny_dataset.rglob("*.jpg"))[::4][:10]:
+        (photos / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    _noise_folder(photos, 10, nested=False)
+    answers = {}
+    for model in (next(keras_run.glob("*_best.keras")), out / "tiny_keras_best.onnx",
+                  out / "tiny_keras_best_float32.tflite"):
+        if model.suffix != ".keras":
+            sidecar = json.loads((model.parent / (model.name + ".json")).read_text("utf-8"))
+            assert sidecar["unknown"]["threshold"] == rule["threshold"]
+        rows = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p"))
+        for row in rows:
+            assert (row["prediction"] == "unknown") == (row["confidence"] < rule["threshold"])
+        answers[model.suffix] = [row["prediction"] for row in rows]
+    assert "unknown" in answers[".keras"] and len(set(answers[".keras"])) > 1
+    assert answers[".onnx"] == answers[".keras"] == answers[".tflite"]
+
+
+def test_bad_unknown_input_is_one_line(keras_run, tiny_dataset, tmp_path, capsys):
+    from test_hostile import _one_line_error
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no photo")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    twin = next(tiny_dataset.rglob("*.jpg"))
+    (shared / "renamed.jpg").write_bytes(twin.read_bytes())
+    cases = [(["--unknown_data", str(empty)], "holds no photo"),
+             (["--unknown_data", str(shared)], "is also the class photo"),
+             (["--unknown_data", str(tmp_path / "absent")], "is not a folder"),
+             (["--unknown_recall", "1.5"], "between 0.5 and 0.999"),
+             (["--unknown_data", str(empty), "--predict", str(twin)], "not with --predict")]
+    for extra, message in cases:
+        code = run_main(evaluate_main, ["--run_dir", str(keras_run), "--output_dir",
+                                        str(tmp_path / "out"), *FAST, *extra])
+        assert code == 2, extra
+        assert message in _one_line_error(capsys), extra
+
+
+def test_a_sidecar_rule_out_of_range_is_refused(keras_exports, tiny_dataset, tmp_path, capsys):
+    from test_hostile import _copy_with_sidecar, _one_line_error
+
+    model = _copy_with_sidecar(keras_exports / "export" / "tiny_keras_best.onnx",
+                               tmp_path / "m.onnx")
+    sidecar = model.with_name(model.name + ".json")
+    data = json.loads(sidecar.read_text("utf-8"))
+    data["unknown"] = {"score": "max_softmax", "threshold": 7}
+    sidecar.write_text(json.dumps(data), encoding="utf-8")
+    code = run_main(evaluate_main, ["--model", str(model), "--predict",
+                                    str(next(tiny_dataset.rglob("*.jpg")))])
+    assert code == 2
+    assert "unknown" in _one_line_error(capsys)
