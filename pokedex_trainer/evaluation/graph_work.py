@@ -65,6 +65,44 @@ def _fix_inputs(model, input_shape: tuple[int, ...]) -> None:
         first = False
 
 
+def _sort_nodes(graph) -> None:
+    """Put the graph's nodes in an order where each comes after what it reads (shape inference
+    walks them in file order; ONNX Runtime does not need it, and some tools -- onnxruntime's
+    float16 converter among them -- append the input's Cast at the end). Kahn's algorithm:
+    linear in the nodes, whatever a file holds."""
+    from collections import deque
+
+    nodes = list(graph.node)
+    maker = {}
+    for index, node in enumerate(nodes):
+        for name in node.output:
+            if name:
+                maker.setdefault(name, index)
+    readers = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for index, node in enumerate(nodes):
+        for source in {maker[name] for name in node.input if name in maker}:
+            if source != index:
+                readers[source].append(index)
+                waiting[index] += 1
+    ready = deque(i for i, count in enumerate(waiting) if count == 0)
+    order = []
+    while ready:
+        index = ready.popleft()
+        order.append(index)
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    placed = set(order)
+    order += [i for i in range(len(nodes)) if i not in placed]  # a cycle: as the file has it
+    copies = [type(nodes[i])() for i in order]
+    for copy, index in zip(copies, order):
+        copy.CopyFrom(nodes[index])
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def _work(node, shapes: dict[str, list[int]]) -> int:
     """Multiply-adds (or element visits) of one operator, from its tensors' sizes."""
     def shape(i, of=node.input):
@@ -135,6 +173,7 @@ def check_onnx_work(path: Path, model, input_shape: tuple[int, ...]) -> None:
 
             model = inliner.inline_local_functions(model)
         _fix_inputs(model, input_shape)
+        _sort_nodes(model.graph)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference errors name onnx's own internals
         from pokedex_trainer.errors import reason_line

@@ -137,3 +137,52 @@ def test_a_sidecar_rule_out_of_range_is_refused(keras_exports, tiny_dataset, tmp
                                     str(next(tiny_dataset.rglob("*.jpg")))])
     assert code == 2
     assert "unknown" in _one_line_error(capsys)
+
+
+def test_the_documented_app_snippets_give_the_same_verdicts(keras_run, tiny_dataset, tmp_path,
+                                                            monkeypatch, capsys):
+    """docs/export.md's ONNX and TFLite snippets, run as printed on photos already at the
+    model's size (so PIL's and OpenCV's area resizes agree; PNG, so their decoders agree),
+    answer what --predict answers (but where float32 and float64 may round either way of the
+    threshold)."""
+    import re
+
+    from PIL import Image
+
+    from conftest import ROOT
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--output_dir",
+                                    str(tmp_path / "report"), "--unknown_recall", "0.6",
+                                    *FAST]) == 0
+    out = tmp_path / "export"
+    assert run_main(export_main, ["--run_dir", str(keras_run), "--formats", "onnx,tflite",
+                                  "--tflite_precisions", "float16", "--output_dir", str(out),
+                                  "--check_images", "6"]) == 0
+    snippets = [block for block in re.findall(r"```python\n(.*?)```",
+                                              (ROOT / "docs" / "export.md").read_text("utf-8"),
+                                              re.S) if "meta = json.load" in block]
+    assert len(snippets) == 2
+    rng = np.random.default_rng(2)
+    photos = [Image.open(p).convert("RGB").resize((32, 32))
+              for p in sorted(tiny_dataset.rglob("*.jpg"))[::9][:4]]
+    photos += [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+               for _ in range(4)]
+    monkeypatch.chdir(out)
+    rule = json.loads((out / "tiny_keras_best.onnx.json").read_text("utf-8"))["unknown"]
+    checked = 0
+    for index, photo in enumerate(photos):
+        photo.save(out / "foto.png")
+        expected = predict_command(str(out / "foto.png"), None,
+                                   str(out / "tiny_keras_best.onnx"), 3, None, None)[0]
+        capsys.readouterr()
+        for snippet in snippets:
+            code = snippet.replace("mobilenet_v2_best", "tiny_keras_best").replace(
+                "foto.jpg", "foto.png")
+            exec(compile(code, "docs/export.md", "exec"), {})
+            printed = capsys.readouterr().out.split()
+            assert float(printed[1]) == pytest.approx(expected["confidence"], abs=1e-3)
+            if abs(expected["confidence"] - rule["threshold"]) > 1e-3:
+                checked += 1
+                assert printed[0] == expected["prediction"], (index, printed, expected)
+    assert checked >= 4

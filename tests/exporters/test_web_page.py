@@ -340,3 +340,58 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
     assert (tmp_path / "page.png").stat().st_size > 10_000
     confident = [a for a in answers if a["top"][0]["p"] >= 0.5]
     assert len(confident) >= 5, [a["top"][0]["p"] for a in answers]  # decisive answers
+
+
+@pytest.mark.slow
+def test_the_page_says_i_dont_know_where_python_says_unknown(tmp_path):
+    """Issue 33: with no --threshold the page applies the sidecar's fitted rule, as evaluate.py
+    --predict does: the same 20 photos, half of them noise, get the same 'unknown' verdicts
+    through Python and through the page in Chromium, and the page shows "I don't know this
+    one" with the guesses greyed."""
+    chromium = _browser()
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    data = _copy_of(ROOT / "data" / "demo", tmp_path / "demo", per_class=12)
+    run = train_tiny_run(data, tmp_path, "tiny_torch", "--epochs", "3")
+    _sharpen(run)
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--unknown_recall", "0.7",
+                                    "--latency_runs", "1", "--latency_batch", "2"]) == 0
+    assert run_main(export_main, ["--run_dir", str(run), "--formats", "web",
+                                  "--check_images", "6"]) == 0
+    page_dir = run / "export" / "web"
+    rule = json.loads((run / "calibration.json").read_text("utf-8"))["unknown"]
+    assert json.loads((page_dir / "model.json").read_text("utf-8"))["threshold"] == \
+        rule["threshold"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for index, path in enumerate(sorted(data.rglob("*.jpg"))[::7][:10]):
+        shutil.copyfile(path, photos / f"animal_{index:02d}.jpg")
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+            photos / f"noise_{index:02d}.png")
+    files = sorted(photos.iterdir())
+    expected = {Path(r["image"]).name: r["prediction"] for r in predict_command(
+        str(photos), None, str(page_dir / "model.onnx"), 3, None, str(tmp_path / "p"))}
+    assert "unknown" in expected.values() and set(expected.values()) != {"unknown"}
+    server = _serve(page_dir)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium,
+                                                 args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 760, "height": 900})
+            page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.set_input_files("#files", [str(p) for p in files])
+            page.wait_for_selector(f"body[data-processed='{len(files)}']", timeout=300_000)
+            answers = {a["name"]: a["prediction"] for a in page.evaluate("window.pokedexResults")}
+            shown = page.locator(".card.not-known .answer").all_inner_texts()
+            browser.close()
+    finally:
+        server.shutdown()
+    assert answers == expected
+    assert shown and set(shown) == {"I don't know this one"}
+    assert len(shown) == list(expected.values()).count("unknown")
