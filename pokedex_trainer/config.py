@@ -88,6 +88,8 @@ class TrainConfig:
     optimizer: str = "adam"  # adam or adamw (decoupled weight decay)
     weight_decay: float = 0.01  # adamw only
     ema: float = 0.0  # decay of the moving average of the weights (0: off)
+    unknown_dir: str | None = None  # photos of none of the classes, or "builtin" (outlier exposure)
+    unknown_weight: float = 0.5  # weight of an unknown photo's loss (towards uniform)
     search_name: str | None = None  # the hyperparameter search this run is a trial of
     search_trial: int | None = None  # its trial number in that search
 
@@ -158,6 +160,10 @@ class TrainConfig:
             (0 <= self.weight_decay < 1, "--weight_decay must be in [0, 1)"),
             (self.ema == 0 or 0.5 <= self.ema < 1, "--ema must be 0 (off) or a decay in "
                                                    "[0.5, 1), such as 0.999"),
+            (0 < self.unknown_weight <= 10, "--unknown_weight must be above 0 and at most 10"),
+            (self.unknown_dir is None or self.sampler == "none",
+             "--unknown_dir does not go with --sampler balanced (the unknown photos have no "
+             "class to balance): use --class_weight balanced"),
             (max(height, width) <= MAX_IMAGE_SIDE,
              f"--image_size {height} {width}: each side must be at most {MAX_IMAGE_SIDE} px"),
         ]

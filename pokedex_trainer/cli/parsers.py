@@ -220,6 +220,16 @@ def _add_recipe_options(train, d: TrainConfig) -> None:
                        help="adam, or adamw with decoupled weight decay (default: %(default)s)")
     train.add_argument("--weight_decay", type=float, default=d.weight_decay,
                        help="adamw's weight decay (default: %(default)s)")
+    train.add_argument("--unknown_dir", default=d.unknown_dir, metavar="DIR",
+                       help="photos of none of the classes (other animals, rooms, streets; any "
+                            "layout), trained towards 'none of them' (outlier exposure: the "
+                            "answer on them is pushed to uniform, so the fitted 'unknown' rule "
+                            "catches what the model does not know); never a class of its own. "
+                            "'builtin': 500 generated far-away images (noise, textures, "
+                            "digits) that need no folder")
+    train.add_argument("--unknown_weight", type=float, default=d.unknown_weight,
+                       help="weight of an unknown photo's loss against a labelled photo's "
+                            "(default: %(default)s)")
     train.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
                        help="validate and save an exponential moving average of the weights, "
                             "updated every step with this decay (e.g. 0.999); 0 turns it off "

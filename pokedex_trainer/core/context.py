@@ -36,6 +36,22 @@ class RunContext:
     timestamp: str
     image_cache: object = None  # the --cache storage, opened by the first loader
     footprint: object = None  # what a new run made on disk (run_footprint.RunFootprint)
+    unknown_photos: list | None = None  # --unknown_dir's photos, read once (unknown_samples)
+
+    def unknown_samples(self) -> list[tuple[str, int]]:
+        """(absolute path, -1) of the photos of none of the classes the run trains on
+        (``--unknown_dir``, core/outlier_exposure.py); empty without one."""
+        if self.config.unknown_dir is None:
+            return []
+        if self.unknown_photos is None:
+            from pokedex_trainer.data.unknown_photos import unknown_training_samples
+
+            known = [self.index.root / relative for split in self.splits.values()
+                     for relative, _ in split]
+            self.unknown_photos = unknown_training_samples(
+                self.config.unknown_dir, Path(self.config.output_dir), known,
+                cap=len(self.splits["train"]), seed=self.config.seed)
+        return self.unknown_photos
 
     def open_image_cache(self):
         """The run's decoded-image cache (``--cache``), None when off. One for every split:
@@ -47,7 +63,8 @@ class RunContext:
             from pokedex_trainer.data.cache import ImageCache, default_cache_dir
 
             files = sorted({relative for split in self.splits.values()
-                            for relative, _ in split})
+                            for relative, _ in split} |
+                           {path for path, _ in self.unknown_samples()})
             folder = Path(config.cache_dir) if config.cache_dir else \
                 default_cache_dir(config.output_dir)
             self.image_cache = ImageCache(self.index.root, files, config.image_size,
@@ -80,7 +97,10 @@ class RunContext:
                     workers: int | None = None) -> BatchLoader:
         """A batch loader over ``split``; augmentation only when ``training`` and enabled."""
         config = self.config
-        source = BatchSource(self.index.root, self.splits[split], config.image_size,
+        samples = self.splits[split]
+        if split == "train" and training:  # photos of none of the classes: training only
+            samples = samples + self.unknown_samples()
+        source = BatchSource(self.index.root, samples, config.image_size,
                              training=training, seed=config.seed, augment=config.augment,
                              augment_warmup=config.augment_warmup,
                              cache=self.open_image_cache())

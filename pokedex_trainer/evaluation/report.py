@@ -76,9 +76,9 @@ def evaluate_model(run_dir: str | None, model: str | None, data_path: str | None
                     calibration_file=Path(options.calibration) if options.calibration else None,
                     unknown_recall=options.unknown_recall)
     if options.unknown_data:  # before any work: a folder with no photo is one line
-        from pokedex_trainer.evaluation.unknown import unknown_files
+        from pokedex_trainer.data.unknown_photos import photo_files
 
-        unknown_files(Path(options.unknown_data))
+        photo_files(Path(options.unknown_data), "--unknown_data")
     calibrate(member)
     member.probabilities, labels = predict_images(predictor, images, label="test images")
     metrics = member_metrics(member, labels)

@@ -23,9 +23,6 @@ The last three need the network's logits and features, which the run's own model
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from pokedex_trainer.errors import UserError
@@ -125,48 +122,3 @@ def checked_rule(rule, where: str) -> dict | None:
         raise UserError(f"{where}: its 'unknown' rule is not a {SHIPPED_SCORE} threshold "
                         "between 0 and 1")
     return rule
-
-
-def unknown_files(folder: Path) -> list[Path]:
-    """Every photo under ``folder``, in any layout (links to folders are not followed)."""
-    from pokedex_trainer.data.files import is_image_file
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--unknown_data '{folder}' is not a folder")
-    found = []
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(top) / name for name in sorted(files) if is_image_file(Path(top) / name)]
-    if not found:
-        raise UserError(f"--unknown_data '{folder}' holds no photo (.jpg, .jpeg, .png)")
-    return found
-
-
-def content_hash(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_no_shared_photos(unknown: list[Path], known: list[Path], what: str) -> None:
-    """One line when a photo of the unknown folder is also one of the classes' photos."""
-    known_hashes = {}
-    for path in known:
-        try:
-            known_hashes.setdefault(content_hash(path), path)
-        except OSError:
-            continue
-    for path in unknown:
-        try:
-            twin = known_hashes.get(content_hash(path))
-        except OSError:
-            continue
-        if twin is not None:
-            raise UserError(f"the unknown photo '{path}' is also the class photo '{twin}' "
-                            f"({what}): an unknown folder must hold photos of none of the "
-                            "classes")

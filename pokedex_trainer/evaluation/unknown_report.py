@@ -24,10 +24,12 @@ def unknown_images(folder: Path, class_names: list[str], known: list[LabelledIma
                    ) -> LabelledImages:
     """The unknown folder as images (label -1), refused in one line when it shares a photo
     with the classes' photos."""
+    from pokedex_trainer.data.unknown_photos import check_no_shared_photos, photo_files
+
     folder = Path(folder)
-    files = scoring.unknown_files(folder)
-    known_files = [images.root / relative for images in known for relative, _ in images.samples]
-    scoring.check_no_shared_photos(files, known_files, "the same file content")
+    files = photo_files(folder, "--unknown_data")
+    check_no_shared_photos(files, [images.root / relative for images in known
+                                   for relative, _ in images.samples])
     return LabelledImages(folder, list(class_names),
                           [(path.relative_to(folder).as_posix(), -1) for path in files],
                           f"{folder} ({len(files)} unknown photos)")

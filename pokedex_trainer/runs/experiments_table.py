@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 # The training recipe's options, one column each (read_experiment_rows gives a run from before
 # an option existed the option's default).
 RECIPE_COLUMNS = ("augment_warmup", "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr",
-                  "optimizer", "weight_decay", "ema")
+                  "optimizer", "weight_decay", "ema", "unknown_dir", "unknown_weight")
 
 
 EXPERIMENT_COLUMNS = [
@@ -115,5 +115,6 @@ def read_experiment_rows(path: Path) -> list[dict]:
             row["framework"] = "keras" if row.get("keras_backend") else ""
         for name in RECIPE_COLUMNS:
             if row.get(name) in (None, ""):
-                row[name] = str(getattr(TrainConfig, name))
+                default = getattr(TrainConfig, name)
+                row[name] = "" if default is None else str(default)
     return rows

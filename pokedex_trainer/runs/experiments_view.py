@@ -20,7 +20,7 @@ HYPERPARAMETERS = ("learning_rate", "fine_tune_learning_rate", "batch_size", "im
                    "epochs", "fine_tune_epochs", "fine_tune_layers", "weights", "dropout",
                    "augment", "seed", "model_type", "class_weight", "sampler", "augment_warmup",
                    "label_smoothing", "lr_schedule", "warmup_epochs", "min_lr", "optimizer",
-                   "weight_decay", "ema")
+                   "weight_decay", "ema", "unknown_dir", "unknown_weight")
 SHOWN = ("run_name", "model_type", "framework", "status", "best_val_accuracy",
          "best_val_top5_accuracy", "test_accuracy", "learning_rate", "batch_size", "image_size",
          "epochs_run", "duration_s")

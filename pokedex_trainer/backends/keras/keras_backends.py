@@ -35,9 +35,11 @@ class LoaderFeed(keras.utils.PyDataset):
         class_weights: per-class loss weights, or None.
     """
 
-    def __init__(self, loader, replicas: int = 1, class_weights=None):
+    def __init__(self, loader, replicas: int = 1, class_weights=None,
+                 unknown_weight: float | None = None):
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=2)
         self.loader, self.replicas, self.class_weights = loader, replicas, class_weights
+        self.unknown_weight = unknown_weight
         self.epoch = 0
         self._batches = None
 
@@ -50,26 +52,34 @@ class LoaderFeed(keras.utils.PyDataset):
             # batch may reuse it.
             self._batches = self.loader.iter_epoch(self.epoch, in_place=True)
         batch = next(self._batches)
-        return pack_batch(batch, self.replicas, self.class_weights, float_images=True)
+        return pack_batch(batch, self.replicas, self.class_weights, float_images=True,
+                          unknown_weight=self.unknown_weight)
 
     def on_epoch_end(self) -> None:
         self._batches = None
 
 
-def pack_batch(batch, replicas: int = 1, class_weights=None, float_images: bool = False):
+def pack_batch(batch, replicas: int = 1, class_weights=None, float_images: bool = False,
+               unknown_weight: float | None = None):
     """(images, labels[, sample weights]) for Keras.
 
     ``class_weights`` (per class) become per-sample weights, which Keras multiplies into the
-    loss exactly as PyTorch's trainer does. With several replicas a last batch smaller than the
+    loss exactly as PyTorch's trainer does; with ``unknown_weight`` (``--unknown_dir``) a photo
+    labelled -1 gets that weight (core/outlier_exposure.py). With several replicas a last batch smaller than the
     replica count would leave a device with an empty batch; it is padded with copies that carry
     a sample weight of 0.
     """
     images = batch.images.astype(np.float32) if float_images else batch.images
-    if replicas <= 1 and class_weights is None:
+    if replicas <= 1 and class_weights is None and unknown_weight is None:
         return images, batch.labels
     labels = batch.labels
-    weights = np.ones(len(labels), np.float32) if class_weights is None else \
-        np.asarray(class_weights, np.float32)[labels]
+    if unknown_weight is not None:
+        from pokedex_trainer.core.outlier_exposure import sample_weights
+
+        weights = sample_weights(labels, class_weights, unknown_weight)
+    else:
+        weights = np.ones(len(labels), np.float32) if class_weights is None else \
+            np.asarray(class_weights, np.float32)[labels]
     missing = -len(labels) % replicas
     if missing:
         take = np.arange(missing) % len(labels)
@@ -114,8 +124,8 @@ class KerasOnBackend:
 
     replicas = 1
 
-    def feed(self, loader, image_size, class_weights=None):
-        return LoaderFeed(loader, self.replicas, class_weights)
+    def feed(self, loader, image_size, class_weights=None, unknown_weight=None):
+        return LoaderFeed(loader, self.replicas, class_weights, unknown_weight)
 
     def set_epoch(self, feed, epoch: int) -> None:
         feed.epoch = epoch
@@ -181,17 +191,17 @@ class KerasOnTensorFlow(KerasOnBackend):
     def strategy_scope(self):
         return self._strategy.scope()
 
-    def feed(self, loader, image_size, class_weights=None):
+    def feed(self, loader, image_size, class_weights=None, unknown_weight=None):
         """tf.data over the loader: uint8 crosses into TensorFlow (4x smaller), then floats."""
         tf = self.tf
         height, width = image_size
         replicas = self.replicas
-        weighted = replicas > 1 or class_weights is not None
+        weighted = replicas > 1 or class_weights is not None or unknown_weight is not None
 
         def generate():
             # Copied out of the shared buffers: TensorFlow may keep a NumPy array's memory.
             for batch in loader.iter_epoch():
-                yield pack_batch(batch, replicas, class_weights)
+                yield pack_batch(batch, replicas, class_weights, unknown_weight=unknown_weight)
 
         signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
                      tf.TensorSpec((None,), tf.int32))

@@ -89,17 +89,20 @@ def compile_model(model: keras.Model, learning_rate: float, num_classes: int,
     """Optimizer, loss and metrics of ``config``'s recipe (Adam, plain cross-entropy when
     ``config`` is None)."""
     smoothing = config.label_smoothing if config is not None else 0.0
+    loss = SmoothedSparseCrossentropy(num_classes, smoothing) if smoothing else \
+        keras.losses.SparseCategoricalCrossentropy()
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+               keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
+                                                           name="top5_accuracy")]
+    if config is not None and config.unknown_dir:  # outlier exposure: labels of -1 too
+        from pokedex_trainer.backends.keras.exposure import exposure_loss_and_metrics
+
+        loss, metrics = exposure_loss_and_metrics(num_classes, smoothing)
     model.compile(
         # --compile: a compiled step on every backend (Keras' own "auto" runs eagerly on
         # PyTorch and without XLA on a TensorFlow CPU)
         jit_compile=True if config is not None and config.compile else "auto",
-        optimizer=make_optimizer(config, learning_rate),
-        loss=SmoothedSparseCrossentropy(num_classes, smoothing) if smoothing else
-        keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
-                                                             name="top5_accuracy")],
-    )
+        optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=metrics)
 
 
 class TensorBoardLogger:
@@ -298,7 +301,8 @@ class KerasTrainingBackend:
                                              activation_probe(self.model, context.spec.model_type))
         self.tensorboard.log_samples()
         self.train_ds = self.keras_on.feed(self.train_loader, config.image_size,
-                                           context.class_weights())
+                                           context.class_weights(), config.unknown_weight
+                                           if config.unknown_dir else None)
         self.val_ds = self.keras_on.feed(self.val_loader, config.image_size)
 
     def start_phase(self, phase: Phase, learning_rate: float) -> None:

@@ -32,10 +32,11 @@ class EpochMeter:
 
     def __init__(self, num_classes: int, device: torch.device | None = None):
         self.k = min(5, num_classes)
-        # loss sum, correct, top-5 correct, non-finite losses
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        # loss sum, correct, top-5 correct, non-finite losses, labelled photos (--unknown_dir's
+        # photos, label -1, count in the loss but not in the accuracy)
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
         self.count = 0
-        self.loss = self.correct = self.top5 = 0.0
+        self.loss = self.correct = self.top5 = self.labelled = 0.0
         self.finite = True
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -44,13 +45,15 @@ class EpochMeter:
         top = logits.detach().topk(self.k, dim=1).indices
         self.sums += torch.stack([loss * n, (top[:, 0] == labels).sum().to(torch.float64),
                                   (top == labels[:, None]).any(dim=1).sum().to(torch.float64),
-                                  (~torch.isfinite(loss)).to(torch.float64)])
+                                  (~torch.isfinite(loss)).to(torch.float64),
+                                  (labels >= 0).sum().to(torch.float64)])
         self.count += n
 
     def snapshot(self) -> "EpochMeter":
         """Read the sums from the device (one synchronization); returns self."""
-        loss, correct, top5, bad = self.sums.tolist()
+        loss, correct, top5, bad, labelled = self.sums.tolist()
         self.loss, self.correct, self.top5, self.finite = loss, correct, top5, bad == 0
+        self.labelled = labelled
         return self
 
     def all_reduce(self, device: torch.device) -> None:
@@ -63,13 +66,13 @@ class EpochMeter:
                             torch.tensor([float(self.count)], dtype=torch.float64,
                                          device=device)])
         dist.all_reduce(totals)
-        self.sums, self.count = totals[:4].clone(), int(totals[4].item())
+        self.sums, self.count = totals[:5].clone(), int(totals[5].item())
 
     def results(self, prefix: str = "") -> dict:
         self.snapshot()
-        n = max(1, self.count)
-        return {f"{prefix}loss": self.loss / n, f"{prefix}accuracy": self.correct / n,
-                f"{prefix}top5_accuracy": self.top5 / n}
+        n, labelled = max(1, self.count), max(1.0, self.labelled)
+        return {f"{prefix}loss": self.loss / n, f"{prefix}accuracy": self.correct / labelled,
+                f"{prefix}top5_accuracy": self.top5 / labelled}
 
 
 class _WeightedLoss(nn.Module):
@@ -150,9 +153,22 @@ class Runner:
         # Per-sample weights averaged over the batch: Keras' sample-weight arithmetic.
         self.train_loss_fn = self.loss_fn if weights is None else _WeightedLoss(
             torch.tensor(weights, dtype=torch.float32, device=device), smoothing)
+        self.class_weight_list = weights
         self.ema: WeightAverage | None = None
         self.rank, self.world = group_world()
         self.main = self.rank == 0
+
+    def exposure_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """core/outlier_exposure.py's loss: each photo's target distribution and weight (the
+        unknown photos' uniform), weighted cross-entropy averaged over the batch."""
+        from pokedex_trainer.core.outlier_exposure import sample_weights, soft_targets
+
+        config, known = self.context.config, labels.numpy()
+        targets = torch.from_numpy(soft_targets(known, self.context.num_classes,
+                                                config.label_smoothing)).to(self.device)
+        weights = torch.from_numpy(sample_weights(known, self.class_weight_list,
+                                                  config.unknown_weight)).to(self.device)
+        return (weights * nn.functional.cross_entropy(logits, targets, reduction="none")).mean()
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         # The loader gives NHWC uint8; permuting gives NCHW with channels-last strides.
@@ -182,7 +198,8 @@ class Runner:
             optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 logits = module(x)
-                loss = self.train_loss_fn(logits.float(), y)
+                loss = self.exposure_loss(logits.float(), labels) if \
+                    self.context.config.unknown_dir else self.train_loss_fn(logits.float(), y)
             if check_every_step and not torch.isfinite(loss):
                 meter.update(loss, logits, y)
                 break
@@ -199,7 +216,7 @@ class Runner:
                 if not meter.finite:
                     break
                 bar.set_postfix(loss=f"{meter.loss / meter.count:.4f}",
-                                acc=f"{meter.correct / meter.count:.3f}",
+                                acc=f"{meter.correct / max(1.0, meter.labelled):.3f}",
                                 lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                                 img_s=f"{meter.count / (now - start):.1f}", refresh=False)
         bar.close()

@@ -1,0 +1,152 @@
+"""Photos of none of the classes: a user's folder (any layout), or a built-in far-away source.
+
+Used by training (``--unknown_dir``, outlier exposure: core/outlier_exposure.py) and by
+evaluation (``evaluate.py --unknown_data``). A folder that shares a photo with the classes
+(the same bytes under any name) is refused: a species' own photo taught as "none of them"
+would pull the model two ways.
+
+``--unknown_dir builtin`` needs no download and no folder: 500 generated images written once
+into ``<output_dir>/.pokedex_unknown_builtin/`` -- uniform and smooth noise, flat colours,
+gradients, stripes and checkerboards, and scikit-learn's bundled handwritten digits
+(upscaled, coloured). They are far from any photo; docs/benchmarks.md says what they buy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pokedex_trainer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+BUILTIN_FOLDER = ".pokedex_unknown_builtin"
+BUILTIN_VERSION = "v1"
+BUILTIN_SIDE = 96
+BUILTIN_PER_KIND = 80  # x 5 kinds, + 100 digits
+
+
+def photo_files(folder: Path, option: str) -> list[Path]:
+    """Every photo under ``folder``, in any layout (hidden folders skipped, links to folders
+    not followed); one line when there is none."""
+    from pokedex_trainer.data.files import is_image_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{option} '{folder}' is not a folder")
+    found = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(top) / name for name in sorted(files) if is_image_file(Path(top) / name)]
+    if not found:
+        raise UserError(f"{option} '{folder}' holds no photo (.jpg, .jpeg, .png)")
+    return found
+
+
+def content_hash(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_no_shared_photos(unknown: list[Path], known: list[Path]) -> None:
+    """One line when a photo of the unknown folder is also one of the classes' photos."""
+    known_hashes = {}
+    for path in known:
+        try:
+            known_hashes.setdefault(content_hash(path), path)
+        except OSError:
+            continue
+    for path in unknown:
+        try:
+            twin = known_hashes.get(content_hash(path))
+        except OSError:
+            continue
+        if twin is not None:
+            raise UserError(f"the unknown photo '{path}' is also the class photo '{twin}' (the "
+                            "same content): an unknown folder must hold photos of none of the "
+                            "classes")
+
+
+def _builtin_images(rng: np.random.Generator):
+    """(name, uint8 RGB image) of every built-in far-away image, in a fixed order."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    side = BUILTIN_SIDE
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    for i in range(BUILTIN_PER_KIND):
+        yield f"noise_{i:03d}", rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        sigma = float(rng.uniform(1.5, 10.0))
+        smooth = cv2.GaussianBlur(rng.normal(0, 1, (side, side, 3)).astype(np.float32), (0, 0),
+                                  sigma)
+        smooth = (smooth - smooth.min()) / max(float(np.ptp(smooth)), 1e-6)
+        yield f"smooth_{i:03d}", (smooth * 255).astype(np.uint8)
+        yield f"flat_{i:03d}", np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8),
+                                               (side, side, 3)).copy()
+        angle = rng.uniform(0, np.pi)
+        ramp = np.cos(angle) * xs + np.sin(angle) * ys
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+        low, high = rng.integers(0, 256, (2, 3))
+        yield f"gradient_{i:03d}", (low + ramp[..., None] * (high - low)).astype(np.uint8)
+        period = rng.uniform(4, 24)
+        if i % 2:
+            pattern = (np.floor(xs * side / period) + np.floor(ys * side / period)) % 2
+        else:
+            pattern = (np.floor((np.cos(angle) * xs + np.sin(angle) * ys) * side / period)) % 2
+        yield f"stripes_{i:03d}", np.where(pattern[..., None] > 0, low, high).astype(np.uint8)
+    digits = load_digits().images  # 1797 8x8 images in 0..16, bundled with scikit-learn
+    for i, index in enumerate(rng.choice(len(digits), 100, replace=False)):
+        glyph = cv2.resize((digits[index] / 16.0).astype(np.float32), (side, side),
+                           interpolation=cv2.INTER_CUBIC).clip(0, 1)[..., None]
+        ink, paper = rng.integers(0, 256, (2, 3))
+        yield f"digit_{i:03d}", (paper + glyph * (ink - paper.astype(np.float32))).astype(
+            np.uint8)
+
+
+def builtin_folder(output_dir: Path) -> Path:
+    """The built-in images' folder under ``output_dir``, written once (seeded: the same
+    images every time)."""
+    import cv2
+
+    folder = Path(output_dir) / BUILTIN_FOLDER / BUILTIN_VERSION
+    done = folder / ".complete"
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in _builtin_images(np.random.default_rng(2019)):
+        target = folder / f"{name}.png"
+        partial = folder / f".{name}.partial.png"
+        cv2.imwrite(str(partial), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+        os.replace(partial, target)
+    done.write_text("500 generated images, written by the trainer (--unknown_dir builtin)\n",
+                    encoding="utf-8")
+    return folder
+
+
+def unknown_training_samples(given: str, output_dir: Path, known: list[Path], cap: int,
+                             seed: int) -> list[tuple[str, int]]:
+    """(absolute path, -1) of the unknown photos a run trains on: at most ``cap`` (the count
+    of labelled training photos, so they never outnumber them), a seeded choice."""
+    from pokedex_trainer.core.outlier_exposure import UNKNOWN_LABEL
+
+    folder = builtin_folder(output_dir) if given == BUILTIN else Path(given)
+    files = photo_files(folder, "--unknown_dir")
+    if given != BUILTIN:
+        check_no_shared_photos(files, known)
+    if len(files) > cap:
+        order = np.random.default_rng([seed, 33]).permutation(len(files))[:cap]
+        logger.info("--unknown_dir: %d of its %d photos, as many as the labelled training "
+                    "photos", cap, len(files))
+        files = [files[i] for i in sorted(order)]
+    logger.info("--unknown_dir %s: %d photos of none of the classes join the training split, "
+                "trained towards 'none of them' (outlier exposure; never a class)",
+                given, len(files))
+    return [(str(path.resolve()), UNKNOWN_LABEL) for path in files]
