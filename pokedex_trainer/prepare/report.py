@@ -45,6 +45,23 @@ class Report:
         return dict(self.__dict__)
 
 
+# Folder names that usually hold photos of none of the species (compared without case, accents,
+# spaces or underscores): as a class, the model would learn to name them
+UNKNOWN_LIKE_NAMES = {"unknown", "unknowns", "desconocido", "desconocidos", "otro", "otros",
+                      "other", "others", "none", "ninguno", "noanimal", "noanimales",
+                      "notanimal", "background", "fondo", "fondos", "nada", "misc", "varios",
+                      "negative", "negativos", "negatives"}
+
+
+def unknown_like(name: str) -> bool:
+    """True for a class folder named like "none of the species" (Otros, Desconocido, unknown)."""
+    import unicodedata
+
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name.lower())
+                    if c.isalnum() and not unicodedata.combining(c))
+    return plain in UNKNOWN_LIKE_NAMES
+
+
 def summarize(report: Report, counts: dict[str, int], kept: list[SourceFile]) -> None:
     """Fill the class statistics and the list of problems a person should act on.
 
@@ -86,6 +103,11 @@ def summarize(report: Report, counts: dict[str, int], kept: list[SourceFile]) ->
     if report.imbalance_ratio and report.imbalance_ratio > 3:
         problems.append(f"class imbalance: the largest class has {report.imbalance_ratio}x the "
                         "images of the smallest")
+    for name in sorted(n for n in counts if unknown_like(n)):
+        problems.append(f"class '{name}' looks like photos of none of the species: as a class "
+                        "the model learns to name it as one; move it out of the dataset and "
+                        "train with --unknown_dir <its folder> (outlier exposure, "
+                        "docs/training.md)")
     report.problems = problems
 
 

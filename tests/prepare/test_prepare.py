@@ -213,3 +213,17 @@ def test_prepare_imports_no_framework(messy, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert "HEAVY []" in result.stdout, result.stderr[-2000:]
+
+
+def test_a_class_named_like_none_of_the_species_points_to_unknown_dir():
+    """Issue 33: 'Otros', 'Desconocido', 'no_animal' as a class would be learned as a
+    species; the report says to train with --unknown_dir instead."""
+    from pokedex_trainer.prepare.report import Report, summarize, unknown_like
+
+    assert all(unknown_like(n) for n in ("Otros", "DESCONOCIDO", "no_animal", "Unknown",
+                                         "No Animal", "Fondo"))
+    assert not any(unknown_like(n) for n in ("León", "Perro", "Otter", "nadador"))
+    report = Report("raw", None, {})
+    summarize(report, {"Perro": 120, "Otros": 130, "Gato": 110}, [])
+    line = next(p for p in report.problems if "Otros" in p)
+    assert "--unknown_dir" in line
