@@ -8,9 +8,10 @@ of the size its sidecar gives, shape inference (with data propagation, so ``Shap
 Concat -> Reshape`` chains resolve) sizes every tensor. Refused:
 
 * a tensor of more than ``MAX_ELEMENTS`` values for one image (8 GiB of float32);
-* an operator of more than ``MAX_WORK`` multiply-adds for one image (EfficientNetB7 at 600 px,
-  the largest network this tool trains, needs 3.7e10 for the whole network, its largest
-  operator about 1e9);
+* an operator of more than ``MAX_WORK`` multiply-adds (or element visits) for one image, or of
+  what one core does within ``POKEDEX_MODEL_CALL_LIMIT`` when that is shorter (EfficientNetB7
+  at 600 px, the largest network this tool trains, needs 3.7e10 for the whole network, its
+  largest operator 8.9e8);
 * a tensor whose size cannot be known before running (it depends on the photo's values), as no
   network this tool exports has one.
 
@@ -27,6 +28,16 @@ from pokedex_trainer.errors import UserError
 
 MAX_ELEMENTS = 2 ** 31
 MAX_WORK = 2 * 10 ** 11
+OPERATIONS_PER_S = 10 ** 9  # a CPU core's rough pace on one operator's inner loop
+
+
+def max_work() -> float:
+    """The most one operator may need for one image: ``MAX_WORK``, or less with a shorter
+    ``POKEDEX_MODEL_CALL_LIMIT`` (what one core does within the limit), since the deadline
+    cannot stop an operator half-way."""
+    from pokedex_trainer.evaluation.bounded_runs import call_limit_s
+
+    return min(MAX_WORK, call_limit_s() * OPERATIONS_PER_S)
 
 
 def _dims(value_type) -> list[int] | None:
@@ -128,6 +139,14 @@ def _work(node, shapes: dict[str, list[int]]) -> int:
         x, w, r = shape(0), shape(1), shape(2)
         return size(x[:2]) * (w[1] if len(w) > 1 else 1) * ((w[2] if len(w) > 2 else 1)
                                                             + (r[2] if len(r) > 2 else 1))
+    if op in ("MaxPool", "AveragePool", "LpPool", "MaxRoiPool", "LRN"):
+        kernel = _ints(node, "pooled_shape" if op == "MaxRoiPool" else "kernel_shape")
+        if op == "LRN":
+            kernel = _ints(node, "size")
+        return out * max(1, math.prod(kernel) if kernel else 1)
+    if op in ("DFT", "STFT"):  # a plain DFT visits the whole signal for every output value
+        signal = shape(0)
+        return out * max(signal[1:-1] or [1])
     if op == "NonMaxSuppression":
         boxes = shape(0)
         return size(boxes[:2]) ** 2
@@ -135,6 +154,13 @@ def _work(node, shapes: dict[str, list[int]]) -> int:
         return _einsum_work(node, shapes)
     visits = out + sum(size(shape(i)) for i in range(len(node.input)))
     return visits * max(1, int(math.log2(max(visits, 2))))  # sorts (TopK, Unique): n log n
+
+
+def _ints(node, name: str) -> list[int]:
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return list(attribute.ints) if attribute.ints else [int(attribute.i)]
+    return []
 
 
 def _einsum_work(node, shapes) -> int:
@@ -181,6 +207,7 @@ def check_onnx_work(path: Path, model, input_shape: tuple[int, ...]) -> None:
         raise UserError(f"'{path}' cannot be sized before running ({reason_line(exc)}), so it "
                         "is not run") from None
     shapes: dict[str, list[int]] = {}
+    limit = max_work()
     for graph in _graphs(model.graph):
         for value in (*graph.input, *graph.value_info, *graph.output):
             dims = _dims(value.type)
@@ -202,10 +229,10 @@ def check_onnx_work(path: Path, model, input_shape: tuple[int, ...]) -> None:
                         f" values for one image (the most a model may make is "
                         f"{MAX_ELEMENTS:.3g}), so it is not run")
             work = _work(node, shapes)
-            if work > MAX_WORK:
+            if work > limit:
                 raise UserError(
                     f"'{path}': one {node.op_type} operator needs {work:.3g} operations for one "
-                    f"image (the most one may need is {MAX_WORK:.3g}; EfficientNetB7 at 600 px "
+                    f"image (the most one may need is {limit:.3g}; EfficientNetB7 at 600 px "
                     "needs 3.7e10 for all of its layers), so it is not run")
 
 
@@ -238,6 +265,7 @@ def check_tflite_work(path: Path, interpreter) -> None:
     def per_image(index):
         return [max(v, 1) for v in signatures.get(int(index), [])]
 
+    limit = max_work()
     for op in interpreter._get_ops_details():
         name = op.get("op_name", "")
         if name == "DELEGATE":  # a delegate runs operators that are listed on their own
@@ -257,8 +285,8 @@ def check_tflite_work(path: Path, interpreter) -> None:
                     f"(the most a model may make is {MAX_ELEMENTS:.3g}), so it is not run")
             out = max(out, elements)
         work = _tflite_work(name, out, [per_image(i) for i in op.get("inputs", []) if i >= 0])
-        if work > MAX_WORK:
+        if work > limit:
             raise UserError(
                 f"'{path}': one {name} operator needs {work:.3g} operations for one image (the "
-                f"most one may need is {MAX_WORK:.3g}; EfficientNetB7 at 600 px needs 3.7e10 "
+                f"most one may need is {limit:.3g}; EfficientNetB7 at 600 px needs 3.7e10 "
                 "for all of its layers), so it is not run")

@@ -514,6 +514,32 @@ def test_one_operator_too_large_to_end_is_refused_before_it_runs(size_input, mes
     assert message in _one_line_error(capsys)
 
 
+def test_a_pool_with_a_huge_window_is_refused_within_a_short_limit(tmp_path, tiny_dataset,
+                                                                   monkeypatch, capsys):
+    """A MaxPool of a 3000x3000 window over a padded photo: 3e10 comparisons in one operator,
+    more than one core does within a 5 s POKEDEX_MODEL_CALL_LIMIT (it ran for minutes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pokedex_trainer.evaluation.bounded_runs import CALL_LIMIT_ENV
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+         helper.make_node("Pad", ["xt", "pads"], ["big"]),
+         helper.make_node("MaxPool", ["big"], ["pooled"], kernel_shape=[3000, 3000]),
+         helper.make_node("ReduceMean", ["pooled"], ["out"], axes=[2, 3], keepdims=0)],
+        "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32, 32, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 3000, 3000], np.int64), "pads")])
+    model = _loop_sidecar(tmp_path / "pool.onnx", "NHWC")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    monkeypatch.setenv(CALL_LIMIT_ENV, "5")
+    code = run_main(evaluate_main, ["--model", str(model), "--predict",
+                                    str(tiny_dataset / "Gato")])
+    assert code == 2
+    assert "one MaxPool operator needs 2.94e+10 operations" in _one_line_error(capsys)
+
+
 def test_a_small_model_of_the_same_operators_is_run(tmp_path, tiny_dataset, capsys):
     """The bound refuses the size, not the operators: the same graph at 1x64x8x8 answers."""
     import onnx
