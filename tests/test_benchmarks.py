@@ -11,7 +11,8 @@ from conftest import ROOT
 
 @pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "inference.py",
                                     "trainer_overhead.py", "gpu_smoke_table.py", "recipe.py",
-                                    "registry_photos.py", "bare_loops.py", "trainer_pace.py"])
+                                    "registry_photos.py", "bare_loops.py", "trainer_pace.py",
+                                    "unknown.py"])
 def test_help(script):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
                             capture_output=True, text=True, timeout=60)
@@ -224,3 +225,33 @@ def test_registry_photos_split_is_deterministic_and_checks_the_archive(tmp_path)
     small = _fake_archive(tmp_path / "small.tar.gz", per_class=3)
     with pytest.raises(photos.DataError, match="10 classes of 150 photos"):
         photos.read_photos(small)
+
+
+def test_unknown_benchmark_sets_apart_known_near_and_far(tmp_path):
+    """benchmarks/unknown.py: the 8 known classes train, the 2 held out are the near unknowns
+    (their training photos the unknown folder), the far set is 200 generated images none of
+    which is a built-in image; bad --held_out is one line."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from PIL import Image
+
+    import unknown as bench
+
+    photos = tmp_path / "photos"
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    for split in ("train", "test"):
+        for name in classes:
+            (photos / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / split / name / "a.png")
+    sets = bench.split_folders(photos, ["dog", "truck"], tmp_path / "work")
+    assert sorted(p.name for p in sets["near_train"].iterdir()) == ["dog", "truck"]
+    assert len(list(sets["known_train"].iterdir())) == 8
+    far = sorted(sets["far_test"].glob("*.png"))
+    assert len(far) == 200
+    from pokedex_trainer.data.unknown_photos import builtin_folder, content_hash
+
+    builtin = {content_hash(p) for p in builtin_folder(tmp_path / "out").glob("*.png")}
+    assert not builtin & {content_hash(p) for p in far}
+    with pytest.raises(bench.TransferError, match="--held_out"):
+        bench.split_folders(photos, ["dog", "unicorn"], tmp_path / "work2")
