@@ -6,17 +6,16 @@ never returns and prints nothing. Two defences, both before a result is trusted:
 * Refused before loading: control-flow operators that repeat (ONNX ``Loop``, ``Scan`` and
   ``SequenceMap``, TFLite ``WHILE``), in the graph or any subgraph. No network this tool trains or exports uses
   them, so a file that holds one did not come from here.
-* Bounded while running: every ONNX Runtime call has a deadline (``POKEDEX_MODEL_CALL_LIMIT``
-  seconds, 600 by default: far above a real batch of the largest network on a CPU) after which
-  its terminate flag is set and the command ends with one line. ONNX Runtime reads the flag
-  between operators, so an operator too large to finish within the bound is refused before
-  loading, from the tensor sizes the file implies (evaluation/graph_work.py).
+* Refused before running: an operator too large to finish within the bound, from the tensor
+  sizes the file implies (evaluation/graph_work.py).
+* Bounded while running, whatever the file holds: the checks, the opening and every call run
+  in a child process killed at a deadline (``POKEDEX_MODEL_CALL_LIMIT`` seconds, 600 by
+  default: far above a real batch of the largest network on a CPU), with its memory capped
+  (evaluation/model_child.py).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
@@ -104,53 +103,3 @@ def check_tflite_ops(path: Path, interpreter) -> None:
     from pokedex_trainer.evaluation.graph_work import check_tflite_work
 
     check_tflite_work(path, interpreter)  # no operator too large to end
-
-
-class CallDeadline:
-    """One watcher thread per model: sets a running call's terminate flag at its deadline.
-
-    Args:
-        path: the model, for the message.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.limit = call_limit_s()
-        self._condition = threading.Condition()
-        self._armed = None  # (run options, deadline) of the call in progress
-        self._thread = None
-
-    def run(self, call, make_options):
-        """``call(options)`` with ``options = make_options()``, stopped at the deadline."""
-        options = make_options()
-        with self._condition:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True,
-                                                name="model-call-deadline")
-                self._thread.start()
-            self._armed = (options, time.monotonic() + self.limit)
-            self._condition.notify()
-        try:
-            return call(options)
-        except Exception:
-            if options.terminate:
-                raise UserError(f"'{self.path}' did not answer within {self.limit:g} s and was "
-                                f"stopped ({CALL_LIMIT_ENV} sets the limit)") from None
-            raise
-        finally:
-            with self._condition:
-                self._armed = None
-
-    def _watch(self) -> None:
-        with self._condition:
-            while True:
-                if self._armed is None:
-                    self._condition.wait()
-                    continue
-                options, deadline = self._armed
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    options.terminate = True
-                    self._armed = None
-                else:
-                    self._condition.wait(remaining)

@@ -1,8 +1,8 @@
 """What one operator of an ONNX file would cost, read from the file before it runs.
 
-ONNX Runtime reads a call's terminate flag between operators (bounded_runs.CallDeadline), so a
-single enormous operator -- a 540-byte file whose ``ConstantOfShape`` makes a 1x64x4096x4096
-tensor for a ``Conv`` -- runs to its end past any deadline. The file says, before it runs, how
+A single enormous operator -- a 540-byte file whose ``ConstantOfShape`` makes a 1x64x4096x4096
+tensor for a ``Conv`` -- is better refused in one clear line than run until the child process
+that runs it is killed at its deadline (model_child.py). The file says, before it runs, how
 large every tensor is and so how much each operator computes: with the input fixed at one image
 of the size its sidecar gives, shape inference (with data propagation, so ``Shape -> Gather ->
 Concat -> Reshape`` chains resolve) sizes every tensor. Refused:

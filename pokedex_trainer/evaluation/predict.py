@@ -77,6 +77,11 @@ class Predictor:
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def timed_calls(self, images: np.ndarray, warmup: int, runs: int) -> list[float] | None:
+        """Milliseconds of each of ``runs`` calls on ``images`` after ``warmup``, timed where
+        the model runs; None: time ``predict`` from here."""
+        return None
+
     def logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(logits, penultimate features) of uint8 images, for the unknown-photo scores;
         None for a file that gives probabilities only (every export)."""
@@ -214,6 +219,8 @@ class _SidecarPredictor(Predictor):
         try:
             out = np.asarray(self._run(self.prepare(np.zeros((1, *info.image_size, 3),
                                                              np.uint8))))
+        except UserError:  # the runtime's process: a deadline, a refusal, a death
+            raise
         except Exception as exc:
             raise UserError(f"'{self.path}' does not take the input its sidecar describes "
                             f"({info.layout}, {info.image_size[0]}x{info.image_size[1]}): "
@@ -264,54 +271,30 @@ class TorchExportPredictor(_SidecarPredictor):
 
 
 class OnnxPredictor(_SidecarPredictor):
+    """ONNX Runtime in a child process killed at a deadline (evaluation/model_child.py)."""
+
     runtime = "onnxruntime"
+    kind = "onnx"
 
     def load(self):
-        import onnxruntime as ort
+        from pokedex_trainer.evaluation.model_child import ModelChild
 
-        from pokedex_trainer.evaluation.bounded_runs import CallDeadline, check_onnx_graph
-
-        # before the runtime reads it: no loop that never ends, no operator too large to end
-        check_onnx_graph(self.path, self.info.input_shape(1))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self._deadline, self._run_options = CallDeadline(self.path), ort.RunOptions
+        self.child = ModelChild(self.path, self.kind, self.info.input_shape(1), self.threads)
+        self.providers = self.child.details["providers"]
 
     def _run(self, x):
-        return self._deadline.run(
-            lambda options: self.session.run(None, {self.input_name: x}, options)[0],
-            self._run_options)
+        return self.child.run(x)
+
+    def timed_calls(self, images, warmup: int, runs: int):
+        return self.child.time_calls(self.prepare(images), warmup, runs)
 
 
-class TFLitePredictor(_SidecarPredictor):
-    """The LiteRT interpreter; quantized inputs and outputs are (de)quantized here."""
+class TFLitePredictor(OnnxPredictor):
+    """The LiteRT interpreter, in a child process like ONNX Runtime; quantized inputs and
+    outputs are (de)quantized there."""
 
     runtime = "litert"
-
-    def load(self):
-        from ai_edge_litert.interpreter import Interpreter
-
-        from pokedex_trainer.evaluation.bounded_runs import check_tflite_ops
-
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
-        check_tflite_ops(self.path, self.interpreter)  # before any invoke
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self._batch = None
-
-    def _run(self, x):
-        interpreter = self.interpreter
-        if self._batch != len(x):
-            interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            interpreter.allocate_tensors()
-            self._batch = len(x)
-        x = _quantize(x, self.input)
-        interpreter.set_tensor(self.input["index"], x)
-        interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(self.output["index"]), self.output)
+    kind = "tflite"
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
