@@ -131,7 +131,7 @@ def test_torchscript_opens_only_when_this_tool_wrote_it(torch_exports, tmp_path,
 
 class _Three(torch.nn.Module):
     def forward(self, x):
-        return x.mean(dim=(2, 3))  # 3 "logits" per image
+        return torch.softmax(x.mean(dim=(2, 3)), dim=1)  # 3 probabilities per image
 
 
 def test_a_savedmodel_that_writes_files_is_refused(tmp_path, tiny_dataset, capsys):

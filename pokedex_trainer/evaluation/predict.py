@@ -232,6 +232,12 @@ class _SidecarPredictor(Predictor):
         if not np.isfinite(out.astype(np.float64)).all():
             raise UserError(f"'{self.path}' answers a black image with NaN or infinite scores "
                             "(its weights or its sidecar's mean and std are broken)")
+        row = out.astype(np.float64)[0]
+        if info.output == "probabilities" and (row.min() < -1e-3 or abs(row.sum() - 1) > 1e-2):
+            raise UserError(f"'{self.path}': its sidecar says it answers probabilities, but it "
+                            f"answers a black image with scores summing to {row.sum():.4g} "
+                            "(say \"kind\": \"logits\" in the sidecar's output if they are "
+                            "logits)")
 
     def load(self) -> None:
         raise NotImplementedError

@@ -483,7 +483,8 @@ def _one_operator_onnx(path: Path, size_input: str = "constant") -> Path:
                                value=numpy_helper.from_array(np.ones(1, np.float32))),
               helper.make_node("Conv", ["big", "w"], ["y"], pads=[1, 1, 1, 1]),
               helper.make_node("ReduceMean", ["y"], ["m"], axes=[0, 1, 2, 3], keepdims=0),
-              helper.make_node("Add", ["mx", "m"], ["out"])]
+              helper.make_node("Add", ["mx", "m"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["out"], axis=1)]
     weights = [numpy_helper.from_array(np.full((64, 64, 3, 3), 1e-3, np.float32), "w")]
     if size_input == "photo":
         weights += [numpy_helper.from_array(np.array([1, 64], np.int64), "head"),
@@ -568,7 +569,8 @@ def _slow_onnx(path: Path, steps: int = 400) -> Path:
         nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
     nodes += [helper.make_node("ReduceMean", [f"h{steps}"], ["m"], axes=[0], keepdims=0),
               helper.make_node("Slice", ["m", "zero", "three"], ["m3"]),
-              helper.make_node("Reshape", ["m3", "out_shape"], ["out"])]
+              helper.make_node("Reshape", ["m3", "out_shape"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["out"], axis=1)]
     weights = [numpy_helper.from_array(np.array([1, 3072], np.int64), "row_shape"),
                numpy_helper.from_array(np.array([800, 1], np.int64), "repeats"),
                numpy_helper.from_array(np.array([800], np.int64), "width"),
