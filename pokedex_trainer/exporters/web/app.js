@@ -14,6 +14,21 @@ function setStatus(text, error = false) {
   $("status").className = error ? "error" : "";
 }
 
+// What went wrong, in words a phone's user can act on (the runtime's own text stays in the
+// console for the curious).
+function friendly(error, what) {
+  const text = error && error.message ? error.message : String(error);
+  console.warn(what, text);
+  if (what === "model") {
+    if (/model\.json: HTTP 404/.test(text)) return "model.json is missing beside this page: export the page again (python export.py --run_dir RUN --formats web).";
+    if (/external data|404|Failed to fetch|failed to load|protobuf|invalid|magic/i.test(text)) return "the model file (model.onnx) is missing or damaged beside this page: export the page again (python export.py --run_dir RUN --formats web).";
+    if (/web server/.test(text)) return text;
+    return `the model could not be started (${text}). Reload the page; if it stays, export the page again.`;
+  }
+  if (/decode|not an image|could not be read|source image|InvalidStateError|EncodingError/i.test(text)) return "the browser cannot read this file as a photo (JPEG, PNG, WebP, GIF or BMP)";
+  return text;
+}
+
 // softmax(log(p) / T), as evaluation/calibration.py apply_temperature
 function calibrate(probabilities, temperature) {
   if (temperature === 1) return Array.from(probabilities);
@@ -75,6 +90,8 @@ function render(result, file) {
   };
   card.updateAnswer();
   $("results").prepend(card);
+  const shown = result.prediction === "unknown" ? "I don't know this one" : result.prediction;
+  $("announce").textContent = `${result.name}: ${shown}, ${(result.top[0].p * 100).toFixed(0)}%`;
 }
 
 function renderError(name, error) {
@@ -101,10 +118,20 @@ async function handle(files) {
   const images = Array.from(files);  // what the browser cannot decode gets a card saying so
   if (!images.length) return;
   running += 1;
-  document.body.dataset.state = "busy";
-  if (!state.session) setStatus(`Waiting for the model to load before answering ${images.length} photo(s)…`);
+  if (!state.loadError) document.body.dataset.state = "busy";
+  if (!state.session && !state.loadError) setStatus(`Waiting for the model to load before answering ${images.length} photo(s)…`);
   await modelReady;  // photos picked while the model loads wait for it
-  if (!state.session) { running -= 1; return; }  // the model could not load: the status says why
+  if (!state.session) {  // the model could not load: each photo says so, the status keeps why
+    for (const file of images) {
+      state.results.push({ name: file.name, error: "not answered: the model is not loaded" });
+      renderError(file.name, "not answered: the model is not loaded (see the message at the top)");
+    }
+    running -= 1;
+    document.body.dataset.processed = String(state.results.length);
+    if (running === 0) document.body.dataset.state = "error";
+    return;
+  }
+  let failedNow = 0;
   for (const [index, file] of images.entries()) {
     setStatus(`Looking at ${file.name} (${index + 1} of ${images.length})…`);
     try {
@@ -112,7 +139,8 @@ async function handle(files) {
       state.results.push(result);
       render(result, file);
     } catch (error) {
-      const reason = error && error.message ? error.message : String(error);
+      const reason = friendly(error, "photo");
+      failedNow += 1;
       state.results.push({ name: file.name, error: reason });
       renderError(file.name, reason);
     }
@@ -120,8 +148,9 @@ async function handle(files) {
   running -= 1;
   const failed = state.results.filter((r) => r.error).length;
   const answered = state.results.length - failed;
-  const note = failed ? ` ${failed} could not be read (see their cards).` : "";
-  setStatus(`${answered} photo(s) answered.${note} Choose or drop more.`, failed > 0);
+  // this batch's trouble only: one bad file does not leave the page red for good
+  const note = failedNow ? ` ${failedNow} could not be read (see their cards).` : "";
+  setStatus(`${answered} photo(s) answered.${note} Choose or drop more.`, failedNow > 0);
   document.body.dataset.processed = String(state.results.length);
   document.body.dataset.answered = String(answered);
   if (running === 0) document.body.dataset.state = "ready";
@@ -147,12 +176,16 @@ async function start() {
     state.session = await ort.InferenceSession.create(state.config.model, { executionProviders: ["wasm"] });
     setThreshold(state.config.threshold ?? 0);
     const [h, w] = state.config.image_size;
+    // browsers allow the offline copy (a service worker) on https and localhost only
+    const offline = "serviceWorker" in navigator && window.isSecureContext
+      ? "works offline once loaded" : "offline use needs https or localhost: keep this server running";
     setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, or drop them here.`);
-    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} · works offline once loaded`;
+    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} · ${offline}`;
     document.body.dataset.state = "ready";
     resolveReady();
   } catch (error) {
-    setStatus(`The model could not be loaded: ${error.message || error}`, true);
+    state.loadError = friendly(error, "model");
+    setStatus(`The model could not be loaded: ${state.loadError}`, true);
     document.body.dataset.state = "error";
     resolveReady();
     return;
@@ -162,8 +195,17 @@ async function start() {
   }
 }
 
-$("files").addEventListener("change", (event) => handle(event.target.files));
-$("camera").addEventListener("change", (event) => handle(event.target.files));
+// real buttons open the hidden pickers (keyboard, screen readers); a picker is emptied after
+// each choice, so the same photo can be chosen again
+$("choose").addEventListener("click", () => $("files").click());
+$("take").addEventListener("click", () => $("camera").click());
+for (const id of ["files", "camera"]) {
+  $(id).addEventListener("change", (event) => {
+    const chosen = Array.from(event.target.files);
+    event.target.value = "";
+    handle(chosen);
+  });
+}
 $("threshold").addEventListener("input", (event) => setThreshold(Number(event.target.value)));
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
