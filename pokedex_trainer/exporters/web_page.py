@@ -154,6 +154,10 @@ def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
     (folder / RUNTIME_DIR).mkdir(exist_ok=True)
     for name in RUNTIME_FILES:
         shutil.copyfile(runtime / name, folder / RUNTIME_DIR / name)
-    atomic_write_json(folder / CONFIG_FILE,
-                      page_config(sidecar, precision, threshold, runtime_version(runtime)))
+    config = page_config(sidecar, precision, threshold, runtime_version(runtime))
+    from pokedex_trainer.user_io.output_guard import content_sha256
+
+    # the page asks for model.onnx?v=<hash>: a service worker keeps one copy per export
+    config.update(model_sha256=content_sha256(model), model_bytes=model.stat().st_size)
+    atomic_write_json(folder / CONFIG_FILE, config)
     return model

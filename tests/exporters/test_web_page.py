@@ -514,3 +514,62 @@ def test_a_broken_model_is_shown_and_later_photos_say_so(tmp_path):
             browser.close()
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_the_model_is_fetched_once_per_export_and_works_offline(tmp_path):
+    """Issue 34, items 4 and 3 (offline part): on 127.0.0.1 (a secure context) model.onnx is
+    fetched once across the first visit and two reloads; offline, the page (also with a query
+    string) reloads and still answers a photo; the slider keeps the user's value."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    page_dir, data = _exported_page(tmp_path)
+    asked = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append(self.path.split("?")[0])
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Counting, directory=str(page_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/index.html"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium,
+                                                 args=["--no-sandbox"])
+            context = browser.new_context(viewport={"width": 390, "height": 844})
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+            for _ in range(2):
+                page.reload()
+                page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            assert asked.count("/model.onnx") == 1, asked
+            page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+            page.wait_for_function("navigator.serviceWorker.controller !== null",
+                                   timeout=60_000)
+            context.set_offline(True)
+            page.goto(url + "?from=home_screen")
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.evaluate(
+                "(() => { const s = document.getElementById('threshold'); s.value = '0.9';"
+                " s.dispatchEvent(new Event('input')); })()")
+            page.set_input_files("#files", [str(next(data.rglob("*.jpg")))])
+            page.wait_for_selector("body[data-processed='1']", timeout=120_000)
+            assert page.locator(".card").count() == 1
+            assert page.locator(".card.failed").count() == 0
+            assert page.input_value("#threshold") == "0.9"
+            browser.close()
+    finally:
+        server.shutdown()

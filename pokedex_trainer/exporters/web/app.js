@@ -156,6 +156,55 @@ async function handle(files) {
   if (running === 0) document.body.dataset.state = "ready";
 }
 
+// The model, with its progress in bytes; asked for by version (model.onnx?v=<hash>), which the
+// service worker answers from its cache after the first visit.
+async function fetchModel(config) {
+  const version = config.model_sha256 ? `?v=${config.model_sha256.slice(0, 16)}` : "";
+  const response = await fetch(config.model + version);
+  if (!response.ok) throw new Error(`model.onnx: HTTP ${response.status}`);
+  const total = Number(response.headers.get("Content-Length")) || config.model_bytes || 0;
+  const bar = $("progress");
+  if (!response.body || !total) {
+    const whole = new Uint8Array(await response.arrayBuffer());
+    await keepModel(config.model + version, whole);
+    return whole;
+  }
+  bar.hidden = false;
+  bar.max = total;
+  const reader = response.body.getReader();
+  const parts = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    received += value.length;
+    bar.value = received;
+    setStatus(`Loading the model… ${(received / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`);
+  }
+  const bytes = new Uint8Array(received);
+  let offset = 0;
+  for (const part of parts) { bytes.set(part, offset); offset += part.length; }
+  await keepModel(config.model + version, bytes);
+  return bytes;
+}
+
+// The first visit's model goes into the service worker's cache at once (the worker starts
+// controlling the page only after it), so later visits never fetch it again.
+async function keepModel(path, bytes) {
+  if (!("caches" in window) || !window.isSecureContext || !path.includes("?v=")) return;
+  try {
+    const url = new URL(path, location.href);
+    const cache = await caches.open("pokedex-page-v2");
+    for (const old of await cache.keys()) {
+      if (new URL(old.url).pathname === url.pathname && old.url !== url.href) await cache.delete(old);
+    }
+    await cache.put(url.href, new Response(bytes, { headers: { "Content-Type": "application/octet-stream" } }));
+  } catch (error) {
+    console.warn("the model could not be kept for offline use", error);
+  }
+}
+
 function setThreshold(value) {
   state.threshold = value;
   $("threshold").value = String(value);
@@ -173,8 +222,11 @@ async function start() {
     state.config = await response.json();
     ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;  // a full URL: import() needs one
     ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain server lacks
-    state.session = await ort.InferenceSession.create(state.config.model, { executionProviders: ["wasm"] });
-    setThreshold(state.config.threshold ?? 0);
+    const model = await fetchModel(state.config);
+    state.session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
+    $("progress").hidden = true;
+    // the user's own slider value wins over the exported threshold once they moved it
+    if (!state.thresholdMoved) setThreshold(state.config.threshold ?? 0);
     const [h, w] = state.config.image_size;
     // browsers allow the offline copy (a service worker) on https and localhost only
     const offline = "serviceWorker" in navigator && window.isSecureContext
@@ -206,7 +258,10 @@ for (const id of ["files", "camera"]) {
     handle(chosen);
   });
 }
-$("threshold").addEventListener("input", (event) => setThreshold(Number(event.target.value)));
+$("threshold").addEventListener("input", (event) => {
+  state.thresholdMoved = true;
+  setThreshold(Number(event.target.value));
+});
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
