@@ -290,6 +290,10 @@ def export_from_args(args: argparse.Namespace) -> list:
     (``ExportResult``)."""
     from pokedex_trainer.errors import UserError
 
+    if args.serve:
+        from pokedex_trainer.exporters.serve_page import serve_command
+
+        return serve_command(args.serve, args.bind, args.port)
     if args.check_images < 1 or args.calibration_images < 1:
         raise UserError("--check_images and --calibration_images must be at least 1")
     if args.output_dir:

@@ -428,6 +428,16 @@ def build_export_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run_dir", help="export the best model of this run directory")
     source.add_argument("--model", help="export this model file (.keras, .h5 or .pth)")
+    source.add_argument("--serve", metavar="RUN_OR_WEB_DIR",
+                        help="serve an exported web page (a run directory or its export/web "
+                             "folder) on the local network over HTTPS, with a certificate made "
+                             "once for this computer, and print its address and a QR code for "
+                             "a phone; Ctrl-C stops")
+    parser.add_argument("--port", type=int, default=8443,
+                        help="--serve: the port (default: %(default)s)")
+    parser.add_argument("--bind", default="0.0.0.0",
+                        help="--serve: the address to listen on; 127.0.0.1 keeps the page to "
+                             "this computer (default: %(default)s, every network)")
     parser.add_argument("--formats", default=None,
                         help=EXPORT_FORMATS_HELP + " (default: every format of the framework)")
     parser.add_argument("--tflite_precisions", default=None,

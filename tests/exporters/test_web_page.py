@@ -551,12 +551,14 @@ def test_the_model_is_fetched_once_per_export_and_works_offline(tmp_path):
             page = context.new_page()
             page.goto(url)
             page.wait_for_selector("body[data-state=ready]", timeout=120_000)
-            page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+            page.wait_for_function("navigator.serviceWorker.getRegistration()"
+                                   ".then(r => !!(r && r.active))", timeout=60_000)
             for _ in range(2):
                 page.reload()
                 page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             assert asked.count("/model.onnx") == 1, asked
-            page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+            page.wait_for_function("navigator.serviceWorker.getRegistration()"
+                                   ".then(r => !!(r && r.active))", timeout=60_000)
             page.wait_for_function("navigator.serviceWorker.controller !== null",
                                    timeout=60_000)
             context.set_offline(True)
@@ -573,3 +575,81 @@ def test_the_model_is_fetched_once_per_export_and_works_offline(tmp_path):
             browser.close()
     finally:
         server.shutdown()
+
+
+def test_the_serve_certificate_is_made_once_and_covers_the_address(tmp_path, capsys):
+    """export.py --serve's certificate: made with cryptography for localhost, 127.0.0.1 and the
+    given address, kept while it covers them, made again for a new address; a folder without
+    a page is one line."""
+    from cryptography import x509
+
+    from pokedex_trainer.cli.commands import export_main, run_main
+    from pokedex_trainer.exporters.serve_page import certificate
+    from test_hostile import _one_line_error
+
+    cert, key = certificate(tmp_path, "192.168.1.20")
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1", "192.168.1.20"}
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    first = cert.read_bytes()
+    assert certificate(tmp_path, "192.168.1.20")[0].read_bytes() == first  # kept
+    assert certificate(tmp_path, "10.0.0.7")[0].read_bytes() != first  # a new address
+    assert run_main(export_main, ["--serve", str(tmp_path)]) == 2
+    assert "holds no exported web page" in _one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monkeypatch):
+    """Issue 34, item 3: export.py --serve on 127.0.0.1 over HTTPS with its own certificate:
+    cross-origin isolated (threads), loads, answers; offline, it reloads and answers again."""
+    import threading
+
+    chromium = _browser()
+    from playwright.sync_api import sync_playwright
+
+    from pokedex_trainer.exporters import serve_page
+
+    monkeypatch.setenv("POKEDEX_SERVE_DIR", str(tmp_path / "certs"))
+    page_dir, data = _exported_page(tmp_path)
+    ready = threading.Event()
+    thread = threading.Thread(target=serve_page.serve_command,
+                              args=(str(page_dir.parent.parent), "127.0.0.1", 0, ready),
+                              daemon=True)
+    thread.start()
+    assert ready.wait(60)
+    photo = str(next(data.rglob("*.jpg")))
+    try:
+        with sync_playwright() as playwright:
+            # as a phone that accepted the certificate: Chromium runs service workers only for
+            # a certificate it trusts, which this flag stands in for
+            browser = playwright.chromium.launch(executable_path=chromium,
+                                                 args=["--no-sandbox",
+                                                       "--ignore-certificate-errors"])
+            context = browser.new_context(ignore_https_errors=True,
+                                          viewport={"width": 390, "height": 844})
+            page = context.new_page()
+            response = page.goto(ready.url + "index.html")
+            assert response.headers["cross-origin-opener-policy"] == "same-origin"
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            assert page.evaluate("self.crossOriginIsolated") is True
+            assert "threads" in page.inner_text("#about") or "1 thread" in \
+                page.inner_text("#about")
+            assert "works offline once loaded" in page.inner_text("#about")
+            page.set_input_files("#files", [photo])
+            page.wait_for_selector("body[data-processed='1']", timeout=120_000)
+            page.wait_for_function("navigator.serviceWorker.getRegistration()"
+                                   ".then(r => !!(r && r.active))", timeout=60_000)
+            page.reload()
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            context.set_offline(True)
+            page.reload()
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.set_input_files("#files", [photo])
+            page.wait_for_selector("body[data-processed='1']", timeout=120_000)
+            assert page.locator(".card.failed").count() == 0
+            browser.close()
+    finally:
+        ready.server.shutdown()

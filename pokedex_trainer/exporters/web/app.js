@@ -160,6 +160,10 @@ async function handle(files) {
 // service worker answers from its cache after the first visit.
 async function fetchModel(config) {
   const version = config.model_sha256 ? `?v=${config.model_sha256.slice(0, 16)}` : "";
+  if (version && "caches" in window && window.isSecureContext) {  // kept by an earlier visit
+    const kept = await caches.match(new URL(config.model + version, location.href).href);
+    if (kept) return new Uint8Array(await kept.arrayBuffer());
+  }
   const response = await fetch(config.model + version);
   if (!response.ok) throw new Error(`model.onnx: HTTP ${response.status}`);
   const total = Number(response.headers.get("Content-Length")) || config.model_bytes || 0;
@@ -221,7 +225,9 @@ async function start() {
     if (!response.ok) throw new Error(`model.json: HTTP ${response.status}`);
     state.config = await response.json();
     ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;  // a full URL: import() needs one
-    ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain server lacks
+    // threads need cross-origin isolation: export.py --serve gives it, a plain server does not
+    const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    ort.env.wasm.numThreads = threads;
     const model = await fetchModel(state.config);
     state.session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
     $("progress").hidden = true;
@@ -232,7 +238,7 @@ async function start() {
     const offline = "serviceWorker" in navigator && window.isSecureContext
       ? "works offline once loaded" : "offline use needs https or localhost: keep this server running";
     setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, or drop them here.`);
-    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} · ${offline}`;
+    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} (WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}) · ${offline}`;
     document.body.dataset.state = "ready";
     resolveReady();
   } catch (error) {
