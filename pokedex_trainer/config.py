@@ -104,6 +104,11 @@ class TrainConfig:
         values["image_size"] = tuple(int(v) for v in values["image_size"])
         if values["framework"] == "auto":
             values["framework"] = choose_framework(self.model_type)
+        given = values["unknown_dir"]
+        if given is not None and given.strip() and given != "builtin":
+            # the folder itself, not a path relative to where the command ran (--resume may
+            # run elsewhere)
+            values["unknown_dir"] = os.path.abspath(given)
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -161,6 +166,8 @@ class TrainConfig:
             (self.ema == 0 or 0.5 <= self.ema < 1, "--ema must be 0 (off) or a decay in "
                                                    "[0.5, 1), such as 0.999"),
             (0 < self.unknown_weight <= 10, "--unknown_weight must be above 0 and at most 10"),
+            (self.unknown_dir is None or bool(self.unknown_dir.strip()),
+             "--unknown_dir needs a folder of photos of none of the classes, or builtin"),
             (self.unknown_dir is None or self.sampler == "none",
              "--unknown_dir does not go with --sampler balanced (the unknown photos have no "
              "class to balance): use --class_weight balanced"),

@@ -467,5 +467,5 @@ def build_export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="the web page answers 'unknown' when the top calibrated "
                              "probability is below it, as evaluate.py --predict --threshold "
-                             "(default: none; the page has a slider)")
+                             "(default: the fitted 'unknown' rule; the page has a slider)")
     return parser

@@ -131,6 +131,20 @@ def builtin_folder(output_dir: Path) -> Path:
     return folder
 
 
+def _check_one_readable(files: list[Path], folder: Path) -> None:
+    """One line when not one of the photos decodes (the loader skips each unreadable one)."""
+    from pokedex_trainer.data.images import UnreadableImageError, read_image
+
+    for path in files:
+        try:
+            read_image(path, min_size=(32, 32))
+            return
+        except UnreadableImageError:
+            continue
+    raise UserError(f"--unknown_dir '{folder}': none of its {len(files)} files can be read as "
+                    "a photo")
+
+
 def unknown_training_samples(given: str, output_dir: Path, known: list[Path], cap: int,
                              seed: int) -> list[tuple[str, int]]:
     """(absolute path, -1) of the unknown photos a run trains on: at most ``cap`` (the count
@@ -141,6 +155,7 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     files = photo_files(folder, "--unknown_dir")
     if given != BUILTIN:
         check_no_shared_photos(files, known)
+        _check_one_readable(files, folder)
     if len(files) > cap:
         order = np.random.default_rng([seed, 33]).permutation(len(files))[:cap]
         logger.info("--unknown_dir: %d of its %d photos, as many as the labelled training "

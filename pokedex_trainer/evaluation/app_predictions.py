@@ -44,7 +44,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     if threshold is None and rule:
         threshold = float(rule["threshold"])
         logger.info("answering 'unknown' below a top probability of %.3f (the saved rule: it "
-                    "keeps %.0f %% of the known photos of the %s; --threshold sets another)",
+                    "keeps %.0f %% of the known photos of %s; --threshold sets another)",
                     threshold, 100 * rule.get("recall", 0.95), rule.get("fitted_on", "run"))
     target_path = Path(target)
     if target_path.is_dir():

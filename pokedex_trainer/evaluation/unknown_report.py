@@ -35,6 +35,27 @@ def unknown_images(folder: Path, class_names: list[str], known: list[LabelledIma
                           f"{folder} ({len(files)} unknown photos)")
 
 
+def _warn_if_trained_on(run: Path | None, folder: Path) -> None:
+    """The run's own --unknown_dir measured as unknown photos: figures too good to trust."""
+    from pokedex_trainer.runs.store import RunStore
+
+    if run is None or not RunStore(run).is_run():
+        return
+    trained = RunStore(run).saved_config().unknown_dir
+    if not trained:
+        return
+    if trained == "builtin":
+        from pokedex_trainer.data.unknown_photos import BUILTIN_FOLDER
+
+        same = BUILTIN_FOLDER in Path(folder).resolve().parts
+    else:
+        same = Path(trained).resolve() == Path(folder).resolve()
+    if same:
+        logger.warning("--unknown_data '%s' is the folder this run trained on as unknown "
+                       "(--unknown_dir): the figures below are optimistic; measure with photos "
+                       "it never saw", folder)
+
+
 def _outputs(predictor, images: LabelledImages, label: str):
     """(probabilities, logits or None, features or None) of every readable image."""
     probabilities, logits, features = [], [], []
@@ -60,6 +81,7 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
     from pokedex_trainer.evaluation import plots
 
     predictor, run = member.predictor, member.run_dir
+    _warn_if_trained_on(run, Path(folder))
     known_sets = [test] + ([run_split(run, split) for split in ("train", "val")] if run else [])
     unknown = unknown_images(folder, predictor.info.class_names, known_sets)
     probabilities, logits, features = _outputs(predictor, test, "known photos (scores)")

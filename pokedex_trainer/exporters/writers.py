@@ -117,6 +117,11 @@ def _sidecar(info: ModelInfo, job: ExportJob, fmt: str, precision: str) -> dict:
                                      "the model's own output is uncalibrated")
     if job.unknown is not None:
         extra["unknown"] = job.unknown
+    if fmt == "web" and job.threshold is not None:  # the page's rule is the one asked for
+        extra["unknown"] = {"score": "max_softmax", "threshold": job.threshold,
+                            "fitted_on": "export.py --threshold",
+                            "rule": "unknown when the top calibrated probability is below "
+                                    "the threshold"}
     return info.to_sidecar(**extra)
 
 

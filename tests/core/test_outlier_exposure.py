@@ -134,3 +134,28 @@ def test_bad_unknown_options_are_one_line(tiny_dataset, tmp_path, capsys):
         assert run_main(train_main, argv) == 2, extra
         assert message in _one_line_error(capsys), extra
         assert not (out / "runs" / "bad").exists(), extra
+
+
+def test_an_empty_or_unreadable_unknown_dir_is_one_line_and_the_folder_is_kept_absolute(
+        tiny_dataset, tmp_path, capsys, monkeypatch):
+    """Found by a probe: --unknown_dir "" read the current folder; a folder of files none of
+    which decodes trained with no unknown photo; a relative folder broke --resume elsewhere."""
+    from test_hostile import _one_line_error
+
+    from conftest import tiny_run_argv
+    from pokedex_trainer.cli.commands import run_main, train_main
+    from pokedex_trainer.config import TrainConfig
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "b.jpg").write_bytes(b"")
+    for extra, message in [(["--unknown_dir", ""], "--unknown_dir needs a folder"),
+                           (["--unknown_dir", str(junk)], "can be read as a photo")]:
+        argv = tiny_run_argv(tiny_dataset, tmp_path / "out", "tiny_torch", *extra,
+                             run_name="bad")
+        assert run_main(train_main, argv) == 2
+        assert message in _one_line_error(capsys)
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(data_path=str(tiny_dataset), model_type="tiny_torch",
+                         framework="pytorch", unknown_dir="junk").resolved()
+    assert config.unknown_dir == str(junk)
