@@ -106,13 +106,28 @@ class _TFLite:
 _RUNTIMES = {"onnx": _Onnx, "tflite": _TFLite}
 
 
+def _end_with(parent_pid: int) -> None:
+    """End this process soon after the process that asked for it is gone (kill -9 included);
+    its parent may be a fork server, so the asker is watched by its pid."""
+    import threading
+
+    def watch() -> None:
+        import psutil
+
+        while True:
+            time.sleep(1.0)
+            if not psutil.pid_exists(parent_pid):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _serve(conn, path: str, kind: str, input_shape, threads: int, memory: int | None,
-           parent_pid: int) -> None:
+           parent_pid: int, environment: dict) -> None:
     """The child: check and open the file, say so, then answer calls until told to stop."""
     _silence_child()
-    from pokedex_trainer.machine.processes import exit_with_parent
-
-    exit_with_parent(parent_pid)
+    os.environ.update(environment)  # the asker's settings now (a fork server has older ones)
+    _end_with(parent_pid)
     _cap_memory(memory)
     try:
         model = _RUNTIMES[kind](Path(path), input_shape, threads)
@@ -162,6 +177,19 @@ def address_space_limit() -> int:
     return max(MIN_ADDRESS_SPACE, int(memory_available()))
 
 
+def _context():
+    """forkserver where there is one (Linux, macOS): each child forks from a clean server
+    that already imported the runtimes, in milliseconds; spawn elsewhere (Windows)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pokedex_trainer.evaluation.model_child", "onnx",
+                                    "onnxruntime", "ai_edge_litert.interpreter"])
+    return context
+
+
 class ModelChild:
     """A model file checked, opened and run in a child process (see the module's notes).
 
@@ -173,17 +201,16 @@ class ModelChild:
     """
 
     def __init__(self, path: Path, kind: str, input_shape, threads: int):
-        import multiprocessing
-
         from pokedex_trainer.evaluation.bounded_runs import CALL_LIMIT_ENV, call_limit_s
 
         self.path, self.limit, self.env = Path(path), call_limit_s(), CALL_LIMIT_ENV
-        context = multiprocessing.get_context("spawn")
+        context = _context()
         self._conn, child = context.Pipe()
         self.process = context.Process(
             target=_serve, daemon=True, name="model-runtime",
             args=(child, str(path), kind, input_shape, threads,
-                  address_space_limit() if os.name == "posix" else None, os.getpid()))
+                  address_space_limit() if os.name == "posix" else None, os.getpid(),
+                  {k: v for k, v in os.environ.items() if k.startswith("POKEDEX_")}))
         self.process.start()
         child.close()
         self.details = self._answer("was not checked and opened",

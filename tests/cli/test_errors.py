@@ -66,7 +66,7 @@ def test_evaluate_and_export_without_a_model_say_what_they_need():
     _one_line_error(result, "--run_dir RUN_DIR, --model FILE")
     result = subprocess.run([sys.executable, "export.py"], cwd=ROOT, capture_output=True,
                             text=True)
-    assert result.returncode == 2 and "--run_dir --model is required" in result.stderr
+    assert result.returncode == 2 and "--run_dir --model --serve is required" in result.stderr
 
 
 @pytest.mark.parametrize("argv, expected", [

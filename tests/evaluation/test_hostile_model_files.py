@@ -712,6 +712,7 @@ def test_a_tflite_operator_sized_by_the_photo_is_refused(tmp_path, tiny_dataset,
     assert "FILL result depends on the photo's values" in _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_the_operator_bound_reads_real_exports(keras_exports, torch_run, monkeypatch,
                                                tiny_dataset, tmp_path, capsys):
     """The tool's own ONNX and TFLite files pass the bound (the tests that run them show it);

@@ -45,7 +45,7 @@ def _noise_folder(folder, count=10, nested=True):
     return folder
 
 
-@pytest.mark.parametrize("which", ["keras", "torch"])
+@pytest.mark.parametrize("which", ["keras", pytest.param("torch", marks=pytest.mark.slow)])
 def test_unknown_data_adds_every_score_to_the_report(which, keras_run, torch_run, tmp_path,
                                                      capsys):
     run = keras_run if which == "keras" else torch_run
@@ -68,6 +68,7 @@ def test_unknown_data_adds_every_score_to_the_report(which, keras_run, torch_run
     assert saved["models"][next(run.glob("*_best.*")).name]["unknown"]["recall"] == 0.95
 
 
+@pytest.mark.slow
 def test_predict_applies_the_fitted_rule_and_exports_carry_it(keras_run, tiny_dataset,
                                                               tmp_path):
     """One verdict everywhere: the run's model (rule from calibration.json) and its ONNX and
@@ -139,6 +140,7 @@ def test_a_sidecar_rule_out_of_range_is_refused(keras_exports, tiny_dataset, tmp
     assert "unknown" in _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_the_documented_app_snippets_give_the_same_verdicts(keras_run, tiny_dataset, tmp_path,
                                                             monkeypatch, capsys):
     """docs/export.md's ONNX and TFLite snippets, run as printed on photos already at the
