@@ -7,23 +7,27 @@ import numpy as np
 from pokedex_trainer.evaluation.predict import Predictor
 
 
-def measure_latency(predictor: Predictor, image: np.ndarray, warmup: int = 3,
-                    runs: int = 20) -> dict:
-    """Batch-1 milliseconds per image: median and 95th percentile after ``warmup`` calls."""
+def call_times(call, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``call()`` after ``warmup`` untimed ones."""
     import time
 
-    batch = image[None]
-    timed = predictor.timed_calls(batch, warmup, runs)  # a runtime in a child process
-    if timed is not None:
-        return {"median_ms": float(np.median(timed)), "p95_ms": float(np.percentile(timed, 95)),
-                "runs": runs}
     for _ in range(warmup):
-        predictor.predict(batch)
+        call()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        predictor.predict(batch)
+        call()
         times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def measure_latency(predictor: Predictor, image: np.ndarray, warmup: int = 3,
+                    runs: int = 20) -> dict:
+    """Batch-1 milliseconds per image: median and 95th percentile after ``warmup`` calls."""
+    batch = image[None]
+    times = predictor.timed_calls(batch, warmup, runs)  # a runtime in a child process
+    if times is None:
+        times = call_times(lambda: predictor.predict(batch), warmup, runs)
     return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95)),
             "runs": runs}
 

@@ -146,15 +146,10 @@ def _serve(conn, path: str, kind: str, input_shape, threads: int, memory: int | 
             if request == "run":
                 conn.send(("ok", np.asarray(model.run(payload))))
             else:  # "time": (x, warm-up calls, timed calls) -> milliseconds of each call
+                from pokedex_trainer.evaluation.latency import call_times
+
                 x, warmup, runs = payload
-                for _ in range(warmup):
-                    model.run(x)
-                times = []
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    model.run(x)
-                    times.append((time.perf_counter() - start) * 1000.0)
-                conn.send(("ok", times))
+                conn.send(("ok", call_times(lambda: model.run(x), warmup, runs)))
         except BaseException as exc:  # noqa: BLE001
             conn.send(_reason(exc, path))
 
