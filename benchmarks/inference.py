@@ -51,33 +51,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process. On Linux from VmHWM: ru_maxrss survives fork and
-    exec, so a child started by a large parent would report the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import psutil
-
-    info = psutil.Process().memory_info()
-    if hasattr(info, "peak_wset"):  # Windows
-        return info.peak_wset / 2**20
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
-
-
 def memory_probe(path: str) -> None:
-    """Child process: load one file, answer one image, print the peak RSS in MB."""
+    """Child process: load one file, answer one image, print the peak RSS in MB: this
+    process's, plus that of the process running the model where it has one (ONNX, TFLite)."""
     from pokedex_trainer.evaluation.predict import load_predictor
+    from pokedex_trainer.machine.memory import peak_resident_mb
 
     predictor = load_predictor(path, trust=True)  # files this script wrote
     height, width = predictor.info.image_size
     predictor.predict(np.zeros((1, height, width, 3), np.uint8))
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    child = getattr(predictor, "child", None)
+    extra = child.peak_memory_mb() if child is not None else 0.0
+    print(json.dumps({"peak_rss_mb": peak_resident_mb() + extra}))
 
 
 def probe_memory(path: Path) -> float | None:

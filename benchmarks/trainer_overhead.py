@@ -142,9 +142,9 @@ def main(argv=None) -> int:
                              output_dir=f"{tmp}/runs", log_dir=f"{tmp}/tb",
                              run_name="overhead")
         trainer, run_dir = trainer_epochs(config)
-        from inference import peak_rss_mb
+        from pokedex_trainer.machine.memory import peak_resident_mb
 
-        trainer_rss = peak_rss_mb()  # main process; loader workers are separate processes
+        trainer_rss = peak_resident_mb()  # main process; loader workers are separate processes
         train = decoded_split(run_dir, "train", args.image_size)
         val = decoded_split(run_dir, "val", args.image_size)
         resolved = config.resolved()

@@ -145,6 +145,10 @@ def _serve(conn, path: str, kind: str, input_shape, threads: int, memory: int | 
         try:
             if request == "run":
                 conn.send(("ok", np.asarray(model.run(payload))))
+            elif request == "memory":
+                from pokedex_trainer.machine.memory import peak_resident_mb
+
+                conn.send(("ok", peak_resident_mb()))
             else:  # "time": (x, warm-up calls, timed calls) -> milliseconds of each call
                 from pokedex_trainer.evaluation.latency import call_times
 
@@ -218,6 +222,11 @@ class ModelChild:
     def time_calls(self, x: np.ndarray, warmup: int, runs: int) -> list[float]:
         """Milliseconds of each of ``runs`` calls after ``warmup``, timed in the child."""
         self._conn.send(("time", (x, warmup, runs)))
+        return self._answer("did not answer")
+
+    def peak_memory_mb(self) -> float:
+        """The child's own peak resident memory in MB (the benchmarks' memory column)."""
+        self._conn.send(("memory", None))
         return self._answer("did not answer")
 
     def _answer(self, what: str, limit: float | None = None):

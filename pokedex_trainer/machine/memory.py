@@ -124,6 +124,26 @@ def memory_available(root: Path | None = None, self_cgroup: Path | None = None) 
     return machine if room is None else min(machine, room)
 
 
+def peak_resident_mb() -> float:
+    """Peak resident memory of this process in MB. On Linux from VmHWM: ru_maxrss survives
+    fork and exec, so a child started by a large parent would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import psutil
+
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):  # Windows
+        return info.peak_wset / 2**20
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
 def gigabytes(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.0f} MiB"
 
