@@ -147,6 +147,7 @@ def _assert_tensorboard(log_dir: Path) -> None:
     assert len(val.Tensors("epoch_accuracy")) == 3  # flushed every epoch
 
 
+@pytest.mark.slow  # a Keras pipeline; the core's own test is in the default set
 def test_weights_file_is_loaded_and_phase_one_leaves_the_backbone_untouched(
         tmp_path, tiny_dataset, mobilenet_weights):
     run_dir = _train(tmp_path, tiny_dataset, "--model_type", "mobilenet", "--weights",
@@ -185,6 +186,7 @@ def test_efficientnet_seed_command_runs_on_small_images(tmp_path, tiny_dataset):
     assert model.count_params() > 60_000_000  # the real B7, not a stand-in
 
 
+@pytest.mark.slow  # a Keras pipeline; the core's own test is in the default set
 def test_nan_loss_stops_the_run_and_keeps_no_broken_model(tmp_path, tiny_dataset):
     argv = ["--data_path", str(tiny_dataset), "--output_dir", str(tmp_path / "runs"),
             "--log_dir", str(tmp_path / "tb"), "--image_size", "32", "32", "--batch_size", "8",
