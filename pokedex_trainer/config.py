@@ -47,7 +47,7 @@ class TrainConfig:
     model_type: str = "efficientnet"
     epochs: int = 50
     fine_tune_epochs: int = 30
-    fine_tune_layers: int = 50
+    fine_tune_layers: int | str = 50  # or "all": every weighted layer (BatchNorm stays frozen)
     batch_size: int | str | None = None  # "auto": the largest that fits, found at start
     learning_rate: float = 0.001
     fine_tune_learning_rate: float = 0.0001
@@ -125,7 +125,9 @@ class TrainConfig:
             (self.epochs >= 0, "--epochs must be 0 or more"),
             (self.fine_tune_epochs >= 0, "--fine_tune_epochs must be 0 or more"),
             (self.epochs + self.fine_tune_epochs > 0, "--epochs and --fine_tune_epochs are both 0"),
-            (self.fine_tune_layers >= 0, "--fine_tune_layers must be 0 or more"),
+            (self.fine_tune_layers == "all" or (isinstance(self.fine_tune_layers, int) and
+                                                self.fine_tune_layers >= 0),
+             "--fine_tune_layers must be 0 or more, or all"),
             (self.batch_size == "auto" or self.batch_size >= 1,
              "--batch_size must be at least 1, or 'auto'"),
             (self.learning_rate > 0, "--learning_rate must be positive"),
@@ -166,6 +168,9 @@ class TrainConfig:
             (self.ema == 0 or 0.5 <= self.ema < 1, "--ema must be 0 (off) or a decay in "
                                                    "[0.5, 1), such as 0.999"),
             (0 < self.unknown_weight <= 10, "--unknown_weight must be above 0 and at most 10"),
+            (self.unknown_dir is not None or self.unknown_weight == TrainConfig.unknown_weight,
+             "--unknown_weight weighs the photos of --unknown_dir: give that too (a folder of "
+             "photos of none of the classes, or builtin)"),
             (self.unknown_dir is None or bool(self.unknown_dir.strip()),
              "--unknown_dir needs a folder of photos of none of the classes, or builtin"),
             (self.unknown_dir is None or self.sampler == "none",

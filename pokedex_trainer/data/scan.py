@@ -52,6 +52,21 @@ class DatasetIndex:
         return self.root / relative
 
 
+UNKNOWN_LIKE_NAMES = {"unknown", "unknowns", "desconocido", "desconocidos", "otro", "otros",
+                      "other", "others", "none", "ninguno", "noanimal", "noanimales",
+                      "notanimal", "background", "fondo", "fondos", "nada", "misc", "varios",
+                      "negative", "negativos", "negatives"}
+
+
+def unknown_like(name: str) -> bool:
+    """True for a class folder named like "none of the species" (Otros, Desconocido, unknown)."""
+    import unicodedata
+
+    plain = "".join(c for c in unicodedata.normalize("NFKD", name.lower())
+                    if c.isalnum() and not unicodedata.combining(c))
+    return plain in UNKNOWN_LIKE_NAMES
+
+
 def scan_dataset(data_path: Path | str) -> DatasetIndex:
     """List ``data_path/<Class>/*.jpg|jpeg|png``; raises UserError when it cannot be used.
 
@@ -74,6 +89,12 @@ def scan_dataset(data_path: Path | str) -> DatasetIndex:
         if name in class_names:
             raise UserError(f"'{root}' has two class folders named '{name}' (the same name in "
                             "two Unicode forms, e.g. one copied from macOS): merge them")
+        if unknown_like(name):
+            logger.warning("class '%s' looks like photos of none of the species: as a class the "
+                           "model learns to name it as one%s; train with --unknown_dir <its "
+                           "folder> instead (outlier exposure, docs/training.md)", name,
+                           ", and its name is the word the tool answers for a photo of none "
+                           "of them" if name.lower() == "unknown" else "")
         label = len(class_names)
         class_names.append(name)
         samples.extend((image.relative_to(root).as_posix(), label) for image in images)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pokedex_trainer.data.scan import (RECOMMENDED_MIN_CLASSES, RECOMMENDED_MIN_IMAGE_SIZE,
-                                       RECOMMENDED_MIN_IMAGES_PER_CLASS)
+                                       RECOMMENDED_MIN_IMAGES_PER_CLASS, unknown_like)
 from pokedex_trainer.prepare.sources import SourceFile
 from pokedex_trainer.user_io.atomic import atomic_write_bytes, atomic_write_json
 
@@ -47,21 +47,6 @@ class Report:
 
 # Folder names that usually hold photos of none of the species (compared without case, accents,
 # spaces or underscores): as a class, the model would learn to name them
-UNKNOWN_LIKE_NAMES = {"unknown", "unknowns", "desconocido", "desconocidos", "otro", "otros",
-                      "other", "others", "none", "ninguno", "noanimal", "noanimales",
-                      "notanimal", "background", "fondo", "fondos", "nada", "misc", "varios",
-                      "negative", "negativos", "negatives"}
-
-
-def unknown_like(name: str) -> bool:
-    """True for a class folder named like "none of the species" (Otros, Desconocido, unknown)."""
-    import unicodedata
-
-    plain = "".join(c for c in unicodedata.normalize("NFKD", name.lower())
-                    if c.isalnum() and not unicodedata.combining(c))
-    return plain in UNKNOWN_LIKE_NAMES
-
-
 def summarize(report: Report, counts: dict[str, int], kept: list[SourceFile]) -> None:
     """Fill the class statistics and the list of problems a person should act on.
 

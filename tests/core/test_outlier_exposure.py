@@ -127,6 +127,7 @@ def test_bad_unknown_options_are_one_line(tiny_dataset, tmp_path, capsys):
              (["--unknown_dir", str(shared)], "is also the class photo"),
              (["--unknown_dir", str(tmp_path / "absent")], "is not a folder"),
              (["--unknown_dir", str(shared), "--unknown_weight", "0"], "--unknown_weight"),
+             (["--unknown_weight", "2"], "--unknown_weight weighs the photos of --unknown_dir"),
              (["--unknown_dir", "builtin", "--sampler", "balanced"], "--sampler balanced")]
     for extra, message in cases:
         out = tmp_path / "out"

@@ -66,3 +66,14 @@ def test_unusable_data_paths(tmp_path, tiny_dataset, layout, message):
         shutil.copytree(tiny_dataset / "Gato", root / "Gato")
     with pytest.raises(UserError, match=message):
         scan_dataset(root)
+
+
+def test_a_class_named_like_none_of_the_species_is_warned_about(dataset_copy, caplog):
+    """Issue 33: a folder "unknown" (or Otros...) trains a class, and "unknown" is also the
+    word the tool answers for a photo of none of the classes: training says so."""
+    (dataset_copy / "Perro").rename(dataset_copy / "unknown")
+    with caplog.at_level("WARNING"):
+        index = scan_dataset(dataset_copy)
+    assert "unknown" in index.class_names
+    assert "class 'unknown' looks like photos of none of the species" in caplog.text
+    assert "the word the tool answers" in caplog.text and "--unknown_dir" in caplog.text
