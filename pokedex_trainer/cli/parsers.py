@@ -31,6 +31,15 @@ def _batch_size(value: str):
         raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'auto'") from None
 
 
+def _fine_tune_layers(value: str):
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is neither a number nor 'all'") from None
+
+
 EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras models; "
                        "torchscript, torch_export, onnx for PyTorch ones (--framework); web "
                        "for both (a static page that runs the model in a browser; needs "
@@ -164,9 +173,9 @@ def _add_training_options(train, d: TrainConfig) -> None:
                        help="phase 1 learning rate, Adam (default: %(default)s)")
     train.add_argument("--fine_tune_epochs", type=int, default=d.fine_tune_epochs,
                        help="phase 2 epochs; 0 skips phase 2 (default: %(default)s)")
-    train.add_argument("--fine_tune_layers", type=int, default=d.fine_tune_layers,
-                       help="phase 2 unfreezes the backbone's last N layers with weights, "
-                            "BatchNorm excluded (default: %(default)s)")
+    train.add_argument("--fine_tune_layers", type=_fine_tune_layers, default=d.fine_tune_layers,
+                       help="phase 2 unfreezes the backbone's last N layers with weights, or "
+                            "all of them; BatchNorm stays frozen (default: %(default)s)")
     train.add_argument("--fine_tune_learning_rate", type=float,
                        default=d.fine_tune_learning_rate,
                        help="phase 2 learning rate (default: %(default)s)")

@@ -32,7 +32,8 @@ PLATEAU_MONITOR = "val_loss"  # reduce-LR-on-plateau
 SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy")
 TRAINABLE_TEXT = {"head": "the new head only (backbone frozen)",
                   "all": "every layer (nothing frozen)",
-                  "last_n": "the backbone's last {n} weighted layers + head"}
+                  "last_n": "the backbone's last {n} weighted layers + head",
+                  "weighted": "every weighted layer of the backbone + head (BatchNorm frozen)"}
 
 
 @dataclass

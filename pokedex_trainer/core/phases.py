@@ -27,7 +27,9 @@ class Phase:
         epochs: epochs of this phase.
         learning_rate: Adam learning rate of this phase.
         trainable: ``"head"`` (backbone frozen), ``"last_n"`` (the last ``n_layers`` weighted
-            layers of the backbone and the head) or ``"all"`` (nothing frozen).
+            layers of the backbone and the head), ``"weighted"`` (every weighted layer of the
+            backbone and the head: ``--fine_tune_layers all``; BatchNorm stays frozen as with
+            last_n) or ``"all"`` (nothing frozen, BatchNorm trains: from scratch).
         n_layers: used when ``trainable == "last_n"``.
     """
 
@@ -47,7 +49,8 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
         phases = [
             Phase("head", config.epochs, config.learning_rate, "head"),
             Phase("fine_tune", config.fine_tune_epochs, config.fine_tune_learning_rate,
-                  "last_n", config.fine_tune_layers),
+                  *(("weighted", 0) if config.fine_tune_layers == "all" else
+                    ("last_n", config.fine_tune_layers))),
         ]
     else:
         # Random weights have nothing worth protecting: train everything, then continue at the
@@ -71,5 +74,7 @@ def trainable_mask(phase: Phase, kinds: list[str]) -> list[bool]:
         return [True] * len(kinds)
     if phase.trainable == "head":
         return [False] * len(kinds)
+    if phase.trainable == "weighted":
+        return [kind == WEIGHTED for kind in kinds]
     chosen = layers_to_unfreeze(kinds, phase.n_layers)
     return [i in chosen for i in range(len(kinds))]

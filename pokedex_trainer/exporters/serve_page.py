@@ -128,7 +128,8 @@ class PageHandler(SimpleHTTPRequestHandler):
 
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
                       ".js": "text/javascript", ".wasm": "application/wasm",
-                      ".onnx": "application/octet-stream", ".json": "application/json"}
+                      ".onnx": "application/octet-stream", ".json": "application/json",
+                      ".webmanifest": "application/manifest+json"}
 
     def end_headers(self):
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")

@@ -24,12 +24,19 @@ WEB_DIR = "web"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "model.json"
 PAGE_FILES = ("index.html", "app.js", "preprocess.js", "sw.js")
+MANIFEST_FILE = "manifest.webmanifest"
+ICON_SIZES = (192, 512)
 RUNTIME_DIR = "ort"
-# ONNX Runtime Web's WebAssembly build, single-threaded (python -m http.server does not send the
-# cross-origin-isolation headers that threads need): the loader, its module and the binary.
-RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-# far below the runtime's files (onnxruntime-web 1.31.1: the .wasm 14.8 MB, the scripts 54 KB
-# and 25 KB): a few bytes of something else make a page that never runs
+# ONNX Runtime Web's WebAssembly build, which every browser runs (threads where the page is
+# cross-origin isolated): the loader, its module and the binary. Then its WebGPU build (loader,
+# module, binary), which the page fetches only on a device with a hardware WebGPU adapter: its
+# binary is twice the size and, measured, slower without a GPU (docs/export.md). Not the WebGL
+# build: it refuses a model whose batch dimension is free, as every exported model's is.
+RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
+                 "ort.webgpu.min.js", "ort-wasm-simd-threaded.asyncify.mjs",
+                 "ort-wasm-simd-threaded.asyncify.wasm")
+# far below the runtime's files (onnxruntime-web 1.31.1: the .wasm 14.8 and 28.7 MB, the
+# scripts 25 to 474 KB): a few bytes of something else make a page that never runs
 MIN_WASM_BYTES, MIN_SCRIPT_BYTES = 1_000_000, 4_096
 # --web_precision -> the tolerance (parity.TOLERANCES) its check is held to
 WEB_PRECISIONS = {"fp32": "float32", "fp16": "float16", "int8": "dynamic_int8"}
@@ -131,6 +138,53 @@ def page_config(sidecar: dict, precision: str, threshold: float | None,
     }
 
 
+def app_manifest(sidecar: dict) -> dict:
+    """The web app manifest: what "Add to Home Screen" / "Install app" needs (a name, icons of
+    192 and 512 px, a start address, standalone display)."""
+    count = len(sidecar["class_names"])
+    return {
+        "name": "Pokedex Ultra", "short_name": "Pokedex",
+        "description": f"Names the animal in a photo: {count} species, on this device.",
+        "start_url": "./index.html", "scope": "./", "display": "standalone",
+        "background_color": "#f4f6fb", "theme_color": "#c8102e",
+        "icons": [{"src": f"icon-{size}.png", "sizes": f"{size}x{size}", "type": "image/png",
+                   "purpose": "any maskable"} for size in ICON_SIZES],
+    }
+
+
+def draw_icon(size: int):
+    """The page's icon (a PIL image): a red and white ball, kept inside the middle 80 % that
+    a launcher's mask leaves visible."""
+    from PIL import Image, ImageDraw
+
+    scale = 4  # drawn large, then shrunk: smooth edges
+    side = size * scale
+    image = Image.new("RGB", (side, side), "#c8102e")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, side // 2, side, side), fill="#f4f6fb")
+    radius = side * 0.36
+    middle = side / 2
+    box = (middle - radius, middle - radius, middle + radius, middle + radius)
+    draw.pieslice(box, 180, 360, fill="#ffffff")
+    draw.pieslice(box, 0, 180, fill="#1d2330")
+    draw.ellipse(box, outline="#1d2330", width=side // 40)
+    inner = (middle - radius, middle - radius * 0.02, middle + radius, middle + radius * 0.02)
+    draw.rectangle(inner, fill="#1d2330")
+    knob = radius * 0.28
+    draw.ellipse((middle - knob, middle - knob, middle + knob, middle + knob), fill="#ffffff",
+                 outline="#1d2330", width=side // 40)
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def write_install_files(folder: Path, sidecar: dict) -> None:
+    """manifest.webmanifest and its icons beside the page."""
+    from pokedex_trainer.user_io.atomic import atomic_write_json
+
+    for size in ICON_SIZES:
+        draw_icon(size).save(folder / f"icon-{size}.png", optimize=True)
+    atomic_write_json(folder / MANIFEST_FILE, app_manifest(sidecar))
+
+
 def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
                threshold: float | None) -> Path:
     """Write the page into ``folder``; ``write_float32_onnx(path)`` writes the model there.
@@ -151,6 +205,7 @@ def write_page(folder: Path, write_float32_onnx, sidecar: dict, precision: str,
             full.unlink(missing_ok=True)
     for name in PAGE_FILES:
         shutil.copyfile(TEMPLATES / name, folder / name)
+    write_install_files(folder, sidecar)
     (folder / RUNTIME_DIR).mkdir(exist_ok=True)
     for name in RUNTIME_FILES:
         shutil.copyfile(runtime / name, folder / RUNTIME_DIR / name)

@@ -1,6 +1,9 @@
 """Early stopping and the phase plan, driven by hand-written sequences."""
 
+import pytest
+
 from pokedex_trainer.config import TrainConfig
+from pokedex_trainer.errors import UserError
 from pokedex_trainer.core.monitor import BestTracker, EarlyStopping
 from pokedex_trainer.core.phases import (BATCHNORM, OTHER, WEIGHTED, layers_to_unfreeze,
                                     plan_phases, trainable_mask)
@@ -56,3 +59,21 @@ def test_last_n_counts_only_weighted_layers_and_never_batchnorm():
     config = TrainConfig(model_type="mobilenet", fine_tune_layers=2).resolved()
     fine = plan_phases(config)[1]
     assert trainable_mask(fine, kinds) == [False, False, False, True, False, False, True, False]
+
+
+def test_fine_tune_layers_all_unfreezes_every_weighted_layer_and_keeps_batchnorm_frozen():
+    """--fine_tune_layers all (issue 35's fine-tune depth): every weighted layer of the
+    backbone, BatchNorm frozen as with last N, in both frameworks (one mask)."""
+    from pokedex_trainer.cli.parsers import build_train_parser
+
+    kinds = [WEIGHTED, BATCHNORM, OTHER, WEIGHTED, BATCHNORM, OTHER, WEIGHTED, BATCHNORM]
+    args = build_train_parser().parse_args(["--fine_tune_layers", "ALL"])
+    config = TrainConfig(model_type="mobilenet", fine_tune_layers=args.fine_tune_layers,
+                         weights="imagenet").resolved()
+    fine = plan_phases(config)[1]
+    assert fine.trainable == "weighted"
+    assert trainable_mask(fine, kinds) == [True, False, False, True, False, False, True, False]
+    with pytest.raises(UserError, match="'most' is neither a number nor 'all'"):
+        build_train_parser().parse_args(["--fine_tune_layers", "most"])
+    with pytest.raises(UserError, match="--fine_tune_layers must be 0 or more, or all"):
+        TrainConfig(model_type="mobilenet", fine_tune_layers=-1).resolved()

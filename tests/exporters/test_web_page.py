@@ -135,6 +135,30 @@ def test_a_runtime_folder_of_links_or_other_files_is_refused(monkeypatch, tmp_pa
         web_page.check_runtime()
 
 
+def test_the_page_can_be_installed_from_its_manifest_and_icons(tmp_path):
+    """Issue 34, item 3: a web app manifest with icons of 192 and 512 px, linked by the page
+    and kept by its service worker for offline use."""
+    from PIL import Image
+
+    from pokedex_trainer.exporters.web_page import TEMPLATES, write_install_files
+
+    write_install_files(tmp_path, {"class_names": ["Gato", "León", "=cmd"]})
+    manifest = json.loads((tmp_path / "manifest.webmanifest").read_text("utf-8"))
+    assert (manifest["display"], manifest["start_url"], manifest["scope"]) == \
+        ("standalone", "./index.html", "./")
+    assert "3 species" in manifest["description"]
+    for icon in manifest["icons"]:
+        side = int(icon["sizes"].split("x")[0])
+        with Image.open(tmp_path / icon["src"]) as image:
+            assert (image.format, image.size) == ("PNG", (side, side))
+    assert sorted(icon["sizes"] for icon in manifest["icons"]) == ["192x192", "512x512"]
+    page = (TEMPLATES / "index.html").read_text("utf-8")
+    assert 'rel="manifest" href="manifest.webmanifest"' in page
+    worker = (TEMPLATES / "sw.js").read_text("utf-8")
+    assert all(f'"{name}"' in worker for name in
+               ("manifest.webmanifest", "icon-192.png", "icon-512.png"))
+
+
 def test_the_page_config_comes_from_the_sidecar():
     from pokedex_trainer.exporters.web_page import page_config
 
@@ -483,6 +507,17 @@ def test_the_page_fits_phones_is_accessible_and_works_by_keyboard(tmp_path):
             page.wait_for_selector("body[data-processed='4']", timeout=120_000)
             assert page.get_attribute("#status", "class") != "error"
             assert "svg" not in page.get_attribute("#files", "accept")
+            # a camera refused: live mode says so and points to stills
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.add_init_script("navigator.mediaDevices.getUserMedia = () => Promise.reject("
+                                 "new DOMException('denied', 'NotAllowedError'));")
+            page.goto(url)
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            page.click("#live")
+            page.wait_for_selector("body[data-live=refused]", timeout=60_000)
+            assert "the camera was refused" in page.inner_text("#status")
+            assert "Take a photo instead" in page.inner_text("#status")
+            assert page.is_hidden("#live_panel")
             browser.close()
     finally:
         server.shutdown()
@@ -569,7 +604,7 @@ def test_the_model_is_fetched_once_per_export_and_works_offline(tmp_path):
                 " s.dispatchEvent(new Event('input')); })()")
             page.set_input_files("#files", [str(next(data.rglob("*.jpg")))])
             page.wait_for_selector("body[data-processed='1']", timeout=120_000)
-            assert page.locator(".card").count() == 1
+            assert page.locator("#results .card").count() == 1
             assert page.locator(".card.failed").count() == 0
             assert page.input_value("#threshold") == "0.9"
             browser.close()
@@ -625,23 +660,86 @@ def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monk
         with sync_playwright() as playwright:
             # as a phone that accepted the certificate: Chromium runs service workers only for
             # a certificate it trusts, which this flag stands in for
+            # a fake camera (Chromium's moving test picture), allowed without asking
             browser = playwright.chromium.launch(executable_path=chromium,
                                                  args=["--no-sandbox",
-                                                       "--ignore-certificate-errors"])
+                                                       "--ignore-certificate-errors",
+                                                       "--use-fake-device-for-media-stream",
+                                                       "--use-fake-ui-for-media-stream",
+                                                       # WebGPU on SwiftShader's (software)
+                                                       # adapter: asked for by ?backend=webgpu
+                                                       "--enable-unsafe-webgpu",
+                                                       "--enable-features=Vulkan",
+                                                       "--use-webgpu-adapter=swiftshader",
+                                                       "--enable-unsafe-swiftshader"])
             context = browser.new_context(ignore_https_errors=True,
-                                          viewport={"width": 390, "height": 844})
+                                          viewport={"width": 390, "height": 844},
+                                          device_scale_factor=2, has_touch=True)
             page = context.new_page()
             response = page.goto(ready.url + "index.html")
             assert response.headers["cross-origin-opener-policy"] == "same-origin"
             page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             assert page.evaluate("self.crossOriginIsolated") is True
-            assert "threads" in page.inner_text("#about") or "1 thread" in \
-                page.inner_text("#about")
+            # the only WebGPU adapter here is a software one: WebAssembly (threads) is chosen,
+            # and the footer says which runs
+            assert page.get_attribute("body", "data-backend") == "wasm"
+            assert "(WebAssembly, " in page.inner_text("#about")
+            # item 6: the WebGPU build, asked for, loads and gives WebAssembly's answers
+            gpu = context.new_page()
+            gpu.goto(ready.url + "index.html?backend=webgpu")
+            gpu.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            assert gpu.get_attribute("body", "data-backend") == "webgpu"
+            assert "(WebGPU)" in gpu.inner_text("#about")
+            for tab in (gpu, page):
+                tab.set_input_files("#files", [photo])
+            for tab in (gpu, page):
+                tab.wait_for_selector("body[data-processed='1']", timeout=120_000)
+            on_gpu, on_cpu = (np.array(tab.evaluate("pokedexResults[0].probabilities"))
+                              for tab in (gpu, page))
+            assert np.abs(on_gpu - on_cpu).max() < 1e-4
+            gpu.close()
+            page.reload()
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             assert "works offline once loaded" in page.inner_text("#about")
             page.set_input_files("#files", [photo])
             page.wait_for_selector("body[data-processed='1']", timeout=120_000)
             page.wait_for_function("navigator.serviceWorker.getRegistration()"
                                    ".then(r => !!(r && r.active))", timeout=60_000)
+            # item 3: installable ("Add to Home Screen"): Chromium's own check of the
+            # manifest, its icons and the service worker
+            cdp = context.new_cdp_session(page)
+            manifest = cdp.send("Page.getAppManifest")
+            assert manifest["errors"] == [] and manifest["url"].endswith("manifest.webmanifest")
+            errors = cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]
+            # Playwright's contexts are incognito, which alone keeps Chromium from installing
+            assert [e["errorId"] for e in errors if e["errorId"] != "in-incognito"] == []
+            # item 5: live camera, several answers, top 3, paused while the tab is hidden
+            page.click("#live")
+            page.wait_for_selector("body[data-live=on]", timeout=60_000)
+            page.wait_for_function("Number(document.body.dataset.liveFrames) >= 3",
+                                   timeout=120_000)
+            assert page.get_attribute("#live", "aria-pressed") == "true"
+            assert page.locator("#live_bars .bar").count() == 3  # the top 3 of 6 classes
+            names = sorted(p.name for p in data.iterdir())
+            assert page.inner_text("#live_answer") in [*names, "I don't know this one"]
+            assert page.evaluate("pokedexLive.last.top.map(t => t.label)")[0] in names
+            if os.environ.get("POKEDEX_DOCS_SCREENSHOT") == "1":
+                page.screenshot(path=str(ROOT / "docs" / "images" / "web_page_live.png"))
+            page.evaluate("""() => {
+                Object.defineProperty(document, 'visibilityState',
+                                      {value: 'hidden', configurable: true});
+                document.dispatchEvent(new Event('visibilitychange')); }""")
+            assert page.get_attribute("body", "data-live") == "paused"
+            frames = page.evaluate("pokedexLive.frames")
+            assert page.evaluate("pokedexLive.stream") is None  # the camera is let go
+            page.evaluate("""() => {
+                Object.defineProperty(document, 'visibilityState',
+                                      {value: 'visible', configurable: true});
+                document.dispatchEvent(new Event('visibilitychange')); }""")
+            page.wait_for_function(f"pokedexLive.frames > {frames}", timeout=120_000)
+            page.click("#live")
+            assert page.get_attribute("body", "data-live") == "off"
+            assert page.is_hidden("#live_panel")
             page.reload()
             page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             context.set_offline(True)

@@ -39,19 +39,42 @@ function calibrate(probabilities, temperature) {
   return e.map((v) => v / total);
 }
 
-async function classify(file) {
-  const decoded = await PokedexPreprocess.decode(file);
+// one photo or camera frame ({rgb, width, height}) -> probabilities and the top 3
+async function answer(decoded, name) {
   const input = PokedexPreprocess.toInput(decoded, state.config);
-  const tensor = new ort.Tensor("float32", input.data, input.dims);
+  const tensor = new state.ort.Tensor("float32", input.data, input.dims);
   const outputs = await state.session.run({ [state.session.inputNames[0]]: tensor });
   const raw = outputs[state.session.outputNames[0]].data;
   const probabilities = calibrate(raw, state.config.temperature || 1);
   const order = probabilities.map((p, i) => i).sort((a, b) => probabilities[b] - probabilities[a] || a - b);
   const names = state.config.class_names;
   const top = order.slice(0, Math.min(3, names.length)).map((i) => ({ label: names[i], p: probabilities[i] }));
-  const result = { name: file.name, probabilities, top };
+  const result = { name, probabilities, top };
   if (debug) result.pixels = Array.from(input.pixels);  // the resized RGB bytes, for tests
   return result;
+}
+
+async function classify(file) {
+  return answer(await PokedexPreprocess.decode(file), file.name);
+}
+
+// the same rule as evaluate.py --predict: "unknown" below the threshold (the sidecar's fitted
+// rule unless export.py --threshold gave another)
+function verdict(result) {
+  return result.top[0].p >= state.threshold ? result.top[0].label : "unknown";
+}
+
+function bars(top) {
+  return top.map(({ label, p }) => {
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
+    bar.querySelector(".name").textContent = label;
+    bar.querySelector(".fill").style.width = `${(p * 100).toFixed(1)}%`;
+    bar.querySelector(".fill").style.display = "block";
+    bar.querySelector(".value").textContent = `${(p * 100).toFixed(1)}%`;
+    return bar;
+  });
 }
 
 function render(result, file) {
@@ -62,31 +85,19 @@ function render(result, file) {
   image.src = URL.createObjectURL(file);
   const body = document.createElement("div");
   body.style.flex = "1";
-  const answer = document.createElement("div");
-  answer.className = "answer";
+  const answerLine = document.createElement("div");
+  answerLine.className = "answer";
   const fileLine = document.createElement("div");
   fileLine.className = "file";
   fileLine.textContent = result.name;
-  body.append(answer, fileLine);
-  for (const { label, p } of result.top) {
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
-    bar.querySelector(".name").textContent = label;
-    bar.querySelector(".fill").style.width = `${(p * 100).toFixed(1)}%`;
-    bar.querySelector(".fill").style.display = "block";
-    bar.querySelector(".value").textContent = `${(p * 100).toFixed(1)}%`;
-    body.append(bar);
-  }
+  body.append(answerLine, fileLine, ...bars(result.top));
   card.append(image, body);
-  card.updateAnswer = () => {
-    // the same rule as evaluate.py --predict: "unknown" below the threshold (the sidecar's
-    // fitted rule unless export.py --threshold gave another); the guesses stay, greyed
-    const known = result.top[0].p >= state.threshold;
-    answer.textContent = known ? result.top[0].label : "I don't know this one";
-    answer.className = known ? "answer" : "answer unknown";
+  card.updateAnswer = () => {  // "I don't know this one": the guesses stay, greyed
+    result.prediction = verdict(result);
+    const known = result.prediction !== "unknown";
+    answerLine.textContent = known ? result.prediction : "I don't know this one";
+    answerLine.className = known ? "answer" : "answer unknown";
     card.classList.toggle("not-known", !known);
-    result.prediction = known ? result.top[0].label : "unknown";
   };
   card.updateAnswer();
   $("results").prepend(card);
@@ -98,13 +109,13 @@ function renderError(name, error) {
   const card = document.createElement("div");
   card.className = "card failed";
   const body = document.createElement("div");
-  const answer = document.createElement("div");
-  answer.className = "answer unknown";
-  answer.textContent = "could not be read";
+  const line = document.createElement("div");
+  line.className = "answer unknown";
+  line.textContent = "could not be read";
   const fileLine = document.createElement("div");
   fileLine.className = "file";
   fileLine.textContent = `${name}: ${error}`;
-  body.append(answer, fileLine);
+  body.append(line, fileLine);
   card.append(body);
   card.updateAnswer = () => {};
   $("results").prepend(card);
@@ -135,7 +146,9 @@ async function handle(files) {
   for (const [index, file] of images.entries()) {
     setStatus(`Looking at ${file.name} (${index + 1} of ${images.length})…`);
     try {
+      const begun = performance.now();
       const result = await classify(file);
+      result.ms = performance.now() - begun;  // decode, resize and answer (benchmarks/web_page.py)
       state.results.push(result);
       render(result, file);
     } catch (error) {
@@ -199,7 +212,7 @@ async function keepModel(path, bytes) {
   if (!("caches" in window) || !window.isSecureContext || !path.includes("?v=")) return;
   try {
     const url = new URL(path, location.href);
-    const cache = await caches.open("pokedex-page-v2");
+    const cache = await caches.open("pokedex-page-v3");  // sw.js CACHE
     for (const old of await cache.keys()) {
       if (new URL(old.url).pathname === url.pathname && old.url !== url.href) await cache.delete(old);
     }
@@ -214,6 +227,77 @@ function setThreshold(value) {
   $("threshold").value = String(value);
   $("threshold_value").textContent = `${Number((value * 100).toFixed(1))}%`;
   for (const card of $("results").children) card.updateAnswer();
+  if (live.last) showLive(live.last);
+}
+
+// --- where the model runs: the fastest the browser offers -------------------------------------
+
+const BACKEND_NAMES = { webgpu: "WebGPU", wasm: "WebAssembly" };
+
+// A GPU the browser emulates in software (SwiftShader's fallback adapter) is slower than
+// WebAssembly: only a real one counts.
+async function hardwareWebGPU() {
+  try {
+    if (!navigator.gpu) return false;
+    const adapter = await navigator.gpu.requestAdapter();
+    return !!adapter && !adapter.isFallbackAdapter && !(adapter.info && adapter.info.isFallbackAdapter);
+  } catch (error) {
+    return false;
+  }
+}
+
+// ?backend=wasm|webgpu asks for one (to compare them); otherwise WebGPU where the device has a
+// GPU for it, then WebAssembly, which runs everywhere. (ONNX Runtime Web's WebGL backend refuses
+// models with a free batch dimension, as every export has: not offered.)
+async function backendOrder() {
+  const asked = new URLSearchParams(location.search).get("backend");
+  if (asked && BACKEND_NAMES[asked]) return [asked];
+  return (await hardwareWebGPU()) ? ["webgpu", "wasm"] : ["wasm"];
+}
+
+// Each backend's build of ONNX Runtime Web: the WebAssembly one is on the page; the WebGPU one is
+// loaded only where it may run (its script sets the global ort: the WebAssembly one is put
+// back).
+const RUNTIME_SCRIPTS = { webgpu: "ort/ort.webgpu.min.js" };
+
+function loadRuntime(backend, wasmOrt) {
+  if (!RUNTIME_SCRIPTS[backend]) return Promise.resolve(wasmOrt);
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = RUNTIME_SCRIPTS[backend];
+    script.onload = () => {
+      const loaded = window.ort;
+      window.ort = wasmOrt;
+      loaded.env.wasm.wasmPaths = wasmOrt.env.wasm.wasmPaths;
+      loaded.env.wasm.numThreads = wasmOrt.env.wasm.numThreads;
+      resolve(loaded);
+    };
+    script.onerror = () => reject(new Error(`${RUNTIME_SCRIPTS[backend]} could not be loaded`));
+    document.head.append(script);
+  });
+}
+
+// The first backend that opens the model and answers a blank image (an operator a GPU backend
+// lacks fails here, not on the user's photo).
+async function openSession(model, config) {
+  const [h, w] = config.image_size;
+  const dims = config.layout === "NCHW" ? [1, 3, h, w] : [1, h, w, 3];
+  const order = await backendOrder();
+  const wasmOrt = window.ort;
+  let lastError;
+  for (const [index, backend] of order.entries()) {
+    try {  // a copy for a try that may fail: the last one takes the bytes themselves
+      const runtime = await loadRuntime(backend, wasmOrt);
+      const bytes = index < order.length - 1 ? model.slice() : model;
+      const session = await runtime.InferenceSession.create(bytes, { executionProviders: [backend] });
+      await session.run({ [session.inputNames[0]]: new runtime.Tensor("float32", new Float32Array(h * w * 3), dims) });
+      return { session, backend, runtime };
+    } catch (error) {
+      lastError = error;
+      console.warn(`ONNX Runtime Web could not use ${backend}`, error);
+    }
+  }
+  throw lastError;
 }
 
 async function start() {
@@ -226,19 +310,28 @@ async function start() {
     state.config = await response.json();
     ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;  // a full URL: import() needs one
     // threads need cross-origin isolation: export.py --serve gives it, a plain server does not
-    const threads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    const asked = Number(new URLSearchParams(location.search).get("threads")) || 0;
+    const threads = self.crossOriginIsolated ? Math.min(asked || 4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.numThreads = threads;
     const model = await fetchModel(state.config);
-    state.session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
+    const opened = await openSession(model, state.config);
+    state.session = opened.session;
+    state.backend = opened.backend;
+    state.ort = opened.runtime;
+    state.readyMs = performance.now();  // since the page began to load, model included
     $("progress").hidden = true;
     // the user's own slider value wins over the exported threshold once they moved it
     if (!state.thresholdMoved) setThreshold(state.config.threshold ?? 0);
     const [h, w] = state.config.image_size;
-    // browsers allow the offline copy (a service worker) on https and localhost only
-    const offline = "serviceWorker" in navigator && window.isSecureContext
-      ? "works offline once loaded" : "offline use needs https or localhost: keep this server running";
-    setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, or drop them here.`);
-    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} (WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}) · ${offline}`;
+    // browsers allow the offline copy (a service worker) and the camera on https and localhost
+    const secure = "serviceWorker" in navigator && window.isSecureContext;
+    const offline = secure ? "works offline once loaded"
+      : "offline use and the live camera need https (python export.py --serve) or localhost: keep this server running";
+    setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, go live, or drop them here.`);
+    const where = state.backend === "wasm" ? `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}` : BACKEND_NAMES[state.backend];
+    $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} (${where}) · ${offline}`;
+    document.body.dataset.backend = state.backend;
+    document.body.dataset.readyMs = state.readyMs.toFixed(0);
     document.body.dataset.state = "ready";
     resolveReady();
   } catch (error) {
@@ -252,6 +345,128 @@ async function start() {
     navigator.serviceWorker.register("sw.js").catch(() => {});  // offline reloads (localhost, https)
   }
 }
+
+// --- live camera: the stream answered several times a second ----------------------------------
+
+const LIVE_INTERVAL_MS = 200;  // at most 5 answers a second: the phone stays cool
+const live = { on: false, paused: false, stream: null, frames: 0, last: null, timer: null, times: [] };
+window.pokedexLive = live;
+
+function showLive(result) {
+  const prediction = verdict(result);
+  const known = prediction !== "unknown";
+  $("live_answer").textContent = known ? prediction : "I don't know this one";
+  $("live_answer").className = known ? "answer" : "answer unknown";
+  $("live_card").classList.toggle("not-known", !known);
+  $("live_bars").replaceChildren(...bars(result.top));
+  if (prediction !== live.prediction) {  // announced when the answer changes, not every frame
+    live.prediction = prediction;
+    $("live_announce").textContent = known ? prediction : "I don't know this one";
+  }
+  result.prediction = prediction;
+}
+
+function setLiveButton(on) {
+  $("live").textContent = on ? "Stop live" : "Live camera";
+  $("live").setAttribute("aria-pressed", String(on));
+}
+
+function stopStream() {
+  clearTimeout(live.timer);
+  if (live.stream) for (const track of live.stream.getTracks()) track.stop();
+  live.stream = null;
+  $("video").srcObject = null;
+}
+
+function stopLive() {
+  live.on = false;
+  live.paused = false;
+  stopStream();
+  $("live_panel").hidden = true;
+  setLiveButton(false);
+  document.body.dataset.live = "off";
+}
+
+function liveRefused(reason) {
+  stopLive();
+  document.body.dataset.live = "refused";
+  setStatus(`The live camera is not available: ${reason}. Take a photo instead.`, true);
+}
+
+async function startLive() {
+  await modelReady;
+  if (!state.session) {
+    setStatus(`The model could not be loaded: ${state.loadError}`, true);
+    return;
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    liveRefused(window.isSecureContext ? "this browser gives pages no camera"
+      : "browsers give the camera to https pages only (open the page through python export.py --serve)");
+    return;
+  }
+  try {
+    live.stream = await navigator.mediaDevices.getUserMedia({
+      video: { facingMode: "environment", width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
+  } catch (error) {
+    const name = error && error.name;
+    liveRefused(name === "NotAllowedError" ? "the camera was refused (allow it in the browser's site settings)"
+      : name === "NotFoundError" ? "this device has no camera" : `the camera could not start (${name || error})`);
+    return;
+  }
+  const video = $("video");
+  video.srcObject = live.stream;
+  try {
+    await video.play();
+  } catch (error) {
+    liveRefused(`the camera's picture could not be shown (${error.name || error})`);
+    return;
+  }
+  live.on = true;
+  live.paused = false;
+  $("live_panel").hidden = false;
+  setLiveButton(true);
+  document.body.dataset.live = "on";
+  setStatus("Live: point the camera at an animal.");
+  liveStep();
+}
+
+async function liveStep() {
+  if (!live.on || live.paused) return;
+  const video = $("video");
+  const begun = performance.now();
+  if (video.readyState >= 2 && video.videoWidth) {
+    try {
+      const frame = PokedexPreprocess.fromDrawable(video, video.videoWidth, video.videoHeight);
+      const result = await answer(frame, "camera");
+      if (!live.on || live.paused) return;
+      live.last = result;
+      live.frames += 1;
+      live.times.push(performance.now() - begun);
+      if (live.times.length > 20) live.times.shift();
+      showLive(result);
+      const mean = live.times.reduce((a, b) => a + b, 0) / live.times.length;
+      $("live_rate").textContent = `${(1000 / Math.max(mean, LIVE_INTERVAL_MS)).toFixed(1)} answers a second, ${mean.toFixed(0)} ms each`;
+      document.body.dataset.liveFrames = String(live.frames);
+    } catch (error) {
+      liveRefused(friendly(error, "photo"));
+      return;
+    }
+  }
+  live.timer = setTimeout(liveStep, Math.max(0, LIVE_INTERVAL_MS - (performance.now() - begun)));
+}
+
+// hidden tab: the camera is let go (its light goes off) and taken again on return
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden" && live.on) {
+    live.paused = true;
+    stopStream();
+    document.body.dataset.live = "paused";
+  } else if (document.visibilityState === "visible" && live.paused) {
+    startLive();
+  }
+});
+
+$("live").addEventListener("click", () => (live.on ? stopLive() : startLive()));
 
 // real buttons open the hidden pickers (keyboard, screen readers); a picker is emptied after
 // each choice, so the same photo can be chosen again

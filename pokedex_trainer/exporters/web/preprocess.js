@@ -146,25 +146,34 @@ const PokedexPreprocess = (() => {
     return resizeAreaLinear(src, sw, sh, dw, dh);
   }
 
-  // A File or Blob -> {rgb: Uint8Array HxWx3, width, height}, upright, over white
+  // Anything a canvas can draw (a decoded photo, a video frame) -> {rgb: Uint8Array HxWx3,
+  // width, height}, over white
+  function fromDrawable(drawable, width, height) {
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.fillStyle = "#ffffff";
+    context.fillRect(0, 0, width, height);
+    context.drawImage(drawable, 0, 0);  // at its own size (a scaled draw is slower)
+    const rgba = context.getImageData(0, 0, width, height).data;
+    const rgb = new Uint8Array(width * height * 3);
+    for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+      rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+    }
+    return { rgb, width, height };
+  }
+
+  // A File or Blob -> the same, upright (EXIF orientation)
   async function decode(file) {
     const bitmap = await createImageBitmap(file, {
       imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none",
     });
-    const canvas = document.createElement("canvas");
-    canvas.width = bitmap.width;
-    canvas.height = bitmap.height;
-    const context = canvas.getContext("2d", { willReadFrequently: true });
-    context.fillStyle = "#ffffff";
-    context.fillRect(0, 0, canvas.width, canvas.height);
-    context.drawImage(bitmap, 0, 0);
-    bitmap.close();
-    const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    const rgb = new Uint8Array(canvas.width * canvas.height * 3);
-    for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
-      rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+    try {
+      return fromDrawable(bitmap, bitmap.width, bitmap.height);
+    } finally {
+      bitmap.close();
     }
-    return { rgb, width: canvas.width, height: canvas.height };
   }
 
   // The model's input tensor data (float32) from a decoded photo and model.json
@@ -184,5 +193,5 @@ const PokedexPreprocess = (() => {
     return { data, pixels, dims: nchw ? [1, 3, height, width] : [1, height, width, 3] };
   }
 
-  return { decode, resizeArea, toInput, toByte, toByteShort };
+  return { decode, fromDrawable, resizeArea, toInput, toByte, toByteShort };
 })();

@@ -3,9 +3,11 @@
 // once), the cache without a network, any query string ignored. The model: asked for as
 // model.onnx?v=<its hash>, so each export's model is fetched once and then always read from
 // the cache (online reloads too); a new export's model replaces the old one.
-const CACHE = "pokedex-page-v2";
+const CACHE = "pokedex-page-v3";
 const FILES = ["./", "index.html", "app.js", "preprocess.js", "model.json",
-  "ort/ort.wasm.min.js", "ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm"];
+  "manifest.webmanifest", "icon-192.png", "icon-512.png", "ort/ort.wasm.min.js",
+  "ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm"];
+// The WebGPU build is kept like any other file the page fetched: on the devices that use it.
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(FILES)).then(() => self.skipWaiting()));
 });
