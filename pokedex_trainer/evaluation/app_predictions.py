@@ -19,6 +19,26 @@ from pokedex_trainer.user_io.output_guard import record_outputs
 logger = logging.getLogger(__name__)
 
 
+def exported_rule(run: Path, model_name: str, temperature: float) -> dict | None:
+    """The "unknown" rule export.py fitted for this model when evaluate.py had saved none (it
+    is in the exported files' sidecars): the same verdicts here as in the exports. Only a
+    sidecar of the same source model and temperature counts; unreadable ones are passed over."""
+    from pokedex_trainer.evaluation.model_files import SIDECAR_SUFFIX, read_sidecar
+    from pokedex_trainer.evaluation.unknown import checked_rule
+
+    for path in sorted((run / "export").glob(f"*{SIDECAR_SUFFIX}")):
+        try:
+            sidecar = read_sidecar(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
+            rule = checked_rule(sidecar.get("unknown"), str(path))
+        except UserError:
+            continue
+        if rule and sidecar.get("source_model") == model_name and \
+                abs(float(sidecar.get("temperature", 1.0)) - temperature) < 1e-9:
+            logger.info("no rule saved by evaluate.py: the one export.py fitted (%s)", path.name)
+            return rule
+    return None
+
+
 def predict_command(target: str, run_dir: str | None, model: str | None, top_k: int,
                     threshold: float | None, output_dir: str | None,
                     calibration: str | None = None) -> list[dict]:
@@ -41,6 +61,8 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
         logger.warning("no calibration saved for %s: probabilities are uncalibrated (run "
                        "evaluate.py --run_dir first to fit the temperature)", model_path.name)
     rule = (saved or {}).get("unknown")
+    if rule is None and run is not None:
+        rule = exported_rule(run, model_path.name, member.temperature)
     if threshold is None and rule:
         threshold = float(rule["threshold"])
         logger.info("answering 'unknown' below a top probability of %.3f (the saved rule: it "

@@ -188,3 +188,38 @@ def test_the_documented_app_snippets_give_the_same_verdicts(keras_run, tiny_data
                 checked += 1
                 assert printed[0] == expected["prediction"], (index, printed, expected)
     assert checked >= 4
+
+
+def test_predict_on_a_run_without_calibration_takes_the_rule_export_fitted(
+        keras_exports, tiny_dataset, tmp_path, caplog):
+    """Issue 33, one verdict everywhere: evaluate.py saved no rule, export.py fitted one into
+    the sidecars; --predict with the run's own model answers as the exports do."""
+    import shutil
+
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    run = tmp_path / "run"
+    shutil.copytree(keras_exports, run)
+    (run / "calibration.json").unlink(missing_ok=True)
+    sidecar = json.loads((run / "export" / "tiny_keras_best.onnx.json").read_text("utf-8"))
+    rule = sidecar["unknown"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(tiny_dataset.rglob("*.jpg"))[::4][:6]:
+        (photos / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    _noise_folder(photos, 4, nested=False)
+    with caplog.at_level("INFO"):
+        rows = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "p"))
+    assert "the one export.py fitted (tiny_keras_best" in caplog.text
+    for row in rows:
+        assert (row["prediction"] == "unknown") == (row["confidence"] < rule["threshold"])
+    sidecar["unknown"]["threshold"] = 2.0  # broken: passed over, never trusted
+    (run / "export" / "tiny_keras_best.onnx.json").write_text(json.dumps(sidecar), "utf-8")
+    for other in (run / "export").glob("*.json"):
+        if other.name != "tiny_keras_best.onnx.json":
+            other.unlink()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        rows = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "q"))
+    assert "export.py fitted" not in caplog.text
+    assert all(row["prediction"] != "unknown" for row in rows)
