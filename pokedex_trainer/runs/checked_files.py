@@ -115,7 +115,7 @@ def _config_problem(name: str, value, hint: str) -> str | None:
     if name == "image_size":
         ok = isinstance(value, list) and len(value) == 2 and all(is_whole(v, 1) for v in value)
         return None if ok else "[height, width], two whole numbers >= 1"
-    if name == "batch_size" and value == "auto":
+    if (name, value) in (("batch_size", "auto"), ("fine_tune_layers", "all")):
         return None
     if "int" in kinds:
         return None if is_whole(value) else "a whole number >= 0"
