@@ -77,3 +77,17 @@ def test_fine_tune_layers_all_unfreezes_every_weighted_layer_and_keeps_batchnorm
         build_train_parser().parse_args(["--fine_tune_layers", "most"])
     with pytest.raises(UserError, match="--fine_tune_layers must be 0 or more, or all"):
         TrainConfig(model_type="mobilenet", fine_tune_layers=-1).resolved()
+
+
+def test_a_saved_config_with_fine_tune_layers_all_reads_back(tmp_path):
+    import json
+
+    from pokedex_trainer.runs.checked_files import config_values
+
+    path = tmp_path / "config.json"
+    config = TrainConfig(model_type="mobilenet", fine_tune_layers="all").resolved()
+    path.write_text(json.dumps(config.to_dict()), encoding="utf-8")
+    assert TrainConfig(**config_values(path, TrainConfig.field_types())) == config
+    path.write_text(json.dumps({**config.to_dict(), "fine_tune_layers": "most"}), "utf-8")
+    with pytest.raises(UserError, match="fine_tune_layers must be a whole number"):
+        config_values(path, TrainConfig.field_types())
