@@ -12,18 +12,29 @@ from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS, choose_framework, 
 
 MAX_IMAGE_SIDE = 4096  # 7x the largest seed default (EfficientNetB7, 600 px)
 
-# The recipe of a from-scratch run (--weights none, no --base_model), for every option the
-# command line leaves out. Chosen by measurement (benchmarks/recipe.py on real photos, see
-# docs/training.md, "The from-scratch recipe"); the guide's values stay the defaults of ImageNet
-# runs, which could not be measured here.
+# The recipes: for every option the command line leaves out, the value measured best for where
+# the backbone's weights come from. --recipe guide keeps the guide's values (the defaults of
+# TrainConfig below) for every run; --recipe auto (the default) takes:
+# * "scratch" (--weights none, no --base_model): benchmarks/recipe.py on real photos, see
+#   docs/training.md, "The from-scratch recipe";
+# * "transfer" (ImageNet weights or a weights file, no --base_model): benchmarks/transfer_peer.py
+#   against a bare torchvision fine-tune script, see docs/training.md, "The transfer recipe".
+# A run from --base_model keeps the guide's values.
 SCRATCH_DEFAULTS: dict[str, object] = {
     "augment": "light",
     "lr_schedule": "cosine",
     "label_smoothing": 0.1,
 }
+TRANSFER_DEFAULTS: dict[str, object] = {
+    "augment": "light",
+    "fine_tune_layers": "all",
+}
+RECIPES: dict[str, dict[str, object]] = {"scratch": SCRATCH_DEFAULTS,
+                                         "transfer": TRANSFER_DEFAULTS}
+RECIPE_CHOICES = ("auto", "guide")
 # Options that only mean something with the guide's value of a recipe option: giving one keeps
 # that value (--lr_patience asks for the plateau schedule, --augment_warmup for full).
-SCRATCH_DEFAULT_KEPT_BY: dict[str, tuple[str, ...]] = {
+RECIPE_DEFAULT_KEPT_BY: dict[str, tuple[str, ...]] = {
     "augment": ("augment_warmup",),
     "lr_schedule": ("lr_patience", "lr_factor"),
 }
@@ -90,6 +101,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of the moving average of the weights (0: off)
     unknown_dir: str | None = None  # photos of none of the classes, or "builtin" (outlier exposure)
     unknown_weight: float = 0.5  # weight of an unknown photo's loss (towards uniform)
+    recipe: str = "auto"  # auto: the measured defaults for scratch / transfer; guide: the guide's
     search_name: str | None = None  # the hyperparameter search this run is a trial of
     search_trial: int | None = None  # its trial number in that search
 
@@ -156,6 +168,7 @@ class TrainConfig:
             (self.keras_backend in ("auto", "tensorflow", "torch", "jax"),
              "--keras_backend must be auto, tensorflow, torch or jax"),
             (self.augment in ("none", "light", "full"), "--augment must be none, light or full"),
+            (self.recipe in RECIPE_CHOICES, "--recipe must be auto or guide"),
             (self.augment_warmup >= 0, "--augment_warmup must be 0 or more"),
             (0 <= self.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
             (self.lr_schedule in ("plateau", "cosine"), "--lr_schedule must be plateau or "
@@ -220,15 +233,20 @@ class TrainConfig:
         """True when the backbone starts from trained weights (ImageNet, a file, a base model)."""
         return bool(self.base_model) or self.weights.lower() != "none"
 
-    def with_scratch_defaults(self, explicit: Iterable[str]) -> tuple["TrainConfig", dict]:
-        """A from-scratch run takes ``SCRATCH_DEFAULTS`` for each option not in ``explicit``
-        (the options the user gave) nor kept by one of them (``SCRATCH_DEFAULT_KEPT_BY``); a
-        pretrained run is returned unchanged. Returns the config and the values it took."""
-        if self.pretrained:
-            return self, {}
+    def recipe_name(self) -> str:
+        """Which recipe fills the options left out: guide, scratch or transfer."""
+        if self.recipe == "guide" or self.base_model:
+            return "guide"
+        return "transfer" if self.pretrained else "scratch"
+
+    def with_recipe_defaults(self, explicit: Iterable[str]) -> tuple["TrainConfig", dict]:
+        """The run's recipe (``recipe_name``) sets each of its options not in ``explicit`` (the
+        options the user gave) nor kept by one of them (``RECIPE_DEFAULT_KEPT_BY``). Returns
+        the config and the values it took (those that differ from the guide's)."""
+        defaults = RECIPES.get(self.recipe_name(), {})
         given = set(explicit)
-        taken = {name: value for name, value in SCRATCH_DEFAULTS.items()
-                 if name not in given and not given & set(SCRATCH_DEFAULT_KEPT_BY.get(name, ()))
+        taken = {name: value for name, value in defaults.items()
+                 if name not in given and not given & set(RECIPE_DEFAULT_KEPT_BY.get(name, ()))
                  and getattr(self, name) != value}
         return (replace(self, **taken) if taken else self), taken
 

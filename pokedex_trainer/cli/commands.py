@@ -128,6 +128,25 @@ No option was given, so nothing was started (a PowerShell command with backtick 
 pasted into bash, arrives like this: join its lines, or replace each ` with \\)."""
 
 
+RECIPE_WHY = {"guide": "the guide's values for every option you leave out",
+              "scratch": "--weights none: the from-scratch recipe",
+              "transfer": "weights to start from: the transfer recipe"}
+
+
+def log_recipe(config, taken: dict) -> None:
+    """The log's first lines: which recipe fills the options left out, why, and what it set."""
+    import logging
+
+    name = config.recipe_name()
+    why = ("--recipe guide: " if config.recipe == "guide" else
+           "--base_model: " if config.base_model else "") + RECIPE_WHY[name]
+    values = " ".join(f"--{key} {value}" for key, value in taken.items())
+    logging.getLogger(__name__).info(
+        "recipe: %s (%s)%s", name, why,
+        f"; it sets {values} (options you give win; --recipe guide keeps the guide's values)"
+        if values else "")
+
+
 def train_main(argv: list[str] | None = None) -> int | None:
     """``train_professional_models.py``: parse, train, report. With no argument at all it
     prints a short usage and exits with 2: a full EfficientNetB7 run is never started by
@@ -159,12 +178,10 @@ def train_command(config: TrainConfig, actions: dict):
         check_train_paths(config)
     if not actions["resume"]:
         config = settle_framework(config)
-    if actions.get("scratch_defaults") and not actions["resume"]:
-        import logging
-
-        logging.getLogger(__name__).info(
-            "--weights none: the from-scratch recipe sets %s (options you give win)",
-            " ".join(f"--{name} {value}" for name, value in actions["scratch_defaults"].items()))
+    if not actions["resume"]:
+        if config.model_type is not None:  # (None: taken from --base_model later)
+            config.resolved()  # a bad value is the only line, before the recipe's
+        log_recipe(config, actions.get("recipe_defaults") or {})
     resume = Path(actions["resume"]) if actions["resume"] else None
     if any(actions[key] is not None for key in SEARCH_ACTIONS):
         from pokedex_trainer.search.trials import search_command

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pokedex_trainer.cli.script_parser import PREFIX_NOTE, ScriptParser
-from pokedex_trainer.config import SCRATCH_DEFAULTS, TrainConfig, default_workers
+from pokedex_trainer.config import (RECIPE_CHOICES, SCRATCH_DEFAULTS, TRANSFER_DEFAULTS,
+                                     TrainConfig, default_workers)
 from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS
 
 
@@ -16,10 +17,15 @@ def _defaults_line() -> str:
         for name, spec in MODEL_SPECS.items()
     ]
     scratch = " ".join(f"--{name} {value}" for name, value in SCRATCH_DEFAULTS.items())
+    transfer = " ".join(f"--{name} {value}" for name, value in TRANSFER_DEFAULTS.items()) or \
+        "the guide's values"
     return ("per-model defaults (--image_size, --batch_size when omitted):\n" + "\n".join(rows)
-            + "\n\nfrom scratch (--weights none), the options you leave out take the measured "
-            f"recipe:\n  {scratch}\n(see docs/training.md, \"The from-scratch recipe\")\n\n"
-            + PREFIX_NOTE)
+            + "\n\nthe options you leave out take the measured recipe of the run (--recipe "
+            "guide keeps the guide's values):\n"
+            f"  from scratch (--weights none): {scratch}\n"
+            f"  transfer (ImageNet or a weights file): {transfer}\n"
+            "(see docs/training.md, \"The from-scratch recipe\" and \"The transfer recipe\")"
+            "\n\n" + PREFIX_NOTE)
 
 
 def _batch_size(value: str):
@@ -135,6 +141,10 @@ def _add_model_options(model, d: TrainConfig) -> None:
                             "offline machines: a torchvision state dict (.pth) for PyTorch, "
                             "a .weights.h5 / .h5 (or .keras) for Keras; its classifier is "
                             "ignored (default: %(default)s)")
+    model.add_argument("--recipe", choices=RECIPE_CHOICES, default=d.recipe,
+                       help="auto: the options you leave out take the recipe measured best for "
+                            "where the weights come from (see below); guide: the guide's values "
+                            "for every run (default: %(default)s)")
     model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                        default=None, help="input size (default: the model's, see below)")
     model.add_argument("--framework", choices=FRAMEWORKS, default=d.framework,
@@ -289,8 +299,8 @@ def parse_train_command(argv: list[str] | None = None,
     """The trainer's command line as an unresolved TrainConfig and the actions
     (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with
     ``explicit``: the options the command line gives (what a search keeps fixed, what the
-    from-scratch defaults never override), and ``scratch_defaults``: the values a from-scratch
-    run took from ``SCRATCH_DEFAULTS``."""
+    recipe defaults never override), and ``recipe_defaults``: the values the run took from its
+    recipe (config.RECIPES)."""
     values = vars((parser or build_train_parser()).parse_args(argv))
     actions = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
     actions["explicit"] = explicit_train_options(argv)
@@ -300,7 +310,7 @@ def parse_train_command(argv: list[str] | None = None,
         values["model_type"] = TrainConfig.model_type
         if values["base_model"]:
             values["model_type"] = None  # taken from the base model (apply_base_model)
-    config, actions["scratch_defaults"] = TrainConfig(**values).with_scratch_defaults(
+    config, actions["recipe_defaults"] = TrainConfig(**values).with_recipe_defaults(
         actions["explicit"])
     return config, actions
 

@@ -183,22 +183,31 @@ GUIDE = TrainConfig()
 @pytest.mark.parametrize("model_type", ["mobilenet", "resnet", "tiny_keras", "tiny_torch"])
 def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
     """--weights none takes the measured recipe, in the Keras and the PyTorch networks alike;
-    an ImageNet run or a base model keeps the guide's values; a given option always wins, even
-    when it is the guide's value."""
+    an ImageNet run takes the transfer recipe, a base model and --recipe guide the guide's
+    values; a given option always wins, even when it is the guide's value."""
     from pokedex_trainer.cli.parsers import parse_train_command
-    from pokedex_trainer.config import SCRATCH_DEFAULTS
+    from pokedex_trainer.config import SCRATCH_DEFAULTS, TRANSFER_DEFAULTS
 
     assert any(getattr(GUIDE, name) != value for name, value in SCRATCH_DEFAULTS.items())
     scratch, actions = parse_train_command(["--model_type", model_type, "--weights", "none"])
     assert {name: getattr(scratch, name) for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS
-    assert actions["scratch_defaults"] == {name: value for name, value in
-                                           SCRATCH_DEFAULTS.items()
-                                           if getattr(GUIDE, name) != value}
-    for argv in (["--model_type", model_type],
-                 ["--model_type", model_type, "--weights", "none", "--base_model", "b.keras"]):
+    assert actions["recipe_defaults"] == {name: value for name, value in
+                                          SCRATCH_DEFAULTS.items()
+                                          if getattr(GUIDE, name) != value}
+    transfer, actions = parse_train_command(["--model_type", model_type])
+    assert transfer.recipe_name() == "transfer"
+    assert {name: getattr(transfer, name) for name in TRANSFER_DEFAULTS} == TRANSFER_DEFAULTS
+    assert actions["recipe_defaults"] == {name: value for name, value in
+                                          TRANSFER_DEFAULTS.items()
+                                          if getattr(GUIDE, name) != value}
+    every = {**SCRATCH_DEFAULTS, **TRANSFER_DEFAULTS}
+    for argv in (["--model_type", model_type, "--weights", "none", "--base_model", "b.keras"],
+                 ["--model_type", model_type, "--weights", "none", "--recipe", "guide"],
+                 ["--model_type", model_type, "--recipe", "guide"]):
         config, actions = parse_train_command(argv)
-        assert all(getattr(config, name) == getattr(GUIDE, name) for name in SCRATCH_DEFAULTS)
-        assert actions["scratch_defaults"] == {}
+        assert config.recipe_name() == "guide"
+        assert all(getattr(config, name) == getattr(GUIDE, name) for name in every)
+        assert actions["recipe_defaults"] == {}
     for name in SCRATCH_DEFAULTS:  # the guide's value, given: kept
         argv = ["--model_type", model_type, "--weights", "none", f"--{name}",
                 str(getattr(GUIDE, name))]
@@ -239,7 +248,8 @@ def test_a_from_scratch_run_records_the_recipe_it_took(tiny_dataset, tmp_path, c
         run = train_tiny_run(tiny_dataset, tmp_path, "tiny_torch", "--epochs", "1")
     config = json.loads((run / "config.json").read_text("utf-8"))
     assert {name: config[name] for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS
-    assert "--weights none: the from-scratch recipe sets --augment" in caplog.text
+    assert "recipe: scratch (--weights none: the from-scratch recipe); it sets --augment" in \
+        caplog.text
 
 
 def test_the_embedded_demo_is_what_the_generator_writes(tmp_path):
@@ -263,3 +273,37 @@ def test_the_embedded_demo_is_what_the_generator_writes(tmp_path):
     main([str(tmp_path / "other"), "--per_class", "2", "--seed", "1"])
     other = digests(tmp_path / "other")
     assert len(other) == 12 and not set(other.values()) & set(written.values())
+
+
+def test_the_log_says_which_recipe_runs_and_why(caplog):
+    """Issue 35: the first lines of a run name its recipe, the reason, and what it set."""
+    from pokedex_trainer.cli.commands import log_recipe
+    from pokedex_trainer.cli.parsers import parse_train_command
+
+    cases = [(["--model_type", "mobilenet"],
+              "recipe: transfer (weights to start from: the transfer recipe); it sets "
+              "--augment light --fine_tune_layers all"),
+             (["--model_type", "mobilenet", "--augment", "full"],
+              "recipe: transfer (weights to start from: the transfer recipe); it sets "
+              "--fine_tune_layers all"),
+             (["--model_type", "mobilenet", "--recipe", "guide"],
+              "recipe: guide (--recipe guide: the guide's values for every option you leave "
+              "out)"),
+             (["--model_type", "mobilenet", "--weights", "none"],
+              "recipe: scratch (--weights none: the from-scratch recipe); it sets --augment "
+              "light --lr_schedule cosine --label_smoothing 0.1"),
+             (["--model_type", "mobilenet", "--base_model", "b.keras"],
+              "recipe: guide (--base_model: the guide's values for every option you leave "
+              "out)")]
+    for argv, line in cases:
+        caplog.clear()
+        config, actions = parse_train_command(argv)
+        with caplog.at_level("INFO", logger="pokedex_trainer.cli.commands"):
+            log_recipe(config, actions["recipe_defaults"])
+        assert caplog.messages[-1].startswith(line), (argv, caplog.messages)
+    caplog.clear()
+    config, actions = parse_train_command(["--model_type", "mobilenet", "--augment", "full",
+                                           "--fine_tune_layers", "50"])
+    with caplog.at_level("INFO", logger="pokedex_trainer.cli.commands"):
+        log_recipe(config, actions["recipe_defaults"])
+    assert "it sets" not in caplog.messages[-1]
