@@ -38,7 +38,17 @@ def test_seed_commands_parse(name):
 def test_model_defaults_when_flags_are_omitted(model_type, size, batch):
     config = parse_train_args(["--model_type", model_type]).resolved()
     assert config.image_size == size and config.batch_size == batch
-    assert (config.epochs, config.fine_tune_epochs, config.fine_tune_layers) == (50, 30, 50)
+    # from ImageNet weights: the transfer recipe (docs/training.md)
+    assert (config.epochs, config.fine_tune_epochs, config.fine_tune_layers) == (50, 30, "all")
+    assert config.augment == "light"
+    # --recipe guide: exactly the guide's options, as before the recipe existed
+    import dataclasses
+
+    from pokedex_trainer.config import TrainConfig
+
+    guide = parse_train_args(["--model_type", model_type, "--recipe", "guide"])
+    assert dataclasses.replace(guide, recipe="auto") == TrainConfig(model_type=model_type)
+    assert (guide.fine_tune_layers, guide.augment) == (50, "full")
     assert config.fine_tune_learning_rate == 0.0001
     assert (config.patience, config.lr_patience) == (10, 5)
     assert config.weights == "imagenet"

@@ -200,7 +200,10 @@ def test_predict_on_a_run_without_calibration_takes_the_rule_export_fitted(
 
     run = tmp_path / "run"
     shutil.copytree(keras_exports, run)
-    (run / "calibration.json").unlink(missing_ok=True)
+    (run / "calibration.json").unlink(missing_ok=True)  # as if evaluate.py never ran
+    shutil.rmtree(run / "export")
+    assert run_main(export_main, ["--run_dir", str(run), "--formats", "onnx",
+                                  "--check_images", "6"]) == 0
     sidecar = json.loads((run / "export" / "tiny_keras_best.onnx.json").read_text("utf-8"))
     rule = sidecar["unknown"]
     photos = tmp_path / "photos"
