@@ -68,7 +68,8 @@ def test_bad_options_raise_user_error_instead_of_exiting(options, expected):
 def test_switches_follow_truth_and_evaluate_stays_one_run(tmp_path):
     """no_augment=0 is off, deterministic=1 on; evaluate() with another job's option says
     which call does it; a script without the __main__ guard is told before training."""
-    assert MobileNetV2Trainer(no_augment=0).config.augment == "full"
+    assert MobileNetV2Trainer(no_augment=0).config.augment == \
+        MobileNetV2Trainer().config.augment == "light"  # the transfer recipe's, not none
     assert MobileNetV2Trainer(deterministic=1).config.deterministic is True
     trainer = MobileNetV2Trainer()
     with pytest.raises(UserError, match="use predict"):
