@@ -164,18 +164,37 @@ class PageServer(ThreadingHTTPServer):
         logger.debug("connection from %s ended early", client_address[0])
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
 def make_server(folder: Path, host: str, port: int, cert_folder: Path | None = None
                 ) -> tuple[ThreadingHTTPServer, str]:
-    """The HTTPS server of ``folder`` (not started) and the address a phone opens."""
+    """The HTTPS server of ``folder`` (not started) and the address a phone opens. The port is
+    taken first: a --bind or --port that fails leaves the kept certificate as it was."""
+    import errno
+
     address = lan_address() if host in ("0.0.0.0", "") else host
-    cert, key = certificate(cert_folder or serve_dir(), address)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
     try:
         server = PageServer((host, port), functools.partial(PageHandler, directory=str(folder)))
     except OSError as exc:
-        raise UserError(f"--serve: cannot listen on {host}:{port} ({exc.strerror}); choose "
-                        "another --port") from None
+        advice = "choose another --port" if exc.errno == errno.EADDRINUSE else \
+            "is --bind an address of this computer? (0.0.0.0: all of them)"
+        raise UserError(f"--serve: cannot listen on {host}:{port} "
+                        f"({exc.strerror or exc}); {advice}") from None
+    kept = cert_folder or serve_dir()
+    try:
+        cert, key = certificate(kept, address)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    except OSError as exc:
+        server.server_close()
+        raise UserError(f"--serve: cannot keep the page's certificate in '{kept}' "
+                        f"({exc.strerror or exc}); POKEDEX_SERVE_DIR sets another folder") \
+            from None
     # the handshake in the request's own thread, not in accept(): a browser's preconnect that
     # never speaks would otherwise hold the whole server
     server.socket = context.wrap_socket(server.socket, server_side=True,
@@ -191,15 +210,19 @@ def serve_command(given: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT,
         raise UserError(f"--port {port}: a port is a number from 1 to 65535")
     server, url = make_server(folder, host, port)
     print(f"Serving {folder} at {url}")
-    print("Open it on a phone on the same Wi-Fi (scan the code). The certificate is this "
-          "computer's own: the browser asks once to go on (Advanced, then proceed). "
-          "Ctrl-C stops.")
-    try:
-        import segno
+    if _is_loopback(url.split("/")[2].rsplit(":", 1)[0]):
+        print("Open it in a browser on this computer (this address keeps it off the network; "
+              "--bind 0.0.0.0 serves the phones on the Wi-Fi). Ctrl-C stops.")
+    else:
+        print("Open it on a phone on the same Wi-Fi (scan the code). The certificate is this "
+              "computer's own: the browser asks once to go on (Advanced, then proceed). "
+              "Ctrl-C stops.")
+        try:
+            import segno
 
-        segno.make(url, error="m").terminal(compact=True)
-    except ImportError:
-        logger.warning("no QR code: install segno (pip install -r requirements.txt)")
+            segno.make(url, error="m").terminal(compact=True)
+        except ImportError:
+            logger.warning("no QR code: install segno (pip install -r requirements.txt)")
     if ready is not None:
         ready.server, ready.url = server, url
         ready.set()

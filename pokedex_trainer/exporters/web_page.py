@@ -148,7 +148,7 @@ def app_manifest(sidecar: dict) -> dict:
         "start_url": "./index.html", "scope": "./", "display": "standalone",
         "background_color": "#f4f6fb", "theme_color": "#c8102e",
         "icons": [{"src": f"icon-{size}.png", "sizes": f"{size}x{size}", "type": "image/png",
-                   "purpose": "any maskable"} for size in ICON_SIZES],
+                   "purpose": "any"} for size in ICON_SIZES],
     }
 
 

@@ -507,6 +507,13 @@ def test_the_page_fits_phones_is_accessible_and_works_by_keyboard(tmp_path):
             page.wait_for_selector("body[data-processed='4']", timeout=120_000)
             assert page.get_attribute("#status", "class") != "error"
             assert "svg" not in page.get_attribute("#files", "accept")
+            # ?backend=webgpu where there is none: WebAssembly, and the footer says so
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(url + "?backend=webgpu&threads=-1")
+            page.wait_for_selector("body[data-state=ready]", timeout=120_000)
+            assert page.get_attribute("body", "data-backend") == "wasm"
+            assert "(WebGPU is not available here: WebAssembly, 1 thread)" in \
+                page.inner_text("#about")
             # a camera refused: live mode says so and points to stills
             page = browser.new_page(viewport={"width": 390, "height": 844})
             page.add_init_script("navigator.mediaDevices.getUserMedia = () => Promise.reject("
@@ -636,6 +643,26 @@ def test_the_serve_certificate_is_made_once_and_covers_the_address(tmp_path, cap
     assert "holds no exported web page" in _one_line_error(capsys)
 
 
+def test_a_serve_that_cannot_start_says_why_and_keeps_the_certificate(tmp_path):
+    """Found by a probe: an address this computer lacks is one line that names --bind, and
+    leaves the kept certificate alone (the phone accepted that one); a certificate folder that
+    cannot be made names POKEDEX_SERVE_DIR."""
+    from pokedex_trainer.errors import UserError
+    from pokedex_trainer.exporters.serve_page import certificate, make_server
+
+    kept = tmp_path / "certs"
+    first = certificate(kept, "192.168.1.20")[0].read_bytes()
+    with pytest.raises(UserError, match=r"cannot listen on 10\.255\.255\.1:0 .*is --bind an "
+                                        r"address of this computer"):
+        make_server(tmp_path, "10.255.255.1", 0, cert_folder=kept)
+    assert (kept / "cert.pem").read_bytes() == first
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot keep the page's certificate in .*"
+                                        "POKEDEX_SERVE_DIR sets another folder"):
+        make_server(tmp_path, "127.0.0.1", 0, cert_folder=blocker / "certs")
+
+
 @pytest.mark.slow
 def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monkeypatch):
     """Issue 34, item 3: export.py --serve on 127.0.0.1 over HTTPS with its own certificate:
@@ -740,6 +767,18 @@ def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monk
             page.click("#live")
             assert page.get_attribute("body", "data-live") == "off"
             assert page.is_hidden("#live_panel")
+            assert "Live camera stopped" in page.inner_text("#status")
+            # found by a probe: two presses at once start and stop; no camera is left on
+            page.evaluate("() => { const b = document.getElementById('live'); b.click(); "
+                          "b.click(); }")
+            assert page.get_attribute("body", "data-live") == "off"
+            page.wait_for_function("pokedexLive.stream === null && "
+                                   "document.getElementById('video').srcObject === null",
+                                   timeout=30_000)
+            page.evaluate("() => navigator.mediaDevices.getUserMedia({video: true})"
+                          ".then(s => { window.__probe = s; })")  # the camera is free again
+            page.wait_for_function("!!window.__probe", timeout=30_000)
+            page.evaluate("__probe.getTracks().forEach(t => t.stop())")
             page.reload()
             page.wait_for_selector("body[data-state=ready]", timeout=120_000)
             context.set_offline(True)

@@ -251,7 +251,8 @@ async function hardwareWebGPU() {
 // models with a free batch dimension, as every export has: not offered.)
 async function backendOrder() {
   const asked = new URLSearchParams(location.search).get("backend");
-  if (asked && BACKEND_NAMES[asked]) return [asked];
+  if (asked === "wasm") return ["wasm"];
+  if (asked === "webgpu") return ["webgpu", "wasm"];  // asked for, but never a dead page
   return (await hardwareWebGPU()) ? ["webgpu", "wasm"] : ["wasm"];
 }
 
@@ -310,8 +311,8 @@ async function start() {
     state.config = await response.json();
     ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;  // a full URL: import() needs one
     // threads need cross-origin isolation: export.py --serve gives it, a plain server does not
-    const asked = Number(new URLSearchParams(location.search).get("threads")) || 0;
-    const threads = self.crossOriginIsolated ? Math.min(asked || 4, navigator.hardwareConcurrency || 1) : 1;
+    const asked = Math.floor(Number(new URLSearchParams(location.search).get("threads"))) || 0;
+    const threads = self.crossOriginIsolated ? Math.max(1, Math.min(asked > 0 ? asked : 4, navigator.hardwareConcurrency || 1)) : 1;
     ort.env.wasm.numThreads = threads;
     const model = await fetchModel(state.config);
     const opened = await openSession(model, state.config);
@@ -327,8 +328,11 @@ async function start() {
     const secure = "serviceWorker" in navigator && window.isSecureContext;
     const offline = secure ? "works offline once loaded"
       : "offline use and the live camera need https (python export.py --serve) or localhost: keep this server running";
-    setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one, go live, or drop them here.`);
-    const where = state.backend === "wasm" ? `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}` : BACKEND_NAMES[state.backend];
+    const camera = window.isSecureContext && navigator.mediaDevices ? ", go live," : "";
+    if (live.state === "off") setStatus(`Ready: ${state.config.class_names.length} species. Choose photos, take one${camera} or drop them here.`);
+    const missed = new URLSearchParams(location.search).get("backend") === "webgpu" && state.backend !== "webgpu"
+      ? "WebGPU is not available here: " : "";
+    const where = missed + (state.backend === "wasm" ? `WebAssembly, ${threads} thread${threads > 1 ? "s" : ""}` : BACKEND_NAMES[state.backend]);
     $("about").textContent = `${state.config.source_model || "model"} · ${state.config.precision} · ${w}x${h} · ONNX Runtime Web ${state.config.onnxruntime_web} (${where}) · ${offline}`;
     document.body.dataset.backend = state.backend;
     document.body.dataset.readyMs = state.readyMs.toFixed(0);
@@ -349,7 +353,9 @@ async function start() {
 // --- live camera: the stream answered several times a second ----------------------------------
 
 const LIVE_INTERVAL_MS = 200;  // at most 5 answers a second: the phone stays cool
-const live = { on: false, paused: false, stream: null, frames: 0, last: null, timer: null, times: [] };
+// state: off, starting (asking for the camera), on, paused (tab hidden). Each start gets a new
+// token: a stop, a hidden tab or another start makes the older one's camera and loop end.
+const live = { state: "off", token: 0, stream: null, frames: 0, last: null, timer: null, times: [] };
 window.pokedexLive = live;
 
 function showLive(result) {
@@ -366,36 +372,46 @@ function showLive(result) {
   result.prediction = prediction;
 }
 
-function setLiveButton(on) {
-  $("live").textContent = on ? "Stop live" : "Live camera";
-  $("live").setAttribute("aria-pressed", String(on));
+function setLiveState(state) {
+  live.state = state;
+  document.body.dataset.live = state;
+  // one fixed label; aria-pressed says whether it is on (the panel shows it too)
+  $("live").setAttribute("aria-pressed", String(state === "starting" || state === "on" || state === "paused"));
 }
 
-function stopStream() {
+function releaseCamera() {
   clearTimeout(live.timer);
   if (live.stream) for (const track of live.stream.getTracks()) track.stop();
   live.stream = null;
   $("video").srcObject = null;
 }
 
-function stopLive() {
-  live.on = false;
-  live.paused = false;
-  stopStream();
+function stopLive(message = "Live camera stopped. Choose photos, take one, go live, or drop them here.") {
+  live.token += 1;  // a start still asking for the camera gives it back when it gets it
+  releaseCamera();
   $("live_panel").hidden = true;
-  setLiveButton(false);
-  document.body.dataset.live = "off";
+  live.prediction = undefined;
+  setLiveState("off");
+  if (message) {
+    setStatus(message);
+    $("announce").textContent = message;
+  }
 }
 
 function liveRefused(reason) {
-  stopLive();
-  document.body.dataset.live = "refused";
+  stopLive(null);
+  setLiveState("refused");
   setStatus(`The live camera is not available: ${reason}. Take a photo instead.`, true);
 }
 
 async function startLive() {
+  const token = ++live.token;
+  setLiveState("starting");
+  setStatus(state.session ? "Starting the camera…" : "Live: waiting for the model to load…");
   await modelReady;
+  if (token !== live.token) return;
   if (!state.session) {
+    stopLive(null);
     setStatus(`The model could not be loaded: ${state.loadError}`, true);
     return;
   }
@@ -404,41 +420,48 @@ async function startLive() {
       : "browsers give the camera to https pages only (open the page through python export.py --serve)");
     return;
   }
+  let stream;
   try {
-    live.stream = await navigator.mediaDevices.getUserMedia({
+    stream = await navigator.mediaDevices.getUserMedia({
       video: { facingMode: "environment", width: { ideal: 640 }, height: { ideal: 480 } }, audio: false });
   } catch (error) {
+    if (token !== live.token) return;
     const name = error && error.name;
     liveRefused(name === "NotAllowedError" ? "the camera was refused (allow it in the browser's site settings)"
       : name === "NotFoundError" ? "this device has no camera" : `the camera could not start (${name || error})`);
     return;
   }
+  if (token !== live.token) {  // stopped, hidden or started again meanwhile: not this one
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
+  releaseCamera();
+  live.stream = stream;
   const video = $("video");
-  video.srcObject = live.stream;
+  video.srcObject = stream;
   try {
     await video.play();
   } catch (error) {
+    if (token !== live.token) return;
     liveRefused(`the camera's picture could not be shown (${error.name || error})`);
     return;
   }
-  live.on = true;
-  live.paused = false;
+  if (token !== live.token) return;
   $("live_panel").hidden = false;
-  setLiveButton(true);
-  document.body.dataset.live = "on";
+  setLiveState("on");
   setStatus("Live: point the camera at an animal.");
-  liveStep();
+  liveStep(token);
 }
 
-async function liveStep() {
-  if (!live.on || live.paused) return;
+async function liveStep(token) {
+  if (token !== live.token || live.state !== "on") return;
   const video = $("video");
   const begun = performance.now();
   if (video.readyState >= 2 && video.videoWidth) {
     try {
       const frame = PokedexPreprocess.fromDrawable(video, video.videoWidth, video.videoHeight);
       const result = await answer(frame, "camera");
-      if (!live.on || live.paused) return;
+      if (token !== live.token || live.state !== "on") return;
       live.last = result;
       live.frames += 1;
       live.times.push(performance.now() - begun);
@@ -448,25 +471,27 @@ async function liveStep() {
       $("live_rate").textContent = `${(1000 / Math.max(mean, LIVE_INTERVAL_MS)).toFixed(1)} answers a second, ${mean.toFixed(0)} ms each`;
       document.body.dataset.liveFrames = String(live.frames);
     } catch (error) {
-      liveRefused(friendly(error, "photo"));
+      if (token === live.token) liveRefused(friendly(error, "photo"));
       return;
     }
   }
-  live.timer = setTimeout(liveStep, Math.max(0, LIVE_INTERVAL_MS - (performance.now() - begun)));
+  live.timer = setTimeout(() => liveStep(token), Math.max(0, LIVE_INTERVAL_MS - (performance.now() - begun)));
 }
 
-// hidden tab: the camera is let go (its light goes off) and taken again on return
+// hidden tab: the camera is let go (its light goes off), a start under way included, and
+// taken again on return
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "hidden" && live.on) {
-    live.paused = true;
-    stopStream();
-    document.body.dataset.live = "paused";
-  } else if (document.visibilityState === "visible" && live.paused) {
+  if (document.visibilityState === "hidden" && (live.state === "on" || live.state === "starting")) {
+    live.token += 1;
+    releaseCamera();
+    setLiveState("paused");
+  } else if (document.visibilityState === "visible" && live.state === "paused") {
     startLive();
   }
 });
 
-$("live").addEventListener("click", () => (live.on ? stopLive() : startLive()));
+// one press starts, the next stops (a start still asking for the camera included)
+$("live").addEventListener("click", () => (live.state === "off" || live.state === "refused" ? startLive() : stopLive()));
 
 // real buttons open the hidden pickers (keyboard, screen readers); a picker is emptied after
 // each choice, so the same photo can be chosen again
