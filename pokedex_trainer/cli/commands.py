@@ -176,11 +176,8 @@ def train_command(config: TrainConfig, actions: dict):
         from pokedex_trainer.user_io.path_checks import check_train_paths
 
         check_train_paths(config)
-    if not actions["resume"]:
-        config = settle_framework(config)
-    if not actions["resume"]:
-        if config.model_type is not None:  # (None: taken from --base_model later)
-            config.resolved()  # a bad value is the only line, before the recipe's
+        config = settle_framework(config)  # the network of --base_model is known from here
+        config.resolved()  # a bad value is the only line, before the recipe's
         log_recipe(config, actions.get("recipe_defaults") or {})
     resume = Path(actions["resume"]) if actions["resume"] else None
     if any(actions[key] is not None for key in SEARCH_ACTIONS):

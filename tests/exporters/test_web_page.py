@@ -664,7 +664,8 @@ def test_a_serve_that_cannot_start_says_why_and_keeps_the_certificate(tmp_path):
 
 
 @pytest.mark.slow
-def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monkeypatch):
+def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monkeypatch,
+                                                                  capsys):
     """Issue 34, item 3: export.py --serve on 127.0.0.1 over HTTPS with its own certificate:
     cross-origin isolated (threads), loads, answers; offline, it reloads and answers again."""
     import threading
@@ -682,6 +683,8 @@ def test_served_over_https_the_page_is_isolated_and_works_offline(tmp_path, monk
                               daemon=True)
     thread.start()
     assert ready.wait(60)
+    printed = capsys.readouterr().out  # 127.0.0.1: for this computer, no QR code for a phone
+    assert "Open it in a browser on this computer" in printed and "Wi-Fi (scan" not in printed
     photo = str(next(data.rglob("*.jpg")))
     try:
         with sync_playwright() as playwright:
