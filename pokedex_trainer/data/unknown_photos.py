@@ -145,10 +145,39 @@ def _check_one_readable(files: list[Path], folder: Path) -> None:
                     "a photo")
 
 
+VALIDATION_SHARE = 0.2  # of the unknown photos, held out to choose the shipped score
+
+
+def split_unknown(files: list[Path], seed: int) -> tuple[list[Path], list[Path]]:
+    """(training, validation) photos of an unknown folder: a seeded fifth is held out (none
+    below 10 photos), which evaluate.py and export.py use to choose the "unknown" score."""
+    held = int(round(VALIDATION_SHARE * len(files))) if len(files) >= 10 else 0
+    order = np.random.default_rng([seed, 34]).permutation(len(files))
+    chosen = set(order[:held].tolist())
+    return ([f for i, f in enumerate(files) if i not in chosen],
+            [f for i, f in enumerate(files) if i in chosen])
+
+
+def unknown_validation_files(given: str | None, output_dir: Path, seed: int) -> list[Path]:
+    """The held-out unknown photos of a run trained with ``--unknown_dir`` (the same seeded
+    choice as at training); empty when there are none or the folder is gone."""
+    if not given:
+        return []
+    folder = Path(output_dir) / BUILTIN_FOLDER / BUILTIN_VERSION if given == BUILTIN \
+        else Path(given)
+    if given == BUILTIN and not (folder / ".complete").is_file():
+        return []  # read where training wrote it, never written again from here
+    try:
+        return split_unknown(photo_files(folder, "--unknown_dir"), seed)[1]
+    except (UserError, OSError):
+        return []
+
+
 def unknown_training_samples(given: str, output_dir: Path, known: list[Path], cap: int,
                              seed: int) -> list[tuple[str, int]]:
     """(absolute path, -1) of the unknown photos a run trains on: at most ``cap`` (the count
-    of labelled training photos, so they never outnumber them), a seeded choice."""
+    of labelled training photos, so they never outnumber them), a seeded choice, after a
+    fifth is held out for validation (split_unknown)."""
     from pokedex_trainer.core.outlier_exposure import UNKNOWN_LABEL
 
     folder = builtin_folder(output_dir) if given == BUILTIN else Path(given)
@@ -156,6 +185,10 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     if given != BUILTIN:
         check_no_shared_photos(files, known)
         _check_one_readable(files, folder)
+    files, held = split_unknown(files, seed)
+    if held:
+        logger.info("--unknown_dir: %d of its photos held out to choose the 'unknown' score "
+                    "and check its threshold (evaluate.py, export.py)", len(held))
     if len(files) > cap:
         order = np.random.default_rng([seed, 33]).permutation(len(files))[:cap]
         logger.info("--unknown_dir: %d of its %d photos, as many as the labelled training "

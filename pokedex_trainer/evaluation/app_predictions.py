@@ -63,11 +63,17 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
     rule = (saved or {}).get("unknown")
     if rule is None and run is not None:
         rule = exported_rule(run, model_path.name, member.temperature)
+    scorer = None
     if threshold is None and rule:
+        from pokedex_trainer.evaluation.known_score import RuleScorer
+
         threshold = float(rule["threshold"])
-        logger.info("answering 'unknown' below a top probability of %.3f (the saved rule: it "
-                    "keeps %.0f %% of the known photos of %s; --threshold sets another)",
-                    threshold, 100 * rule.get("recall", 0.95), rule.get("fitted_on", "run"))
+        scorer = RuleScorer(rule, predictor, run)
+        logger.info("answering 'unknown' below %s %.3f (the saved rule: it keeps %.0f %% of the "
+                    "known photos of %s; --threshold sets a top probability instead)",
+                    "a top probability of" if scorer.name == "max_softmax" else
+                    f"a {scorer.name} score of", threshold, 100 * rule.get("recall", 0.95),
+                    rule.get("fitted_on", "run"))
     target_path = Path(target)
     if target_path.is_dir():
         found = sorted(p for p in target_path.rglob("*") if p.is_file())
@@ -84,7 +90,7 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
         files = [target_path]
     else:
         raise UserError(f"--predict: '{target}' is neither an image nor a folder")
-    rows = _predict_files(files, member, top_k, threshold)
+    rows = _predict_files(files, member, top_k, threshold, scorer)
     if all(row.get("error") for row in rows):
         if len(rows) == 1 and target_path.is_file():
             raise UserError(f"--predict: '{target}' cannot be read as an image: "
@@ -105,7 +111,9 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
 
 
 def _predict_files(files: list[Path], member: Member, top_k: int,
-                   threshold: float | None) -> list[dict]:
+                   threshold: float | None, scorer=None) -> list[dict]:
+    """One row per file; "unknown" where the rule's score (``scorer``; else the top calibrated
+    probability) is below ``threshold``."""
     from tqdm import tqdm
 
     from pokedex_trainer.data.augment import build_eval_transform
@@ -123,14 +131,19 @@ def _predict_files(files: list[Path], member: Member, top_k: int,
             rows.append({"image": str(path), "prediction": "", "confidence": None,
                          "top_classes": [], "top_probabilities": [], "error": exc.reason})
             continue
-        probabilities = apply_temperature(member.predictor.predict(image[None]),
-                                          member.temperature)[0]
+        raw, file_score = member.predictor.predict_and_score(image[None])
+        calibrated = apply_temperature(raw, member.temperature)
+        probabilities = calibrated[0]
         order = np.argsort(-probabilities, kind="stable")[:min(top_k, len(names))]
         confidence = float(probabilities[order[0]])
-        known = threshold is None or confidence >= threshold
+        score = confidence if scorer is None else \
+            float(scorer.score(image[None], calibrated, file_score)[0])
+        known = threshold is None or score >= threshold
         rows.append({"image": str(path), "prediction": names[order[0]] if known else "unknown",
                      "confidence": confidence, "top_classes": [names[i] for i in order],
                      "top_probabilities": [float(probabilities[i]) for i in order]})
+        if scorer is not None and scorer.name != "max_softmax":
+            rows[-1]["known_score"] = score  # the rule's score: "unknown" below its threshold
     return rows
 
 

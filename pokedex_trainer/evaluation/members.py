@@ -79,16 +79,19 @@ def calibrate(member: Member) -> None:
                               "fitted_on": saved["fitted_on"] if saved else
                               "nothing: no validation split, probabilities are uncalibrated"}
         return
-    probabilities, labels = predict_images(member.predictor, val, label="validation split")
+    from pokedex_trainer.evaluation.known_score import fitted_rule, model_outputs
+
+    probabilities, labels, logits, features = model_outputs(member.predictor, val,
+                                                            "validation split")
     temperature = fit_temperature(probabilities, labels)
     calibrated = apply_temperature(probabilities, temperature)
     member.temperature = temperature
-    from pokedex_trainer.evaluation.unknown import fit_rule
-
+    rule, _ = fitted_rule(member.predictor, run_dir, calibrated, logits, features,
+                          member.unknown_recall, f"validation split ({len(labels)} images)",
+                          temperature)
     member.calibration = {
         "temperature": temperature, "fitted_on": f"validation split ({len(labels)} images)",
-        "unknown": fit_rule(calibrated, member.unknown_recall,
-                            f"validation split ({len(labels)} images)"),
+        "unknown": rule,
         "val_ece_before": expected_calibration_error(probabilities, labels),
         "val_ece_after": expected_calibration_error(calibrated, labels),
         "val_loss_before": negative_log_likelihood(probabilities, labels),

@@ -74,7 +74,8 @@ class _Onnx:
         self.details = {"providers": self.session.get_providers()}
 
     def run(self, x):
-        return self.session.run(None, {self.input_name: x})[0]
+        out = self.session.run(None, {self.input_name: x})
+        return out[0] if len(out) == 1 else out
 
 
 class _TFLite:
@@ -86,21 +87,33 @@ class _TFLite:
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         check_tflite_ops(path, self.interpreter)  # before any invoke
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.batch = None
+        self.outputs = self.interpreter.get_output_details()
+        self.batch, self.fixed = None, False
         self.details = {"providers": ["LiteRT"]}
 
     def run(self, x):
         from pokedex_trainer.evaluation.predict import _dequantize, _quantize
 
         interpreter = self.interpreter
-        if self.batch != len(x):
-            interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            interpreter.allocate_tensors()
-            self.batch = len(x)
+        if self.batch != len(x) and not (self.fixed and self.batch == 1):
+            try:
+                interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+                interpreter.allocate_tensors()
+                self.batch = len(x)
+            except RuntimeError:  # a graph made for one image at a time (a static reshape)
+                interpreter.resize_tensor_input(self.input["index"], [1, *x.shape[1:]])
+                interpreter.allocate_tensors()
+                self.batch, self.fixed = 1, True
+        if self.fixed and len(x) != 1:
+            parts = [self.run(x[i:i + 1]) for i in range(len(x))]
+            if isinstance(parts[0], list):
+                return [np.concatenate(column) for column in zip(*parts)]
+            return np.concatenate(parts)
         interpreter.set_tensor(self.input["index"], _quantize(x, self.input))
         interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(self.output["index"]), self.output)
+        out = [_dequantize(interpreter.get_tensor(detail["index"]), detail)
+               for detail in self.outputs]
+        return out[0] if len(out) == 1 else out
 
 
 _RUNTIMES = {"onnx": _Onnx, "tflite": _TFLite}
@@ -144,7 +157,9 @@ def _serve(conn, path: str, kind: str, input_shape, threads: int, memory: int | 
             return
         try:
             if request == "run":
-                conn.send(("ok", np.asarray(model.run(payload))))
+                out = model.run(payload)
+                conn.send(("ok", [np.asarray(o) for o in out] if isinstance(out, list)
+                           else np.asarray(out)))
             elif request == "memory":
                 from pokedex_trainer.machine.memory import peak_resident_mb
 

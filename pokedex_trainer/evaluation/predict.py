@@ -69,10 +69,16 @@ class Predictor:
         return x
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        out = np.asarray(self._run(self.prepare(images)), dtype=np.float64)
+        return self.predict_and_score(images)[0]
+
+    def predict_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, the file's ``known_score`` output or None) of uint8 images: an
+        export whose "unknown" rule is not max softmax computes that score itself."""
+        out, score = split_outputs(self._run(self.prepare(images)), self.info.num_classes)
+        out = np.asarray(out, dtype=np.float64)
         if self.info.output == "logits":
             out = softmax(out)
-        return out
+        return out, score
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -89,6 +95,18 @@ class Predictor:
 
     def describe(self) -> str:
         return f"{self.path.name} ({self.runtime})"
+
+
+def split_outputs(out, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the (N, classes) scores, the (N,) ``known_score`` or None) of a model's output(s):
+    found by shape, since runtimes order and name a file's outputs each their own way."""
+    if not isinstance(out, (list, tuple, dict)):
+        return np.asarray(out), None
+    arrays = [np.asarray(o) for o in (out.values() if isinstance(out, dict) else out)]
+    main = next((a for a in arrays if a.ndim == 2 and a.shape[1] == num_classes), arrays[0])
+    score = next((a.reshape(-1).astype(np.float64) for a in arrays if a is not main and (
+        a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1))), None)
+    return main, score
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -194,10 +212,14 @@ class TorchCheckpointPredictor(Predictor):
         if not all(hasattr(model, part) for part in ("normalize", "backbone", "head")):
             return None  # not a network of this tool's shape (the guide's own, say)
         torch = self._torch
+        logits, features = [], []
         with torch.inference_mode():
-            features = model.backbone(model.normalize(torch.from_numpy(self.prepare(images))))
-            logits = model.head(features)
-        return logits.double().numpy(), features.double().numpy()
+            for start in range(0, len(images), 64):
+                inner = model.backbone(model.normalize(torch.from_numpy(
+                    self.prepare(images[start:start + 64])))).float()
+                features.append(inner.double().numpy())
+                logits.append(model.head(inner).double().numpy())
+        return np.concatenate(logits), np.concatenate(features)
 
 
 class _SidecarPredictor(Predictor):
@@ -217,8 +239,9 @@ class _SidecarPredictor(Predictor):
     def _check_sidecar(self) -> None:
         info = self.info
         try:
-            out = np.asarray(self._run(self.prepare(np.zeros((1, *info.image_size, 3),
-                                                             np.uint8))))
+            out, _ = split_outputs(self._run(self.prepare(np.zeros((1, *info.image_size, 3),
+                                                                   np.uint8))),
+                                   info.num_classes)
         except UserError:  # the runtime's process: a deadline, a refusal, a death
             raise
         except Exception as exc:
@@ -258,7 +281,7 @@ class TorchScriptPredictor(_SidecarPredictor):
 
     def _run(self, x):
         with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(x)).numpy()
+            return _numpy(self.model(self._torch.from_numpy(x)))
 
 
 class TorchExportPredictor(_SidecarPredictor):
@@ -273,7 +296,7 @@ class TorchExportPredictor(_SidecarPredictor):
 
     def _run(self, x):
         with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(x)).numpy()
+            return _numpy(self.model(self._torch.from_numpy(x)))
 
 
 class OnnxPredictor(_SidecarPredictor):
@@ -328,7 +351,16 @@ class SavedModelPredictor(_SidecarPredictor):
         self.model = tf.saved_model.load(str(self.checked.folder))
 
     def _run(self, x):
-        return self.model.serve(self._tf.constant(x)).numpy()
+        return _numpy(self.model.serve(self._tf.constant(x)))
+
+
+def _numpy(out):
+    """A tensor, or a tuple/list/dict of them (probabilities and known_score), as numpy."""
+    if isinstance(out, dict):
+        return {key: np.asarray(value) for key, value in out.items()}
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(value) for value in out]
+    return out.numpy() if hasattr(out, "numpy") else np.asarray(out)
 
 
 _BY_SUFFIX = {".keras": KerasPredictor, ".h5": KerasPredictor,

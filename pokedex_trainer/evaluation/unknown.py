@@ -14,11 +14,15 @@ Scores (higher = known):
   ``unknown`` key); outlier exposure (``--unknown_dir``) trains the network for it.
 * ``max_logit``: the top logit (Hendrycks et al., 2022).
 * ``energy``: logsumexp of the logits (Liu et al., 2020).
-* ``knn``: minus the distance of the photo's normalized penultimate features to its k-th
-  nearest training photo (Sun et al., 2022).
+* ``knn``: the cosine similarity of the photo's penultimate features to its k-th most similar
+  training photo (Sun et al., 2022: the same order as minus the k-th nearest distance of the
+  normalized features).
 
-The last three need the network's logits and features, which the run's own model files give
-(Keras ``.keras``, PyTorch ``.pth``) and the exported files (probabilities out) do not.
+The last three need the network's logits and features: the run's own model files give them
+(Keras ``.keras``, PyTorch ``.pth``), and an exported file computes the rule's score itself, as
+its second output ``known_score`` (the bank of training features inside the file for knn).
+Which score ships is chosen per run (``choose_score``), with its threshold, on the validation
+split: evaluation/known_score.py applies the rule to any model file.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ import numpy as np
 
 from pokedex_trainer.errors import UserError
 
-SHIPPED_SCORE = "max_softmax"
+SHIPPED_SCORE = "max_softmax"  # the score every file can give (probabilities out)
+GRAPH_SCORES = ("max_logit", "energy", "knn")  # computed inside exported files (known_score)
+SCORES = (SHIPPED_SCORE,) + GRAPH_SCORES
+SCORE_OUTPUT = "known_score"
 DEFAULT_RECALL = 0.95
 KNN_K = 10
-KNN_BANK = 2000  # training photos in the feature bank, at most (a seeded choice)
+KNN_BANK = 1000  # training photos in the feature bank, at most (a seeded choice); an exported
+#                  file carries it (1000 x 1280 floats: 5 MB for MobileNetV2)
 
 
 def scores(probabilities: np.ndarray, logits: np.ndarray | None = None,
@@ -43,7 +51,7 @@ def scores(probabilities: np.ndarray, logits: np.ndarray | None = None,
         found["max_logit"] = peak
         found["energy"] = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
     if features is not None and bank is not None and len(bank):
-        found["knn"] = -knn_distance(features, bank)
+        found["knn"] = knn_similarity(features, bank)
     return found
 
 
@@ -52,14 +60,17 @@ def normalized(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-def knn_distance(features: np.ndarray, bank: np.ndarray, k: int = KNN_K) -> np.ndarray:
-    """Distance of each (normalized) feature to its k-th nearest in the (normalized) bank."""
-    k = max(1, min(k, len(bank)))
+def knn_k(bank: np.ndarray) -> int:
+    return max(1, min(KNN_K, len(bank)))
+
+
+def knn_similarity(features: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each feature to its k-th most similar in the (normalized) bank."""
+    k = knn_k(bank)
     found = []
-    for start in range(0, len(features), 256):  # memory: 256 x bank distances at a time
-        part = normalized(features[start:start + 256])
-        distance = np.sqrt(np.maximum(2.0 - 2.0 * part @ bank.T, 0.0))
-        found.append(np.partition(distance, k - 1, axis=1)[:, k - 1])
+    for start in range(0, len(features), 256):  # memory: 256 x bank similarities at a time
+        similarity = normalized(features[start:start + 256]) @ bank.T
+        found.append(-np.partition(-similarity, k - 1, axis=1)[:, k - 1])
     return np.concatenate(found) if found else np.zeros(0)
 
 
@@ -102,13 +113,41 @@ def check_recall(recall: float) -> float:
     return recall
 
 
-def fit_rule(val_probabilities: np.ndarray, recall: float, fitted_on: str) -> dict:
-    """The shipped rule (the sidecar's ``unknown`` key): the calibrated top probability under
-    which a photo is "unknown", fitted to keep ``recall`` of the validation photos."""
-    threshold = threshold_for_recall(val_probabilities.max(axis=1), recall)
-    return {"score": SHIPPED_SCORE, "threshold": threshold, "recall": recall,
-            "fitted_on": fitted_on,
-            "rule": "unknown when the top calibrated probability is below the threshold"}
+def choose_score(available: dict, known: dict | None = None,
+                 unknown: dict | None = None) -> str:
+    """The score that ships: the best AUROC on validation photos of none of the classes when
+    there are some (``unknown``), else knn where the network's features are at hand (the best
+    of the four without unknown photos in docs/benchmarks.md), else max softmax."""
+    if known is not None and unknown is not None:
+        return max(available, key=lambda name: (auroc(known[name], unknown[name]),
+                                                name == SHIPPED_SCORE))
+    return "knn" if "knn" in available else SHIPPED_SCORE
+
+
+RULE_TEXT = {
+    "max_softmax": "unknown when the top calibrated probability is below the threshold",
+    "max_logit": "unknown when the top logit (the file's known_score output) is below the "
+                 "threshold",
+    "energy": "unknown when logsumexp of the logits (the file's known_score output) is below "
+              "the threshold",
+    "knn": "unknown when the similarity of the photo's features to the 10th most similar "
+           "training photo (the file's known_score output) is below the threshold",
+}
+
+
+def fit_rule(val_scores: dict, recall: float, fitted_on: str, score: str | None = None,
+             bank_photos: int = 0) -> dict:
+    """The shipped rule (the sidecar's ``unknown`` key): the score ``choose_score`` picks (or
+    ``score``) and the threshold under which a photo is "unknown", fitted to keep ``recall`` of
+    the validation photos. ``val_scores``: scores() of the validation photos."""
+    score = score or choose_score(val_scores)
+    rule = {"score": score, "threshold": threshold_for_recall(val_scores[score], recall),
+            "recall": recall, "fitted_on": fitted_on, "rule": RULE_TEXT[score]}
+    if score in GRAPH_SCORES:
+        rule["output"] = SCORE_OUTPUT
+    if score == "knn":
+        rule.update({"k": KNN_K, "bank_photos": int(bank_photos)})
+    return rule
 
 
 def checked_rule(rule, where: str) -> dict | None:
@@ -116,9 +155,14 @@ def checked_rule(rule, where: str) -> dict | None:
     if rule is None:
         return None
     threshold = rule.get("threshold") if isinstance(rule, dict) else None
-    if (not isinstance(rule, dict) or rule.get("score") != SHIPPED_SCORE
+    score = rule.get("score") if isinstance(rule, dict) else None
+    if (not isinstance(rule, dict) or score not in SCORES
             or isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-            or not 0.0 <= threshold <= 1.0):
-        raise UserError(f"{where}: its 'unknown' rule is not a {SHIPPED_SCORE} threshold "
-                        "between 0 and 1")
+            or not np.isfinite(threshold)):
+        raise UserError(f"{where}: its 'unknown' rule is not a threshold on one of the scores "
+                        f"{', '.join(SCORES)}")
+    low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0)}.get(score, (-np.inf, np.inf))
+    if not low <= threshold <= high:
+        raise UserError(f"{where}: its 'unknown' threshold {threshold:g} is outside the range "
+                        f"of {score} ({low:g} to {high:g})")
     return rule

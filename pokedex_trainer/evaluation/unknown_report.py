@@ -56,25 +56,6 @@ def _warn_if_trained_on(run: Path | None, folder: Path) -> None:
                        "it never saw", folder)
 
 
-def _outputs(predictor, images: LabelledImages, label: str):
-    """(probabilities, logits or None, features or None) of every readable image."""
-    probabilities, logits, features = [], [], []
-    for batch, _ in images.load(predictor.info.image_size, 32, progress=label):
-        probabilities.append(predictor.predict(batch))
-        inner = predictor.logits_and_features(batch)
-        if inner is not None:
-            logits.append(inner[0])
-            features.append(inner[1])
-    if not probabilities:
-        from pokedex_trainer.errors import UserError
-
-        raise UserError(f"no readable photo in {images.description}")
-    joined = np.concatenate(probabilities)
-    if len(logits) and sum(len(x) for x in logits) == len(joined):
-        return joined, np.concatenate(logits), np.concatenate(features)
-    return joined, None, None
-
-
 def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Path,
                     out: Path) -> dict:
     """The ``unknown`` section of metrics.json (and its two plots in ``out``)."""
@@ -84,31 +65,36 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
     _warn_if_trained_on(run, Path(folder))
     known_sets = [test] + ([run_split(run, split) for split in ("train", "val")] if run else [])
     unknown = unknown_images(folder, predictor.info.class_names, known_sets)
-    probabilities, logits, features = _outputs(predictor, test, "known photos (scores)")
-    u_probabilities, u_logits, u_features = _outputs(predictor, unknown, "unknown photos")
-    bank = None
-    if features is not None and run is not None:
-        train = run_split(run, "train").subset(scoring.KNN_BANK, seed=3)
-        bank_features = _outputs(predictor, train, "training photos (feature bank)")[2]
-        bank = scoring.normalized(bank_features) if bank_features is not None else None
+    from pokedex_trainer.evaluation.known_score import RuleScorer, feature_bank, model_outputs
+
+    probabilities, _, logits, features = model_outputs(predictor, test,
+                                                       "known photos (scores)")
+    u_probabilities, _, u_logits, u_features = model_outputs(predictor, unknown,
+                                                             "unknown photos")
+    bank = feature_bank(predictor, run) if features is not None else None
     calibrated = apply_temperature(probabilities, member.temperature)
     u_calibrated = apply_temperature(u_probabilities, member.temperature)
     known_scores = scoring.scores(calibrated, logits, features, bank)
     unknown_scores = scoring.scores(u_calibrated, u_logits, u_features, bank)
+    rule = member.calibration.get("unknown")
+    if rule and rule["score"] not in known_scores:  # an export: its own known_score output
+        scorer = RuleScorer(rule, predictor, run)
+        known_scores[rule["score"]] = _file_scores(scorer, test)
+        unknown_scores[rule["score"]] = _file_scores(scorer, unknown)
     correct = calibrated.argmax(axis=1) == labels
     table = {name: {"auroc": scoring.auroc(known_scores[name], unknown_scores[name]),
                     "fpr_at_95_recall": scoring.fpr_at_recall(known_scores[name],
                                                               unknown_scores[name])}
              for name in known_scores}
-    rule = member.calibration.get("unknown")
     section = {"photos": len(u_probabilities), "folder": str(folder), "scores": table,
                "coverage": {name: scoring.coverage_curve(score, correct)
                             for name, score in known_scores.items()},
                "shipped_rule": rule}
     if rule:
         threshold = rule["threshold"]
-        section["named_as_species"] = float((u_calibrated.max(axis=1) >= threshold).mean())
-        section["known_kept"] = float((calibrated.max(axis=1) >= threshold).mean())
+        section["named_as_species"] = float(
+            (unknown_scores[rule["score"]] >= threshold).mean())
+        section["known_kept"] = float((known_scores[rule["score"]] >= threshold).mean())
     if logits is None:
         section["note"] = ("max_logit, energy and knn need the network's logits and features: "
                            "evaluate the run's own model file (.keras or .pth) for them")
@@ -117,18 +103,25 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
     return section
 
 
+def _file_scores(scorer, images: LabelledImages) -> np.ndarray:
+    """The rule's score of every readable image, read from the exported file itself."""
+    return np.concatenate([scorer.score(batch, None)
+                           for batch, _ in images.load(scorer.predictor.info.image_size, 32)])
+
+
 def unknown_line(section: dict) -> str:
     """How well the model knows what it does not know, in one line."""
     best = max(section["scores"], key=lambda name: section["scores"][name]["auroc"])
-    shipped = section["scores"][scoring.SHIPPED_SCORE]
+    name = (section.get("shipped_rule") or {}).get("score", scoring.SHIPPED_SCORE)
+    shipped = section["scores"][name]
     text = (f"unknown photos ({section['photos']}): AUROC {shipped['auroc']:.3f} with the "
-            f"shipped score ({scoring.SHIPPED_SCORE}), {shipped['fpr_at_95_recall']:.0%} named "
+            f"shipped score ({name}), {shipped['fpr_at_95_recall']:.0%} named "
             f"as a species at 95 % known recall")
     if "named_as_species" in section:
         text += (f"; the shipped threshold {section['shipped_rule']['threshold']:.3f} names "
                  f"{section['named_as_species']:.0%} of them as a species and keeps "
                  f"{section['known_kept']:.0%} of the known photos")
-    if best != scoring.SHIPPED_SCORE:
+    if best != name:
         text += f"; best score: {best} (AUROC {section['scores'][best]['auroc']:.3f})"
     return text
 

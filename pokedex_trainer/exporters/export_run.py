@@ -80,7 +80,7 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     check, calibration = export_images(run, data_path, names, check_images, calibration_images)
     job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
                     export_temperature(run, calibration_file), web_precision, threshold,
-                    export_unknown_rule(run, calibration_file))
+                    export_unknown_rule(run, calibration_file), run)
     results = run_export(job)
     record_results(results, record, job)
     record_outputs(out, written)

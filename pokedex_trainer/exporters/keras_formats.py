@@ -24,6 +24,47 @@ logger = logging.getLogger(__name__)
 TFLITE_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
 
 
+def scored_model(model, graph):
+    """``model`` with a second output ``known_score``, the "unknown" rule's score computed
+    from its pooled features (exporters/torch_formats.py KnownScore does the same in PyTorch;
+    evaluation/unknown.py in numpy); ``model`` itself when ``graph`` is None (max softmax)."""
+    import keras
+    from keras import ops
+
+    from pokedex_trainer.backends.keras.keras_networks import HEAD_NAME, POOLING_NAME
+
+    if graph is None:
+        return model
+    name, bank, k = graph
+    weight, bias = model.get_layer(HEAD_NAME).get_weights()
+
+    class KnownScore(keras.layers.Layer):
+        def build(self, input_shape):
+            self.weight = self.add_weight(shape=weight.shape, trainable=False, name="weight")
+            self.bias = self.add_weight(shape=bias.shape, trainable=False, name="bias")
+            self.weight.assign(weight)
+            self.bias.assign(bias)
+            if name == "knn":
+                self.bank_t = self.add_weight(shape=bank.T.shape, trainable=False, name="bank")
+                self.bank_t.assign(np.ascontiguousarray(bank.T))
+
+        def call(self, features):
+            features = ops.cast(features, "float32")
+            if name == "knn":
+                norm = ops.sqrt(ops.maximum(ops.sum(features * features, axis=1,
+                                                    keepdims=True), 1e-24))
+                similarity = ops.matmul(features / norm, self.bank_t)
+                return ops.top_k(similarity, int(k))[0][:, int(k) - 1]
+            logits = ops.matmul(features, self.weight) + self.bias
+            if name == "max_logit":
+                return ops.max(logits, axis=1)
+            return ops.logsumexp(logits, axis=1)
+
+    score = KnownScore(name="known_score", dtype="float32")(
+        model.get_layer(POOLING_NAME).output)
+    return keras.Model(model.input, [model.output, score], name=model.name)
+
+
 def write_saved_model(model, path: Path) -> Path:
     """A SavedModel folder whose ``serve`` signature takes (batch, H, W, 3) float32 0..255."""
     path = Path(path)

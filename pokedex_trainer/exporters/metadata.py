@@ -24,6 +24,11 @@ def add_onnx_metadata(model, sidecar: dict, batch_name: str = "batch"):
         dim = value.type.tensor_type.shape.dim[0]
         if not dim.HasField("dim_value"):
             dim.dim_param = batch_name
+    outputs = list(model.graph.output)
+    if len(outputs) > 1:  # probabilities first: an app reading output 0 reads them
+        ordered = sorted(outputs, key=lambda v: len(v.type.tensor_type.shape.dim) != 2)
+        del model.graph.output[:]
+        model.graph.output.extend(ordered)
     return model
 
 
@@ -43,6 +48,12 @@ def add_tflite_metadata(flatbuffer: bytes, sidecar: dict) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    graph = model.subgraphs[0]
+    if graph.outputs is not None and len(graph.outputs) > 1:
+        # probabilities first (converters order outputs their way): an app reading output 0
+        # reads them, as from a file without the known_score output
+        graph.outputs = sorted(list(graph.outputs),
+                               key=lambda i: len(graph.tensors[i].shape) != 2)
     buffer = schema.BufferT()
     buffer.data = list(json.dumps(sidecar, ensure_ascii=False).encode("utf-8"))
     model.buffers.append(buffer)

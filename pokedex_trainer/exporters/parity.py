@@ -54,6 +54,7 @@ class ExportResult:
     decisive_agreement: float = float("nan")
     accuracy: float = float("nan")
     source_accuracy: float = float("nan")
+    score_max_diff: float = float("nan")  # known_score: max |difference| / its spread
     latency_ms: float = float("nan")
     tolerance: dict | None = None
     passed: bool = False
@@ -92,18 +93,36 @@ def verdict(figures: dict, tolerance: Tolerance) -> tuple[bool, str]:
 
 
 def predict_all(predictor: Predictor, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([predictor.predict(images[i:i + batch_size])
-                           for i in range(0, len(images), batch_size)])
+    return predict_and_score_all(predictor, images, batch_size)[0]
+
+
+def predict_and_score_all(predictor: Predictor, images: np.ndarray, batch_size: int = 32):
+    """(probabilities, known_score or None) of every image, ``batch_size`` at a time."""
+    parts = [predictor.predict_and_score(images[i:i + batch_size])
+             for i in range(0, len(images), batch_size)]
+    scores = [score for _, score in parts]
+    return (np.concatenate([p for p, _ in parts]),
+            np.concatenate(scores) if all(s is not None for s in scores) else None)
+
+
+def score_difference(reference: np.ndarray, exported: np.ndarray | None) -> float:
+    """max |known_score difference| over the spread of the source's scores (inf: none)."""
+    if exported is None or exported.shape != reference.shape:
+        return float("inf")
+    spread = max(float(np.ptp(reference)), 1e-6)
+    return float(np.abs(exported - reference).max() / spread) if len(reference) else 0.0
 
 
 def verify_file(path: Path, fmt: str, precision: str, reference: np.ndarray,
-                images: np.ndarray, labels: np.ndarray) -> ExportResult:
-    """Load ``path`` with its sidecar in its own runtime and compare with ``reference``."""
+                images: np.ndarray, labels: np.ndarray,
+                reference_score: np.ndarray | None = None) -> ExportResult:
+    """Load ``path`` with its sidecar in its own runtime and compare with ``reference`` (and
+    its ``known_score`` output with ``reference_score`` when the "unknown" rule needs one)."""
     tolerance = TOLERANCES[precision]
     result = ExportResult(Path(path).name, fmt, precision, tolerance=asdict(tolerance))
     try:
         predictor = load_predictor(path, trust=True)  # written by this process just now
-        exported = predict_all(predictor, images)
+        exported, score = predict_and_score_all(predictor, images)
     except Exception as exc:  # a file its runtime cannot run is a failed export
         result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return result
@@ -114,6 +133,13 @@ def verify_file(path: Path, fmt: str, precision: str, reference: np.ndarray,
     result.size_mb = _size_mb(Path(path))
     result.latency_ms = measure_latency(predictor, images[0], warmup=2, runs=10)["median_ms"]
     result.passed, result.reason = verdict(figures, tolerance)
+    if reference_score is not None:
+        result.score_max_diff = score_difference(reference_score, score)
+        if not result.score_max_diff <= tolerance.max_abs_diff:
+            problem = (f"known_score off by {result.score_max_diff:.3g} of its spread > "
+                       f"{tolerance.max_abs_diff:g}")
+            result.passed = False
+            result.reason = "; ".join(filter(None, [result.reason, problem]))
     return result
 
 

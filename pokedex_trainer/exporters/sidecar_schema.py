@@ -56,12 +56,14 @@ def sidecar_problem(data) -> str | None:
                                       TEMPERATURE_RANGE[1]):
         return f"temperature must be a number from {TEMPERATURE_RANGE[0]} to " \
                f"{TEMPERATURE_RANGE[1]:g}"
-    rule = data.get("unknown")
-    if rule is not None and not (isinstance(rule, dict) and rule.get("score") == "max_softmax"
-                                 and _number(rule.get("threshold"))
-                                 and 0.0 <= rule["threshold"] <= 1.0):
-        return "unknown must be {\"score\": \"max_softmax\", \"threshold\": a number from 0 " \
-               "to 1}"
+    if data.get("unknown") is not None:
+        from pokedex_trainer.errors import UserError
+        from pokedex_trainer.evaluation.unknown import checked_rule
+
+        try:
+            checked_rule(data["unknown"], "unknown")
+        except UserError as exc:
+            return str(exc)
     for key in ("model_type", "arch", "source_framework"):
         if not isinstance(data.get(key, ""), str):
             return f"{key} must be a string"

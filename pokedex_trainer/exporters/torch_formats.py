@@ -1,7 +1,8 @@
 """ResNet152 to TorchScript (the seed's ``torch.jit.trace``), ``torch.export`` and ONNX.
 
 Every exported module outputs probabilities (softmax inside), like the Keras exports, so an app
-reads the same kind of answer from every file. TorchScript is deprecated upstream; the
+reads the same kind of answer from every file; where the run's "unknown" rule is not max
+softmax, a second output ``known_score`` holds the rule's score (KnownScore). TorchScript is deprecated upstream; the
 ``torch.export`` program (``.pt2``) is its successor and is written beside it.
 """
 
@@ -26,15 +27,53 @@ logger = logging.getLogger(__name__)
 EXAMPLE_BATCH = 2
 
 
-class ProbabilityModel(nn.Module):
-    """Classifier + softmax: RGB 0..255 (N, 3, H, W) in, probabilities out."""
+class KnownScore(nn.Module):
+    """The "unknown" rule's score inside the file (evaluation/unknown.py computes the same in
+    numpy): the top logit, logsumexp of the logits, or the k-th highest cosine similarity of
+    the features to a bank of normalized training features."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, name: str, bank=None, k: int = 1):
+        super().__init__()
+        self.name, self.k = name, int(k)
+        if name == "knn":
+            self.register_buffer("bank_t", torch.as_tensor(bank, dtype=torch.float32).T.clone())
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.name == "max_logit":
+            return logits.max(dim=1).values
+        if self.name == "energy":
+            return torch.logsumexp(logits, dim=1)
+        norm = torch.sqrt((features * features).sum(dim=1, keepdim=True)).clamp_min(1e-12)
+        similarity = (features / norm) @ self.bank_t
+        # the k-th highest by k-1 rounds of "push the highest below -1": topk becomes a sort
+        # that LiteRT's interpreter lacks (the bank holds no two equal rows: feature_bank)
+        for _ in range(self.k - 1):
+            top = similarity.amax(dim=1, keepdim=True)
+            similarity = torch.where(similarity >= top, similarity - 4.0, similarity)
+        return similarity.amax(dim=1)
+
+
+class ProbabilityModel(nn.Module):
+    """Classifier + softmax: RGB 0..255 (N, 3, H, W) in, probabilities out; with a
+    ``score`` (KnownScore), (probabilities, known_score) out."""
+
+    def __init__(self, classifier: nn.Module, score: KnownScore | None = None):
         super().__init__()
         self.classifier = classifier
+        self.score = score
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(x).float(), dim=1)
+    def forward(self, x: torch.Tensor):
+        if self.score is None:
+            return torch.softmax(self.classifier(x).float(), dim=1)
+        model = self.classifier
+        features = model.backbone(model.normalize(x)).float()
+        logits = model.head(features).float()
+        return torch.softmax(logits, dim=1), self.score(features, logits)
+
+
+def known_score_module(graph) -> KnownScore | None:
+    """``graph``: (score name, bank or None, k) of the rule, or None for max softmax."""
+    return None if graph is None else KnownScore(*graph)
 
 
 def _example(image_size) -> torch.Tensor:
@@ -42,8 +81,9 @@ def _example(image_size) -> torch.Tensor:
     return torch.rand(EXAMPLE_BATCH, 3, *image_size, generator=generator) * 255.0
 
 
-def write_torchscript(classifier: nn.Module, image_size, path: Path, sidecar: dict) -> Path:
-    module = ProbabilityModel(classifier).eval()
+def write_torchscript(classifier: nn.Module, image_size, path: Path, sidecar: dict,
+                      graph=None) -> Path:
+    module = ProbabilityModel(classifier, known_score_module(graph)).eval()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated"
         traced = torch.jit.trace(module, _example(image_size))
@@ -53,8 +93,9 @@ def write_torchscript(classifier: nn.Module, image_size, path: Path, sidecar: di
     return path
 
 
-def write_torch_export(classifier: nn.Module, image_size, path: Path, sidecar: dict) -> Path:
-    module = ProbabilityModel(classifier).eval()
+def write_torch_export(classifier: nn.Module, image_size, path: Path, sidecar: dict,
+                       graph=None) -> Path:
+    module = ProbabilityModel(classifier, known_score_module(graph)).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(module, (_example(image_size),),
                                   dynamic_shapes={"x": {0: batch}})
@@ -64,13 +105,16 @@ def write_torch_export(classifier: nn.Module, image_size, path: Path, sidecar: d
     return path
 
 
-def write_onnx(classifier: nn.Module, image_size, path: Path, opset: int, sidecar: dict) -> Path:
+def write_onnx(classifier: nn.Module, image_size, path: Path, opset: int, sidecar: dict,
+               graph=None) -> Path:
     """ONNX through PyTorch's current (``torch.export``-based) exporter, dynamic batch."""
-    module = ProbabilityModel(classifier).eval()
+    module = ProbabilityModel(classifier, known_score_module(graph)).eval()
     with warnings.catch_warnings(), quiet_converters():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (_example(image_size),), dynamo=True,
-                                    input_names=["image"], output_names=["probabilities"],
+                                    input_names=["image"],
+                                    output_names=["probabilities"] + (
+                                        [] if graph is None else ["known_score"]),
                                     dynamic_shapes={"x": {0: "batch"}}, opset_version=opset,
                                     verbose=False)
     proto = add_onnx_metadata(program.model_proto, sidecar)

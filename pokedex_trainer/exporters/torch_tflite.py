@@ -38,7 +38,7 @@ def checked_format(available: tuple[str, ...]) -> tuple[str, ...]:
     return ("tflite",)
 
 
-def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
+def write_tflite(classifier, image_size, path: Path, sidecar: dict, graph=None) -> Path:
     """Float32 TFLite taking (N, H, W, 3) RGB 0..255, the layout the app feeds every TFLite
     file; ``sidecar`` is updated to say so."""
     import tempfile
@@ -48,7 +48,7 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
     from pokedex_trainer.user_io.atomic import atomic_write_bytes
     from pokedex_trainer.exporters.metadata import add_tflite_metadata
     from pokedex_trainer.exporters.quiet import quiet_converters
-    from pokedex_trainer.exporters.torch_formats import ProbabilityModel
+    from pokedex_trainer.exporters.torch_formats import ProbabilityModel, known_score_module
 
     class ChannelsLast(torch.nn.Module):
         def __init__(self, model):
@@ -58,7 +58,7 @@ def write_tflite(classifier, image_size, path: Path, sidecar: dict) -> Path:
         def forward(self, x):
             return self.model(x.permute(0, 3, 1, 2))
 
-    module = ChannelsLast(ProbabilityModel(classifier)).eval()
+    module = ChannelsLast(ProbabilityModel(classifier, known_score_module(graph))).eval()
     example = torch.rand(1, *image_size, 3, generator=torch.Generator().manual_seed(0)) * 255.0
     sidecar["input"]["layout"] = "NHWC"
     with tempfile.TemporaryDirectory(prefix="pokedex_tflite_") as folder:

@@ -123,6 +123,8 @@ def page_config(sidecar: dict, precision: str, threshold: float | None,
                 runtime: str) -> dict:
     """model.json: what the page needs, from the model's sidecar."""
     given = sidecar["input"]
+    rule = sidecar.get("unknown") or {}
+    by_score = threshold is None and rule.get("score", "max_softmax") != "max_softmax"
     return {
         "class_names": sidecar["class_names"], "image_size": sidecar["image_size"],
         "layout": given.get("layout", "NHWC"), "mean": given.get("mean", [0.0] * 3),
@@ -130,8 +132,12 @@ def page_config(sidecar: dict, precision: str, threshold: float | None,
         "output": sidecar.get("output", {}).get("kind", "probabilities"),
         "temperature": sidecar.get("temperature", 1.0),
         # --threshold wins; else the sidecar's "unknown" rule, as evaluate.py --predict applies
+        # it: a top-probability threshold (the slider's start), or a threshold on the model's
+        # known_score output (then the slider starts at 0 and adds its own)
         "threshold": threshold if threshold is not None else
-        (sidecar.get("unknown") or {}).get("threshold"),
+        (0.0 if by_score else rule.get("threshold")),
+        "known_score": {"score": rule["score"], "threshold": rule["threshold"]} if by_score
+        else None,
         "precision": precision, "model": MODEL_FILE,
         "source_model": sidecar.get("source_model", ""), "created": sidecar.get("created", ""),
         "onnxruntime_web": runtime,

@@ -52,6 +52,8 @@ class ExportJob:
     web_precision: str = "fp32"
     threshold: float | None = None
     unknown: dict | None = None  # the "unknown" rule the sidecars carry (None: fitted here)
+    run: Path | None = None  # the run of ``source`` (the knn bank's training photos)
+    graph: tuple | None = None  # (score, bank, k) computed inside the files; None: max softmax
 
 
 def run_export(job: ExportJob) -> list[ExportResult]:
@@ -66,8 +68,7 @@ def run_export(job: ExportJob) -> list[ExportResult]:
     images, labels = job.check.load_all(source.info.image_size)
     reference = predict_all(source, images)
     logger.info("checking exports on %d images (%s)", len(images), job.check.description)
-    if job.unknown is None:
-        job.unknown = _fit_unknown_rule(reference, job)
+    reference_score = _settle_unknown_rule(source, job, reference, images)
     writers = _keras_writers(job, source) if source.runtime == "keras" else \
         _torch_writers(job, source)
     results = []
@@ -85,7 +86,8 @@ def run_export(job: ExportJob) -> list[ExportResult]:
                                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
             logger.error("%s: conversion failed: %s", path.name, exc)
             continue
-        result = verify_file(path, fmt, precision, reference, images, labels)
+        result = verify_file(path, fmt, precision, reference, images, labels,
+                             reference_score)
         result.file = path.relative_to(job.output_dir).as_posix()  # web/model.onnx
         logger.info("%s: %s in %.1f s", result.file, "verified" if result.passed else "FAILED",
                     time.perf_counter() - started)
@@ -95,17 +97,37 @@ def run_export(job: ExportJob) -> list[ExportResult]:
     return results
 
 
-def _fit_unknown_rule(reference, job: ExportJob) -> dict:
-    """The "unknown" rule when evaluate.py saved none: fitted on the check images (the
-    validation split) with the run's temperature, to keep 95 % of them."""
+def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
+    """The rule the sidecars carry (evaluate.py's, else fitted here on the check images, the
+    validation split, with the run's temperature, to keep 95 % of them), the score the files
+    compute for it (``job.graph``) and that score of the source model on ``images``."""
+    from pokedex_trainer.evaluation import unknown as scoring
     from pokedex_trainer.evaluation.calibration import apply_temperature
-    from pokedex_trainer.evaluation.unknown import DEFAULT_RECALL, fit_rule
+    from pokedex_trainer.evaluation.known_score import RuleScorer, fitted_rule
 
     calibrated = apply_temperature(reference, job.temperature or 1.0)
-    rule = fit_rule(calibrated, DEFAULT_RECALL, f"{job.check.description}, at export")
-    logger.info("'unknown' below a top probability of %.3f (keeps %.0f %% of %s)",
-                rule["threshold"], 100 * DEFAULT_RECALL, job.check.description)
-    return rule
+    inner = source.logits_and_features(images)
+    if job.unknown is not None and job.unknown["score"] in scoring.GRAPH_SCORES and \
+            (inner is None or (job.unknown["score"] == "knn" and job.run is None)):
+        logger.warning("the saved 'unknown' rule (%s) needs the run's features: fitted again "
+                       "here", job.unknown["score"])
+        job.unknown = None
+    if job.unknown is None:
+        job.unknown, _ = fitted_rule(source, job.run, calibrated,
+                                     *(inner if inner is not None else (None, None)),
+                                     scoring.DEFAULT_RECALL,
+                                     f"{job.check.description}, at export",
+                                     job.temperature or 1.0)
+        logger.info("'unknown' below a %s score of %.3f (keeps %.0f %% of %s)",
+                    job.unknown["score"], job.unknown["threshold"],
+                    100 * scoring.DEFAULT_RECALL, job.check.description)
+    name = job.unknown["score"]
+    if name == scoring.SHIPPED_SCORE:
+        job.graph = None
+        return None
+    scorer = RuleScorer(job.unknown, source, job.run)
+    job.graph = (name, scorer.bank, scoring.knn_k(scorer.bank) if name == "knn" else 1)
+    return scorer.score(images, calibrated)
 
 
 def _sidecar(info: ModelInfo, job: ExportJob, fmt: str, precision: str) -> dict:
@@ -145,7 +167,8 @@ def _keras_writers(job: ExportJob, source: Predictor):
                 target = out / f"{stem}_saved_model"
             else:
                 target = Path(tempfile.mkdtemp(prefix="pokedex_saved_model_")) / "model"
-            state["saved_model"] = keras_formats.write_saved_model(model, target)
+            state["saved_model"] = keras_formats.write_saved_model(
+                keras_formats.scored_model(model, job.graph), target)
         return state["saved_model"]
 
     def calibration():
@@ -184,13 +207,13 @@ def _torch_writers(job: ExportJob, source: Predictor):
     out = job.output_dir
     table = {
         "torchscript": (out / f"{stem}.pt", lambda path, sc: torch_formats.write_torchscript(
-            model, size, path, sc)),
+            model, size, path, sc, job.graph)),
         "torch_export": (out / f"{stem}.pt2", lambda path, sc: torch_formats.write_torch_export(
-            model, size, path, sc)),
+            model, size, path, sc, job.graph)),
         "onnx": (out / f"{stem}.onnx", lambda path, sc: torch_formats.write_onnx(
-            model, size, path, job.opset, sc)),
+            model, size, path, job.opset, sc, job.graph)),
         "tflite": (out / f"{stem}_float32.tflite", lambda path, sc: torch_tflite.write_tflite(
-            model, size, path, sc)),
+            model, size, path, sc, job.graph)),
     }
     for fmt in job.formats:
         if fmt == "web":

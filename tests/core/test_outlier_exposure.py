@@ -94,6 +94,22 @@ def test_unknown_photos_teach_the_network_to_not_know(tiny_dataset, tmp_path):
     history = (taught / "history.csv").read_text("utf-8").splitlines()
     accuracy = float(history[-1].split(",")[3])
     assert 0.0 <= accuracy <= 1.0
+    # a fifth of the folder (8 of 40) is held out, and chooses the score that ships
+    from pokedex_trainer.cli.commands import evaluate_main, run_main
+    from pokedex_trainer.data.unknown_photos import split_unknown
+    from pokedex_trainer.evaluation.unknown import SCORES
+
+    trained, held = split_unknown(sorted(unknown.iterdir()), 42)
+    assert len(held) == 8 and not set(trained) & set(held)
+    assert run_main(evaluate_main, ["--run_dir", str(taught), "--output_dir",
+                                    str(tmp_path / "report"), "--latency_runs", "1",
+                                    "--latency_batch", "2"]) == 0
+    rule = json.loads((taught / "calibration.json").read_text("utf-8"))["unknown"]
+    assert rule["chosen_on"]["photos"] == "8 held-out photos of --unknown_dir"
+    aurocs = rule["chosen_on"]["auroc"]
+    assert set(aurocs) == set(SCORES)
+    assert aurocs[rule["score"]] == pytest.approx(max(aurocs.values()), abs=1e-4)
+    assert 0.0 <= rule["unknown_named"] <= 1.0
 
 
 @pytest.mark.slow

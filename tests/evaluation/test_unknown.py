@@ -25,10 +25,10 @@ def test_scores_and_measures_worked_out_by_hand():
     assert found["max_logit"].tolist() == [2.0, 1.0]
     assert found["energy"] == pytest.approx([np.log(np.exp(2) + 2), 1 + np.log(3)])
     bank = scoring.normalized(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    near = scoring.knn_distance(np.array([[2.0, 0.0]]), bank, k=1)
-    assert near == pytest.approx([0.0])
-    second = scoring.knn_distance(np.array([[2.0, 0.0]]), bank, k=2)
-    assert second == pytest.approx([np.sqrt(2 - 2 * np.cos(np.pi / 4))])
+    # knn: the similarity to the k-th most similar bank feature (k = 3 here: the whole bank)
+    assert scoring.knn_similarity(np.array([[2.0, 0.0]]), bank) == pytest.approx([0.0])
+    assert scoring.knn_similarity(np.array([[1.0, 1.0]]), bank) == \
+        pytest.approx([np.cos(np.pi / 4)])
     curve = scoring.coverage_curve(np.array([0.9, 0.1, 0.5, 0.4]),
                                    np.array([True, False, True, False]), points=4)
     assert [p["accuracy"] for p in curve] == [1.0, 1.0, 2 / 3, 0.5]
@@ -59,7 +59,9 @@ def test_unknown_data_adds_every_score_to_the_report(which, keras_run, torch_run
     assert set(section["scores"]) == {"max_softmax", "max_logit", "energy", "knn"}
     for row in section["scores"].values():
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr_at_95_recall"] <= 1.0
-    assert section["shipped_rule"]["score"] == "max_softmax"
+    # the run's network gives features: knn ships (the best without unknown photos)
+    assert section["shipped_rule"]["score"] == "knn"
+    assert section["shipped_rule"]["output"] == "known_score"
     assert 0.0 <= section["named_as_species"] <= 1.0
     assert (out / "unknown_scores.png").is_file() and (out / "accuracy_coverage.png").is_file()
     assert "## Photos of none of the classes" in (out / "report.md").read_text("utf-8")
@@ -95,9 +97,11 @@ def test_predict_applies_the_fitted_rule_and_exports_carry_it(keras_run, tiny_da
         if model.suffix != ".keras":
             sidecar = json.loads((model.parent / (model.name + ".json")).read_text("utf-8"))
             assert sidecar["unknown"]["threshold"] == rule["threshold"]
-        rows = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p"))
+        run = keras_run if model.suffix == ".keras" else None  # the knn bank's photos
+        rows = predict_command(str(photos), str(run) if run else None,
+                               None if run else str(model), 3, None, str(tmp_path / "p"))
         for row in rows:
-            assert (row["prediction"] == "unknown") == (row["confidence"] < rule["threshold"])
+            assert (row["prediction"] == "unknown") == (row["known_score"] < rule["threshold"])
         answers[model.suffix] = [row["prediction"] for row in rows]
     assert "unknown" in answers[".keras"] and len(set(answers[".keras"])) > 1
     assert answers[".onnx"] == answers[".keras"] == answers[".tflite"]
@@ -184,7 +188,7 @@ def test_the_documented_app_snippets_give_the_same_verdicts(keras_run, tiny_data
             exec(compile(code, "docs/export.md", "exec"), {})
             printed = capsys.readouterr().out.split()
             assert float(printed[1]) == pytest.approx(expected["confidence"], abs=1e-3)
-            if abs(expected["confidence"] - rule["threshold"]) > 1e-3:
+            if abs(expected["known_score"] - rule["threshold"]) > 1e-3:
                 checked += 1
                 assert printed[0] == expected["prediction"], (index, printed, expected)
     assert checked >= 4
@@ -214,8 +218,9 @@ def test_predict_on_a_run_without_calibration_takes_the_rule_export_fitted(
     with caplog.at_level("INFO"):
         rows = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "p"))
     assert "the one export.py fitted (tiny_keras_best" in caplog.text
+    assert rule["score"] == "knn"
     for row in rows:
-        assert (row["prediction"] == "unknown") == (row["confidence"] < rule["threshold"])
+        assert (row["prediction"] == "unknown") == (row["known_score"] < rule["threshold"])
     sidecar["unknown"]["threshold"] = 2.0  # broken: passed over, never trusted
     (run / "export" / "tiny_keras_best.onnx.json").write_text(json.dumps(sidecar), "utf-8")
     for other in (run / "export").glob("*.json"):

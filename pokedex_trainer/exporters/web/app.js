@@ -44,12 +44,17 @@ async function answer(decoded, name) {
   const input = PokedexPreprocess.toInput(decoded, state.config);
   const tensor = new state.ort.Tensor("float32", input.data, input.dims);
   const outputs = await state.session.run({ [state.session.inputNames[0]]: tensor });
-  const raw = outputs[state.session.outputNames[0]].data;
+  // the (1, classes) output holds the probabilities; a (1) or (1, 1) one, where the model has
+  // it, the "unknown" rule's known_score (found by shape: converters name outputs their way)
+  const tensors = state.session.outputNames.map((name) => outputs[name]);
+  const main = tensors.find((t) => t.dims.length === 2 && t.dims[1] === state.config.class_names.length) || tensors[0];
+  const extra = tensors.find((t) => t !== main && t.data.length === 1);
+  const raw = main.data;
   const probabilities = calibrate(raw, state.config.temperature || 1);
   const order = probabilities.map((p, i) => i).sort((a, b) => probabilities[b] - probabilities[a] || a - b);
   const names = state.config.class_names;
   const top = order.slice(0, Math.min(3, names.length)).map((i) => ({ label: names[i], p: probabilities[i] }));
-  const result = { name, probabilities, top };
+  const result = { name, probabilities, top, knownScore: extra ? Number(extra.data[0]) : null };
   if (debug) result.pixels = Array.from(input.pixels);  // the resized RGB bytes, for tests
   return result;
 }
@@ -59,9 +64,12 @@ async function classify(file) {
 }
 
 // the same rule as evaluate.py --predict: "unknown" below the threshold (the sidecar's fitted
-// rule unless export.py --threshold gave another)
+// rule unless export.py --threshold gave another): on the top calibrated probability, or on the
+// model's known_score output when the rule is another score (the slider then adds its own)
 function verdict(result) {
-  return result.top[0].p >= state.threshold ? result.top[0].label : "unknown";
+  const rule = state.config.known_score;
+  const byScore = !rule || (result.knownScore !== null && result.knownScore >= rule.threshold);
+  return byScore && result.top[0].p >= state.threshold ? result.top[0].label : "unknown";
 }
 
 function bars(top) {

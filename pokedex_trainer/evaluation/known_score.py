@@ -1,0 +1,174 @@
+"""The shipped "unknown" rule applied to any model file: the same score, the same verdict.
+
+A run's own model (``.keras``, ``.pth``) gives its logits and penultimate features, from which
+evaluation/unknown.py computes every score; an exported file computes the rule's score itself
+(its ``known_score`` output, exporters put it there) or, for max softmax, gives the
+probabilities it is read from. The knn score needs a bank of training features: the normalized
+features of up to KNN_BANK training photos of the run (a seeded choice), kept in the run folder
+(``unknown_bank/<model file>.npy``) so that evaluate.py, export.py and ``--predict`` use the
+very same bank, and recomputed when the model file changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pokedex_trainer.errors import UserError
+from pokedex_trainer.evaluation import unknown as scoring
+
+logger = logging.getLogger(__name__)
+
+BANK_FOLDER = "unknown_bank"
+BANK_SEED = 3
+
+
+def model_outputs(predictor, images, label: str):
+    """(probabilities, labels, logits or None, features or None) of every readable image."""
+    probabilities, labels, logits, features = [], [], [], []
+    for batch, batch_labels in images.load(predictor.info.image_size, 32, progress=label):
+        probabilities.append(predictor.predict(batch))
+        labels.append(batch_labels)
+        inner = predictor.logits_and_features(batch)
+        if inner is not None:
+            logits.append(inner[0])
+            features.append(inner[1])
+    if not probabilities:
+        raise UserError(f"no readable photo in {images.description}")
+    joined = np.concatenate(probabilities)
+    if logits and sum(len(x) for x in logits) == len(joined):
+        return joined, np.concatenate(labels), np.concatenate(logits), np.concatenate(features)
+    return joined, np.concatenate(labels), None, None
+
+
+def _stamp(path: Path) -> dict:
+    stat = Path(path).stat()
+    return {"model": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def feature_bank(predictor, run: Path | None) -> np.ndarray | None:
+    """Normalized features of up to KNN_BANK training photos of ``run`` (float32), or None
+    where there is no run, no training split, or no features (a network of another shape)."""
+    from pokedex_trainer.runs.finished import run_split
+    from pokedex_trainer.user_io.atomic import atomic_write_bytes, atomic_write_json
+
+    if run is None or predictor.runtime not in ("keras", "pytorch"):
+        return None
+    folder = Path(run) / BANK_FOLDER
+    target = folder / f"{predictor.path.name}.npy"
+    meta = folder / f"{predictor.path.name}.json"
+    stamp = _stamp(predictor.path)
+    try:
+        if json.loads(meta.read_text("utf-8")) == stamp:
+            bank = np.load(target, allow_pickle=False)
+            if bank.ndim == 2 and bank.dtype == np.float32 and len(bank):
+                return bank
+    except (OSError, ValueError):
+        pass  # absent or damaged: computed again below
+    try:
+        train = run_split(run, "train")
+    except UserError:
+        return None
+    if not train.samples:
+        return None
+    chosen = train.subset(scoring.KNN_BANK, seed=BANK_SEED)
+    features = model_outputs(predictor, chosen, "training photos (feature bank)")[3]
+    if features is None:
+        return None
+    # no two equal rows: the exported files find the k-th highest similarity by removing the
+    # highest k-1 times, all equal ones at once (exporters/torch_formats.py KnownScore)
+    bank = np.unique(scoring.normalized(features).astype(np.float32), axis=0)
+    folder.mkdir(exist_ok=True)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, bank, allow_pickle=False)
+    atomic_write_bytes(target, buffer.getvalue())
+    atomic_write_json(meta, stamp)
+    return bank
+
+
+def held_out_unknown(run: Path | None):
+    """The unknown photos a run held out of ``--unknown_dir`` (LabelledImages), or None."""
+    from pokedex_trainer.data.unknown_photos import unknown_validation_files
+    from pokedex_trainer.runs.finished import LabelledImages
+    from pokedex_trainer.runs.store import RunStore
+
+    if run is None or not RunStore(run).is_run():
+        return None
+    try:
+        config = RunStore(run).saved_config()
+    except UserError:
+        return None
+    files = unknown_validation_files(config.unknown_dir, Path(run).parent, config.seed)
+    if not files:
+        return None
+    return LabelledImages(Path("/"), [], [(str(f.resolve()), -1) for f in files],
+                          f"{len(files)} held-out photos of --unknown_dir")
+
+
+def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, features,
+                recall: float, fitted_on: str, temperature: float = 1.0
+                ) -> tuple[dict, np.ndarray | None]:
+    """(the rule that ships, the bank it needs or None), fitted on validation outputs: the
+    score with the best AUROC against the run's held-out unknown photos where it has some
+    (``--unknown_dir``), else choose_score's default; the threshold keeps ``recall`` of the
+    validation photos."""
+    from pokedex_trainer.evaluation.calibration import apply_temperature
+
+    bank = feature_bank(predictor, run) if features is not None else None
+    val_scores = scoring.scores(calibrated, logits, features, bank)
+    unknown, score, chosen_on = held_out_unknown(run), None, None
+    if unknown is not None:
+        u_probabilities, _, u_logits, u_features = model_outputs(
+            predictor, unknown, "held-out unknown photos")
+        u_scores = scoring.scores(apply_temperature(u_probabilities, temperature), u_logits,
+                                  u_features, bank)
+        usable = {name: val_scores[name] for name in val_scores if name in u_scores}
+        score = scoring.choose_score(usable, val_scores, u_scores)
+        chosen_on = {name: round(scoring.auroc(val_scores[name], u_scores[name]), 4)
+                     for name in usable}
+    rule = scoring.fit_rule(val_scores, recall, fitted_on, score=score,
+                            bank_photos=0 if bank is None else len(bank))
+    if chosen_on is not None:
+        rule["chosen_on"] = {"photos": unknown.description, "auroc": chosen_on}
+        threshold = rule["threshold"]
+        named = float((u_scores[rule["score"]] >= threshold).mean())
+        rule["unknown_named"] = round(named, 4)  # the held-out unknown photos still named
+    return rule, (bank if rule["score"] == "knn" else None)
+
+
+class RuleScorer:
+    """The score of ``rule`` for one model file: ``score(images, calibrated)``."""
+
+    def __init__(self, rule: dict | None, predictor, run: Path | None):
+        self.rule, self.predictor, self.bank = rule, predictor, None
+        self.name = (rule or {}).get("score", scoring.SHIPPED_SCORE)
+        self.own = predictor.runtime in ("keras", "pytorch")
+        if self.name == "knn" and self.own:
+            self.bank = feature_bank(predictor, run)
+            if self.bank is None:
+                raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn, which "
+                                "needs the training photos of its run: give --run_dir")
+
+    def score(self, images: np.ndarray, calibrated: np.ndarray,
+              file_score: np.ndarray | None = None) -> np.ndarray:
+        """The rule's score of uint8 ``images`` (``calibrated``: their calibrated
+        probabilities; ``file_score``: the exported file's known_score output, if read)."""
+        if self.name == scoring.SHIPPED_SCORE:
+            return calibrated.max(axis=1)
+        if not self.own:
+            if file_score is None:
+                file_score = self.predictor.predict_and_score(images)[1]
+            if file_score is None:
+                raise UserError(f"the 'unknown' rule of {self.predictor.path.name} is "
+                                f"{self.name}, but the file has no known_score output")
+            return file_score
+        inner = self.predictor.logits_and_features(images)
+        if inner is None:
+            raise UserError(f"the 'unknown' rule is {self.name}, which needs the network's "
+                            f"logits and features; {self.predictor.path.name} gives neither")
+        return scoring.scores(calibrated, inner[0], inner[1], self.bank)[self.name]
