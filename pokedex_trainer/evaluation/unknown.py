@@ -69,7 +69,7 @@ def knn_similarity(features: np.ndarray, bank: np.ndarray) -> np.ndarray:
     k = knn_k(bank)
     found = []
     for start in range(0, len(features), 256):  # memory: 256 x bank similarities at a time
-        similarity = normalized(features[start:start + 256]) @ bank.T
+        similarity = np.clip(normalized(features[start:start + 256]) @ bank.T, -1.0, 1.0)
         found.append(-np.partition(-similarity, k - 1, axis=1)[:, k - 1])
     return np.concatenate(found) if found else np.zeros(0)
 
@@ -162,6 +162,8 @@ def checked_rule(rule, where: str) -> dict | None:
         raise UserError(f"{where}: its 'unknown' rule is not a threshold on one of the scores "
                         f"{', '.join(SCORES)}")
     low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0)}.get(score, (-np.inf, np.inf))
+    if score == "knn":  # a similarity, with float32 rounding either side
+        low, high = low - 1e-3, high + 1e-3
     if not low <= threshold <= high:
         raise UserError(f"{where}: its 'unknown' threshold {threshold:g} is outside the range "
                         f"of {score} ({low:g} to {high:g})")

@@ -106,10 +106,13 @@ def predict_and_score_all(predictor: Predictor, images: np.ndarray, batch_size: 
 
 
 def score_difference(reference: np.ndarray, exported: np.ndarray | None) -> float:
-    """max |known_score difference| over the spread of the source's scores (inf: none)."""
+    """max |known_score difference| over the spread of the source's scores (inf: none); a
+    spread under a tenth of the scores' size counts as that tenth (an untrained network's
+    scores all but equal: float32 rounding is no disagreement)."""
     if exported is None or exported.shape != reference.shape:
         return float("inf")
-    spread = max(float(np.ptp(reference)), 1e-6)
+    size = float(np.abs(reference).max()) if len(reference) else 1.0
+    spread = max(float(np.ptp(reference)), 0.1 * max(size, 1.0))
     return float(np.abs(exported - reference).max() / spread) if len(reference) else 0.0
 
 
