@@ -255,3 +255,30 @@ def test_unknown_benchmark_sets_apart_known_near_and_far(tmp_path):
     assert not builtin & {content_hash(p) for p in far}
     with pytest.raises(bench.TransferError, match="--held_out"):
         bench.split_folders(photos, ["dog", "unicorn"], tmp_path / "work2")
+
+
+def test_unknown_benchmark_splits_the_classes_and_writes_a_far_set_none_trained_on(tmp_path):
+    """benchmarks/unknown.py's sets: eight known classes, two held out (their train photos the
+    unknown folder, their test photos the near set), and 200 far images."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from imagenet_transfer import TransferError
+    from unknown import split_folders
+
+    photos = tmp_path / "photos"
+    names = [f"c{i}" for i in range(10)]
+    for split in ("train", "test"):
+        for name in names:
+            (photos / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(
+                photos / split / name / f"{split}_{name}.png")
+    sets = split_folders(photos, ["c3", "c7"], tmp_path / "work")
+    assert sorted(p.name for p in sets["known_train"].iterdir()) == \
+        [n for n in names if n not in ("c3", "c7")]
+    assert sorted(p.name for p in sets["near_test"].iterdir()) == ["c3", "c7"]
+    far = sorted(sets["far_test"].iterdir())
+    assert len(far) == 200 and sum(p.name.startswith("digit_") for p in far) == 100
+    with pytest.raises(TransferError, match="must name two of"):
+        split_folders(photos, ["c3"], tmp_path / "again")

@@ -79,8 +79,13 @@ def test_a_checkpoint_cannot_execute_code(tmodels, tmp_path):
     torch.save({"state_dict": {"x": Exploit()}}, evil)
     with pytest.raises(UserError, match="holds more than tensors .*refused, since loading it could run code"):
         tmodels.load_backbone_file(tmodels._resnet152("none"), evil, "ResNet152")
-    with pytest.raises(Exception):
+    import pickle
+
+    from pokedex_trainer.backends.torch.tensor_files import why_not_tensors
+
+    with pytest.raises(pickle.UnpicklingError) as caught:  # weights_only refused the object
         tmodels.load_checkpoint(evil)
+    assert why_not_tensors(caught.value).endswith("refused, since loading it could run code")
     assert not marker.exists()
 
 

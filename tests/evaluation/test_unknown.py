@@ -231,3 +231,45 @@ def test_predict_on_a_run_without_calibration_takes_the_rule_export_fitted(
         rows = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "q"))
     assert "export.py fitted" not in caplog.text
     assert all(row["prediction"] != "unknown" for row in rows)
+
+
+@pytest.mark.slow
+def test_every_pytorch_export_computes_the_rule_score_and_gives_the_same_verdicts(
+        torch_run, tiny_dataset, tmp_path):
+    """The knn rule of a PyTorch run: TorchScript, torch.export, ONNX and TFLite (one image
+    per call: litert-torch fixes the batch) each compute known_score themselves, and answer
+    'unknown' for the same photos as the run's .pth with its bank."""
+    import shutil
+
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    run = tmp_path / "run"
+    shutil.copytree(torch_run, run)
+    shutil.rmtree(run / "export", ignore_errors=True)
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--output_dir",
+                                    str(tmp_path / "report"), "--unknown_recall", "0.6",
+                                    *FAST]) == 0
+    rule = json.loads((run / "calibration.json").read_text("utf-8"))["unknown"]
+    assert rule["score"] == "knn" and rule["output"] == "known_score"
+    bank = np.load(next((run / "unknown_bank").glob("*.npy")))
+    assert len(np.unique(bank, axis=0)) == len(bank) == rule["bank_photos"]
+    assert run_main(export_main, ["--run_dir", str(run), "--formats",
+                                  "torchscript,torch_export,onnx,tflite",
+                                  "--check_images", "6"]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(tiny_dataset.rglob("*.jpg"))[::4][:8]:
+        (photos / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    _noise_folder(photos, 8, nested=False)
+    own = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "own"))
+    assert {"unknown"} != {r["prediction"] for r in own} and \
+        "unknown" in {r["prediction"] for r in own}
+    for name in ("tiny_torch_best.pt", "tiny_torch_best.pt2", "tiny_torch_best.onnx",
+                 "tiny_torch_best_float32.tflite"):
+        model = run / "export" / name
+        assert json.loads(model.with_name(name + ".json").read_text("utf-8"))["unknown"] == rule
+        rows = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / name))
+        for mine, theirs in zip(own, rows):
+            assert theirs["known_score"] == pytest.approx(mine["known_score"], abs=1e-4)
+            if abs(mine["known_score"] - rule["threshold"]) > 1e-4:
+                assert theirs["prediction"] == mine["prediction"], name

@@ -132,15 +132,20 @@ def test_memory_available_reads_the_cgroup_limit(tmp_path, v1):
     assert memory.memory_available(root, self_file) == 40 * mib
 
 
-def test_memory_available_without_a_limit_is_the_machines(tmp_path):
+def test_memory_available_without_a_limit_is_the_machines(tmp_path, monkeypatch):
+    import collections
+
     import psutil
 
     from pokedex_trainer.machine import memory
 
     root, self_file = fake_cgroup(tmp_path, 2**62)
     (root / "job" / "memory.max").write_text("max\n")
-    free = psutil.virtual_memory().available
-    assert abs(memory.memory_available(root, self_file) - free) < free / 2
+    machine = collections.namedtuple("vmem", "available")(3 * 2**30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: machine)
+    assert memory.memory_available(root, self_file) == 3 * 2**30  # no limit: the machine's
+    (root / "job" / "memory.max").write_text(f"{2**30}\n")
+    assert memory.memory_available(root, self_file) == 2**30  # a limit below it wins
 
 
 @pytest.fixture

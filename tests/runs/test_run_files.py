@@ -2,6 +2,7 @@
 
 import multiprocessing
 import sys
+from pathlib import Path
 
 from pokedex_trainer.runs.store import create_run_dir
 from pokedex_trainer.runs.run_log import capture_to_log
@@ -34,10 +35,27 @@ def test_concurrent_appends_keep_every_row_intact(tmp_path):
     assert path.read_text().count("run_name") == 1
 
 
+def _create_after(barrier, root, queue):
+    barrier.wait()  # every process asks for the same name as the others are asking
+    queue.put(str(create_run_dir(root, "mobilenet_20250101_000000")))
+
+
 def test_run_dirs_never_collide(tmp_path):
+    """Two runs started in the same second by two processes get two folders: the name is
+    taken by creating the folder (mkdir), never by checking first."""
     first = create_run_dir(tmp_path, "mobilenet_20250101_000000")
     second = create_run_dir(tmp_path, "mobilenet_20250101_000000")
     assert first != second and first.is_dir() and second.is_dir()
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_create_after, args=(barrier, tmp_path / "many", queue))
+                 for _ in range(4)]
+    for p in processes:
+        p.start()
+    made = [queue.get(timeout=120) for _ in processes]
+    for p in processes:
+        p.join()
+    assert len(set(made)) == 4 and all(Path(m).is_dir() for m in made)
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
