@@ -227,6 +227,3 @@ class MobileNetV2Trainer(Trainer):
 
     model_type = "mobilenet"
 
-
-TRAINERS = {"efficientnet": EfficientNetTrainer, "resnet": ResNet152Trainer,
-            "mobilenet": MobileNetV2Trainer}

@@ -28,7 +28,6 @@ from pokedex_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-CACHE_KINDS = ("none", "ram", "disk")
 CACHE_VERSION = 1
 PIXELS, STAMPS, META, LOCK = "pixels.u8", "stamps.i8", "cache.json", "cache.lock"
 # stamps[i] = (valid, file size, modification time in ns)

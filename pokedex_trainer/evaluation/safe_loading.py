@@ -241,9 +241,3 @@ def _checked_saved_model(path: Path, trusted: bool) -> CheckedModel:
     weakref.finalize(checked, shutil.rmtree, str(private), True)
     return checked
 
-
-def validate_pt2(path: Path) -> None:
-    """Check a ``torch.export`` archive before ``torch.export.load`` reads it (evaluation/pt2_check.py)."""
-    from pokedex_trainer.evaluation.pt2_check import checked_pt2_bytes
-
-    checked_pt2_bytes(path)

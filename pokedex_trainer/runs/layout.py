@@ -34,7 +34,6 @@ RESUME_DIR = "resume"
 RESUME_STATE = "state.json"
 PARTIAL_DIR = ".partial"
 EXPERIMENTS = "experiments.csv"
-MODEL_EXTENSIONS = {"keras": ".keras", "torch": ".pth"}
 
 
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
@@ -94,9 +93,6 @@ class RunLayout:
         except (OSError, ValueError, KeyError, TypeError):
             return cls(root)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.root / name
-
     @property
     def config(self) -> Path:
         return self.root / CONFIG
@@ -124,14 +120,6 @@ class RunLayout:
     @property
     def calibration(self) -> Path:
         return self.root / CALIBRATION
-
-    @property
-    def evaluation_dir(self) -> Path:
-        return self.root / EVALUATION_DIR
-
-    @property
-    def export_dir(self) -> Path:
-        return self.root / EXPORT_DIR
 
     @property
     def resume_dir(self) -> Path:
