@@ -259,8 +259,9 @@ def evaluate_command(args: argparse.Namespace):
         return search_report_command(args.search, args.search_storage, args.output_dir)
     if args.latency_runs < 1 or args.latency_batch < 1 or args.top_k < 1:
         raise UserError("--latency_runs, --latency_batch and --top_k must be at least 1")
-    if args.threshold is not None and not 0 <= args.threshold <= 1.01:
-        raise UserError("--threshold is a probability between 0 and 1")
+    from pokedex_trainer.evaluation.unknown import check_threshold
+
+    check_threshold(args.threshold)
     if args.trust_model_file:
         if not args.model:
             raise UserError("--trust_model_file goes with --model FILE")

@@ -106,6 +106,15 @@ def coverage_curve(score: np.ndarray, correct: np.ndarray, points: int = 20) -> 
     return curve
 
 
+def check_threshold(threshold: float | None) -> float | None:
+    """``--threshold`` of evaluate.py --predict and of export.py (the web page): a top
+    calibrated probability, from 0 (never "unknown") to 1."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold {threshold:g}: give a top probability between 0 (never "
+                        "'unknown') and 1")
+    return threshold
+
+
 def check_recall(recall: float) -> float:
     if not 0.5 <= recall < 1.0:
         raise UserError(f"--unknown_recall {recall:g}: give the share of known photos to keep, "

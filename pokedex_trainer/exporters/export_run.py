@@ -56,8 +56,9 @@ def export_command(run_dir: str | None = None, model: str | None = None,
     from pokedex_trainer.exporters.web_page import check_precision
 
     web_precision = check_precision(web_precision)
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise UserError("--threshold is a probability between 0 and 1")
+    from pokedex_trainer.evaluation.unknown import check_threshold
+
+    check_threshold(threshold)
     if "web" not in wanted and (web_precision != "fp32" or threshold is not None):
         logger.warning("--web_precision and --threshold are for the web page, which this "
                        "export does not write (--formats web): ignored")

@@ -203,8 +203,12 @@ def test_predict_folder_writes_one_row_per_image_and_unknown_below_threshold(
         assert float(row["top1_probability"]) >= float(row["top2_probability"])
     assert len(json.loads((out / "predictions.json").read_text(encoding="utf-8"))) == 12
     assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--predict",
-                                    str(rows[0]["image"]), "--threshold", "1.01"]) == 0
+                                    str(rows[0]["image"]), "--threshold", "1"]) == 0
     assert ": unknown" in capsys.readouterr().out
+    for wrong in ("1.01", "-0.1"):  # the same bound as export.py's --threshold
+        assert run_main(evaluate_main, ["--run_dir", str(keras_run), "--predict",
+                                        str(rows[0]["image"]), "--threshold", wrong]) == 2
+        assert "between 0 (never 'unknown') and 1" in capsys.readouterr().err
 
 
 def test_mismatched_classes_and_missing_model_are_one_line_errors(keras_run, tmp_path,
