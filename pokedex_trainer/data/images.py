@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pokedex_trainer.errors import reason_line
+
 EXIF_ORIENTATION = 0x0112
 
 
@@ -79,7 +81,7 @@ def read_image(path: Path | str, min_size: tuple[int, int] | None = None) -> np.
 def _pillow_reason(exc: Exception) -> str:
     """Pillow's complaint as a user reads it (its "cannot identify image file
     <_io.BytesIO object at 0x...>" names a buffer, not the file)."""
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = reason_line(exc)
     if reason.startswith("cannot identify image file"):
         return "not an image (no JPEG or PNG content)"
     return reason

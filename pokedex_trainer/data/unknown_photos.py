@@ -158,17 +158,13 @@ def split_unknown(files: list[Path], seed: int) -> tuple[list[Path], list[Path]]
             [f for i, f in enumerate(files) if i in chosen])
 
 
-def unknown_validation_files(given: str | None, output_dir: Path, seed: int) -> list[Path]:
-    """The held-out unknown photos of a run trained with ``--unknown_dir`` (the same seeded
+def unknown_validation_files(given: str | None, seed: int) -> list[Path]:
+    """The held-out unknown photos of a run trained with ``--unknown_dir DIR`` (the same seeded
     choice as at training); empty when there are none or the folder is gone."""
-    if not given:
-        return []
-    folder = Path(output_dir) / BUILTIN_FOLDER / BUILTIN_VERSION if given == BUILTIN \
-        else Path(given)
-    if given == BUILTIN and not (folder / ".complete").is_file():
-        return []  # read where training wrote it, never written again from here
+    if not given or given == BUILTIN:
+        return []  # the generated images are not held out (split_unknown)
     try:
-        return split_unknown(photo_files(folder, "--unknown_dir"), seed)[1]
+        return split_unknown(photo_files(Path(given), "--unknown_dir"), seed)[1]
     except (UserError, OSError):
         return []
 
@@ -185,7 +181,12 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     if given != BUILTIN:
         check_no_shared_photos(files, known)
         _check_one_readable(files, folder)
-    files, held = split_unknown(files, seed)
+    # A user's folder: a fifth held out to choose the score. Not the generated images: outlier
+    # exposure trains max softmax on their kind, so their held-out twins would choose it,
+    # while on real far photos knn does better (docs/benchmarks.md).
+    held = []
+    if given != BUILTIN:
+        files, held = split_unknown(files, seed)
     if held:
         logger.info("--unknown_dir: %d of its photos held out to choose the 'unknown' score "
                     "and check its threshold (evaluate.py, export.py)", len(held))

@@ -49,9 +49,10 @@ def _stamp(path: Path) -> dict:
     return {"model": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def feature_bank(predictor, run: Path | None) -> np.ndarray | None:
+def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray | None:
     """Normalized features of up to KNN_BANK training photos of ``run`` (float32), or None
-    where there is no run, no training split, or no features (a network of another shape)."""
+    where there is no run, no training split, or no features (a network of another shape).
+    ``keep``: save a bank computed here in the run folder (export.py only reads the run)."""
     from pokedex_trainer.runs.finished import run_split
     from pokedex_trainer.user_io.atomic import atomic_write_bytes, atomic_write_json
 
@@ -81,6 +82,8 @@ def feature_bank(predictor, run: Path | None) -> np.ndarray | None:
     # no two equal rows: the exported files find the k-th highest similarity by removing the
     # highest k-1 times, all equal ones at once (exporters/torch_formats.py KnownScore)
     bank = np.unique(scoring.normalized(features).astype(np.float32), axis=0)
+    if not keep:
+        return bank
     folder.mkdir(exist_ok=True)
     import io
 
@@ -103,7 +106,7 @@ def held_out_unknown(run: Path | None):
         config = RunStore(run).saved_config()
     except UserError:
         return None
-    files = unknown_validation_files(config.unknown_dir, Path(run).parent, config.seed)
+    files = unknown_validation_files(config.unknown_dir, config.seed)
     if not files:
         return None
     return LabelledImages(Path("/"), [], [(str(f.resolve()), -1) for f in files],
@@ -111,7 +114,7 @@ def held_out_unknown(run: Path | None):
 
 
 def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, features,
-                recall: float, fitted_on: str, temperature: float = 1.0
+                recall: float, fitted_on: str, temperature: float = 1.0, keep: bool = True
                 ) -> tuple[dict, np.ndarray | None]:
     """(the rule that ships, the bank it needs or None), fitted on validation outputs: the
     score with the best AUROC against the run's held-out unknown photos where it has some
@@ -119,7 +122,7 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
     validation photos."""
     from pokedex_trainer.evaluation.calibration import apply_temperature
 
-    bank = feature_bank(predictor, run) if features is not None else None
+    bank = feature_bank(predictor, run, keep) if features is not None else None
     val_scores = scoring.scores(calibrated, logits, features, bank)
     unknown, score, chosen_on = held_out_unknown(run), None, None
     if unknown is not None:
@@ -144,12 +147,12 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
 class RuleScorer:
     """The score of ``rule`` for one model file: ``score(images, calibrated)``."""
 
-    def __init__(self, rule: dict | None, predictor, run: Path | None):
+    def __init__(self, rule: dict | None, predictor, run: Path | None, keep: bool = True):
         self.rule, self.predictor, self.bank = rule, predictor, None
         self.name = (rule or {}).get("score", scoring.SHIPPED_SCORE)
         self.own = predictor.runtime in ("keras", "pytorch")
         if self.name == "knn" and self.own:
-            self.bank = feature_bank(predictor, run)
+            self.bank = feature_bank(predictor, run, keep)
             if self.bank is None:
                 raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn, which "
                                 "needs the training photos of its run: give --run_dir")

@@ -81,6 +81,7 @@ def calibrate(member: Member) -> None:
         return
     from pokedex_trainer.evaluation.known_score import fitted_rule, model_outputs
 
+    read_calibration_file(member.calibration_path)  # a damaged one is refused before any work
     probabilities, labels, logits, features = model_outputs(member.predictor, val,
                                                             "validation split")
     temperature = fit_temperature(probabilities, labels)

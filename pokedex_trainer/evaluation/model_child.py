@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _reason(exc: BaseException, path: str) -> tuple[str, str]:
     if isinstance(exc, MemoryError) or "bad_alloc" in str(exc):
         return "error", f"'{path}' asked for more memory than this machine has free; it is " \
                         "not run"
-    return "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return "failed", reason_line(exc)
 
 
 def address_space_limit() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.evaluation.model_files import (
     ModelInfo,
     class_names_near,
@@ -127,7 +127,7 @@ class KerasPredictor(Predictor):
             self.model = keras.models.load_model(path, compile=False)
         except Exception as exc:
             raise UserError(f"could not load Keras model '{path}': "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                            f"{reason_line(exc)}") \
                 from None
         names = class_names or class_names_near(path)
         if names is None:
@@ -247,7 +247,7 @@ class _SidecarPredictor(Predictor):
         except Exception as exc:
             raise UserError(f"'{self.path}' does not take the input its sidecar describes "
                             f"({info.layout}, {info.image_size[0]}x{info.image_size[1]}): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            f"{reason_line(exc)}"
                             ) from None
         if out.shape != (1, info.num_classes):
             raise UserError(f"'{self.path}' answers with shape {tuple(out.shape)}, but its "
@@ -394,5 +394,5 @@ def load_predictor(path: Path | str, class_names: list[str] | None = None,
         raise
     except Exception as exc:
         raise UserError(f"could not load '{path}' in {cls.runtime}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                        f"{reason_line(exc)}") \
             from None

@@ -13,6 +13,7 @@ import numpy as np
 
 from pokedex_trainer.evaluation.latency import measure_latency
 from pokedex_trainer.evaluation.predict import Predictor, load_predictor
+from pokedex_trainer.errors import reason_line
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def verify_file(path: Path, fmt: str, precision: str, reference: np.ndarray,
         predictor = load_predictor(path, trust=True)  # written by this process just now
         exported, score = predict_and_score_all(predictor, images)
     except Exception as exc:  # a file its runtime cannot run is a failed export
-        result.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        result.reason = f"{type(exc).__name__}: {reason_line(exc)}"
         return result
     figures = compare(reference, exported, labels, tolerance)
     for key, value in figures.items():

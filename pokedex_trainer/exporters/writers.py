@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pokedex_trainer import __version__
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.evaluation.model_files import ModelInfo, sidecar_path
 from pokedex_trainer.evaluation.predict import Predictor, load_predictor
 from pokedex_trainer.exporters.choices import DEFAULT_OPSET
@@ -83,7 +83,7 @@ def run_export(job: ExportJob) -> list[ExportResult]:
             if fmt == "web":
                 _remove(path.parent)
             results.append(ExportResult(path.name, fmt, precision, reason=f"conversion failed: "
-                                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+                                        f"{type(exc).__name__}: {reason_line(exc)}"))
             logger.error("%s: conversion failed: %s", path.name, exc)
             continue
         result = verify_file(path, fmt, precision, reference, images, labels,
@@ -117,7 +117,7 @@ def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
                                      *(inner if inner is not None else (None, None)),
                                      scoring.DEFAULT_RECALL,
                                      f"{job.check.description}, at export",
-                                     job.temperature or 1.0)
+                                     job.temperature or 1.0, keep=False)
         logger.info("'unknown' below a %s score of %.3f (keeps %.0f %% of %s)",
                     job.unknown["score"], job.unknown["threshold"],
                     100 * scoring.DEFAULT_RECALL, job.check.description)
@@ -125,7 +125,7 @@ def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
     if name == scoring.SHIPPED_SCORE:
         job.graph = None
         return None
-    scorer = RuleScorer(job.unknown, source, job.run)
+    scorer = RuleScorer(job.unknown, source, job.run, keep=False)  # the run is only read
     job.graph = (name, scorer.bank, scoring.knn_k(scorer.bank) if name == "knn" else 1)
     return scorer.score(images, calibrated)
 

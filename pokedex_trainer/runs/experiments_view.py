@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.runs.experiments_table import (
     EXPERIMENT_COLUMNS,
     read_experiment_rows,
@@ -37,7 +37,7 @@ def load_experiments(output_dir: Path | str) -> list[dict]:
         rows = read_experiment_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"'{path}' is not an experiments table this tool can read (UTF-8 CSV): "
-                        f"{str(exc).splitlines()[0]}") from None
+                        f"{reason_line(exc)}") from None
     if rows and "run_name" not in rows[0]:
         raise UserError(f"'{path}' is not an experiments table of this tool (no run_name "
                         "column)")

@@ -20,7 +20,7 @@ from pokedex_trainer.core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from pokedex_trainer.machine.memory_watch import MemoryWatch
 from pokedex_trainer.core.loop import MONITOR, RunState, run_phases
 from pokedex_trainer.core.phases import plan_phases
-from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError
+from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError, reason_line
 from pokedex_trainer.runs.distributed import describe_group, describe_node, group_problem
 from pokedex_trainer.runs.distributed import world as process_world
 from pokedex_trainer.runs.experiment_row import environment_info, experiment_row
@@ -388,8 +388,8 @@ def describe_failure(exc: BaseException, resumable: bool = True) -> str:
         if exc.errno == errno.ENOSPC:
             return f"no space left on the disk{where}: free some space, {then}"
         return f"{exc.strerror or exc}{where}"
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{name}: {first}" if first else name
+    first = reason_line(exc)  # the type's name when the exception says nothing
+    return f"{name}: {first}" if first != name else name
 
 
 def remove_unstarted_run(context: RunContext) -> None:

@@ -10,7 +10,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.runs.experiments_view import format_table
 from pokedex_trainer.user_io.atomic import atomic_write_bytes
 from pokedex_trainer.search.storage import SEARCH_DIR, best_trial, open_storage, trial_rows
@@ -83,7 +83,7 @@ def _save_plot(study, filename: str, path: Path) -> bool:
         atomic_write_bytes(path, buffer.getvalue())
         return True
     except Exception as exc:  # too few trials for this plot
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = reason_line(exc)
         logger.info("%s not drawn: %s", filename, first)
         return False
     finally:
@@ -110,7 +110,7 @@ def search_report_command(name: str, storage_url: str | None, output_dir: str | 
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as exc:  # a database of something else
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = reason_line(exc)
         raise UserError(f"--search: cannot read the search database: {first}") from None
     if name not in names and len(names) == 1 and given.suffix == ".db":
         name = names[0]  # a renamed database file

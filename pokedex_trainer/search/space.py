@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def read_space_file(path: str) -> dict:
 
             values = yaml.safe_load(text)
     except Exception as exc:  # a YAML or JSON syntax error
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = reason_line(exc)
         raise UserError(f"{what} is not valid YAML or JSON: {first}") from None
     if values is None:
         values = {}

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.runs.layout import check_single_component
 from pokedex_trainer.search.space import Param, check_space_matches
 
@@ -190,10 +190,10 @@ def rdb_storage(url: str, attempts: int = 6, create: bool = True):
             dialect = url.split(":", 1)[0].split("+", 1)[0]
             package = DRIVERS.get(dialect, f"the Python driver of {dialect}")
             raise UserError(f"--search_storage: the database driver is not installed "
-                            f"({str(exc).splitlines()[0]}): python -m pip install {package}") \
+                            f"({reason_line(exc)}): python -m pip install {package}") \
                 from None
         except Exception as exc:  # a server that does not answer, a locked or foreign file
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = reason_line(exc)
             racing = any(sign in first for sign in ("already exists", "UNIQUE constraint",
                                                     "locked", "IntegrityError"))
             if attempt + 1 == attempts or not racing:

@@ -111,7 +111,7 @@ def backbone_of_base_model(path: str | Path) -> keras.Model:
         backbone = base.get_layer(BACKBONE_NAME)
     except Exception as exc:
         raise UserError(f"could not take the backbone of --base_model '{path}': "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                        f"{reason_line(exc)}") \
             from None
     head = base.get_layer(HEAD_NAME)
     logger.info("base model %s: keeping its backbone, replacing its %d-class head",

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 from pokedex_trainer.networks import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from pokedex_trainer.core.phases import BATCHNORM, OTHER, WEIGHTED, Phase, trainable_mask
 from pokedex_trainer.backends.torch.torchvision_networks import (
@@ -136,7 +136,7 @@ def build_model(spec: ModelSpec, num_classes: int, weights: str, dropout: float,
             base, payload = load_checkpoint(Path(base_model))
         except Exception as exc:
             raise UserError(f"could not take the backbone of --base_model '{base_model}': "
-                            f"{str(exc).splitlines()[0]}") from None
+                            f"{reason_line(exc)}") from None
         logger.info("base model %s: keeping its backbone, replacing its %d-class head",
                     Path(base_model).name, len(payload["class_names"]))
         return Classifier(base.backbone, base.head.in_features, num_classes, dropout)

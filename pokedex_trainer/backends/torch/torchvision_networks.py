@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from pokedex_trainer.errors import UserError
+from pokedex_trainer.errors import UserError, reason_line
 
 # The attribute of each torchvision network that holds its ImageNet classifier.
 HEAD_ATTRIBUTE = {"resnet": "fc", "tiny_torch": "fc", "efficientnet": "classifier",
@@ -22,7 +22,7 @@ HEAD_ATTRIBUTE = {"resnet": "fc", "tiny_torch": "fc", "efficientnet": "classifie
 def imagenet_download_error(display_name: str, torchvision_name: str, exc: Exception
                             ) -> UserError:
     """The one-line error of an ImageNet download that failed (offline, proxy, bad hash)."""
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = reason_line(exc)
     return UserError(
         f"could not get the ImageNet weights of {display_name} ({reason}). torchvision "
         "downloads them once into ~/.cache/torch/hub/checkpoints: connect once, or pass "
