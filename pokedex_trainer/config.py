@@ -1,4 +1,4 @@
-"""The resolved configuration of one training run: the seed's defaults, saved with every run."""
+"""The resolved configuration of one training run: the guide's defaults, saved with every run."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class TrainConfig:
     compile: bool = False  # --compile: torch.compile (PyTorch) / jit_compile=True (Keras)
     dropout: float = 0.3
     run_name: str | None = None
-    augment: str = "full"  # none, light or full (the seed's 13 transforms)
+    augment: str = "full"  # none, light or full (the guide's 13 transforms)
     histogram_freq: int = 1
     save_every: int = 0
     save_h5: bool = False  # Keras: also <arch>_final_<stamp>.h5 (legacy HDF5) beside the .keras

@@ -19,8 +19,8 @@ class ModelSpec:
         framework: ``"keras"`` or ``"torch"``.
         arch: file-name stem of saved models (``mobilenet_v2_best.keras``).
         display_name: the network's usual name.
-        image_size: default (height, width) from the seed.
-        batch_size: default batch size from the seed.
+        image_size: default (height, width) from the guide.
+        batch_size: default batch size from the guide.
         normalization: ``"efficientnet"`` (the network rescales 0..255 itself), ``"minus_one_one"``
             (x / 127.5 - 1), ``"imagenet"`` (ImageNet mean/std on 0..1) or ``"caffe"`` (RGB to
             BGR, minus the ImageNet mean in 0..255: Keras' ResNet).
@@ -68,7 +68,7 @@ if os.environ.get("POKEDEX_TEST_MODELS") == "1":
     MODEL_SPECS.update(TEST_MODEL_SPECS)
 
 
-# --framework: every network is built in both frameworks. MODEL_SPECS holds the seed's pairing
+# --framework: every network is built in both frameworks. MODEL_SPECS holds the guide's pairing
 # (the route ``auto`` takes); OTHER_ROUTES the same networks in the other framework, each with
 # the normalization its own ImageNet weights were trained with.
 FRAMEWORKS = ("auto", "keras", "pytorch")

@@ -53,7 +53,7 @@ EXPORT_FORMATS_HELP = ("comma-separated: tflite, onnx, savedmodel for Keras mode
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    """Parser of ``train_professional_models.py``; flags keep the seed's underscore style."""
+    """Parser of ``train_professional_models.py``; flags keep the guide's underscore style."""
     d = TrainConfig()
     parser = ScriptParser(
         prog="train_professional_models.py",

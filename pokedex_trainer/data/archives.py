@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 4  # levels below the given folder searched for class folders
 
-# Animals-10 (Kaggle) ships Italian folder names; the seed names classes in Spanish.
+# Animals-10 (Kaggle) ships Italian folder names; the guide names classes in Spanish.
 ANIMALS10 = {
     "cane": "Perro", "cavallo": "Caballo", "elefante": "Elefante", "farfalla": "Mariposa",
     "gallina": "Gallina", "gatto": "Gato", "mucca": "Vaca", "pecora": "Oveja",

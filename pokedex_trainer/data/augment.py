@@ -33,7 +33,7 @@ import cv2  # noqa: E402
 
 
 def build_train_transform(image_size: tuple[int, int], seed: int | None = None) -> A.Compose:
-    """Every transform the seed lists, in an order that works on the small crop early.
+    """Every transform the guide lists, in an order that works on the small crop early.
 
     The crop comes first so the costly pixel operations run at the network's size, not at the
     photo's.

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
-# The seed's guidance: below these numbers a run works but results suffer.
+# The guide's guidance: below these numbers a run works but results suffer.
 RECOMMENDED_MIN_CLASSES = 10
 RECOMMENDED_MIN_IMAGES_PER_CLASS = 100
 RECOMMENDED_MIN_IMAGE_SIZE = 224
@@ -168,7 +168,7 @@ def stratified_split(index: DatasetIndex, val_split: float, test_split: float,
 
 
 def dataset_warnings(index: DatasetIndex, image_size: tuple[int, int]) -> list[str]:
-    """The seed's recommendations that this dataset or run misses; the run still goes on."""
+    """The guide's recommendations that this dataset or run misses; the run still goes on."""
     warnings = []
     if len(index.class_names) < RECOMMENDED_MIN_CLASSES:
         warnings.append(f"only {len(index.class_names)} classes; the guide recommends at least "

@@ -65,7 +65,7 @@ def resolve_source(run_dir: str | None, model: str | None) -> tuple[Path, Path |
 
 def export_images(run_dir: Path | None, data_path: str | None, class_names: list[str],
                   check_images: int, calibration_images: int):
-    """(check images, calibration images): the run's validation and training splits, or a
+    """(check images, int8 calibration images): the run's validation and training splits, or a
     labelled folder (``--data_path``) for a model outside a run directory."""
     from pokedex_trainer.runs.finished import folder_images, run_split
 

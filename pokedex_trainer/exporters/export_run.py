@@ -78,8 +78,8 @@ def export_command(run_dir: str | None = None, model: str | None = None,
         names = load_predictor(source).info.class_names
     if names is None:
         raise UserError(f"no class list for '{source}': expected class_names.json beside it")
-    check, calibration = export_images(run, data_path, names, check_images, calibration_images)
-    job = ExportJob(source, wanted, out, check, calibration, opset, precisions,
+    check, int8_images = export_images(run, data_path, names, check_images, calibration_images)
+    job = ExportJob(source, wanted, out, check, int8_images, opset, precisions,
                     export_temperature(run, calibration_file), web_precision, threshold,
                     export_unknown_rule(run, calibration_file), run)
     results = run_export(job)

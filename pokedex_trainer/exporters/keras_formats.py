@@ -81,10 +81,10 @@ def write_saved_model(model, path: Path) -> Path:
 
 
 def convert_tflite(saved_model: Path, precision: str,
-                   calibration: Callable[[], Iterator[np.ndarray]] | None = None) -> bytes:
+                   int8_batches: Callable[[], Iterator[np.ndarray]] | None = None) -> bytes:
     """TFLite flatbuffer of ``saved_model`` in ``precision`` (see TFLITE_PRECISIONS).
 
-    ``int8`` is full integer quantization calibrated on ``calibration`` (batches of uint8 RGB);
+    ``int8`` is full integer quantization calibrated on ``int8_batches`` (batches of uint8 RGB);
     its input and output stay float32, so the app feeds the same pixels to every precision.
     """
     import tensorflow as tf
@@ -96,13 +96,13 @@ def convert_tflite(saved_model: Path, precision: str,
     elif precision == "dynamic_int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif precision == "int8":
-        if calibration is None:
+        if int8_batches is None:
             raise ValueError("full int8 needs calibration images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
         def representative():
-            for batch in calibration():
+            for batch in int8_batches():
                 for image in batch:
                     yield [image[None].astype(np.float32)]
 
@@ -114,8 +114,8 @@ def convert_tflite(saved_model: Path, precision: str,
 
 
 def write_tflite(saved_model: Path, path: Path, precision: str, sidecar: dict,
-                 calibration=None) -> Path:
-    flatbuffer = convert_tflite(saved_model, precision, calibration)
+                 int8_batches=None) -> Path:
+    flatbuffer = convert_tflite(saved_model, precision, int8_batches)
     atomic_write_bytes(path, add_tflite_metadata(flatbuffer, sidecar))
     return path
 

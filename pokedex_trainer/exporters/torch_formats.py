@@ -1,4 +1,4 @@
-"""ResNet152 to TorchScript (the seed's ``torch.jit.trace``), ``torch.export`` and ONNX.
+"""A PyTorch network to TorchScript (the guide's ``torch.jit.trace``), ``torch.export`` and ONNX.
 
 Every exported module outputs probabilities (softmax inside), like the Keras exports, so an app
 reads the same kind of answer from every file; where the run's "unknown" rule is not max

@@ -35,7 +35,8 @@ class ExportJob:
         formats: formats to write (see FORMATS).
         output_dir: where the files go.
         check: the images of the parity check (validation images of the run).
-        calibration: training images for full-int8 calibration.
+        int8_images: training images that calibrate full-int8 quantization (not the
+            temperature: that is ``temperature``).
         opset: ONNX opset.
         tflite_precisions: which TFLite precisions to write.
         temperature: the run's calibration temperature, recorded in the sidecars.
@@ -45,7 +46,7 @@ class ExportJob:
     formats: list[str]
     output_dir: Path
     check: LabelledImages
-    calibration: LabelledImages | None = None
+    int8_images: LabelledImages | None = None
     opset: int = DEFAULT_OPSET
     tflite_precisions: tuple[str, ...] = TFLITE_PRECISIONS
     temperature: float | None = None
@@ -171,10 +172,10 @@ def _keras_writers(job: ExportJob, source: Predictor):
                 keras_formats.scored_model(model, job.graph), target)
         return state["saved_model"]
 
-    def calibration():
-        if job.calibration is None:
+    def int8_batches():
+        if job.int8_images is None:
             raise ValueError("full int8 needs calibration images")
-        for images, _ in job.calibration.load(source.info.image_size,
+        for images, _ in job.int8_images.load(source.info.image_size,
                                               progress="int8 calibration"):
             yield images
 
@@ -194,7 +195,7 @@ def _keras_writers(job: ExportJob, source: Predictor):
             writers.append(("tflite", precision, out / f"{stem}_{precision}.tflite",
                             _write_with_sidecar(
                                 lambda path, sc, p=precision: keras_formats.write_tflite(
-                                    saved_model_path(), path, p, sc, calibration))))
+                                    saved_model_path(), path, p, sc, int8_batches))))
     yield from writers
     if state["saved_model"] is not None and "savedmodel" not in job.formats:
         shutil.rmtree(state["saved_model"].parent, ignore_errors=True)

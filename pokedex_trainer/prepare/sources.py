@@ -17,7 +17,7 @@ from pokedex_trainer.prepare.state import earlier_settings
 logger = logging.getLogger(__name__)
 
 
-# Animals-10 (Kaggle) ships Italian folder names; the seed names classes in Spanish.
+# Animals-10 (Kaggle) ships Italian folder names; the guide names classes in Spanish.
 CLASS_MAPS = {"animals10": ANIMALS10}
 NO_CLASS_MAP = "none"  # --class_map none: keep the folder names, even Animals-10's
 

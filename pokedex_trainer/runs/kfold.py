@@ -1,4 +1,4 @@
-"""``--kfold K``: the seed's "validacion cruzada" for small datasets.
+"""``--kfold K``: the guide's "validacion cruzada" for small datasets.
 
 Each of the K stratified folds is the test split of one normal run (its own directory, logs,
 experiments row); the rest of the data is split into training and validation as usual. The

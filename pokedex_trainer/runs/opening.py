@@ -70,20 +70,20 @@ def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:
     return index, splits, notes
 
 
-def search_batch_size(config: TrainConfig, num_classes: int):
+def find_batch_size(config: TrainConfig, num_classes: int):
     """Run the backend's batch-size search for ``config``; returns a BatchSearch."""
     spec = config.spec
     logger.info("looking for the largest batch size that trains (%s, %dx%d%s)...",
                 spec.display_name, *config.image_size,
                 ", mixed precision" if config.mixed_precision else "")
-    return load_training_backend(spec.framework).search_batch_size(config, spec, num_classes)
+    return load_training_backend(spec.framework).find_batch_size(config, spec, num_classes)
 
 
 def find_batch_size_only(config: TrainConfig) -> int:
     """``--find_batch_size``: print the batch size ``--batch_size auto`` would use."""
     config, _ = select_keras_backend(config.resolved())
     num_classes = len(scan_dataset(config.data_path).class_names)
-    result = search_batch_size(config, num_classes)
+    result = find_batch_size(config, num_classes)
     print(result.describe())
     return result.chosen
 
@@ -161,7 +161,7 @@ def resolve_for_run(config: TrainConfig, num_classes: int) -> tuple[TrainConfig,
         raise UserError(f"--weights: '{config.weights}' is neither 'imagenet', 'none' nor an "
                         "existing weights file")
     if config.batch_size == "auto":
-        result = search_batch_size(config, num_classes)
+        result = find_batch_size(config, num_classes)
         config = replace(config, batch_size=result.chosen)
         notes.append(f"--batch_size auto chose {result.describe()}")
     return config, notes

@@ -1,4 +1,4 @@
-"""``--base_model``: start a new run from a model this tool trained before (the seed's
+"""``--base_model``: start a new run from a model this tool trained before (the guide's
 "transfer learning avanzado"): its backbone is kept, its classification head is replaced.
 """
 

@@ -173,7 +173,7 @@ class KerasOnTensorFlow(KerasOnBackend):
         keras.utils.set_random_seed(seed)
 
     def prepare_memory(self) -> None:
-        """Take GPU memory as needed instead of all at once (the seed's OOM advice)."""
+        """Take GPU memory as needed instead of all at once (the guide's OOM advice)."""
         for gpu in self.tf.config.list_physical_devices("GPU"):
             try:
                 self.tf.config.experimental.set_memory_growth(gpu, True)

@@ -105,7 +105,7 @@ def compile_model(model: keras.Model, learning_rate: float, num_classes: int,
         optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=metrics)
 
 
-class TensorBoardLogger:
+class KerasTensorBoardLog:
     """Keras-named scalars, weight and gradient histograms and an augmented-sample grid,
     flushed every epoch so a live TensorBoard shows each epoch; the same tags on every backend.
 
@@ -199,7 +199,7 @@ def restore_training_state(folder: Path, model: keras.Model) -> None:
         variable.assign(value)
 
 
-def search_batch_size(config, spec, num_classes: int):
+def find_batch_size(config, spec, num_classes: int):
     """--batch_size auto: real training steps at growing batch sizes (see core/batch_size.py)."""
     from pokedex_trainer.core.batch_size import PeakRSS, find_batch_size, ram_limit
     from pokedex_trainer.core.phases import Phase
@@ -295,7 +295,7 @@ class KerasTrainingBackend:
     def _start_feeding(self, context: RunContext) -> None:
         config = context.config
         sample = self.train_loader.sample_batch()
-        self.tensorboard = TensorBoardLogger(self.keras_on, self.model, context.tensorboard_dir,
+        self.tensorboard = KerasTensorBoardLog(self.keras_on, self.model, context.tensorboard_dir,
                                              (sample.images, sample.labels),
                                              config.histogram_freq,
                                              activation_probe(self.model, context.spec.model_type))

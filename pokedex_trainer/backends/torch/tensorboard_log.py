@@ -15,7 +15,7 @@ from pokedex_trainer.core.tensorboard import (
 )
 
 
-class TensorBoardLogger:
+class TorchTensorBoardLog:
     """The same tags as the Keras runs, through PyTorch's SummaryWriter, flushed every epoch."""
 
     def __init__(self, log_dir, histogram_freq: int, activations=None):

@@ -1,4 +1,5 @@
-"""Two-phase PyTorch training of ResNet152 over the shared data layer and run bookkeeping."""
+"""Two-phase PyTorch training of any of the three networks over the shared data layer and run
+bookkeeping."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from pokedex_trainer.backends.torch.process_group import (  # noqa: F401
     wrap_distributed,
 )
 from pokedex_trainer.backends.torch.runner import Runner, WeightAverage, make_optimizer
-from pokedex_trainer.backends.torch.tensorboard_log import TensorBoardLogger
+from pokedex_trainer.backends.torch.tensorboard_log import TorchTensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class TorchTrainingBackend:
         if self.main_process:
             images = train_plan.sample_batch().images
             probe = images[:ACTIVATION_IMAGES]
-            self.tensorboard = TensorBoardLogger(
+            self.tensorboard = TorchTensorBoardLog(
                 context.tensorboard_dir, context.config.histogram_freq,
                 lambda: stage_activations(self.model, runner.to_input(torch.from_numpy(probe)),
                                           context.spec.model_type))
@@ -197,7 +198,7 @@ class TorchTrainingBackend:
 STATE_FILE = "state.pth"
 
 
-def search_batch_size(config, spec, num_classes: int):
+def find_batch_size(config, spec, num_classes: int):
     """--batch_size auto: real training steps at growing batch sizes (see core/batch_size.py)."""
     from pokedex_trainer.core.batch_size import PeakRSS, find_batch_size, ram_limit
 
