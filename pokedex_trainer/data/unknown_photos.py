@@ -158,19 +158,47 @@ def split_unknown(files: list[Path], seed: int) -> tuple[list[Path], list[Path]]
             [f for i, f in enumerate(files) if i in chosen])
 
 
-def unknown_validation_files(given: str | None, seed: int) -> list[Path]:
-    """The held-out unknown photos of a run trained with ``--unknown_dir DIR`` (the same seeded
-    choice as at training); empty when there are none or the folder is gone."""
-    if not given or given == BUILTIN:
-        return []  # the generated images are not held out (split_unknown)
+HELD_OUT_RECORD = "unknown_validation.json"  # in the run folder: what training held out
+
+
+def record_held_out(run_dir: Path, held: list[Path]) -> None:
+    """The held-out photos, by path and content, as training chose them (a resumed run keeps
+    the record its start wrote)."""
+    from pokedex_trainer.user_io.atomic import atomic_write_json
+
+    if (Path(run_dir) / HELD_OUT_RECORD).exists():
+        return
+    atomic_write_json(Path(run_dir) / HELD_OUT_RECORD, {
+        "note": "photos of --unknown_dir held out of training: they choose the 'unknown' score",
+        "photos": [{"path": str(path.resolve()), "hash": content_hash(path)} for path in held]})
+
+
+def held_out_files(run_dir: Path) -> list[Path]:
+    """The held-out unknown photos a run recorded, those still there with the same content;
+    a warning names what changed. Empty without a record (or a damaged one)."""
+    import json
+
     try:
-        return split_unknown(photo_files(Path(given), "--unknown_dir"), seed)[1]
-    except (UserError, OSError):
+        entries = json.loads((Path(run_dir) / HELD_OUT_RECORD).read_text("utf-8"))["photos"]
+        recorded = [(Path(e["path"]), str(e["hash"])) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError):
         return []
+    found = []
+    for path, digest in recorded:
+        try:
+            if content_hash(path) == digest:
+                found.append(path)
+        except OSError:
+            continue
+    if len(found) < len(recorded):
+        logger.warning("%d of the %d unknown photos %s held out are gone or changed: the "
+                       "'unknown' score is chosen on the %d left", len(recorded) - len(found),
+                       len(recorded), run_dir, len(found))
+    return found
 
 
 def unknown_training_samples(given: str, output_dir: Path, known: list[Path], cap: int,
-                             seed: int) -> list[tuple[str, int]]:
+                             seed: int, held_out: list | None = None) -> list[tuple[str, int]]:
     """(absolute path, -1) of the unknown photos a run trains on: at most ``cap`` (the count
     of labelled training photos, so they never outnumber them), a seeded choice, after a
     fifth is held out for validation (split_unknown)."""
@@ -187,6 +215,8 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     held = []
     if given != BUILTIN:
         files, held = split_unknown(files, seed)
+    if held_out is not None:
+        held_out.extend(held)  # for record_held_out, once the run folder exists
     if held:
         logger.info("--unknown_dir: %d of its photos held out to choose the 'unknown' score "
                     "and check its threshold (evaluate.py, export.py)", len(held))

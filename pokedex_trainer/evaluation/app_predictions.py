@@ -68,7 +68,9 @@ def predict_command(target: str, run_dir: str | None, model: str | None, top_k: 
         from pokedex_trainer.evaluation.known_score import RuleScorer
 
         threshold = float(rule["threshold"])
-        scorer = RuleScorer(rule, predictor, run)
+        from pokedex_trainer.evaluation.members import keeps_run_files
+
+        scorer = RuleScorer(rule, predictor, run, keeps_run_files(member))
         logger.info("answering 'unknown' below %s %.3f (the saved rule: it keeps %.0f %% of the "
                     "known photos of %s; --threshold sets a top probability instead)",
                     "a top probability of" if scorer.name == "max_softmax" else

@@ -58,6 +58,10 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
 
     if run is None or predictor.runtime not in ("keras", "pytorch"):
         return None
+    probe = predictor.logits_and_features(np.zeros((1, *predictor.info.image_size, 3),
+                                                   np.uint8))
+    if probe is None:
+        return None  # a network of another shape: no features
     folder = Path(run) / BANK_FOLDER
     target = folder / f"{predictor.path.name}.npy"
     meta = folder / f"{predictor.path.name}.json"
@@ -65,8 +69,10 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
     try:
         if json.loads(meta.read_text("utf-8")) == stamp:
             bank = np.load(target, allow_pickle=False)
-            if bank.ndim == 2 and bank.dtype == np.float32 and len(bank):
+            if _sound(bank, probe[1].shape[1]):
                 return bank
+            logger.warning("%s does not fit %s (damaged or edited): computed again", target,
+                           predictor.path.name)
     except (OSError, ValueError):
         pass  # absent or damaged: computed again below
     try:
@@ -96,21 +102,24 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
 
 def held_out_unknown(run: Path | None):
     """The unknown photos a run held out of ``--unknown_dir`` (LabelledImages), or None."""
-    from pokedex_trainer.data.unknown_photos import unknown_validation_files
+    from pokedex_trainer.data.unknown_photos import held_out_files
     from pokedex_trainer.runs.finished import LabelledImages
-    from pokedex_trainer.runs.store import RunStore
 
-    if run is None or not RunStore(run).is_run():
-        return None
-    try:
-        config = RunStore(run).saved_config()
-    except UserError:
-        return None
-    files = unknown_validation_files(config.unknown_dir, config.seed)
+    files = held_out_files(run) if run is not None else []
     if not files:
         return None
-    return LabelledImages(Path("/"), [], [(str(f.resolve()), -1) for f in files],
+    return LabelledImages(Path("/"), [], [(str(f), -1) for f in files],
                           f"{len(files)} held-out photos of --unknown_dir")
+
+
+def _sound(bank, width: int) -> bool:
+    """A bank as feature_bank writes it: float32 rows of the model's feature width, each of
+    length 1, no two equal."""
+    if not (isinstance(bank, np.ndarray) and bank.dtype == np.float32 and bank.ndim == 2
+            and len(bank) and bank.shape[1] == width and np.isfinite(bank).all()):
+        return False
+    norms = np.linalg.norm(bank.astype(np.float64), axis=1)
+    return bool(np.abs(norms - 1.0).max() < 1e-3) and len(np.unique(bank, axis=0)) == len(bank)
 
 
 def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, features,
@@ -126,8 +135,14 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
     val_scores = scoring.scores(calibrated, logits, features, bank)
     unknown, score, chosen_on = held_out_unknown(run), None, None
     if unknown is not None:
-        u_probabilities, _, u_logits, u_features = model_outputs(
-            predictor, unknown, "held-out unknown photos")
+        try:
+            u_probabilities, _, u_logits, u_features = model_outputs(
+                predictor, unknown, "held-out unknown photos")
+        except UserError:  # none of them readable: the default choice
+            logger.warning("none of the held-out unknown photos can be read: the 'unknown' "
+                           "score is the default one")
+            unknown = None
+    if unknown is not None:
         u_scores = scoring.scores(apply_temperature(u_probabilities, temperature), u_logits,
                                   u_features, bank)
         usable = {name: val_scores[name] for name in val_scores if name in u_scores}
@@ -155,7 +170,11 @@ class RuleScorer:
             self.bank = feature_bank(predictor, run, keep)
             if self.bank is None:
                 raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn, which "
-                                "needs the training photos of its run: give --run_dir")
+                                "needs the training photos of its run" + (
+                                    ": give --run_dir" if run is None else
+                                    f", and '{run}' has none left to read (restore its data "
+                                    "folder, or export the model: exported files carry "
+                                    "their bank)"))
 
     def score(self, images: np.ndarray, calibrated: np.ndarray,
               file_score: np.ndarray | None = None) -> np.ndarray:

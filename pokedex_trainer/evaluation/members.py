@@ -87,9 +87,11 @@ def calibrate(member: Member) -> None:
     temperature = fit_temperature(probabilities, labels)
     calibrated = apply_temperature(probabilities, temperature)
     member.temperature = temperature
-    rule, _ = fitted_rule(member.predictor, run_dir, calibrated, logits, features,
-                          member.unknown_recall, f"validation split ({len(labels)} images)",
-                          temperature)
+    rule = _file_rule(member)
+    if rule is None:
+        rule, _ = fitted_rule(member.predictor, run_dir, calibrated, logits, features,
+                              member.unknown_recall, f"validation split ({len(labels)} images)",
+                              temperature, keep=keeps_run_files(member))
     member.calibration = {
         "temperature": temperature, "fitted_on": f"validation split ({len(labels)} images)",
         "unknown": rule,
@@ -100,6 +102,25 @@ def calibrate(member: Member) -> None:
     }
     _save_calibration(run_dir, member.predictor.path, member.calibration,
                       member.calibration_path)
+
+
+def _file_rule(member: Member) -> dict | None:
+    """An exported file's own "unknown" rule (its sidecar's): the file computes that score
+    itself, so no other rule may be applied to it; None for a run's model or an older export."""
+    sidecar = getattr(member.predictor, "sidecar", None)
+    if not sidecar or sidecar.get("unknown") is None:
+        return None
+    from pokedex_trainer.evaluation.unknown import checked_rule
+
+    return checked_rule(sidecar["unknown"], f"{member.predictor.path}.json")
+
+
+def keeps_run_files(member: Member) -> bool:
+    """Whether evaluate.py writes into the member's run folder (its calibration.json is the
+    run's own, not a --calibration file elsewhere)."""
+    return member.run_dir is not None and member.calibration_path is not None and \
+        Path(member.calibration_path).resolve() == \
+        RunStore(member.run_dir).calibration_path.resolve()
 
 
 def _save_calibration(run_dir: Path, model_path: Path, details: dict, path: Path) -> None:
@@ -129,7 +150,8 @@ def saved_calibration(member: Member) -> dict | None:
             from pokedex_trainer.evaluation.unknown import checked_rule
 
             checked_rule(entry.get("unknown"), str(path))
-            return entry
+            own = _file_rule(member)  # an export applies the rule it computes, its own
+            return entry if own is None else {**entry, "unknown": own}
     sidecar = getattr(member.predictor, "sidecar", {})
     if sidecar.get("temperature") or sidecar.get("unknown"):
         from pokedex_trainer.evaluation.unknown import checked_rule

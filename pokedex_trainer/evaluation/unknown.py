@@ -170,6 +170,12 @@ def checked_rule(rule, where: str) -> dict | None:
             or not np.isfinite(threshold)):
         raise UserError(f"{where}: its 'unknown' rule is not a threshold on one of the scores "
                         f"{', '.join(SCORES)}")
+    recall = rule.get("recall", DEFAULT_RECALL)
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or \
+            not 0.0 < recall <= 1.0:
+        raise UserError(f"{where}: its 'unknown' rule's recall must be a share between 0 and 1")
+    if not isinstance(rule.get("fitted_on", ""), str):
+        raise UserError(f"{where}: its 'unknown' rule's fitted_on must be text")
     low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0)}.get(score, (-np.inf, np.inf))
     if score == "knn":  # a similarity, with float32 rounding either side
         low, high = low - 1e-3, high + 1e-3

@@ -71,14 +71,17 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
                                                        "known photos (scores)")
     u_probabilities, _, u_logits, u_features = model_outputs(predictor, unknown,
                                                              "unknown photos")
-    bank = feature_bank(predictor, run) if features is not None else None
+    from pokedex_trainer.evaluation.members import keeps_run_files
+
+    bank = feature_bank(predictor, run, keeps_run_files(member)) \
+        if features is not None else None
     calibrated = apply_temperature(probabilities, member.temperature)
     u_calibrated = apply_temperature(u_probabilities, member.temperature)
     known_scores = scoring.scores(calibrated, logits, features, bank)
     unknown_scores = scoring.scores(u_calibrated, u_logits, u_features, bank)
     rule = member.calibration.get("unknown")
     if rule and rule["score"] not in known_scores:  # an export: its own known_score output
-        scorer = RuleScorer(rule, predictor, run)
+        scorer = RuleScorer(rule, predictor, run, keeps_run_files(member))
         known_scores[rule["score"]] = _file_scores(scorer, test)
         unknown_scores[rule["score"]] = _file_scores(scorer, unknown)
     correct = calibrated.argmax(axis=1) == labels

@@ -184,14 +184,14 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
                              config.batch_size)
     config, resolve_notes = resolve_for_run(config, len(index.class_names))
     notes = resolve_notes + list(notes)
-    unknown = None
+    unknown, held = None, []
     if config.unknown_dir:  # before the run directory: a folder with no photo is one line
         from pokedex_trainer.data.unknown_photos import unknown_training_samples
 
         unknown = unknown_training_samples(
             config.unknown_dir, Path(config.output_dir),
             [index.root / relative for split in splits.values() for relative, _ in split],
-            cap=len(splits["train"]), seed=config.seed)
+            cap=len(splits["train"]), seed=config.seed, held_out=held)
     started_stamp = timestamp()
     made = missing_folders(Path(config.log_dir)) + missing_folders(Path(config.output_dir))
     tensorboard_dir = ensure_writable_dir(Path(config.log_dir), "TensorBoard log directory")
@@ -204,6 +204,10 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
     context.unknown_photos = unknown
     try:
         store.write_start(config, index, splits)
+        if held:
+            from pokedex_trainer.data.unknown_photos import record_held_out
+
+            record_held_out(store.root, held)
     except BaseException:  # a full disk, Ctrl-C: no half-written run is left behind
         store.remove_new_run()
         context.footprint.remove()

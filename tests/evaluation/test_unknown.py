@@ -273,3 +273,99 @@ def test_every_pytorch_export_computes_the_rule_score_and_gives_the_same_verdict
             assert theirs["known_score"] == pytest.approx(mine["known_score"], abs=1e-4)
             if abs(mine["known_score"] - rule["threshold"]) > 1e-4:
                 assert theirs["prediction"] == mine["prediction"], name
+
+
+def test_a_damaged_feature_bank_is_computed_again(torch_run, tmp_path, caplog):
+    """unknown_bank/*.npy is a cache: a bank of the wrong width, with NaN, or with rows not of
+    length 1 is never used (a warning, then the bank is computed again from the photos), and
+    a pickled one never runs."""
+    import shutil
+
+    from pokedex_trainer.evaluation.known_score import feature_bank
+    from pokedex_trainer.evaluation.predict import load_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(torch_run, run)
+    predictor = load_predictor(run / "tiny_torch_best.pth")
+    good = feature_bank(predictor, run)
+    target = run / "unknown_bank" / "tiny_torch_best.pth.npy"
+    assert target.is_file() and np.allclose(np.linalg.norm(good, axis=1), 1.0, atol=1e-5)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for damage in (lambda b: b[:, :3], lambda b: b * np.nan, lambda b: -2 * b,
+                   lambda b: np.array([Exploit()], dtype=object)):
+        damaged = damage(good)
+        np.save(target, damaged, allow_pickle=True)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            again = feature_bank(predictor, run)
+        np.testing.assert_array_equal(again, good)
+        assert not marker.exists()
+        if damaged.dtype != object:  # a pickle is not even read (allow_pickle=False)
+            assert "does not fit tiny_torch_best.pth" in caplog.text
+
+
+@pytest.mark.slow
+def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_written(
+        torch_run, tiny_dataset, tmp_path, capsys):
+    """Found by a probe: evaluating an exported file wrote a max-softmax rule for it into the
+    run's calibration.json, which --predict then preferred over the score the file computes;
+    --calibration FILE --output_dir DIR wrote the knn bank into the run; a rule with a broken
+    recall crashed --predict; photos added to the unknown folder after training changed which
+    ones were 'held out'."""
+    import shutil
+
+    from test_hostile import _one_line_error
+
+    from pokedex_trainer.data.unknown_photos import HELD_OUT_RECORD, held_out_files
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    run = tmp_path / "run"
+    shutil.copytree(torch_run, run)
+    shutil.rmtree(run / "unknown_bank", ignore_errors=True)
+    (run / "calibration.json").unlink(missing_ok=True)
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    elsewhere = tmp_path / "cal.json"
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--calibration", str(elsewhere),
+                                    "--output_dir", str(tmp_path / "r0"), *FAST]) == 0
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+    assert json.loads(elsewhere.read_text("utf-8"))["unknown"]["score"] == "knn"
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--output_dir",
+                                    str(tmp_path / "r1"), *FAST]) == 0
+    assert run_main(export_main, ["--run_dir", str(run), "--formats", "onnx",
+                                  "--check_images", "6"]) == 0
+    model = run / "export" / "tiny_torch_best.onnx"
+    own = json.loads(model.with_name(model.name + ".json").read_text("utf-8"))["unknown"]
+    photos = _noise_folder(tmp_path / "photos", 6, nested=False)
+    first = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p1"))
+    assert run_main(evaluate_main, ["--model", str(model), "--output_dir",
+                                    str(tmp_path / "r2"), *FAST]) == 0
+    entry = json.loads((run / "calibration.json").read_text("utf-8"))["models"][model.name]
+    assert entry["unknown"] == own
+    second = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p2"))
+    assert [r["prediction"] for r in first] == [r["prediction"] for r in second]
+    assert all("known_score" in r for r in second)
+    data = json.loads((run / "calibration.json").read_text("utf-8"))
+    data["unknown"]["recall"] = None
+    data["models"]["tiny_torch_best.pth"]["unknown"]["recall"] = None
+    (run / "calibration.json").write_text(json.dumps(data), "utf-8")
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--predict", str(photos)]) == 2
+    assert "recall must be a share" in _one_line_error(capsys)
+    # the held-out record: later photos in the folder are not 'held out'
+    unknown = _noise_folder(tmp_path / "unknown", 20, nested=False)
+    from conftest import train_tiny_run
+
+    taught = train_tiny_run(tiny_dataset, tmp_path / "t", "tiny_torch", "--epochs", "1",
+                            "--unknown_dir", str(unknown))
+    held = held_out_files(taught)
+    assert len(held) == 4 and (taught / HELD_OUT_RECORD).is_file()
+    _noise_folder(tmp_path / "more", 10, nested=False)
+    for extra in (tmp_path / "more").iterdir():
+        shutil.copyfile(extra, unknown / f"late_{extra.name}")
+    assert held_out_files(taught) == held
+    held[0].write_bytes(b"changed")
+    assert held_out_files(taught) == held[1:]
