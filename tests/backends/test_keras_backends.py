@@ -131,6 +131,7 @@ def _torch_backend_run(tmp_path, data, model_type, *extra) -> subprocess.Complet
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # 22 s: the default set keeps the TensorFlow backend's pipeline test
 def test_a_keras_network_trains_exports_and_evaluates_on_the_torch_backend(
         tmp_path, tiny_dataset, keras_run, shared_runs):
     result = _torch_backend_run(tmp_path, tiny_dataset, "tiny_keras", "--export", "onnx,tflite")
