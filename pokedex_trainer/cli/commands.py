@@ -317,10 +317,13 @@ def export_from_args(args: argparse.Namespace) -> list:
         check_folder_option(args.output_dir, "--output_dir")
     from pokedex_trainer.exporters.export_run import export_command
 
-    return export_command(args.run_dir, args.model, args.formats, args.output_dir,
-                          args.data_path, args.check_images, args.calibration_images,
-                          args.opset, args.tflite_precisions, args.calibration,
-                          args.web_precision, args.threshold)
+    return export_command(run_dir=args.run_dir, model=args.model, formats=args.formats,
+                          output_dir=args.output_dir, data_path=args.data_path,
+                          check_images=args.check_images,
+                          calibration_images=args.calibration_images, opset=args.opset,
+                          tflite_precisions=args.tflite_precisions,
+                          calibration_file=args.calibration, web_precision=args.web_precision,
+                          threshold=args.threshold)
 
 
 def prepare_main(argv: list[str] | None = None) -> int:

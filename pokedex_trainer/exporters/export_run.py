@@ -31,7 +31,7 @@ from pokedex_trainer.user_io.output_guard import record_outputs
 logger = logging.getLogger(__name__)
 
 
-def export_command(run_dir: str | None = None, model: str | None = None,
+def export_command(*, run_dir: str | None = None, model: str | None = None,
                    formats: str | None = None, output_dir: str | None = None,
                    data_path: str | None = None, check_images: int = 100,
                    calibration_images: int = 200, opset: int = DEFAULT_OPSET,
