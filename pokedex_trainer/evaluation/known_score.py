@@ -67,14 +67,19 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
     meta = folder / f"{predictor.path.name}.json"
     stamp = _stamp(predictor.path)
     try:
-        if json.loads(meta.read_text("utf-8")) == stamp:
-            bank = np.load(target, allow_pickle=False)
-            if _sound(bank, probe[1].shape[1]):
-                return bank
-            logger.warning("%s does not fit %s (damaged or edited): computed again", target,
-                           predictor.path.name)
+        recorded = json.loads(meta.read_text("utf-8"))
     except (OSError, ValueError):
-        pass  # absent or damaged: computed again below
+        recorded = None  # absent or damaged: computed again below
+    if isinstance(recorded, dict) and {k: recorded.get(k) for k in stamp} == stamp:
+        try:
+            bank = np.load(target, allow_pickle=False)
+        except Exception:  # noqa: BLE001 - truncated, a pickle, a folder: never used
+            bank = None
+        if bank is not None and _sound(bank, probe[1].shape[1]) and \
+                recorded.get("sha256") == _digest(bank):
+            return bank
+        logger.warning("%s is damaged or was edited: the feature bank is computed again",
+                       target)
     try:
         train = run_split(run, "train")
     except UserError:
@@ -90,14 +95,24 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
     bank = np.unique(scoring.normalized(features).astype(np.float32), axis=0)
     if not keep:
         return bank
-    folder.mkdir(exist_ok=True)
     import io
 
     buffer = io.BytesIO()
     np.save(buffer, bank, allow_pickle=False)
-    atomic_write_bytes(target, buffer.getvalue())
-    atomic_write_json(meta, stamp)
+    try:
+        folder.mkdir(exist_ok=True)
+        atomic_write_bytes(target, buffer.getvalue())
+        atomic_write_json(meta, {**stamp, "sha256": _digest(bank)})
+    except OSError as exc:  # a cache: used now, computed again next time
+        logger.warning("could not keep the feature bank in %s (%s): it is computed again "
+                       "next time", folder, exc.strerror or exc)
     return bank
+
+
+def _digest(bank: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(bank).tobytes()).hexdigest()
 
 
 def held_out_unknown(run: Path | None):
@@ -172,9 +187,8 @@ class RuleScorer:
                 raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn, which "
                                 "needs the training photos of its run" + (
                                     ": give --run_dir" if run is None else
-                                    f", and '{run}' has none left to read (restore its data "
-                                    "folder, or export the model: exported files carry "
-                                    "their bank)"))
+                                    f", and '{run}' has none left to read: restore its data "
+                                    "folder (files exported earlier carry their own bank)"))
 
     def score(self, images: np.ndarray, calibrated: np.ndarray,
               file_score: np.ndarray | None = None) -> np.ndarray:

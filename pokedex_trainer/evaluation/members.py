@@ -71,6 +71,10 @@ def calibrate(member: Member) -> None:
     ``saved_calibration``), else 1 (uncalibrated), and the report says so.
     """
     run_dir = member.run_dir
+    if _file_rule(member) is not None:  # an export: its own temperature and rule, as an app
+        member.calibration = saved_calibration(member)
+        member.temperature = member.calibration["temperature"]
+        return
     val = run_split(run_dir, "val") if run_dir else None
     if val is None or not val.samples:
         saved = saved_calibration(member)
@@ -137,6 +141,12 @@ def _save_calibration(run_dir: Path, model_path: Path, details: dict, path: Path
 def saved_calibration(member: Member) -> dict | None:
     """The temperature saved for a model: its run's calibration.json (this file's entry, else
     the run's), else the one an export recorded in its sidecar; None when there is none."""
+    own = _file_rule(member)
+    if own is not None:  # an export applies the rule it computes, at its own temperature
+        temperature = float(member.predictor.sidecar.get("temperature") or 1.0)
+        checked_temperature(temperature, f"{member.predictor.path}.json")
+        return {"temperature": temperature, "unknown": own,
+                "fitted_on": "the export's sidecar: a file applies its own rule"}
     path = member.calibration_path
     if path is not None and path.is_file():
         data = read_calibration_file(path)
@@ -150,8 +160,7 @@ def saved_calibration(member: Member) -> dict | None:
             from pokedex_trainer.evaluation.unknown import checked_rule
 
             checked_rule(entry.get("unknown"), str(path))
-            own = _file_rule(member)  # an export applies the rule it computes, its own
-            return entry if own is None else {**entry, "unknown": own}
+            return entry
     sidecar = getattr(member.predictor, "sidecar", {})
     if sidecar.get("temperature") or sidecar.get("unknown"):
         from pokedex_trainer.evaluation.unknown import checked_rule

@@ -276,9 +276,9 @@ def test_every_pytorch_export_computes_the_rule_score_and_gives_the_same_verdict
 
 
 def test_a_damaged_feature_bank_is_computed_again(torch_run, tmp_path, caplog):
-    """unknown_bank/*.npy is a cache: a bank of the wrong width, with NaN, or with rows not of
-    length 1 is never used (a warning, then the bank is computed again from the photos), and
-    a pickled one never runs."""
+    """unknown_bank/*.npy is a cache: a bank of the wrong width, with NaN, negated, cut or
+    truncated is never used (a warning, then the bank is computed again from the photos), a
+    pickled one never runs, and a bank that cannot be kept is still used."""
     import shutil
 
     from pokedex_trainer.evaluation.known_score import feature_bank
@@ -305,8 +305,17 @@ def test_a_damaged_feature_bank_is_computed_again(torch_run, tmp_path, caplog):
             again = feature_bank(predictor, run)
         np.testing.assert_array_equal(again, good)
         assert not marker.exists()
-        if damaged.dtype != object:  # a pickle is not even read (allow_pickle=False)
-            assert "does not fit tiny_torch_best.pth" in caplog.text
+        assert "is damaged or was edited" in caplog.text  # a pickle: never even unpickled
+    # a cut or truncated file, and a bank folder that cannot be written: computed, still used
+    np.save(target, good[:1])
+    assert np.array_equal(feature_bank(predictor, run), good)
+    target.write_bytes(target.read_bytes()[:100])
+    assert np.array_equal(feature_bank(predictor, run), good)
+    shutil.rmtree(run / "unknown_bank")
+    (run / "unknown_bank").write_text("not a folder")
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(feature_bank(predictor, run), good)
+    assert "could not keep the feature bank" in caplog.text
 
 
 @pytest.mark.slow
@@ -344,8 +353,10 @@ def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_wri
     first = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p1"))
     assert run_main(evaluate_main, ["--model", str(model), "--output_dir",
                                     str(tmp_path / "r2"), *FAST]) == 0
-    entry = json.loads((run / "calibration.json").read_text("utf-8"))["models"][model.name]
-    assert entry["unknown"] == own
+    # the file keeps its own temperature and rule: nothing of the run's is laid over them
+    assert model.name not in json.loads((run / "calibration.json").read_text("utf-8"))["models"]
+    report = json.loads((tmp_path / "r2" / "metrics.json").read_text("utf-8"))
+    assert report["calibration"]["unknown"] == own
     second = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p2"))
     assert [r["prediction"] for r in first] == [r["prediction"] for r in second]
     assert all("known_score" in r for r in second)
