@@ -147,6 +147,11 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
     from pokedex_trainer.evaluation.calibration import apply_temperature
 
     bank = feature_bank(predictor, run, keep) if features is not None else None
+    if bank is not None and len(bank) < scoring.KNN_K * calibrated.shape[1]:
+        logger.warning("knn compares a photo with its %d most similar training photos, and "
+                       "this run has %d for %d classes: with fewer than %d a class, its "
+                       "scores say little", scoring.KNN_K, len(bank), calibrated.shape[1],
+                       scoring.KNN_K)
     val_scores = scoring.scores(calibrated, logits, features, bank)
     unknown, score, chosen_on = held_out_unknown(run), None, None
     if unknown is not None:

@@ -6,6 +6,7 @@ the run's calibration.json (or read back from it, or from an export's sidecar).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from pokedex_trainer.evaluation.predict import Predictor, load_predictor
 from pokedex_trainer.runs.finished import LabelledImages, run_split
 from pokedex_trainer.runs.layout import CLASS_NAMES
 from pokedex_trainer.runs.store import RunStore, read_calibration_file, write_calibration_file
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,6 +122,30 @@ def _file_rule(member: Member) -> dict | None:
     return checked_rule(sidecar["unknown"], f"{member.predictor.path}.json")
 
 
+def _warn_if_stale(member: Member, own: dict, temperature: float) -> None:
+    """An export whose rule or temperature differ from what its run's calibration.json now
+    holds for its source model: it answers as when it was exported; say so."""
+    path = member.calibration_path
+    source = member.predictor.sidecar.get("source_model")
+    if path is None or not path.is_file() or not source:
+        return
+    try:
+        data = read_calibration_file(path)
+    except UserError:
+        return
+    entry = data.get("models", {}).get(source)
+    if not isinstance(entry, dict) or not isinstance(entry.get("unknown"), dict):
+        return
+    now = entry["unknown"]
+    if now.get("score") != own.get("score") or \
+            abs(float(now.get("threshold", 0)) - float(own["threshold"])) > 1e-9 or \
+            abs(float(entry.get("temperature", 1.0)) - temperature) > 1e-9:
+        logger.warning("%s was exported before the run's latest evaluation: it answers with "
+                       "its own rule (%s), the run's model with the newer one (%s); export "
+                       "again for the same answers", member.predictor.path.name,
+                       own.get("score"), now.get("score"))
+
+
 def keeps_run_files(member: Member) -> bool:
     """Whether evaluate.py writes into the member's run folder (its calibration.json is the
     run's own, not a --calibration file elsewhere)."""
@@ -145,6 +172,7 @@ def saved_calibration(member: Member) -> dict | None:
     if own is not None:  # an export applies the rule it computes, at its own temperature
         temperature = float(member.predictor.sidecar.get("temperature") or 1.0)
         checked_temperature(temperature, f"{member.predictor.path}.json")
+        _warn_if_stale(member, own, temperature)
         return {"temperature": temperature, "unknown": own,
                 "fitted_on": "the export's sidecar: a file applies its own rule"}
     path = member.calibration_path

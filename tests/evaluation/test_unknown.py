@@ -320,7 +320,7 @@ def test_a_damaged_feature_bank_is_computed_again(torch_run, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_written(
-        torch_run, tiny_dataset, tmp_path, capsys):
+        torch_run, tiny_dataset, tmp_path, capsys, caplog):
     """Found by a probe: evaluating an exported file wrote a max-softmax rule for it into the
     run's calibration.json, which --predict then preferred over the score the file computes;
     --calibration FILE --output_dir DIR wrote the knn bank into the run; a rule with a broken
@@ -360,6 +360,14 @@ def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_wri
     second = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p2"))
     assert [r["prediction"] for r in first] == [r["prediction"] for r in second]
     assert all("known_score" in r for r in second)
+    # the run evaluated again with another recall: the export answers as before, and says why
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--output_dir",
+                                    str(tmp_path / "r3"), "--unknown_recall", "0.6",
+                                    *FAST]) == 0
+    with caplog.at_level("WARNING"):
+        third = predict_command(str(photos), None, str(model), 3, None, str(tmp_path / "p3"))
+    assert [r["prediction"] for r in third] == [r["prediction"] for r in first]
+    assert "was exported before the run's latest evaluation" in caplog.text
     data = json.loads((run / "calibration.json").read_text("utf-8"))
     data["unknown"]["recall"] = None
     data["models"]["tiny_torch_best.pth"]["unknown"]["recall"] = None
