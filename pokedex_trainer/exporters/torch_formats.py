@@ -44,13 +44,13 @@ class KnownScore(nn.Module):
         if self.name == "energy":
             return torch.logsumexp(logits, dim=1)
         norm = torch.sqrt((features * features).sum(dim=1, keepdim=True)).clamp_min(1e-12)
-        similarity = (features / norm) @ self.bank_t
-        # the k-th highest by k-1 rounds of "push the highest below -1": topk becomes a sort
-        # that LiteRT's interpreter lacks (the bank holds no two equal rows: feature_bank)
-        for _ in range(self.k - 1):
-            top = similarity.amax(dim=1, keepdim=True)
-            similarity = torch.where(similarity >= top, similarity - 4.0, similarity)
-        return similarity.amax(dim=1)
+        similarity = ((features / norm) @ self.bank_t).clamp(-1.0, 1.0)
+        # the k-th highest: the highest value with at least k values at or above it, equal
+        # ones counted apart as numpy's partition does (topk becomes a sort that LiteRT's
+        # interpreter lacks)
+        at_or_above = (similarity[:, None, :] >= similarity[:, :, None]).float().sum(dim=2)
+        return torch.where(at_or_above >= self.k, similarity,
+                           torch.full_like(similarity, -2.0)).amax(dim=1)
 
 
 class ProbabilityModel(nn.Module):
