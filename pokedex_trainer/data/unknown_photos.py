@@ -161,25 +161,33 @@ def split_unknown(files: list[Path], seed: int) -> tuple[list[Path], list[Path]]
 HELD_OUT_RECORD = "unknown_validation.json"  # in the run folder: what training held out
 
 
-def record_held_out(run_dir: Path, held: list[Path]) -> None:
-    """The held-out photos, by path and content, as training chose them (a resumed run keeps
-    the record its start wrote)."""
+def record_held_out(run_dir: Path, held: list[Path], trained: list[Path] = ()) -> None:
+    """The held-out photos and those training used, by path and content, as training chose
+    them (a resumed run keeps the record its start wrote). The trained ones are the bank of
+    the knn_contrast score (evaluation/known_score.py)."""
     from pokedex_trainer.user_io.atomic import atomic_write_json
 
     if (Path(run_dir) / HELD_OUT_RECORD).exists():
         return
+
+    def entries(paths):
+        return [{"path": str(Path(path).resolve()), "hash": content_hash(Path(path))}
+                for path in paths]
+
     atomic_write_json(Path(run_dir) / HELD_OUT_RECORD, {
-        "note": "photos of --unknown_dir held out of training: they choose the 'unknown' score",
-        "photos": [{"path": str(path.resolve()), "hash": content_hash(path)} for path in held]})
+        "note": "photos of --unknown_dir held out of training ('photos': they choose the "
+                "'unknown' score) and trained on ('trained')",
+        "photos": entries(held), "trained": entries(trained)})
 
 
-def held_out_files(run_dir: Path) -> list[Path]:
-    """The held-out unknown photos a run recorded, those still there with the same content;
-    a warning names what changed. Empty without a record (or a damaged one)."""
+def held_out_files(run_dir: Path, key: str = "photos") -> list[Path]:
+    """The held-out unknown photos a run recorded (``key`` "trained": those it trained on),
+    those still there with the same content; a warning names what changed. Empty without a
+    record (or a damaged one, or a run of an earlier version for "trained")."""
     import json
 
     try:
-        entries = json.loads((Path(run_dir) / HELD_OUT_RECORD).read_text("utf-8"))["photos"]
+        entries = json.loads((Path(run_dir) / HELD_OUT_RECORD).read_text("utf-8"))[key]
         recorded = [(Path(e["path"]), str(e["hash"])) for e in entries]
     except (OSError, ValueError, KeyError, TypeError):
         return []
@@ -191,9 +199,10 @@ def held_out_files(run_dir: Path) -> list[Path]:
         except OSError:
             continue
     if len(found) < len(recorded):
-        logger.warning("%d of the %d unknown photos %s held out are gone or changed: the "
-                       "'unknown' score is chosen on the %d left", len(recorded) - len(found),
-                       len(recorded), run_dir, len(found))
+        what = "held out" if key == "photos" else "trained on"
+        logger.warning("%d of the %d unknown photos %s %s are gone or changed: the %d left "
+                       "are used", len(recorded) - len(found), len(recorded), run_dir, what,
+                       len(found))
     return found
 
 

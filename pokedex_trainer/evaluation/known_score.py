@@ -49,11 +49,13 @@ def _stamp(path: Path) -> dict:
     return {"model": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray | None:
+def feature_bank(predictor, run: Path | None, keep: bool = True, kind: str = "training"
+                 ) -> np.ndarray | None:
     """Normalized features of up to KNN_BANK training photos of ``run`` (float32), or None
     where there is no run, no training split, or no features (a network of another shape).
-    ``keep``: save a bank computed here in the run folder (export.py only reads the run)."""
-    from pokedex_trainer.runs.finished import run_split
+    ``kind`` "unknown": of the ``--unknown_dir`` photos the run trained on (knn_contrast), None
+    for a run without them. ``keep``: save a bank computed here in the run folder (export.py
+    only reads the run)."""
     from pokedex_trainer.user_io.atomic import atomic_write_bytes, atomic_write_json
 
     if run is None or predictor.runtime not in ("keras", "pytorch"):
@@ -63,8 +65,8 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
     if probe is None:
         return None  # a network of another shape: no features
     folder = Path(run) / BANK_FOLDER
-    target = folder / f"{predictor.path.name}.npy"
-    meta = folder / f"{predictor.path.name}.json"
+    name = predictor.path.name + ("" if kind == "training" else ".unknown")
+    target, meta = folder / f"{name}.npy", folder / f"{name}.json"
     stamp = _stamp(predictor.path)
     try:
         recorded = json.loads(meta.read_text("utf-8"))
@@ -80,14 +82,10 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
             return bank
         logger.warning("%s is damaged or was edited: the feature bank is computed again",
                        target)
-    try:
-        train = run_split(run, "train")
-    except UserError:
+    chosen = _bank_photos(run, kind)
+    if chosen is None:
         return None
-    if not train.samples:
-        return None
-    chosen = train.subset(scoring.KNN_BANK, seed=BANK_SEED)
-    features = model_outputs(predictor, chosen, "training photos (feature bank)")[3]
+    features = model_outputs(predictor, chosen, f"{kind} photos (feature bank)")[3]
     if features is None:
         return None
     # no two equal rows: the exported files find the k-th highest similarity by removing the
@@ -107,6 +105,27 @@ def feature_bank(predictor, run: Path | None, keep: bool = True) -> np.ndarray |
         logger.warning("could not keep the feature bank in %s (%s): it is computed again "
                        "next time", folder, exc.strerror or exc)
     return bank
+
+
+def _bank_photos(run: Path, kind: str):
+    """The photos of a bank (LabelledImages, a seeded choice of at most KNN_BANK), or None."""
+    from pokedex_trainer.data.unknown_photos import held_out_files
+    from pokedex_trainer.runs.finished import LabelledImages, run_split
+
+    if kind == "unknown":
+        files = held_out_files(run, "trained")
+        if not files:
+            return None
+        images = LabelledImages(Path("/"), [], [(str(f), -1) for f in files],
+                                f"{len(files)} photos of --unknown_dir the run trained on")
+    else:
+        try:
+            images = run_split(run, "train")
+        except UserError:
+            return None
+        if not images.samples:
+            return None
+    return images.subset(scoring.KNN_BANK, seed=BANK_SEED)
 
 
 def _digest(bank: np.ndarray) -> str:
@@ -139,8 +158,9 @@ def _sound(bank, width: int) -> bool:
 
 def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, features,
                 recall: float, fitted_on: str, temperature: float = 1.0, keep: bool = True
-                ) -> tuple[dict, np.ndarray | None]:
-    """(the rule that ships, the bank it needs or None), fitted on validation outputs: the
+                ) -> tuple[dict, tuple | None]:
+    """(the rule that ships, the banks its file computes it with: (training bank, unknown
+    bank or None) for knn and knn_contrast, else None), fitted on validation outputs: the
     score with the best AUROC against the run's held-out unknown photos where it has some
     (``--unknown_dir``), else choose_score's default; the threshold keeps ``recall`` of the
     validation photos."""
@@ -152,8 +172,12 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
                        "this run has %d for %d classes: with fewer than %d a class, its "
                        "scores say little", scoring.KNN_K, len(bank), calibrated.shape[1],
                        scoring.KNN_K)
-    val_scores = scoring.scores(calibrated, logits, features, bank)
-    unknown, score, chosen_on = held_out_unknown(run), None, None
+    unknown, score, chosen_on, contrast = held_out_unknown(run), None, None, None
+    if unknown is not None and bank is not None:
+        unknown_bank = feature_bank(predictor, run, keep, kind="unknown")
+        if unknown_bank is not None:
+            contrast = (unknown_bank, scoring.contrast_floor(features, unknown_bank))
+    val_scores = scoring.scores(calibrated, logits, features, bank, contrast)
     if unknown is not None:
         try:
             u_probabilities, _, u_logits, u_features = model_outputs(
@@ -164,36 +188,53 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
             unknown = None
     if unknown is not None:
         u_scores = scoring.scores(apply_temperature(u_probabilities, temperature), u_logits,
-                                  u_features, bank)
+                                  u_features, bank, contrast)
         usable = {name: val_scores[name] for name in val_scores if name in u_scores}
         score = scoring.choose_score(usable, val_scores, u_scores)
         chosen_on = {name: round(scoring.auroc(val_scores[name], u_scores[name]), 4)
                      for name in usable}
     rule = scoring.fit_rule(val_scores, recall, fitted_on, score=score,
-                            bank_photos=0 if bank is None else len(bank))
+                            bank_photos=0 if bank is None else len(bank), contrast=contrast)
     if chosen_on is not None:
         rule["chosen_on"] = {"photos": unknown.description, "auroc": chosen_on}
         threshold = rule["threshold"]
         named = float((u_scores[rule["score"]] >= threshold).mean())
         rule["unknown_named"] = round(named, 4)  # the held-out unknown photos still named
-    return rule, (bank if rule["score"] == "knn" else None)
+    if rule["score"] == "knn":
+        return rule, (bank, None)
+    if rule["score"] == "knn_contrast":
+        return rule, (bank, contrast[0])
+    return rule, None
 
 
 class RuleScorer:
     """The score of ``rule`` for one model file: ``score(images, calibrated)``."""
 
     def __init__(self, rule: dict | None, predictor, run: Path | None, keep: bool = True):
-        self.rule, self.predictor, self.bank = rule, predictor, None
+        self.rule, self.predictor, self.bank, self.contrast = rule, predictor, None, None
         self.name = (rule or {}).get("score", scoring.SHIPPED_SCORE)
         self.own = predictor.runtime in ("keras", "pytorch")
-        if self.name == "knn" and self.own:
+        if self.name in ("knn", "knn_contrast") and self.own:
             self.bank = feature_bank(predictor, run, keep)
             if self.bank is None:
-                raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn, which "
-                                "needs the training photos of its run" + (
+                raise UserError(f"the 'unknown' rule of {predictor.path.name} is "
+                                f"{self.name}, which needs the training photos of its run" + (
                                     ": give --run_dir" if run is None else
                                     f", and '{run}' has none left to read: restore its data "
                                     "folder (files exported earlier carry their own bank)"))
+        if self.name == "knn_contrast" and self.own:
+            unknown_bank = feature_bank(predictor, run, keep, kind="unknown")
+            if unknown_bank is None:
+                raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn_contrast, "
+                                f"which needs the --unknown_dir photos '{run}' trained on, and "
+                                "none is left to read: restore that folder (files exported "
+                                "earlier carry their own bank)")
+            self.contrast = (unknown_bank, rule["floor"])
+
+    @property
+    def banks(self) -> tuple | None:
+        """(training bank, unknown bank or None) the exported files carry, or None."""
+        return None if self.bank is None else (self.bank, (self.contrast or (None,))[0])
 
     def score(self, images: np.ndarray, calibrated: np.ndarray,
               file_score: np.ndarray | None = None) -> np.ndarray:
@@ -212,4 +253,5 @@ class RuleScorer:
         if inner is None:
             raise UserError(f"the 'unknown' rule is {self.name}, which needs the network's "
                             f"logits and features; {self.predictor.path.name} gives neither")
-        return scoring.scores(calibrated, inner[0], inner[1], self.bank)[self.name]
+        return scoring.scores(calibrated, inner[0], inner[1], self.bank,
+                              self.contrast)[self.name]

@@ -17,8 +17,13 @@ Scores (higher = known):
 * ``knn``: the cosine similarity of the photo's penultimate features to its k-th most similar
   training photo (Sun et al., 2022: the same order as minus the k-th nearest distance of the
   normalized features).
+* ``knn_contrast``: the knn similarity minus the photo's similarity to its k-th most similar
+  photo of the user's ``--unknown_dir`` that training used (never under ``floor``, the 80th
+  percentile of the validation photos' own: a photo far from both keeps its knn order). Only a
+  run trained with a folder of its own has it; it is what tells near unknowns (a dog for a
+  model of cats) apart when the folder holds their like (docs/benchmarks.md).
 
-The last three need the network's logits and features: the run's own model files give them
+The last four need the network's logits and features: the run's own model files give them
 (Keras ``.keras``, PyTorch ``.pth``), and an exported file computes the rule's score itself, as
 its second output ``known_score`` (the bank of training features inside the file for knn).
 Which score ships is chosen per run (``choose_score``), with its threshold, on the validation
@@ -32,19 +37,21 @@ import numpy as np
 from pokedex_trainer.errors import UserError
 
 SHIPPED_SCORE = "max_softmax"  # the score every file can give (probabilities out)
-GRAPH_SCORES = ("max_logit", "energy", "knn")  # computed inside exported files (known_score)
+GRAPH_SCORES = ("max_logit", "energy", "knn", "knn_contrast")  # computed inside exported files (known_score)
 SCORES = (SHIPPED_SCORE,) + GRAPH_SCORES
 SCORE_OUTPUT = "known_score"
 DEFAULT_RECALL = 0.95
 KNN_K = 10
+CONTRAST_QUANTILE = 0.8  # knn_contrast's floor: this share of the validation photos' own
 KNN_BANK = 1000  # training photos in the feature bank, at most (a seeded choice); an exported
 #                  file carries it (1000 x 1280 floats: 5 MB for MobileNetV2)
 
 
 def scores(probabilities: np.ndarray, logits: np.ndarray | None = None,
-           features: np.ndarray | None = None, bank: np.ndarray | None = None
-           ) -> dict[str, np.ndarray]:
-    """Every score the inputs allow, one value per photo (higher = known)."""
+           features: np.ndarray | None = None, bank: np.ndarray | None = None,
+           contrast: tuple | None = None) -> dict[str, np.ndarray]:
+    """Every score the inputs allow, one value per photo (higher = known). ``contrast``:
+    (bank of the run's unknown photos, floor) for knn_contrast."""
     found = {"max_softmax": probabilities.max(axis=1)}
     if logits is not None:
         peak = logits.max(axis=1)
@@ -52,7 +59,17 @@ def scores(probabilities: np.ndarray, logits: np.ndarray | None = None,
         found["energy"] = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
     if features is not None and bank is not None and len(bank):
         found["knn"] = knn_similarity(features, bank)
+        if contrast is not None:
+            unknown_bank, floor = contrast
+            found["knn_contrast"] = found["knn"] - np.maximum(
+                knn_similarity(features, unknown_bank), floor)
     return found
+
+
+def contrast_floor(val_features: np.ndarray, unknown_bank: np.ndarray) -> float:
+    """knn_contrast's floor: the CONTRAST_QUANTILE of the validation photos' similarity to
+    the unknown bank (a known photo that merely resembles an unknown one is not pushed down)."""
+    return float(np.quantile(knn_similarity(val_features, unknown_bank), CONTRAST_QUANTILE))
 
 
 def normalized(features: np.ndarray) -> np.ndarray:
@@ -141,11 +158,14 @@ RULE_TEXT = {
               "the threshold",
     "knn": "unknown when the similarity of the photo's features to the 10th most similar "
            "training photo (the file's known_score output) is below the threshold",
+    "knn_contrast": "unknown when the knn similarity minus the similarity to the 10th most "
+                    "similar photo of the run's --unknown_dir (at least 'floor'; the file's "
+                    "known_score output) is below the threshold",
 }
 
 
 def fit_rule(val_scores: dict, recall: float, fitted_on: str, score: str | None = None,
-             bank_photos: int = 0) -> dict:
+             bank_photos: int = 0, contrast: tuple | None = None) -> dict:
     """The shipped rule (the sidecar's ``unknown`` key): the score ``choose_score`` picks (or
     ``score``) and the threshold under which a photo is "unknown", fitted to keep ``recall`` of
     the validation photos. ``val_scores``: scores() of the validation photos."""
@@ -154,8 +174,10 @@ def fit_rule(val_scores: dict, recall: float, fitted_on: str, score: str | None 
             "recall": recall, "fitted_on": fitted_on, "rule": RULE_TEXT[score]}
     if score in GRAPH_SCORES:
         rule["output"] = SCORE_OUTPUT
-    if score == "knn":
+    if score in ("knn", "knn_contrast"):
         rule.update({"k": KNN_K, "bank_photos": int(bank_photos)})
+    if contrast is not None:  # knn_contrast's, kept for evaluate.py's table whichever ships
+        rule.update({"unknown_bank_photos": len(contrast[0]), "floor": float(contrast[1])})
     return rule
 
 
@@ -176,9 +198,15 @@ def checked_rule(rule, where: str) -> dict | None:
         raise UserError(f"{where}: its 'unknown' rule's recall must be a share between 0 and 1")
     if not isinstance(rule.get("fitted_on", ""), str):
         raise UserError(f"{where}: its 'unknown' rule's fitted_on must be text")
-    low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0)}.get(score, (-np.inf, np.inf))
-    if score == "knn":  # a similarity, with float32 rounding either side
+    low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0),
+                 "knn_contrast": (-2.0, 2.0)}.get(score, (-np.inf, np.inf))
+    if score in ("knn", "knn_contrast"):  # similarities, with float32 rounding either side
         low, high = low - 1e-3, high + 1e-3
+    floor = rule.get("floor")
+    if score == "knn_contrast" and (isinstance(floor, bool) or not isinstance(
+            floor, (int, float)) or not -1.0 <= floor <= 1.0):
+        raise UserError(f"{where}: its 'unknown' rule (knn_contrast) needs a 'floor', a "
+                        "similarity between -1 and 1")
     if not low <= threshold <= high:
         raise UserError(f"{where}: its 'unknown' threshold {threshold:g} is outside the range "
                         f"of {score} ({low:g} to {high:g})")

@@ -75,11 +75,15 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
 
     bank = feature_bank(predictor, run, keeps_run_files(member)) \
         if features is not None else None
+    rule = member.calibration.get("unknown")
+    contrast = None
+    if bank is not None and (rule or {}).get("floor") is not None:
+        unknown_bank = feature_bank(predictor, run, keeps_run_files(member), kind="unknown")
+        contrast = None if unknown_bank is None else (unknown_bank, rule["floor"])
     calibrated = apply_temperature(probabilities, member.temperature)
     u_calibrated = apply_temperature(u_probabilities, member.temperature)
-    known_scores = scoring.scores(calibrated, logits, features, bank)
-    unknown_scores = scoring.scores(u_calibrated, u_logits, u_features, bank)
-    rule = member.calibration.get("unknown")
+    known_scores = scoring.scores(calibrated, logits, features, bank, contrast)
+    unknown_scores = scoring.scores(u_calibrated, u_logits, u_features, bank, contrast)
     if rule and rule["score"] not in known_scores:  # an export: its own known_score output
         scorer = RuleScorer(rule, predictor, run, keeps_run_files(member))
         known_scores[rule["score"]] = _file_scores(scorer, test)
@@ -99,7 +103,8 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
             (unknown_scores[rule["score"]] >= threshold).mean())
         section["known_kept"] = float((known_scores[rule["score"]] >= threshold).mean())
     if logits is None:
-        section["note"] = ("max_logit, energy and knn need the network's logits and features: "
+        section["note"] = ("max_logit, energy, knn and knn_contrast need the network's logits "
+                           "and features: "
                            "evaluate the run's own model file (.keras or .pth) for them")
     plots.plot_unknown_scores(known_scores, unknown_scores, table, out / "unknown_scores.png")
     plots.plot_coverage(section["coverage"], out / "accuracy_coverage.png")

@@ -35,7 +35,7 @@ def scored_model(model, graph):
 
     if graph is None:
         return model
-    name, bank, k = graph
+    name, bank, k, unknown_bank, floor = graph
     weight, bias = model.get_layer(HEAD_NAME).get_weights()
 
     class KnownScore(keras.layers.Layer):
@@ -44,17 +44,27 @@ def scored_model(model, graph):
             self.bias = self.add_weight(shape=bias.shape, trainable=False, name="bias")
             self.weight.assign(weight)
             self.bias.assign(bias)
-            if name == "knn":
+            if name in ("knn", "knn_contrast"):
                 self.bank_t = self.add_weight(shape=bank.T.shape, trainable=False, name="bank")
                 self.bank_t.assign(np.ascontiguousarray(bank.T))
+            if name == "knn_contrast":
+                self.unknown_bank_t = self.add_weight(shape=unknown_bank.T.shape,
+                                                      trainable=False, name="unknown_bank")
+                self.unknown_bank_t.assign(np.ascontiguousarray(unknown_bank.T))
 
         def call(self, features):
             features = ops.cast(features, "float32")
-            if name == "knn":
+            if name in ("knn", "knn_contrast"):
                 norm = ops.sqrt(ops.maximum(ops.sum(features * features, axis=1,
                                                     keepdims=True), 1e-24))
-                similarity = ops.matmul(features / norm, self.bank_t)
-                return ops.top_k(similarity, int(k))[0][:, int(k) - 1]
+                unit = features / norm
+                score = ops.top_k(ops.matmul(unit, self.bank_t), int(k))[0][:, int(k) - 1]
+                if name == "knn":
+                    return score
+                k_unknown = min(int(k), len(unknown_bank))
+                unknown = ops.top_k(ops.matmul(unit, self.unknown_bank_t),
+                                    k_unknown)[0][:, k_unknown - 1]
+                return score - ops.maximum(unknown, float(floor))
             logits = ops.matmul(features, self.weight) + self.bias
             if name == "max_logit":
                 return ops.max(logits, axis=1)

@@ -29,14 +29,20 @@ EXAMPLE_BATCH = 2
 
 class KnownScore(nn.Module):
     """The "unknown" rule's score inside the file (evaluation/unknown.py computes the same in
-    numpy): the top logit, logsumexp of the logits, or the k-th highest cosine similarity of
-    the features to a bank of normalized training features."""
+    numpy): the top logit, logsumexp of the logits, the k-th highest cosine similarity of the
+    features to a bank of normalized training features (knn), or that minus the k-th highest
+    similarity to a bank of the run's unknown photos, never under ``floor`` (knn_contrast)."""
 
-    def __init__(self, name: str, bank=None, k: int = 1):
+    def __init__(self, name: str, bank=None, k: int = 1, unknown_bank=None, floor=None):
         super().__init__()
         self.name, self.k = name, int(k)
-        if name == "knn":
+        if name in ("knn", "knn_contrast"):
             self.register_buffer("bank_t", torch.as_tensor(bank, dtype=torch.float32).T.clone())
+        if name == "knn_contrast":
+            self.register_buffer("unknown_bank_t", torch.as_tensor(
+                unknown_bank, dtype=torch.float32).T.clone())
+            self.k_unknown = min(self.k, len(unknown_bank))
+            self.floor = float(floor)
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.name == "max_logit":
@@ -44,13 +50,21 @@ class KnownScore(nn.Module):
         if self.name == "energy":
             return torch.logsumexp(logits, dim=1)
         norm = torch.sqrt((features * features).sum(dim=1, keepdim=True)).clamp_min(1e-12)
-        similarity = ((features / norm) @ self.bank_t).clamp(-1.0, 1.0)
-        # the k-th highest: the highest value with at least k values at or above it, equal
-        # ones counted apart as numpy's partition does (topk becomes a sort that LiteRT's
-        # interpreter lacks)
-        at_or_above = (similarity[:, None, :] >= similarity[:, :, None]).float().sum(dim=2)
-        return torch.where(at_or_above >= self.k, similarity,
-                           torch.full_like(similarity, -2.0)).amax(dim=1)
+        unit = features / norm
+        score = _kth_highest((unit @ self.bank_t).clamp(-1.0, 1.0), self.k)
+        if self.name == "knn":
+            return score
+        unknown = _kth_highest((unit @ self.unknown_bank_t).clamp(-1.0, 1.0), self.k_unknown)
+        return score - unknown.clamp_min(self.floor)
+
+
+def _kth_highest(similarity: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th highest of each row: the highest value with at least k values at or above it,
+    equal ones counted apart as numpy's partition does (topk becomes a sort that LiteRT's
+    interpreter lacks)."""
+    at_or_above = (similarity[:, None, :] >= similarity[:, :, None]).float().sum(dim=2)
+    return torch.where(at_or_above >= k, similarity,
+                       torch.full_like(similarity, -2.0)).amax(dim=1)
 
 
 class ProbabilityModel(nn.Module):
@@ -72,7 +86,8 @@ class ProbabilityModel(nn.Module):
 
 
 def known_score_module(graph) -> KnownScore | None:
-    """``graph``: (score name, bank or None, k) of the rule, or None for max softmax."""
+    """``graph``: (score name, bank or None, k, unknown bank or None, floor or None) of the
+    rule, or None for max softmax."""
     return None if graph is None else KnownScore(*graph)
 
 

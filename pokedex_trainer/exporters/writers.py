@@ -54,7 +54,8 @@ class ExportJob:
     threshold: float | None = None
     unknown: dict | None = None  # the "unknown" rule the sidecars carry (None: fitted here)
     run: Path | None = None  # the run of ``source`` (the knn bank's training photos)
-    graph: tuple | None = None  # (score, bank, k) computed inside the files; None: max softmax
+    graph: tuple | None = None  # (score, bank, k, unknown bank, floor) computed inside the
+    #                             files (exporters/torch_formats.py KnownScore); None: max softmax
 
 
 def run_export(job: ExportJob) -> list[ExportResult]:
@@ -109,7 +110,8 @@ def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
     calibrated = apply_temperature(reference, job.temperature or 1.0)
     inner = source.logits_and_features(images)
     if job.unknown is not None and job.unknown["score"] in scoring.GRAPH_SCORES and \
-            (inner is None or (job.unknown["score"] == "knn" and job.run is None)):
+            (inner is None or (job.unknown["score"] in ("knn", "knn_contrast")
+                               and job.run is None)):
         logger.warning("the saved 'unknown' rule (%s) needs the run's features: fitted again "
                        "here", job.unknown["score"])
         job.unknown = None
@@ -127,7 +129,9 @@ def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
         job.graph = None
         return None
     scorer = RuleScorer(job.unknown, source, job.run, keep=False)  # the run is only read
-    job.graph = (name, scorer.bank, scoring.knn_k(scorer.bank) if name == "knn" else 1)
+    bank, unknown_bank = scorer.banks or (None, None)
+    job.graph = (name, bank, 1 if bank is None else scoring.knn_k(bank), unknown_bank,
+                 job.unknown.get("floor"))
     return scorer.score(images, calibrated)
 
 

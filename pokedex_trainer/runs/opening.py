@@ -207,7 +207,7 @@ def create_run(config: TrainConfig, prepared: tuple | None = None
         if held:
             from pokedex_trainer.data.unknown_photos import record_held_out
 
-            record_held_out(store.root, held)
+            record_held_out(store.root, held, [Path(path) for path, _ in unknown])
     except BaseException:  # a full disk, Ctrl-C: no half-written run is left behind
         store.remove_new_run()
         context.footprint.remove()

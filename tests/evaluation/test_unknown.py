@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pokedex_trainer.cli.commands import evaluate_main, export_main, run_main
+from pokedex_trainer.errors import UserError
 from pokedex_trainer.evaluation import unknown as scoring
 
 FAST = ["--latency_runs", "1", "--latency_batch", "2"]
@@ -32,6 +33,42 @@ def test_scores_and_measures_worked_out_by_hand():
     curve = scoring.coverage_curve(np.array([0.9, 0.1, 0.5, 0.4]),
                                    np.array([True, False, True, False]), points=4)
     assert [p["accuracy"] for p in curve] == [1.0, 1.0, 2 / 3, 0.5]
+
+
+def test_knn_contrast_worked_out_by_hand_and_the_same_inside_a_pytorch_file():
+    """knn_contrast = knn - max(knn to the unknown bank, floor); the exported files' module
+    computes the same (k-th highest by counting, as LiteRT needs)."""
+    import torch
+
+    from pokedex_trainer.exporters.torch_formats import KnownScore
+
+    bank = scoring.normalized(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    unknown_bank = scoring.normalized(np.array([[-1.0, 0.0], [-1.0, 1.0]]))
+    features = np.array([[2.0, 0.0], [-1.0, 0.0], [0.0, 3.0]])
+    # knn (k = 3): 0, -1, 0; to the unknown bank (k = 2): cos 135 deg, cos 45 deg, 0
+    found = scoring.scores(np.full((3, 3), 1 / 3), np.zeros((3, 3)), features, bank,
+                           (unknown_bank, -0.5))
+    assert found["knn"] == pytest.approx([0.0, -1.0, 0.0])
+    assert found["knn_contrast"] == pytest.approx(
+        [0.0 - (-0.5), -1.0 - np.cos(np.pi / 4), 0.0 - 0.0])
+    assert scoring.contrast_floor(features, unknown_bank) == pytest.approx(
+        np.quantile([-np.cos(np.pi / 4), np.cos(np.pi / 4), 0.0], scoring.CONTRAST_QUANTILE))
+    rng = np.random.default_rng(0)
+    bank = scoring.normalized(rng.normal(size=(40, 8))).astype(np.float32)
+    unknown_bank = scoring.normalized(rng.normal(size=(15, 8))).astype(np.float32)
+    features = rng.normal(size=(12, 8)).astype(np.float32)
+    expected = scoring.scores(np.ones((12, 2)) / 2, np.zeros((12, 2)), features, bank,
+                              (unknown_bank, 0.1))["knn_contrast"]
+    module = KnownScore("knn_contrast", bank, scoring.knn_k(bank), unknown_bank, 0.1)
+    inside = module(torch.from_numpy(features), torch.zeros(12, 2)).numpy()
+    assert inside == pytest.approx(expected, abs=1e-5)
+    rule = scoring.fit_rule({"knn_contrast": expected}, 0.9, "by hand", score="knn_contrast",
+                            bank_photos=40, contrast=(unknown_bank, 0.1))
+    assert rule["floor"] == 0.1 and rule["unknown_bank_photos"] == 15
+    assert scoring.checked_rule(rule, "here") == rule
+    for broken in ({**rule, "floor": None}, {**rule, "floor": 3.0}, {**rule, "threshold": 2.5}):
+        with pytest.raises(UserError):
+            scoring.checked_rule(broken, "here")
 
 
 def _noise_folder(folder, count=10, nested=True):
@@ -388,3 +425,66 @@ def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_wri
     assert held_out_files(taught) == held
     held[0].write_bytes(b"changed")
     assert held_out_files(taught) == held[1:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network, formats", [
+    ("tiny_torch", "torchscript,onnx,tflite"), ("tiny_keras", "onnx,tflite")])
+def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
+        network, formats, tiny_dataset, tmp_path):
+    """A run trained with --unknown_dir records the photos it trained on; evaluate.py builds
+    their bank and the rule's floor; with knn_contrast as the rule, every exported file
+    computes it itself and answers 'unknown' for the same photos as the run's own model."""
+    from conftest import train_tiny_run
+
+    from pokedex_trainer.data.unknown_photos import held_out_files
+    from pokedex_trainer.evaluation.app_predictions import predict_command
+
+    unknown = _noise_folder(tmp_path / "unknown", 20, nested=False)
+    run = train_tiny_run(tiny_dataset, tmp_path / "t", network, "--epochs", "2",
+                         "--unknown_dir", str(unknown))
+    trained = held_out_files(run, "trained")
+    assert len(trained) == 16 and not set(trained) & set(held_out_files(run))
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--output_dir",
+                                    str(tmp_path / "report"), *FAST]) == 0
+    data = json.loads((run / "calibration.json").read_text("utf-8"))
+    rule = data["unknown"]
+    assert "knn_contrast" in rule["chosen_on"]["auroc"]
+    assert rule["unknown_bank_photos"] == 16 and -1.0 <= rule["floor"] <= 1.0
+    assert len(list((run / "unknown_bank").glob("*.unknown.npy"))) == 1
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(tiny_dataset.rglob("*.jpg"))[::4][:8]:
+        (photos / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    _noise_folder(photos, 8, nested=False)
+
+    def use(threshold):  # the rule as evaluate.py writes it when knn_contrast wins
+        forced = {**rule, "score": "knn_contrast", "rule": scoring.RULE_TEXT["knn_contrast"],
+                  "output": "known_score", "k": scoring.KNN_K, "threshold": threshold}
+        data["unknown"] = forced
+        for entry in data["models"].values():
+            entry["unknown"] = forced
+        (run / "calibration.json").write_text(json.dumps(data), "utf-8")
+        return forced
+
+    use(0.0)
+    scores = [r["known_score"] for r in
+              predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "p0"))]
+    forced = use(float(np.median(scores)))
+    own = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "own"))
+    assert "unknown" in {r["prediction"] for r in own} != {"unknown"}
+    assert run_main(export_main, ["--run_dir", str(run), "--formats", formats,
+                                  "--check_images", "6"]) == 0
+    exported = [p for p in (run / "export").iterdir()
+                if p.suffix in (".pt", ".onnx", ".tflite") and "int8" not in p.name]
+    assert len(exported) >= len(formats.split(","))
+    for model in exported:
+        sidecar = json.loads(model.with_name(model.name + ".json").read_text("utf-8"))
+        assert sidecar["unknown"] == forced
+        rows = predict_command(str(photos), None, str(model), 3, None,
+                               str(tmp_path / model.name))
+        tolerance = 1e-2 if "float16" in model.name else 1e-4  # half-precision weights
+        for mine, theirs in zip(own, rows):
+            assert theirs["known_score"] == pytest.approx(mine["known_score"], abs=tolerance)
+            if abs(mine["known_score"] - forced["threshold"]) > tolerance:
+                assert theirs["prediction"] == mine["prediction"], model.name
