@@ -196,7 +196,7 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
         if self.run_name is not None:
-            from pokedex_trainer.runs.layout import check_single_component
+            from pokedex_trainer.user_io.path_checks import check_single_component
 
             check_single_component(self.run_name, "--run_name")
         self._check_batch_memory()

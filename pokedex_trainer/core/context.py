@@ -8,8 +8,6 @@ from pathlib import Path
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.data.scan import DatasetIndex
 from pokedex_trainer.data.feeding import BatchLoader, BatchSource
-from pokedex_trainer.runs.layout import RunLayout
-from pokedex_trainer.runs.store import RunStore
 from pokedex_trainer.networks import ModelSpec
 
 
@@ -75,15 +73,6 @@ class RunContext:
         if self.image_cache is not None:
             self.image_cache.close()
             self.image_cache = None
-
-    @property
-    def layout(self) -> RunLayout:
-        return RunLayout.for_spec(self.run_dir, self.spec)
-
-    @property
-    def store(self) -> RunStore:
-        """The reader and writer of the run's files."""
-        return RunStore(self.run_dir, self.spec)
 
     @property
     def class_names(self) -> list[str]:

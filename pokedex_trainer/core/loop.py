@@ -12,14 +12,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pokedex_trainer.runs.history import HistoryWriter
-from pokedex_trainer.core.training_backend import TrainingBackend
-from pokedex_trainer.core.checkpoints import CheckpointSaver
+from pokedex_trainer.core.training_backend import EpochRecord, RunFiles, TrainingBackend
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT
 from pokedex_trainer.core.monitor import BestTracker, EarlyStopping, PlateauScheduler, cosine_learning_rate
@@ -53,7 +50,7 @@ class RunState:
     """Per-epoch bookkeeping: history, best score, early stopping, the resume position.
 
     Args:
-        history_path: where history.csv goes.
+        history: where each epoch's row goes (EpochRecord; history.csv in a run).
         patience: early-stopping patience (restarts each phase).
         resume_point: the saved position of an interrupted run (``--resume``), if any.
         main_process: False on the other ranks of a multi-process run (they write nothing).
@@ -61,7 +58,7 @@ class RunState:
             stops the run as ``pruned`` (a hyperparameter search's pruner).
     """
 
-    history_path: Path
+    history: EpochRecord
     patience: int
     resume_point: dict | None = None
     main_process: bool = True
@@ -80,7 +77,6 @@ class RunState:
             self.early_stopping.load_state_dict(saved["early_stopping"])
             self.best_logs = saved["best_logs"]
             self.epochs_run = saved["epochs_run"]
-        self.history = HistoryWriter(self.history_path)
         if self.resume_point and self.main_process:
             self.history.truncate(self.epochs_run)
 
@@ -159,7 +155,7 @@ def make_plateau(context: RunContext) -> PlateauScheduler:
 
 
 def run_phases(backend: TrainingBackend, context: RunContext, state: RunState,
-               phases: list[Phase], saver: CheckpointSaver) -> dict:
+               phases: list[Phase], saver: RunFiles) -> dict:
     """Train every phase still to run, save the final model; returns test-split metrics."""
     best = None
     for window in state.schedule(phases):
@@ -177,7 +173,7 @@ def run_phases(backend: TrainingBackend, context: RunContext, state: RunState,
 
 
 def train_phase(backend: TrainingBackend, context: RunContext, state: RunState,
-                window: PhaseWindow, saver: CheckpointSaver, best):
+                window: PhaseWindow, saver: RunFiles, best):
     """One phase, epoch by epoch; ends on the best weights seen so far. Returns them."""
     phase = window.phase
     state.start_phase(phase, window.resumed)
@@ -252,7 +248,7 @@ def step_plateau(backend: TrainingBackend, plateau: PlateauScheduler, logs: dict
     return new_rate
 
 
-def restore_position(backend: TrainingBackend, saver: CheckpointSaver, point: dict,
+def restore_position(backend: TrainingBackend, saver: RunFiles, point: dict,
                      plateau: PlateauScheduler) -> float:
     """Weights, optimizer, plateau counters and learning rate of an interrupted phase."""
     saver.restore(backend, point)

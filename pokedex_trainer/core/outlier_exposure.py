@@ -10,8 +10,8 @@ distribution and a weight, and the loss is ``mean(weight * cross_entropy(target,
 
 * a labelled photo of class c: the label-smoothed one-hot of c (``--label_smoothing``), weighted
   by its class weight (``--class_weight``, else 1);
-* an unknown photo (label ``UNKNOWN_LABEL``): the uniform distribution, weighted by
-  ``--unknown_weight`` (0.5, the paper's).
+* an unknown photo (label -1, ``UNKNOWN_LABEL`` of data/unknown_photos.py): the uniform
+  distribution, weighted by ``--unknown_weight`` (0.5, the paper's).
 
 Without unknown photos this is exactly the cross-entropy the backends use otherwise. Accuracy
 counts the labelled photos only.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-UNKNOWN_LABEL = -1
 DEFAULT_UNKNOWN_WEIGHT = 0.5
 
 

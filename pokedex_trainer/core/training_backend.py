@@ -68,3 +68,35 @@ class TrainingBackend(Protocol):
 
     def close(self) -> None:
         """Stop loaders and workers, close writers. Called once, also after an error."""
+
+
+class RunFiles(Protocol):
+    """What the loop asks of the run's files (runs/checkpoints.py CheckpointSaver): core
+    writes no file itself."""
+
+    enabled: bool  # False on the ranks of a multi-process run that write nothing
+
+    def save_best(self, backend: TrainingBackend) -> None:
+        """Write the best model so far."""
+
+    def save_final(self, backend: TrainingBackend) -> None:
+        """Write the final model."""
+
+    def best_weights(self, backend: TrainingBackend) -> Any:
+        """The best model's weights (read back from its file)."""
+
+    def save_epoch(self, backend: TrainingBackend, epoch: int, position: dict) -> None:
+        """Keep what resuming after 0-based ``epoch`` needs (and a periodic copy when due)."""
+
+    def restore(self, backend: TrainingBackend, position: dict) -> None:
+        """Put back the state saved with ``position``."""
+
+
+class EpochRecord(Protocol):
+    """Where each finished epoch's row goes (runs/history.py HistoryWriter: history.csv)."""
+
+    def write(self, epoch: int, phase: str, logs: dict) -> None:
+        """One row: 1-based ``epoch``, the phase's name, its metrics."""
+
+    def truncate(self, epochs: int) -> None:
+        """Drop the rows after the first ``epochs`` (a resumed run repeats them)."""

@@ -24,6 +24,7 @@ from pokedex_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+UNKNOWN_LABEL = -1  # the label of a photo of none of the classes (core/outlier_exposure.py)
 BUILTIN = "builtin"
 BUILTIN_FOLDER = ".pokedex_unknown_builtin"
 BUILTIN_VERSION = "v1"
@@ -211,8 +212,6 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     """(absolute path, -1) of the unknown photos a run trains on: at most ``cap`` (the count
     of labelled training photos, so they never outnumber them), a seeded choice, after a
     fifth is held out for validation (split_unknown)."""
-    from pokedex_trainer.core.outlier_exposure import UNKNOWN_LABEL
-
     folder = builtin_folder(output_dir) if given == BUILTIN else Path(given)
     files = photo_files(folder, "--unknown_dir")
     if given != BUILTIN:

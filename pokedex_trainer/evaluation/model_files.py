@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
-from pokedex_trainer.exporters.sidecar_schema import sidecar_problem
+from pokedex_trainer.evaluation.sidecar_schema import sidecar_problem
 
 SIDECAR_SUFFIX = ".json"
 KERAS_SUFFIXES = (".keras", ".h5")

@@ -191,7 +191,7 @@ class TorchCheckpointPredictor(Predictor):
         except Exception as exc:
             raise UserError(f"could not load PyTorch checkpoint '{path}' (only checkpoints "
                             f"this project wrote are read): {why_not_tensors(exc)}") from None
-        from pokedex_trainer.runs.checked_files import checkpoint_problem
+        from pokedex_trainer.user_io.checked_values import checkpoint_problem
 
         problem = checkpoint_problem(payload)
         if problem:

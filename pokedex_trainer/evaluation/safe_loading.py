@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
+from pokedex_trainer.user_io.regular_files import file_sha256
 
 TRUST_STORE_ENV = "POKEDEX_TRUST_STORE"
 CODE_BEARING = "TorchScript (.pt) and SavedModel files can run code when opened"
@@ -46,20 +47,6 @@ def trust_store_path() -> Path:
 
     configured = env_path(TRUST_STORE_ENV)
     return configured or Path.home() / ".pokedex_ultra" / "trusted_models.jsonl"
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files and their relative names (a SavedModel)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def is_saved_model(path: Path) -> bool:

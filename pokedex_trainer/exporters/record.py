@@ -7,7 +7,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pokedex_trainer.evaluation.safe_loading import file_sha256, is_code_bearing, remember_written
+from pokedex_trainer.evaluation.safe_loading import is_code_bearing, remember_written
+from pokedex_trainer.user_io.regular_files import file_sha256
 from pokedex_trainer.exporters.parity import ExportResult
 from pokedex_trainer.exporters.writers import ExportJob
 from pokedex_trainer.user_io.atomic import atomic_write_json

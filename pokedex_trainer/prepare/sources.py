@@ -53,7 +53,7 @@ def load_class_map(value: str | None) -> dict[str, str]:
                                                 for k, v in mapping.items()):
         raise UserError(f"--class_map: '{value}' must hold a JSON object of "
                         "\"old name\": \"New name\" strings")
-    from pokedex_trainer.runs.layout import check_single_component
+    from pokedex_trainer.user_io.path_checks import check_single_component
 
     for target in mapping.values():
         check_single_component(target, "--class_map target class")

@@ -11,11 +11,11 @@ restart a run, rewrite its history or delete a row.
 from __future__ import annotations
 
 import csv
-import math
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from pokedex_trainer.errors import UserError
+from pokedex_trainer.user_io.checked_values import is_number, is_whole, names_problem, shown
 from pokedex_trainer.user_io.inert_text import class_name
 
 RESUME_REMEDY = "the run cannot be resumed (restore the file from a copy of the run, or start " \
@@ -27,26 +27,13 @@ STATE_DIR = re.compile(r"^epoch_\d{3,}$")
 REQUIRED_CONFIG = ("data_path", "model_type", "epochs", "fine_tune_epochs", "batch_size",
                    "learning_rate", "image_size", "weights", "seed", "output_dir", "log_dir")
 
+# fit_temperature searches 0.05..20; a little room either side for other tools' calibration
+# (export.py writes the run's temperature into every sidecar: evaluation/sidecar_schema.py)
+TEMPERATURE_RANGE = (0.01, 100.0)
+
 
 def fail(path: Path, problem: str, remedy: str):
     raise UserError(f"{path}: {problem}; {remedy}")
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def is_whole(value, low: int = 0, high: int | None = None) -> bool:
-    """A JSON whole number (not a bool, not 2.0) in [low, high]."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low and \
-        (high is None or value <= high)
-
-
-def is_number(value, finite: bool = True) -> bool:
-    """A JSON number (int or float, not a bool); finite unless ``finite`` is False."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        (not finite or math.isfinite(value))
 
 
 def read_json(path: Path, remedy: str):
@@ -95,12 +82,12 @@ def config_values(path: Path, fields: dict) -> dict:
     for name, value in values.items():
         problem = _config_problem(name, value, str(fields[name]))
         if problem:
-            fail(path, f"{name} must be {problem}, got {_shown(value)}", READ_REMEDY)
+            fail(path, f"{name} must be {problem}, got {shown(value)}", READ_REMEDY)
     if "model_type" in values:
         from pokedex_trainer.networks import MODEL_SPECS
 
         if values["model_type"] not in MODEL_SPECS:
-            fail(path, f"model_type {_shown(values['model_type'])} is not a network of this "
+            fail(path, f"model_type {shown(values['model_type'])} is not a network of this "
                         f"version ({', '.join(sorted(MODEL_SPECS))})", READ_REMEDY)
     if values.get("image_size") is not None:
         values["image_size"] = tuple(values["image_size"])
@@ -130,19 +117,10 @@ def _config_problem(name: str, value, hint: str) -> str | None:
 
 # --- class_names.json and split_manifest.json ------------------------------------------------
 
-def _names_problem(names) -> str | None:
-    if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip()
-                                                     for n in names)):
-        return "must be a list of class names (non-empty strings)"
-    if len({class_name(n) for n in names}) != len(names):
-        return "holds the same class name twice"
-    return None
-
-
 def read_class_names(path: Path, expected: list[str] | None = None) -> list[str]:
     """A run's class_names.json; when ``expected`` (the manifest's) is given, it must match."""
     names = read_json(path, READ_REMEDY)
-    problem = _names_problem(names)
+    problem = names_problem(names)
     if problem:
         fail(path, problem, READ_REMEDY)
     names = [class_name(n) for n in names]  # one Unicode form, whatever wrote the file
@@ -183,7 +161,7 @@ def read_manifest(path: Path) -> dict:
     manifest = _object(path, read_json(path, READ_REMEDY), READ_REMEDY)
     if not isinstance(manifest.get("data_path"), str):
         fail(path, "data_path must be the data folder's path (text)", READ_REMEDY)
-    problem = _names_problem(manifest.get("class_names"))
+    problem = names_problem(manifest.get("class_names"))
     if problem:
         fail(path, f"class_names {problem}", READ_REMEDY)
     n_classes = len(manifest["class_names"])
@@ -197,15 +175,15 @@ def read_manifest(path: Path) -> dict:
             fail(path, f"split '{split}' must be a list of [path, label] pairs", READ_REMEDY)
         for item in items:
             if not (isinstance(item, list) and len(item) == 2):
-                fail(path, f"split '{split}': {_shown(item)} is not a [path, label] pair",
+                fail(path, f"split '{split}': {shown(item)} is not a [path, label] pair",
                       READ_REMEDY)
             problem = _relative_problem(item[0])
             if problem:
-                fail(path, f"split '{split}': sample path {_shown(item[0])} {problem}",
+                fail(path, f"split '{split}': sample path {shown(item[0])} {problem}",
                       READ_REMEDY)
             if not is_whole(item[1], 0, n_classes - 1):
                 fail(path, f"split '{split}': label of '{item[0]}' must be a whole number from "
-                            f"0 to {n_classes - 1}, got {_shown(item[1])}", READ_REMEDY)
+                            f"0 to {n_classes - 1}, got {shown(item[1])}", READ_REMEDY)
         checked[split] = [(p, label) for p, label in items]
     return {**manifest, "class_names": [class_name(n) for n in manifest["class_names"]],
             "splits": checked}
@@ -216,13 +194,11 @@ def read_manifest(path: Path) -> dict:
 def _temperature_problem(entry) -> str | None:
     if not isinstance(entry, dict):
         return "must be an object"
-    from pokedex_trainer.exporters.sidecar_schema import TEMPERATURE_RANGE
-
     value = entry.get("temperature")
     low, high = TEMPERATURE_RANGE  # what a sidecar may carry: export writes it into one
     if value is None or (is_number(value) and low <= value <= high):
         return None
-    return f"temperature must be a number from {low} to {high}, got {_shown(value)}"
+    return f"temperature must be a number from {low} to {high}, got {shown(value)}"
 
 
 def read_calibration(path: Path) -> dict | None:
@@ -252,7 +228,7 @@ def read_summary(path: Path) -> dict | None:
         return None
     data = _object(path, read_json(path, SUMMARY_REMEDY), SUMMARY_REMEDY)
     if not isinstance(data.get("status", ""), str):
-        fail(path, f"status must be text, got {_shown(data['status'])}", SUMMARY_REMEDY)
+        fail(path, f"status must be text, got {shown(data['status'])}", SUMMARY_REMEDY)
     return data
 
 
@@ -267,7 +243,7 @@ def read_state(path: Path, phase_epochs: list[int], max_format: int) -> dict:
 
     def need(ok: bool, what: str, value) -> None:
         if not ok:
-            fail(path, f"{what}, got {_shown(value)}", RESUME_REMEDY)
+            fail(path, f"{what}, got {shown(value)}", RESUME_REMEDY)
 
     if "format" in point:
         need(is_whole(point["format"], 1, max_format),
@@ -351,7 +327,7 @@ def check_history(path: Path, epochs_run: int, state_path: Path) -> None:
     epochs = [row[0] for row in rows[1:] if row]
     for number, text in enumerate(epochs, 1):
         if text != str(number):
-            fail(path, f"row {number} must be epoch {number}, got {_shown(text)}",
+            fail(path, f"row {number} must be epoch {number}, got {shown(text)}",
                   RESUME_REMEDY)
     if not epochs_run <= len(epochs) <= epochs_run + 1:
         fail(path, f"holds {len(epochs)} epochs but {state_path.name} says {epochs_run} were "
@@ -359,22 +335,3 @@ def check_history(path: Path, epochs_run: int, state_path: Path) -> None:
 
 
 # --- the metadata a checkpoint (.pth) carries beside its weights -----------------------------
-
-def checkpoint_problem(payload: dict) -> str | None:
-    """What is wrong with a ``.pth`` checkpoint's own description, or None."""
-    problem = _names_problem(payload.get("class_names"))
-    if problem:
-        return f"class_names {problem}"
-    size = payload.get("image_size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and
-            all(is_whole(v, 1) and v <= 4096 for v in size)):
-        return (f"image_size must be [height, width], whole numbers from 1 to 4096 (the "
-                f"sidecars' bound), got {_shown(size)}")
-    for key in ("model_type", "arch"):
-        if not isinstance(payload.get(key), str):
-            return f"{key} must be text, got {_shown(payload.get(key))}"
-    dropout = payload.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
-            not 0 <= dropout < 1:
-        return f"dropout must be a number from 0 to below 1, got {_shown(dropout)}"
-    return None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pokedex_trainer.errors import UserError
+from pokedex_trainer.user_io.atomic import PARTIAL_DIR
 
 CONFIG = "config.json"
 CLASS_NAMES = "class_names.json"
@@ -32,34 +33,7 @@ EVALUATION_DIR = "evaluation"
 EXPORT_DIR = "export"
 RESUME_DIR = "resume"
 RESUME_STATE = "state.json"
-PARTIAL_DIR = ".partial"
 EXPERIMENTS = "experiments.csv"
-
-
-WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                    *(f"LPT{i}" for i in range(1, 10))}
-
-
-def check_single_component(name: str, what: str) -> str:
-    """``name`` as one file or folder name, valid on Windows too; raises UserError otherwise.
-
-    A class or run name must never reach outside its parent folder (``..``, ``a/b``, an
-    absolute path) or be a name Windows cannot create (``CON``, ``a:b``, a trailing dot).
-    """
-    problem = None
-    if not isinstance(name, str) or not name.strip():
-        problem = "it is empty"
-    elif name in (".", "..") or any(sep in name for sep in ("/", "\\")):
-        problem = "it must be a single folder name, without '/', '\\' or '..'"
-    elif any(ch in name for ch in ':*?"<>|') or any(ord(ch) < 32 for ch in name):
-        problem = 'it holds a character Windows forbids in names (: * ? " < > | or a control one)'
-    elif name.rstrip(" .") != name:
-        problem = "it ends with a dot or a space"
-    elif name.split(".")[0].upper() in WINDOWS_RESERVED:
-        problem = "it is a name Windows reserves"
-    if problem:
-        raise UserError(f"{what} '{name}' is not usable: {problem}")
-    return name
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.core.checkpoints import CheckpointSaver
+from pokedex_trainer.runs.checkpoints import CheckpointSaver
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from pokedex_trainer.machine.memory_watch import MemoryWatch
@@ -34,7 +34,8 @@ from pokedex_trainer.runs.opening import (
     run_framework,
 )
 from pokedex_trainer.runs.run_log import capture_to_log
-from pokedex_trainer.runs.store import RunStore
+from pokedex_trainer.runs.history import HistoryWriter
+from pokedex_trainer.runs.store import RunStore, store_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def train_new_run(context: RunContext, notes: list[str], on_epoch=None) -> Path:
 
 def _lock_new_run(context: RunContext) -> RunLock:
     try:
-        return context.store.lock()
+        return store_of(context).lock()
     except UserError:
         remove_unstarted_run(context)
         raise
@@ -177,7 +178,7 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
             from pokedex_trainer.machine.step_memory import check_training_step
 
             check_training_step(context.config)
-        saver = CheckpointSaver(context.store, context.timestamp, context.config.save_every,
+        saver = CheckpointSaver(store_of(context), context.timestamp, context.config.save_every,
                                 enabled=backend.main_process, save_h5=context.config.save_h5)
         # Every rank of a torchrun must stop at the same step, and PyTorch's training loop is
         # plain Python (a KeyboardInterrupt there is safe): both stop at once, as Python does.
@@ -197,7 +198,7 @@ def _train_as_worker(module, context: RunContext, resume_point: dict | None,
     import socket
 
     logging.getLogger().setLevel(logging.WARNING)
-    state = RunState(context.store.history_path, context.config.patience,
+    state = RunState(HistoryWriter(store_of(context).history_path), context.config.patience,
                      resume_point=resume_point, main_process=False)
     try:
         train_with_backend(module, context, state)
@@ -229,8 +230,8 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     ``fresh``: the run directory was made for this run; when bad input stops the run before
     its first epoch, it is removed again (``lock`` released first) instead of recorded.
     """
-    store = context.store
-    state = RunState(store.history_path, context.config.patience, resume_point=resume_point,
+    store = store_of(context)
+    state = RunState(HistoryWriter(store.history_path), context.config.patience, resume_point=resume_point,
                      on_epoch=on_epoch)
     epochs_before, started = state.epochs_run, time.time()
     status, failure, test_metrics, summary = "failed", None, {}, None
@@ -283,7 +284,7 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
 def _drop_resume_state_of_finished(context: RunContext) -> None:
     """A finished run cannot be resumed: its resume state (the model with its optimizer,
     about 3x the model) goes, unless --keep_resume; best and final models stay."""
-    store = context.store
+    store = store_of(context)
     try:
         if context.config.keep_resume or not store.finished_status():
             return
@@ -322,7 +323,7 @@ def _log_interrupted(context: RunContext) -> None:
         logger.warning("interrupted: trial %s of search '%s' is recorded as failed; "
                        "run the same search command again to continue the search",
                        context.config.search_trial, context.config.search_name)
-    elif not context.store.has_resume_state():
+    elif not store_of(context).has_resume_state():
         logger.warning("interrupted before the first epoch ended: there is nothing to resume; "
                        "run the same command again to start over (%s may be deleted)",
                        context.run_dir)
@@ -356,7 +357,7 @@ def record_outcome(context: RunContext, state: RunState, status: str, started: f
         summary["reason"] = str(failure)
     summary["environment"] = environment_info()
     summary["environment"]["device"] = state.device
-    store = context.store
+    store = store_of(context)
     for what, write in (("summary.json", lambda: store.write_summary(summary)),
                         ("experiments.csv", lambda: store.append_experiment(summary))):
         try:
@@ -396,7 +397,7 @@ def remove_unstarted_run(context: RunContext) -> None:
     """Undo a run that never trained: the files it wrote, then the folders it made if they
     are empty (nothing else is touched: its TensorBoard folder may be a user's folder, or an
     earlier run's of the same name, see runs/footprint.py)."""
-    if not context.store.remove_new_run():
+    if not store_of(context).remove_new_run():
         logger.warning("left %s in place: it holds files this run did not write",
                        context.run_dir)
     if context.footprint is not None:

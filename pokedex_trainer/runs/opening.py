@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.core.checkpoints import STATE_FORMAT
+from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.phases import plan_phases
 from pokedex_trainer.data.scan import (

@@ -295,3 +295,8 @@ class RunStore:
         except OSError:
             return False
         return True
+
+
+def store_of(context) -> RunStore:
+    """The store of a run being trained (a core RunContext: its folder and network)."""
+    return RunStore(context.run_dir, context.spec)

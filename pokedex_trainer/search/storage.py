@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.errors import UserError, reason_line
-from pokedex_trainer.runs.layout import check_single_component
+from pokedex_trainer.user_io.path_checks import check_single_component
 from pokedex_trainer.search.space import Param, check_space_matches
 
 PRUNER_STARTUP_TRIALS = 2  # the pruner compares a trial once this many trials have completed

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pokedex_trainer.errors import UserError
 
+PARTIAL_DIR = ".partial"  # the hidden folder of half-written files, beside their target
+
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Create ``path`` if needed and prove it is writable; raises UserError otherwise."""
@@ -56,8 +58,6 @@ def atomic_target(path: Path, suffix: str):
     The temporary file lives in a hidden ``.partial`` folder beside ``path``, so a process
     killed mid-write leaves nothing that a lookup of model or export files could match.
     """
-    from pokedex_trainer.runs.layout import PARTIAL_DIR
-
     path = Path(path)
     partial = path.parent / PARTIAL_DIR
     for attempt in range(3):  # another writer may remove the empty folder in between

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.user_io.atomic import atomic_write_json
-from pokedex_trainer.evaluation.safe_loading import file_sha256
+from pokedex_trainer.user_io.regular_files import file_sha256
 
 RECORD = ".pokedex_outputs.json"
 RECORD_FORMAT = 1

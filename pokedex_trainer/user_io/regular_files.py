@@ -7,6 +7,7 @@ a file by its name: each file the tool reads is opened without blocking and chec
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -65,3 +66,17 @@ def require_regular(path: Path | str, what: str = "model file") -> None:
     problem = not_regular(path)
     if problem:
         raise UserError(f"cannot use '{path}' as a {what}: {problem}")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files and their relative names (a SavedModel)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,5 +1,5 @@
 """A ``TrainingBackend`` in plain Python, and a run built around it the way runs/lifecycle.py builds
-a real one: the tests of ``core.loop`` and ``core.checkpoints`` drive the real core with it.
+a real one: the tests of ``core.loop`` and ``runs.checkpoints`` drive the real core with it.
 
 The fake's weights are a dict of numbers: ``{"path": [1, 2, 5]}`` are weights trained at
 epochs 1, 2 and 5 (1-based), in that order, so "the best weights were restored" and "phase 2
@@ -16,17 +16,26 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from pokedex_trainer.config import TrainConfig
-from pokedex_trainer.core.checkpoints import STATE_FORMAT
+from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
 from pokedex_trainer.core.phases import Phase, plan_phases
 from pokedex_trainer.data.scan import DatasetIndex
+from pokedex_trainer.runs.history import HistoryWriter
+from pokedex_trainer.runs.layout import RunLayout
 from pokedex_trainer.runs.store import create_run_dir
 from pokedex_trainer.runs.checked_files import check_history, read_state
 from pokedex_trainer.runs.lifecycle import train_with_backend
 
 STAMP = "20250101_120000"  # the run's timestamp (records.timestamp's format)
 STATE_FILE = "fake_state.json"  # what save_state writes into resume/epoch_NNN/
+
+
+def _layout(context: RunContext) -> RunLayout:
+    """The file names of the fake run's directory."""
+    return RunLayout.for_spec(context.run_dir, context.spec)
+
+
 TEST_METRICS = {"loss": 0.5, "accuracy": 0.75, "top5_accuracy": 1.0}
 NAN = math.nan
 
@@ -185,13 +194,13 @@ def train(context, backend: FakeBackend, resume: bool = False, on_epoch=None,
     """Train ``context`` with ``backend`` as runs/lifecycle.py does (``_train_and_record`` and
     ``train_with_backend``); ``resume`` continues from the run's resume/state.json, read and
     checked as ``open_resumed_run`` reads it. Returns the RunState and the test metrics."""
-    layout, config = context.layout, context.config
+    layout, config = _layout(context), context.config
     point = None
     if resume:
         point = read_state(layout.resume_state, [p.epochs for p in plan_phases(config)],
                            STATE_FORMAT)
         check_history(layout.history, point["run_state"]["epochs_run"], layout.resume_state)
-    state = RunState(layout.history, config.patience, resume_point=point, on_epoch=on_epoch,
+    state = RunState(HistoryWriter(layout.history), config.patience, resume_point=point, on_epoch=on_epoch,
                      main_process=main_process)
     metrics = train_with_backend(SimpleNamespace(Backend=lambda _: backend), context, state)
     return state, metrics
@@ -199,9 +208,9 @@ def train(context, backend: FakeBackend, resume: bool = False, on_epoch=None,
 
 def history(context) -> list[dict]:
     """history.csv as rows of strings."""
-    with open(context.layout.history, encoding="utf-8", newline="") as handle:
+    with open(_layout(context).history, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
 def resume_point(context) -> dict:
-    return json.loads(context.layout.resume_state.read_text(encoding="utf-8"))
+    return json.loads(_layout(context).resume_state.read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""What ``core.checkpoints.CheckpointSaver`` writes and reads, shown with a fake backend: the
+"""What ``runs.checkpoints.CheckpointSaver`` writes and reads, shown with a fake backend: the
 model files of a run (best, final, a copy every N epochs) and the resume state committed in
 two steps (the epoch's folder, then resume/state.json naming it)."""
 
@@ -8,10 +8,11 @@ import json
 
 import pytest
 
-from pokedex_trainer.core.checkpoints import STATE_FORMAT, CheckpointSaver
+from pokedex_trainer.runs.checkpoints import STATE_FORMAT, CheckpointSaver
+from pokedex_trainer.runs.store import store_of
 
-from .fake_backend import (STAMP, STATE_FILE, FakeBackend, make_context, resume_point, scripted,
-                           train)
+from .fake_backend import (STAMP, STATE_FILE, FakeBackend, _layout, make_context, resume_point,
+                           scripted, train)
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def context(tmp_path):
 
 def _saver(context, **options) -> CheckpointSaver:
     """The saver of a run, made as training.train_with_backend makes it."""
-    return CheckpointSaver(context.store, context.timestamp, **options)
+    return CheckpointSaver(store_of(context), context.timestamp, **options)
 
 
 def _position(next_epoch: int) -> dict:
@@ -61,7 +62,7 @@ def test_the_best_weights_come_from_the_best_model_file(context):
 
 def test_each_epoch_commits_its_own_state_folder_then_state_json_naming_it(context):
     saver, backend = _saver(context), FakeBackend(scripted([0.5]))
-    layout = context.layout
+    layout = _layout(context)
     assert not layout.resume_state.exists()  # nothing to resume yet
 
     backend.weights = {"path": [1]}
@@ -100,7 +101,7 @@ def test_a_failed_state_save_leaves_the_previous_position_and_its_folder(context
     with pytest.raises(OSError):
         saver.save_epoch(backend, 1, _position(2))
 
-    layout = context.layout
+    layout = _layout(context)
     assert resume_point(context)["state_dir"] == "epoch_001"
     assert _names(layout.resume_dir) == ["epoch_001", "state.json"]
     assert layout.partial_dir.exists()  # the half-built folder, never a resume state
@@ -118,15 +119,15 @@ def test_an_epoch_run_again_after_a_resume_replaces_its_folder(context):
     saver, backend = _saver(context), FakeBackend(scripted([0.5]))
     backend.weights = {"path": [1, 2]}
     saver.save_epoch(backend, 1, _position(2))
-    killed = context.layout.resume_dir / "epoch_003"
+    killed = _layout(context).resume_dir / "epoch_003"
     killed.mkdir()
     (killed / STATE_FILE).write_text(json.dumps({"weights": {"path": [1, 2, 3]}, "lr": 1e-3}),
                                      encoding="utf-8")
     backend.weights = {"path": [1, 2, 9]}
     saver.save_epoch(backend, 2, _position(3))
 
-    assert _names(context.layout.resume_dir) == ["epoch_003", "state.json"]
-    saved = json.loads((context.layout.resume_dir / "epoch_003" / STATE_FILE).read_text("utf-8"))
+    assert _names(_layout(context).resume_dir) == ["epoch_003", "state.json"]
+    saved = json.loads((_layout(context).resume_dir / "epoch_003" / STATE_FILE).read_text("utf-8"))
     assert saved["weights"] == {"path": [1, 2, 9]}
 
 
@@ -134,7 +135,7 @@ def test_a_killed_write_of_the_state_goes_once_a_new_position_is_committed(conte
     """A killed write of state.json leaves a temporary file; the next commit removes it and
     nothing else it did not write (a run of an earlier version is upgraded by its RunStore
     before a saver sees it: tests/runs/test_store.py)."""
-    layout = context.layout
+    layout = _layout(context)
     layout.resume_dir.mkdir()
     for name in (".state.json.abc123.tmp", "notes.txt"):
         (layout.resume_dir / name).write_text("x", encoding="utf-8")
@@ -191,7 +192,7 @@ def test_save_every_keeps_a_model_copy_every_n_epochs_of_a_run(tmp_path, save_ev
     for n, name in zip(copies, names):  # each copy holds the weights of its epoch
         assert json.loads((context.run_dir / name).read_text("utf-8")) == \
             {"path": WEIGHTS_AFTER[n]}
-    assert _names(context.layout.resume_dir) == ["epoch_005", "state.json"]
+    assert _names(_layout(context).resume_dir) == ["epoch_005", "state.json"]
     assert resume_point(context)["state_dir"] == "epoch_005"
     assert {"tiny_torch_best.pth", f"tiny_torch_final_{STAMP}.pth"} <= set(_names(
         context.run_dir))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from pokedex_trainer.core.checkpoints import STATE_FORMAT
+from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.errors import UserError
 from pokedex_trainer.runs.store import RunStore
 

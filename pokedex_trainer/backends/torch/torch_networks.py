@@ -208,7 +208,7 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
     from pokedex_trainer.networks import get_spec
 
     from pokedex_trainer.errors import UserError
-    from pokedex_trainer.runs.checked_files import checkpoint_problem
+    from pokedex_trainer.user_io.checked_values import checkpoint_problem
 
     payload = load_tensors(path)
     problem = checkpoint_problem(payload) if isinstance(payload, dict) else \

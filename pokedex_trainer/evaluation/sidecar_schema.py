@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 
+from pokedex_trainer.runs.checked_files import TEMPERATURE_RANGE
+
 MAX_CLASSES = 100_000
 # (pixel - mean) / std of pixels in 0..255 stays far below float32's 3.4e38 within these
 MEAN_RANGE = (-1e4, 1e4)
 STD_RANGE = (1e-3, 1e4)
-# fit_temperature searches 0.05..20; a little room either side for other tools' calibration
-TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 def _number(value) -> bool:
