@@ -192,3 +192,25 @@ def shown_segments(stdout: str) -> tuple[int, list[str]]:
 
 def live_segments(pid: int) -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"pokedex_{pid}_"))
+
+
+def force_unknown_rule(run: Path, **changes) -> dict:
+    """Set the 'unknown' rule evaluate.py saved in ``run``'s calibration.json (for the run and
+    every model of it) to another score or threshold, as if it had chosen that one; returns the
+    rule. The tests of a score that the tiny runs do not choose by themselves use it."""
+    import json
+
+    from pokedex_trainer.evaluation import unknown as scoring
+
+    path = run / "calibration.json"
+    data = json.loads(path.read_text("utf-8"))
+    rule = {**data["unknown"], **changes}
+    if rule["score"] in scoring.GRAPH_SCORES:
+        rule.update({"output": scoring.SCORE_OUTPUT, "rule": scoring.RULE_TEXT[rule["score"]]})
+    if rule["score"] in ("knn", "knn_contrast"):
+        rule["k"] = scoring.KNN_K
+    data["unknown"] = rule
+    for entry in data["models"].values():
+        entry["unknown"] = rule
+    path.write_text(json.dumps(data), "utf-8")
+    return rule

@@ -435,7 +435,7 @@ def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
     """A run trained with --unknown_dir records the photos it trained on; evaluate.py builds
     their bank and the rule's floor; with knn_contrast as the rule, every exported file
     computes it itself and answers 'unknown' for the same photos as the run's own model."""
-    from conftest import train_tiny_run
+    from conftest import force_unknown_rule, train_tiny_run
 
     from pokedex_trainer.data.unknown_photos import held_out_files
     from pokedex_trainer.evaluation.app_predictions import predict_command
@@ -458,19 +458,10 @@ def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
         (photos / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
     _noise_folder(photos, 8, nested=False)
 
-    def use(threshold):  # the rule as evaluate.py writes it when knn_contrast wins
-        forced = {**rule, "score": "knn_contrast", "rule": scoring.RULE_TEXT["knn_contrast"],
-                  "output": "known_score", "k": scoring.KNN_K, "threshold": threshold}
-        data["unknown"] = forced
-        for entry in data["models"].values():
-            entry["unknown"] = forced
-        (run / "calibration.json").write_text(json.dumps(data), "utf-8")
-        return forced
-
-    use(0.0)
+    force_unknown_rule(run, score="knn_contrast", threshold=0.0)
     scores = [r["known_score"] for r in
               predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "p0"))]
-    forced = use(float(np.median(scores)))
+    forced = force_unknown_rule(run, threshold=float(np.median(scores)))
     own = predict_command(str(photos), str(run), None, 3, None, str(tmp_path / "own"))
     assert "unknown" in {r["prediction"] for r in own} != {"unknown"}
     assert run_main(export_main, ["--run_dir", str(run), "--formats", formats,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, train_tiny_run
+from conftest import ROOT, force_unknown_rule, train_tiny_run
 
 WEB = ROOT / "pokedex_trainer" / "exporters" / "web"
 
@@ -367,11 +367,13 @@ def test_the_page_answers_as_evaluate_predict_in_chromium(tmp_path, model_type, 
 
 
 @pytest.mark.slow
-def test_the_page_says_i_dont_know_where_python_says_unknown(tmp_path):
+@pytest.mark.parametrize("score", ["knn", "knn_contrast"])
+def test_the_page_says_i_dont_know_where_python_says_unknown(score, tmp_path):
     """Issue 33: with no --threshold the page applies the sidecar's fitted rule, as evaluate.py
     --predict does: the same 20 photos, half of them noise, get the same 'unknown' verdicts
     through Python and through the page in Chromium, and the page shows "I don't know this
-    one" with the guesses greyed."""
+    one" with the guesses greyed. knn_contrast: a run trained with a folder of unknown photos,
+    its rule set to that score (the page's model computes it with both banks)."""
     chromium = _browser()
     from PIL import Image
     from playwright.sync_api import sync_playwright
@@ -380,21 +382,37 @@ def test_the_page_says_i_dont_know_where_python_says_unknown(tmp_path):
     from pokedex_trainer.evaluation.app_predictions import predict_command
 
     data = _copy_of(ROOT / "data" / "demo", tmp_path / "demo", per_class=12)
-    run = train_tiny_run(data, tmp_path, "tiny_torch", "--epochs", "3")
+    rng = np.random.default_rng(1)
+    extra = []
+    if score == "knn_contrast":
+        unknown = tmp_path / "unknown"
+        unknown.mkdir()
+        for index in range(20):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+                unknown / f"noise_{index:02d}.png")
+        extra = ["--unknown_dir", str(unknown)]
+    run = train_tiny_run(data, tmp_path, "tiny_torch", "--epochs", "3", *extra)
     _sharpen(run)
     assert run_main(evaluate_main, ["--run_dir", str(run), "--unknown_recall", "0.7",
                                     "--latency_runs", "1", "--latency_batch", "2"]) == 0
+    rule = json.loads((run / "calibration.json").read_text("utf-8"))["unknown"]
+    if score == "knn_contrast":  # the threshold that keeps 70 % of the class photos
+        from pokedex_trainer.evaluation.app_predictions import predict_command as predict
+
+        force_unknown_rule(run, score=score, threshold=-2.0)
+        scores = [r["known_score"] for r in predict(str(data), str(run), None, 3, None,
+                                                      str(tmp_path / "known"))]
+        rule = force_unknown_rule(run, threshold=float(np.quantile(scores, 0.3)))
     assert run_main(export_main, ["--run_dir", str(run), "--formats", "web",
                                   "--check_images", "6"]) == 0
     page_dir = run / "export" / "web"
-    rule = json.loads((run / "calibration.json").read_text("utf-8"))["unknown"]
-    # the run's network gives features: the rule is knn, computed by the model file itself
-    assert rule["score"] == "knn"
+    # the run's network gives features: the rule is knn (or the forced knn_contrast),
+    # computed by the model file itself
+    assert rule["score"] == score
     assert json.loads((page_dir / "model.json").read_text("utf-8"))["known_score"] == \
-        {"score": "knn", "threshold": rule["threshold"]}
+        {"score": score, "threshold": rule["threshold"]}
     photos = tmp_path / "photos"
     photos.mkdir()
-    rng = np.random.default_rng(1)
     for index, path in enumerate(sorted(data.rglob("*.jpg"))[::7][:10]):
         shutil.copyfile(path, photos / f"animal_{index:02d}.jpg")
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
