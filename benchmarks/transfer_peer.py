@@ -52,6 +52,12 @@ VARIANTS = {
     "split_light_all_smooth": ["--recipe", "guide", "--val_split", "0.2", "--test_split", "0",
                                "--augment", "light", "--fine_tune_layers", "all",
                                "--label_smoothing", "0.1"],
+    # small data (issue 35, item 4): the transfer recipe with more of the folder training
+    "split_80_10_10": ["--val_split", "0.1", "--test_split", "0.1"],
+    "split_90_10_0": ["--val_split", "0.1", "--test_split", "0"],
+    # the same command in either framework (issue 35, item 5): --head_epochs is the epoch count
+    "scratch_pytorch": ["--weights", "none", "--fine_tune_epochs", "0"],
+    "scratch_keras": ["--framework", "keras", "--weights", "none", "--fine_tune_epochs", "0"],
 }
 
 
