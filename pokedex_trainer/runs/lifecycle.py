@@ -1,8 +1,9 @@
 """One run's life, the same for every road into it: open (new or resume) -> train -> record.
 
 The command line, the Python API, k-fold, the search and every rank of a torchrun all come
-through ``run_training`` (one process is a group of one) or, for a run already opened
-(a k-fold fold), ``train_new_run``. The run lock and the record of a failure live here only;
+through ``run_training`` (a process alone: ``_train_one_process``; the ranks of a torchrun:
+``_train_in_group``, which adds the talk between ranks around the same steps) or, for a run
+already opened (a k-fold fold), ``train_new_run``. The run lock and the record of a failure live here only;
 the run's files are read and written by its ``RunStore``.
 """
 
@@ -12,6 +13,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.runs.checkpoints import CheckpointSaver
@@ -20,6 +22,7 @@ from pokedex_trainer.core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from pokedex_trainer.machine.memory_watch import MemoryWatch
 from pokedex_trainer.core.loop import MONITOR, RunState, run_phases
 from pokedex_trainer.core.phases import plan_phases
+from pokedex_trainer.core.training_backend import TrainingBackend
 from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError, reason_line
 from pokedex_trainer.runs.distributed import describe_group, describe_node, group_problem
 from pokedex_trainer.runs.distributed import world as process_world
@@ -29,6 +32,8 @@ from pokedex_trainer.runs.lock import RunLock
 from pokedex_trainer.runs.opening import (
     create_run,
     feeding_of,
+    ProcessGroup,
+    load_process_group,
     load_training_backend,
     open_resumed_run,
     run_framework,
@@ -53,18 +58,30 @@ def run_training(config: TrainConfig, resume_dir: Path | None = None,
     """
     stop_grace()  # a bad POKEDEX_STOP_GRACE is refused before a run directory is made
     rank, world = process_world()
-    module = None
-    if world > 1:
-        # Join first, whatever the network: a rank that stopped here alone would leave the
-        # others waiting for it. The chief checks the network (a non-chief node may not see
-        # the config of the run to resume) and every rank hears its answer.
-        module = load_training_backend("torch")
-        module.init_distributed()
+    if world == 1:
+        return _train_one_process(config, resume_dir, on_epoch)
+    # Join first, whatever the network: a rank that stopped here alone would leave the others
+    # waiting for it. The chief checks the network (a non-chief node may not see the config
+    # of the run to resume) and every rank hears its answer.
+    group = load_process_group()
+    group.join()
     try:
-        return _train_in_group(module, config, resume_dir, rank, world, on_epoch)
+        return _train_in_group(group, config, resume_dir, rank, on_epoch)
     finally:
-        if module is not None:
-            module.leave_distributed()
+        group.leave()
+
+
+def _train_one_process(config: TrainConfig, resume_dir: Path | None, on_epoch=None) -> Path:
+    """The run of a process that trains alone: open it, train it, record it."""
+    opened = _open_as_chief(config, resume_dir)
+    if opened is None:
+        return _already_finished(RunStore(Path(resume_dir)))
+    context, resume_point, notes, lock = opened
+    try:
+        return _train_and_record(context, notes, resume_point, fresh=resume_dir is None,
+                                 lock=lock, on_epoch=on_epoch)
+    finally:
+        lock.release()
 
 
 def train_new_run(context: RunContext, notes: list[str], on_epoch=None) -> Path:
@@ -125,8 +142,10 @@ def _open_as_chief(config: TrainConfig, resume_dir: Path | None):
     return context, resume_point, [], lock
 
 
-def _train_in_group(module, config: TrainConfig, resume_dir: Path | None, rank: int,
-                    world: int, on_epoch=None) -> Path | None:
+def _train_in_group(group: ProcessGroup, config: TrainConfig, resume_dir: Path | None,
+                    rank: int, on_epoch=None) -> Path | None:
+    """A rank of a torchrun: the chief opens the run and every rank hears what it opened (or
+    why it could not: one line, the same on every rank), then each trains its share."""
     opened, error = None, None
     if rank == 0:
         try:
@@ -134,42 +153,38 @@ def _train_in_group(module, config: TrainConfig, resume_dir: Path | None, rank: 
             if opened is None:
                 _already_finished(RunStore(Path(resume_dir)))
         except UserError as exc:
-            if world == 1:
-                raise
             error = str(exc)  # every rank must hear it, or they would wait forever
         except Exception as exc:  # a full disk, a folder gone...: the same, in one line
-            if world == 1:
-                raise
             error = f"rank 0 could not open the run: {describe_failure(exc)}"
     context, resume_point, notes, lock = opened or (None, None, [], None)
     finished = rank == 0 and opened is None and error is None
-    if world > 1:
-        # The chief's split travels with the context: every rank trains on that one split.
-        context, resume_point, error, finished = module.broadcast(
-            (context, resume_point, error, finished))
-        if not error and not finished:
-            error = group_problem(module.all_gather(describe_node(
-                context.index.root, context.splits, resume_point, context.run_dir)))
-            if error and rank == 0:
-                lock.release()
-                if resume_dir is None:
-                    remove_unstarted_run(context)
-        if error:
-            raise UserError(error)
+    # The chief's split travels with the context: every rank trains on that one split.
+    context, resume_point, error, finished = group.broadcast(
+        (context, resume_point, error, finished))
+    if not error and not finished:
+        error = group_problem(group.all_gather(describe_node(
+            context.index.root, context.splits, resume_point, context.run_dir)))
+        if error and rank == 0:
+            lock.release()
+            if resume_dir is None:
+                remove_unstarted_run(context)
+    if error:
+        raise UserError(error)
     if finished:
         return Path(resume_dir) if rank == 0 else None
     if rank != 0:
-        return _train_as_worker(module, context, resume_point, rank)
+        return _train_as_worker(context, resume_point, rank)
     try:
-        return _train_and_record(context, notes, resume_point, module,
-                                 fresh=resume_dir is None, lock=lock, on_epoch=on_epoch)
+        return _train_and_record(context, notes, resume_point, fresh=resume_dir is None,
+                                 lock=lock, on_epoch=on_epoch)
     finally:
         lock.release()
 
 
-def train_with_backend(module, context: RunContext, state: RunState) -> dict:
+def train_with_backend(make_backend: Callable[[RunContext], TrainingBackend],
+                       context: RunContext, state: RunState) -> dict:
     """Build the framework's backend and run the core phase loop over it."""
-    backend = module.Backend(context)
+    backend = make_backend(context)
     if not context.config.pretrained:
         logger.info("--weights none: training from scratch, nothing is frozen")
     try:
@@ -191,8 +206,7 @@ def train_with_backend(module, context: RunContext, state: RunState) -> dict:
         context.close_image_cache()
 
 
-def _train_as_worker(module, context: RunContext, resume_point: dict | None,
-                     rank: int) -> None:
+def _train_as_worker(context: RunContext, resume_point: dict | None, rank: int) -> None:
     """A rank other than 0: trains its share and writes nothing; rank 0 reports, exports
     and returns the run directory."""
     import socket
@@ -201,7 +215,7 @@ def _train_as_worker(module, context: RunContext, resume_point: dict | None,
     state = RunState(HistoryWriter(store_of(context).history_path), context.config.patience,
                      resume_point=resume_point, main_process=False)
     try:
-        train_with_backend(module, context, state)
+        train_with_backend(load_training_backend(context.spec.framework).make, context, state)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:  # the chief died, a file it cannot read...
@@ -223,7 +237,7 @@ def _log_run_header(context: RunContext, notes: list[str], resumed: bool) -> Non
 
 
 def _train_and_record(context: RunContext, notes: list[str], resume_point: dict | None,
-                      module=None, fresh: bool = False, lock: RunLock | None = None,
+                      fresh: bool = False, lock: RunLock | None = None,
                       on_epoch=None) -> Path:
     """Train, then record the outcome (summary.json, experiments.csv) whatever it is.
 
@@ -245,8 +259,8 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
             logger.warning("%s", live_note)
         _log_run_header(context, notes, bool(resume_point))
         try:
-            module = module or load_training_backend(context.spec.framework)
-            test_metrics = train_with_backend(module, context, state)
+            make_backend = load_training_backend(context.spec.framework).make
+            test_metrics = train_with_backend(make_backend, context, state)
             status = state.stop_reason or "completed"
         except KeyboardInterrupt as exc:
             status, failure = "interrupted", exc

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.phases import plan_phases
+from pokedex_trainer.core.training_backend import TrainingBackend
 from pokedex_trainer.data.scan import (
     DatasetIndex,
     check_class_count,
@@ -31,17 +33,51 @@ from pokedex_trainer.user_io.atomic import ensure_writable_dir
 logger = logging.getLogger(__name__)
 
 
-def load_training_backend(framework: str):
-    """Import the trainer of one framework only when a run needs it."""
-    module = {"keras": "pokedex_trainer.backends.keras.trainer",
-              "torch": "pokedex_trainer.backends.torch.trainer"}[framework]
+@dataclass(frozen=True)
+class TrainingBackendEntry:
+    """What runs/ uses of one framework's training backend (backends/<framework>/trainer.py):
+    the class that trains a run (core/training_backend.py TrainingBackend) and its
+    ``--batch_size auto`` search."""
+
+    make: Callable[[RunContext], TrainingBackend]
+    find_batch_size: Callable[..., int]
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """torchrun's process group as runs/lifecycle.py talks to it
+    (backends/torch/process_group.py): join, leave, one object from rank 0 to every rank,
+    one object from every rank to all."""
+
+    join: Callable[[], None]
+    leave: Callable[[], None]
+    broadcast: Callable[[object], object]
+    all_gather: Callable[[object], list]
+
+
+def _import_framework_module(name: str):
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(name)
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] in ("tensorflow", "keras", "torch", "torchvision"):
             raise UserError(f"{exc.name} is not installed: run "
                             "'python -m pip install -r requirements.txt'") from None
         raise
+
+
+def load_training_backend(framework: str) -> TrainingBackendEntry:
+    """The training backend of one framework, imported only when a run needs it."""
+    module = _import_framework_module({"keras": "pokedex_trainer.backends.keras.trainer",
+                                       "torch": "pokedex_trainer.backends.torch.trainer"}[
+                                           framework])
+    return TrainingBackendEntry(module.Backend, module.find_batch_size)
+
+
+def load_process_group() -> ProcessGroup:
+    """torchrun's process group (PyTorch's; the Keras networks train in one process)."""
+    group = _import_framework_module("pokedex_trainer.backends.torch.process_group")
+    return ProcessGroup(group.init_distributed, group.leave_distributed, group.broadcast,
+                        group.all_gather)
 
 
 def prepare_data(config: TrainConfig) -> tuple[DatasetIndex, dict, list[str]]:

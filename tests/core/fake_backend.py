@@ -13,7 +13,6 @@ import csv
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.runs.checkpoints import STATE_FORMAT
@@ -202,7 +201,7 @@ def train(context, backend: FakeBackend, resume: bool = False, on_epoch=None,
         check_history(layout.history, point["run_state"]["epochs_run"], layout.resume_state)
     state = RunState(HistoryWriter(layout.history), config.patience, resume_point=point, on_epoch=on_epoch,
                      main_process=main_process)
-    metrics = train_with_backend(SimpleNamespace(Backend=lambda _: backend), context, state)
+    metrics = train_with_backend(lambda _: backend, context, state)
     return state, metrics
 
 

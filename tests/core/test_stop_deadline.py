@@ -21,7 +21,7 @@ from conftest import ROOT, tiny_run_argv
 
 # The child: the real trainer, with fit_epoch (or the validation pass) of one epoch blocking.
 BLOCKING_TRAINER = """
-import os, signal, sys, threading, types
+import dataclasses, os, signal, sys, threading
 from pathlib import Path
 sys.path.insert(0, {root!r})
 import pokedex_trainer.runs.lifecycle as training
@@ -45,8 +45,8 @@ def stuck():
 
 real_load_backend = training.load_training_backend
 def load_training_backend(framework):
-    module = real_load_backend(framework)
-    class Backend(module.Backend):
+    entry = real_load_backend(framework)
+    class Backend(entry.make):
         epoch = -1
         def fit_epoch(self, epoch, phase):
             self.epoch = epoch
@@ -57,7 +57,7 @@ def load_training_backend(framework):
             if WHERE == "val" and split == "val" and self.epoch == BLOCK_EPOCH:
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives as the validation pass starts
             return super().evaluate(split)
-    return types.SimpleNamespace(**{{**vars(module), "Backend": Backend}})
+    return dataclasses.replace(entry, make=Backend)
 training.load_training_backend = load_training_backend
 sys.exit(run_main(train_main, {argv!r}))
 """

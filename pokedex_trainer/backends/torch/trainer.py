@@ -23,15 +23,7 @@ from pokedex_trainer.backends.torch.torch_networks import (
     load_tensors,
     stage_activations,
 )
-# runs/lifecycle.py joins, talks over and leaves the process group through this module
-# (init_distributed, broadcast, all_gather, leave_distributed).
-from pokedex_trainer.backends.torch.process_group import (  # noqa: F401
-    all_gather,
-    broadcast,
-    init_distributed,
-    leave_distributed,
-    wrap_distributed,
-)
+from pokedex_trainer.backends.torch.process_group import wrap_distributed
 from pokedex_trainer.backends.torch.runner import Runner, WeightAverage, make_optimizer
 from pokedex_trainer.backends.torch.tensorboard_log import TorchTensorBoardLog
 
