@@ -135,8 +135,8 @@ class Trainer:
                             "under that line (or pass workers=0)")
         setup_console_logging()
         result = train_command(self.config, self.actions)
-        searched = self.actions.get("search_trials") is not None  # result: the report folder
-        if isinstance(result, Path) and self.actions["kfold"] is None and not searched:
+        searched = self.actions.search_trials is not None  # result: the report folder
+        if isinstance(result, Path) and self.actions.kfold is None and not searched:
             self.run_dir = result
         return result
 

@@ -259,3 +259,29 @@ class TrainConfig:
     def field_types(cls) -> dict:
         """Each option's type as written in this class (checked when a saved config is read)."""
         return {name: f.type for name, f in cls.__dataclass_fields__.items()}
+
+
+@dataclass(frozen=True)
+class TrainActions:
+    """What the trainer's command line asks beyond a run's configuration: what to do with it
+    (resume, measure the batch size, export, k-fold, search) and where to log. ``explicit``:
+    the options the command line gives (what a search keeps fixed, what the recipe defaults
+    never override); ``recipe_defaults``: the values the run took from its recipe."""
+
+    resume: str | None = None
+    find_batch_size: bool = False
+    export: str | None = None
+    kfold: int | None = None
+    live_log: str | None = None
+    search_trials: int | None = None
+    search_name: str | None = None
+    search_storage: str | None = None
+    search_space: str | None = None
+    explicit: dict = field(default_factory=dict)
+    recipe_defaults: dict = field(default_factory=dict)
+
+    @property
+    def searching(self) -> bool:
+        """Any of the search's options given: the command is a search."""
+        return any(value is not None for value in (self.search_trials, self.search_name,
+                                                    self.search_storage, self.search_space))

@@ -51,7 +51,7 @@ def test_keyword_arguments_give_the_configuration_of_the_same_command_line():
          "--batch_size", "auto", "--no_augment", "--mixed_precision", "--export", "tflite",
          "--learning_rate", "0.0005", "--run_name", "León"])
     assert trainer.config == config and trainer.actions == actions
-    assert Trainer(model_type="resnet", export=True).actions["export"] == "all"
+    assert Trainer(model_type="resnet", export=True).actions.export == "all"
 
 
 @pytest.mark.parametrize("options,expected", [

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from pokedex_trainer.cli.parsers import (
-    SEARCH_ACTIONS,
     build_evaluate_parser,
     build_export_parser,
     build_prepare_parser,
     parse_train_command,
     train_option_actions,
 )
-from pokedex_trainer.config import TrainConfig
+from pokedex_trainer.config import TrainActions, TrainConfig
 
 
 def run_main(main, argv: list[str] | None = None) -> int:
@@ -161,7 +160,7 @@ def train_main(argv: list[str] | None = None) -> int | None:
     return None
 
 
-def train_command(config: TrainConfig, actions: dict):
+def train_command(config: TrainConfig, actions: TrainActions):
     """What ``train_professional_models.py`` does once parsed (the Python API calls it too):
     the run directory, or the batch size of ``--find_batch_size``, or the ``--kfold`` summary
     file; None on the other ranks of a torchrun."""
@@ -171,35 +170,35 @@ def train_command(config: TrainConfig, actions: dict):
     from pokedex_trainer.runs.lifecycle import run_training
     from pokedex_trainer.runs.opening import find_batch_size_only, run_framework, settle_framework
 
-    configure(actions.get("live_log"))
-    if not actions["resume"]:
+    configure(actions.live_log)
+    if not actions.resume:
         from pokedex_trainer.user_io.path_checks import check_train_paths
 
         check_train_paths(config)
         config = settle_framework(config)  # the network of --base_model is known from here
         config.resolved()  # a bad value is the only line, before the recipe's
-        log_recipe(config, actions.get("recipe_defaults") or {})
-    resume = Path(actions["resume"]) if actions["resume"] else None
-    if any(actions[key] is not None for key in SEARCH_ACTIONS):
+        log_recipe(config, actions.recipe_defaults)
+    resume = Path(actions.resume) if actions.resume else None
+    if actions.searching:
         from pokedex_trainer.search.trials import search_command
 
         return search_command(config, actions, resume, train_option_actions())
-    if actions["find_batch_size"]:
+    if actions.find_batch_size:
         return find_batch_size_only(config)
-    if actions["kfold"] is not None:
+    if actions.kfold is not None:
         from pokedex_trainer.errors import UserError
         from pokedex_trainer.runs.kfold import run_kfold
 
-        if resume or actions["export"]:
+        if resume or actions.export:
             raise UserError("--kfold runs K fresh runs: it does not combine with --resume or "
                             "--export (export the fold you choose with export.py)")
-        return run_kfold(config, actions["kfold"])
+        return run_kfold(config, actions.kfold)
     formats = None
-    if actions["export"]:
+    if actions.export:
         from pokedex_trainer.exporters.choices import parse_formats
 
         # checked before training: a typo must not wait for the end of a long run
-        formats = ",".join(parse_formats(actions["export"], run_framework(config, resume)))
+        formats = ",".join(parse_formats(actions.export, run_framework(config, resume)))
     run_dir = run_training(config, resume)
     if formats and run_dir is not None:
         export_after_training(run_dir, formats)

@@ -6,7 +6,7 @@ import argparse
 
 from pokedex_trainer.cli.script_parser import PREFIX_NOTE, ScriptParser
 from pokedex_trainer.config import (RECIPE_CHOICES, SCRATCH_DEFAULTS, TRANSFER_DEFAULTS,
-                                     TrainConfig, default_workers)
+                                     TrainActions, TrainConfig, default_workers)
 from pokedex_trainer.networks import FRAMEWORKS, MODEL_SPECS
 
 
@@ -295,24 +295,21 @@ TRAIN_ACTIONS = ("resume", "find_batch_size", "export", "kfold", "live_log")
 
 def parse_train_command(argv: list[str] | None = None,
                         parser: argparse.ArgumentParser | None = None
-                        ) -> tuple[TrainConfig, dict]:
-    """The trainer's command line as an unresolved TrainConfig and the actions
-    (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with
-    ``explicit``: the options the command line gives (what a search keeps fixed, what the
-    recipe defaults never override), and ``recipe_defaults``: the values the run took from its
-    recipe (config.RECIPES)."""
+                        ) -> tuple[TrainConfig, TrainActions]:
+    """The trainer's command line as an unresolved TrainConfig and the TrainActions
+    (``resume``, ``find_batch_size``...) that are not part of a run's configuration, with the
+    options given explicitly and the values the run took from its recipe (config.RECIPES)."""
     values = vars((parser or build_train_parser()).parse_args(argv))
-    actions = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
-    actions["explicit"] = explicit_train_options(argv)
+    chosen = {key: values.pop(key) for key in TRAIN_ACTIONS + SEARCH_ACTIONS}
+    explicit = explicit_train_options(argv)
     if values["image_size"] is not None:
         values["image_size"] = tuple(values["image_size"])
     if values["model_type"] is None:
         values["model_type"] = TrainConfig.model_type
         if values["base_model"]:
             values["model_type"] = None  # taken from the base model (apply_base_model)
-    config, actions["recipe_defaults"] = TrainConfig(**values).with_recipe_defaults(
-        actions["explicit"])
-    return config, actions
+    config, recipe_defaults = TrainConfig(**values).with_recipe_defaults(explicit)
+    return config, TrainActions(**chosen, explicit=explicit, recipe_defaults=recipe_defaults)
 
 
 def explicit_train_options(argv: list[str] | None) -> dict:

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pokedex_trainer.config import TrainConfig
+from pokedex_trainer.config import TrainActions, TrainConfig
 from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError
 from pokedex_trainer.runs.store import RunStore
 from pokedex_trainer.search.space import Param, check_values, compose_space, read_space_file
@@ -56,28 +56,28 @@ class Search:
     own_trials: list[int] = field(default_factory=list)
 
 
-def search_command(config: TrainConfig, actions: dict, resume, options: dict) -> Path:
+def search_command(config: TrainConfig, actions: TrainActions, resume, options: dict) -> Path:
     """``train_professional_models.py --search_trials N``: run trials, then report; returns
     the report folder. ``options``: the trainer's options by destination
     (``cli.parsers.train_option_actions``), which write each trial's command line."""
     from pokedex_trainer.search.report import report_search
 
-    search = prepare_search(config, actions, resume, actions.get("explicit", {}), options)
+    search = prepare_search(config, actions, resume, actions.explicit, options)
     study = open_study(search.name, search.storage, search.space, search.config)
     run_trials(search, study)
     report_search(study, search.report_dir, search.storage)
     return search.report_dir
 
 
-def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:
-    if actions["search_trials"] is None:
+def _refuse_combinations(actions: TrainActions, resume, explicit: dict) -> None:
+    if actions.search_trials is None:
         raise UserError("--search_name, --search_storage and --search_space go with "
                         "--search_trials N")
-    if actions["search_trials"] < 1:
+    if actions.search_trials < 1:
         raise UserError("--search_trials must be at least 1")
-    others = [flag for flag, given in (("--resume", resume), ("--kfold", actions["kfold"]),
-                                       ("--export", actions["export"]),
-                                       ("--find_batch_size", actions["find_batch_size"]),
+    others = [flag for flag, given in (("--resume", resume), ("--kfold", actions.kfold),
+                                       ("--export", actions.export),
+                                       ("--find_batch_size", actions.find_batch_size),
                                        ("--run_name", "run_name" in explicit)) if given]
     if others:
         raise UserError(f"--search_trials does not combine with {', '.join(others)}: each "
@@ -90,15 +90,15 @@ def _refuse_combinations(actions: dict, resume, explicit: dict) -> None:
                         "processes sharing one --search_storage instead")
 
 
-def prepare_search(config: TrainConfig, actions: dict, resume, explicit: dict,
+def prepare_search(config: TrainConfig, actions: TrainActions, resume, explicit: dict,
                    options: dict) -> Search:
     """Check everything a trial would need before the first trial starts."""
     from pokedex_trainer.data.scan import scan_dataset
     from pokedex_trainer.user_io.atomic import ensure_writable_dir
 
     _refuse_combinations(actions, resume, explicit)
-    what = f"--search_space '{actions['search_space']}'"
-    file_values = read_space_file(actions["search_space"]) if actions["search_space"] else {}
+    what = f"--search_space '{actions.search_space}'"
+    file_values = read_space_file(actions.search_space) if actions.search_space else {}
     resolved = config.resolved()
     space, fixed = compose_space(resolved, file_values, explicit, what)
     try:
@@ -108,11 +108,11 @@ def prepare_search(config: TrainConfig, actions: dict, resume, explicit: dict,
         raise UserError(f"{what}: a fixed value is not usable: {exc}") from None
     check_values(config, space, what)
     scan_dataset(config.data_path)  # a wrong folder fails here, not in every trial
-    name = search_name(actions["search_name"], resolved.model_type, config.data_path)
+    name = search_name(actions.search_name, resolved.model_type, config.data_path)
     folder = Path(config.output_dir) / SEARCH_DIR
-    storage = open_storage(actions["search_storage"], folder, name)
+    storage = open_storage(actions.search_storage, folder, name)
     command = command_parts({**explicit, **fixed}, options)
-    return Search(name, actions["search_trials"], config, space, command, storage,
+    return Search(name, actions.search_trials, config, space, command, storage,
                   ensure_writable_dir(folder / name, "search report folder"), options)
 
 

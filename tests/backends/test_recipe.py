@@ -191,13 +191,13 @@ def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
     assert any(getattr(GUIDE, name) != value for name, value in SCRATCH_DEFAULTS.items())
     scratch, actions = parse_train_command(["--model_type", model_type, "--weights", "none"])
     assert {name: getattr(scratch, name) for name in SCRATCH_DEFAULTS} == SCRATCH_DEFAULTS
-    assert actions["recipe_defaults"] == {name: value for name, value in
+    assert actions.recipe_defaults == {name: value for name, value in
                                           SCRATCH_DEFAULTS.items()
                                           if getattr(GUIDE, name) != value}
     transfer, actions = parse_train_command(["--model_type", model_type])
     assert transfer.recipe_name() == "transfer"
     assert {name: getattr(transfer, name) for name in TRANSFER_DEFAULTS} == TRANSFER_DEFAULTS
-    assert actions["recipe_defaults"] == {name: value for name, value in
+    assert actions.recipe_defaults == {name: value for name, value in
                                           TRANSFER_DEFAULTS.items()
                                           if getattr(GUIDE, name) != value}
     every = {**SCRATCH_DEFAULTS, **TRANSFER_DEFAULTS}
@@ -207,7 +207,7 @@ def test_from_scratch_defaults_fill_only_the_options_left_out(model_type):
         config, actions = parse_train_command(argv)
         assert config.recipe_name() == "guide"
         assert all(getattr(config, name) == getattr(GUIDE, name) for name in every)
-        assert actions["recipe_defaults"] == {}
+        assert actions.recipe_defaults == {}
     for name in SCRATCH_DEFAULTS:  # the guide's value, given: kept
         argv = ["--model_type", model_type, "--weights", "none", f"--{name}",
                 str(getattr(GUIDE, name))]
@@ -299,11 +299,11 @@ def test_the_log_says_which_recipe_runs_and_why(caplog):
         caplog.clear()
         config, actions = parse_train_command(argv)
         with caplog.at_level("INFO", logger="pokedex_trainer.cli.commands"):
-            log_recipe(config, actions["recipe_defaults"])
+            log_recipe(config, actions.recipe_defaults)
         assert caplog.messages[-1].startswith(line), (argv, caplog.messages)
     caplog.clear()
     config, actions = parse_train_command(["--model_type", "mobilenet", "--augment", "full",
                                            "--fine_tune_layers", "50"])
     with caplog.at_level("INFO", logger="pokedex_trainer.cli.commands"):
-        log_recipe(config, actions["recipe_defaults"])
+        log_recipe(config, actions.recipe_defaults)
     assert "it sets" not in caplog.messages[-1]
