@@ -20,7 +20,7 @@ from pokedex_trainer.core.training_backend import EpochRecord, RunFiles, Trainin
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT
 from pokedex_trainer.core.monitor import BestTracker, EarlyStopping, PlateauScheduler, cosine_learning_rate
-from pokedex_trainer.core.phases import Phase
+from pokedex_trainer.core.phases import Phase, ResumePoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RunState:
     Args:
         history: where each epoch's row goes (EpochRecord; history.csv in a run).
         patience: early-stopping patience (restarts each phase).
-        resume_point: the saved position of an interrupted run (``--resume``), if any.
+        resume_point: where an interrupted run goes on (``--resume``), if it is one.
         main_process: False on the other ranks of a multi-process run (they write nothing).
         on_epoch: called with (epochs run so far, the epoch's logs) after each epoch; True
             stops the run as ``pruned`` (a hyperparameter search's pruner).
@@ -60,7 +60,7 @@ class RunState:
 
     history: EpochRecord
     patience: int
-    resume_point: dict | None = None
+    resume_point: ResumePoint | None = None
     main_process: bool = True
     on_epoch: Callable[[int, dict], bool] | None = None
     tracker: BestTracker = field(default_factory=lambda: BestTracker("max"))
@@ -72,7 +72,7 @@ class RunState:
     def __post_init__(self):
         self.early_stopping = EarlyStopping(self.tracker, self.patience)
         if self.resume_point:
-            saved = self.resume_point["run_state"]
+            saved = self.resume_point.run_state
             self.tracker.load_state_dict(saved["tracker"])
             self.early_stopping.load_state_dict(saved["early_stopping"])
             self.best_logs = saved["best_logs"]
@@ -82,32 +82,33 @@ class RunState:
 
     def schedule(self, phases: list[Phase]):
         """Yield the PhaseWindow of each phase still to run (all of them on a fresh run)."""
-        point = self.resume_point or {}
-        start_index = point.get("phase_index", 0) + (1 if point.get("phase_done") else 0)
+        point = self.resume_point
+        start_index = 0 if point is None else point.phase_index + int(point.phase_done)
         epoch = self.epochs_run
         for index, phase in enumerate(phases):
             if index < start_index:
                 continue
-            if point and index == point.get("phase_index") and not point.get("phase_done"):
-                window = PhaseWindow(index, phase, point["next_epoch"],
-                                     point["phase_start"] + phase.epochs, resumed=True)
+            if point is not None and index == point.phase_index and not point.phase_done:
+                window = PhaseWindow(index, phase, point.next_epoch,
+                                     point.phase_start + phase.epochs, resumed=True)
             else:
                 window = PhaseWindow(index, phase, epoch, epoch + phase.epochs,
-                                     restore_best=bool(point) and index == start_index > 0)
+                                     restore_best=point is not None and index == start_index > 0)
             yield window
             epoch = self.epochs_run
             if self.stop_reason:
                 return
 
     def position(self, window: PhaseWindow, epoch: int, stop: bool, plateau: dict,
-                 learning_rate: float) -> dict:
+                 learning_rate: float) -> ResumePoint:
         """What ``--resume`` needs to continue after 0-based ``epoch``."""
-        return {"phase_index": window.index, "phase_start": window.end - window.phase.epochs,
-                "next_epoch": epoch + 1, "phase_done": bool(stop or epoch + 1 >= window.end),
-                "learning_rate": learning_rate, "plateau": plateau,
-                "run_state": {"tracker": self.tracker.state_dict(),
-                              "early_stopping": self.early_stopping.state_dict(),
-                              "best_logs": self.best_logs, "epochs_run": self.epochs_run}}
+        return ResumePoint(
+            phase_index=window.index, phase_start=window.end - window.phase.epochs,
+            next_epoch=epoch + 1, phase_done=bool(stop or epoch + 1 >= window.end),
+            learning_rate=learning_rate, plateau=plateau,
+            run_state={"tracker": self.tracker.state_dict(),
+                       "early_stopping": self.early_stopping.state_dict(),
+                       "best_logs": self.best_logs, "epochs_run": self.epochs_run})
 
     def start_phase(self, phase: Phase, resumed: bool = False) -> None:
         if resumed:
@@ -248,13 +249,13 @@ def step_plateau(backend: TrainingBackend, plateau: PlateauScheduler, logs: dict
     return new_rate
 
 
-def restore_position(backend: TrainingBackend, saver: RunFiles, point: dict,
+def restore_position(backend: TrainingBackend, saver: RunFiles, point: ResumePoint,
                      plateau: PlateauScheduler) -> float:
     """Weights, optimizer, plateau counters and learning rate of an interrupted phase."""
     saver.restore(backend, point)
-    if point.get("plateau"):
-        plateau.load_state_dict(point["plateau"])
-    learning_rate = point.get("learning_rate")
+    if point.plateau:
+        plateau.load_state_dict(point.plateau)
+    learning_rate = point.learning_rate
     if learning_rate is None:  # a position without a rate: the optimizer holds it
         return backend.learning_rate()
     backend.set_learning_rate(learning_rate)

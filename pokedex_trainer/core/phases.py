@@ -78,3 +78,31 @@ def trainable_mask(phase: Phase, kinds: list[str]) -> list[bool]:
         return [kind == WEIGHTED for kind in kinds]
     chosen = layers_to_unfreeze(kinds, phase.n_layers)
     return [i in chosen for i in range(len(kinds))]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted run goes on (resume/state.json; runs/checked_files.py checks it
+    before it is read into one): the phase (``phase_index``, its first global epoch
+    ``phase_start``), the next global 0-based epoch and whether the phase had ended, the
+    learning rate and plateau counters then, the bookkeeping of RunState (``run_state``: best
+    score, early stopping, best logs, epochs run), and the folder its weights and optimizer are
+    in (``state_dir``, given by the saver that writes it)."""
+
+    phase_index: int
+    phase_start: int
+    next_epoch: int
+    phase_done: bool
+    learning_rate: float | None
+    plateau: dict | None
+    run_state: dict
+    state_dir: str | None = None
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "ResumePoint":
+        """From a checked resume/state.json (its other keys, such as ``format``, left out)."""
+        return cls(**{name: saved.get(name) for name in cls.__dataclass_fields__})
+
+    def saved(self) -> dict:
+        """The keys resume/state.json holds for it."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from pokedex_trainer.core.phases import Phase
+from pokedex_trainer.core.phases import Phase, ResumePoint
 
 
 class TrainingBackend(Protocol):
@@ -85,10 +85,10 @@ class RunFiles(Protocol):
     def best_weights(self, backend: TrainingBackend) -> Any:
         """The best model's weights (read back from its file)."""
 
-    def save_epoch(self, backend: TrainingBackend, epoch: int, position: dict) -> None:
+    def save_epoch(self, backend: TrainingBackend, epoch: int, position: ResumePoint) -> None:
         """Keep what resuming after 0-based ``epoch`` needs (and a periodic copy when due)."""
 
-    def restore(self, backend: TrainingBackend, position: dict) -> None:
+    def restore(self, backend: TrainingBackend, position: ResumePoint) -> None:
         """Put back the state saved with ``position``."""
 
 

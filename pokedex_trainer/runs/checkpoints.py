@@ -13,8 +13,10 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+from pokedex_trainer.core.phases import ResumePoint
 from pokedex_trainer.core.training_backend import TrainingBackend
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class CheckpointSaver:
         """The best checkpoint's weights from disk (a resumed run has none in memory)."""
         return backend.read_model_weights(self.best_path) if self.best_path.is_file() else None
 
-    def save_epoch(self, backend: TrainingBackend, epoch: int, position: dict) -> None:
+    def save_epoch(self, backend: TrainingBackend, epoch: int, position: ResumePoint) -> None:
         """After 0-based ``epoch``: the periodic copy when due, then the resume state."""
         if not self.enabled:
             return
@@ -94,7 +96,8 @@ class CheckpointSaver:
             self.layout.partial_dir.rmdir()
         except OSError:
             pass
-        self.store.write_resume_state({"format": STATE_FORMAT, "state_dir": name, **position})
+        self.store.write_resume_state({"format": STATE_FORMAT,
+                                       **replace(position, state_dir=name).saved()})
         self._remove_older_states(keep=name)
 
     def _remove_older_states(self, keep: str) -> None:
@@ -106,10 +109,10 @@ class CheckpointSaver:
             elif _STATE_TMP.match(path.name):
                 path.unlink(missing_ok=True)
 
-    def restore(self, backend: TrainingBackend, position: dict) -> None:
+    def restore(self, backend: TrainingBackend, position: ResumePoint) -> None:
         """Load the weights and optimizer saved with ``position`` into ``backend`` (a run of
         an earlier version was brought to this format when its store opened it)."""
-        backend.load_state(self.layout.resume_dir / position["state_dir"])
+        backend.load_state(self.layout.resume_dir / position.state_dir)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -21,6 +21,7 @@ import os
 import socket
 from pathlib import Path
 
+from pokedex_trainer.core.phases import ResumePoint
 from pokedex_trainer.errors import UserError
 
 
@@ -71,7 +72,7 @@ def split_files(splits: dict) -> list[str]:
     return sorted(path for items in splits.values() for path, _ in items)
 
 
-def describe_node(root: Path, splits: dict, resume_point: dict | None,
+def describe_node(root: Path, splits: dict, resume_point: ResumePoint | None,
                   run_dir: Path) -> dict:
     """What this rank sees of the files the run needs.
 
@@ -93,7 +94,7 @@ def describe_node(root: Path, splits: dict, resume_point: dict | None,
     if resume_point is not None:
         from pokedex_trainer.runs.store import RunStore
 
-        state = RunStore(Path(run_dir)).resume_folder(resume_point)
+        state = RunStore(Path(run_dir)).resume_folder(resume_point.state_dir)
         if not state.exists():
             missing_resume = str(state.absolute())
     return {"host": socket.gethostname(), "rank": rank, "root": str(root),

@@ -3,8 +3,8 @@
 The command line, the Python API, k-fold, the search and every rank of a torchrun all come
 through ``run_training`` (a process alone: ``_train_one_process``; the ranks of a torchrun:
 ``_train_in_group``, which adds the talk between ranks around the same steps) or, for a run
-already opened (a k-fold fold), ``train_new_run``. The run lock and the record of a failure live here only;
-the run's files are read and written by its ``RunStore``.
+already opened (a k-fold fold), ``train_new_run``. The run lock and the record of a failure
+live here only; the run's files are read and written by its ``RunStore``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.interrupt import INTERRUPT, StopDeadline, stop_grace
 from pokedex_trainer.machine.memory_watch import MemoryWatch
 from pokedex_trainer.core.loop import MONITOR, RunState, run_phases
-from pokedex_trainer.core.phases import plan_phases
+from pokedex_trainer.core.phases import ResumePoint, plan_phases
 from pokedex_trainer.core.training_backend import TrainingBackend
 from pokedex_trainer.errors import RunFailed, TrainingStopped, UserError, reason_line
 from pokedex_trainer.runs.distributed import describe_group, describe_node, group_problem
@@ -206,7 +206,7 @@ def train_with_backend(make_backend: Callable[[RunContext], TrainingBackend],
         context.close_image_cache()
 
 
-def _train_as_worker(context: RunContext, resume_point: dict | None, rank: int) -> None:
+def _train_as_worker(context: RunContext, resume_point: ResumePoint | None, rank: int) -> None:
     """A rank other than 0: trains its share and writes nothing; rank 0 reports, exports
     and returns the run directory."""
     import socket
@@ -236,7 +236,7 @@ def _log_run_header(context: RunContext, notes: list[str], resumed: bool) -> Non
                 len(splits["val"]), len(splits["test"]), *config.image_size, config.batch_size)
 
 
-def _train_and_record(context: RunContext, notes: list[str], resume_point: dict | None,
+def _train_and_record(context: RunContext, notes: list[str], resume_point: ResumePoint | None,
                       fresh: bool = False, lock: RunLock | None = None,
                       on_epoch=None) -> Path:
     """Train, then record the outcome (summary.json, experiments.csv) whatever it is.
@@ -245,8 +245,8 @@ def _train_and_record(context: RunContext, notes: list[str], resume_point: dict 
     its first epoch, it is removed again (``lock`` released first) instead of recorded.
     """
     store = store_of(context)
-    state = RunState(HistoryWriter(store.history_path), context.config.patience, resume_point=resume_point,
-                     on_epoch=on_epoch)
+    state = RunState(HistoryWriter(store.history_path), context.config.patience,
+                     resume_point=resume_point, on_epoch=on_epoch)
     epochs_before, started = state.epochs_run, time.time()
     status, failure, test_metrics, summary = "failed", None, {}, None
     live, live_note = open_live_log(context.run_dir.name)

@@ -12,7 +12,7 @@ from typing import Callable
 from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
-from pokedex_trainer.core.phases import plan_phases
+from pokedex_trainer.core.phases import ResumePoint, plan_phases
 from pokedex_trainer.core.training_backend import TrainingBackend
 from pokedex_trainer.data.scan import (
     DatasetIndex,
@@ -304,7 +304,8 @@ def open_resumed_run(run_dir: Path, feeding: dict | None) -> tuple[RunContext, d
     _warn_changed_photos(root, manifest)
     # The state and the history are checked before anything acts on them: a bad epochs_run
     # would truncate history.csv, an empty state would restart the run from scratch.
-    point = store.resume_point([p.epochs for p in plan_phases(config)], STATE_FORMAT)
+    point = ResumePoint.from_saved(
+        store.resume_point([p.epochs for p in plan_phases(config)], STATE_FORMAT))
     index = DatasetIndex(root, manifest["class_names"], samples)
     context = RunContext(config, config.spec, index, manifest["splits"],
                          store.root, Path(config.log_dir) / store.root.name,

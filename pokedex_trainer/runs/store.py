@@ -198,9 +198,9 @@ class RunStore:
         with open(self.layout.log, "a", encoding="utf-8") as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
 
-    def resume_folder(self, point: dict) -> Path:
-        """resume/epoch_NNN, the folder a resume point names."""
-        return self.layout.resume_dir / point["state_dir"]
+    def resume_folder(self, state_dir: str) -> Path:
+        """resume/epoch_NNN, the folder a resume point names (its ``state_dir``)."""
+        return self.layout.resume_dir / state_dir
 
     def has_resume_state(self) -> bool:
         return self.layout.resume_state.is_file()

@@ -18,7 +18,7 @@ from pokedex_trainer.config import TrainConfig
 from pokedex_trainer.runs.checkpoints import STATE_FORMAT
 from pokedex_trainer.core.context import RunContext
 from pokedex_trainer.core.loop import RunState
-from pokedex_trainer.core.phases import Phase, plan_phases
+from pokedex_trainer.core.phases import Phase, ResumePoint, plan_phases
 from pokedex_trainer.data.scan import DatasetIndex
 from pokedex_trainer.runs.history import HistoryWriter
 from pokedex_trainer.runs.layout import RunLayout
@@ -199,8 +199,9 @@ def train(context, backend: FakeBackend, resume: bool = False, on_epoch=None,
         point = read_state(layout.resume_state, [p.epochs for p in plan_phases(config)],
                            STATE_FORMAT)
         check_history(layout.history, point["run_state"]["epochs_run"], layout.resume_state)
-    state = RunState(HistoryWriter(layout.history), config.patience, resume_point=point, on_epoch=on_epoch,
-                     main_process=main_process)
+        point = ResumePoint.from_saved(point)
+    state = RunState(HistoryWriter(layout.history), config.patience, resume_point=point,
+                     on_epoch=on_epoch, main_process=main_process)
     metrics = train_with_backend(lambda _: backend, context, state)
     return state, metrics
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from pokedex_trainer.core.phases import ResumePoint
 from pokedex_trainer.runs.checkpoints import STATE_FORMAT, CheckpointSaver
 from pokedex_trainer.runs.store import store_of
 
@@ -25,8 +26,9 @@ def _saver(context, **options) -> CheckpointSaver:
     return CheckpointSaver(store_of(context), context.timestamp, **options)
 
 
-def _position(next_epoch: int) -> dict:
-    return {"next_epoch": next_epoch, "phase_index": 0}
+def _position(next_epoch: int) -> ResumePoint:
+    return ResumePoint(phase_index=0, phase_start=0, next_epoch=next_epoch, phase_done=False,
+                       learning_rate=None, plateau=None, run_state={})
 
 
 def _names(folder) -> list[str]:
@@ -75,13 +77,13 @@ def test_each_epoch_commits_its_own_state_folder_then_state_json_naming_it(conte
                                             ("save_state", "resume_epoch_002")]
     assert _names(layout.resume_dir) == ["epoch_002", "state.json"]  # older folder removed
     assert not layout.partial_dir.exists()
-    assert resume_point(context) == {"format": STATE_FORMAT, "state_dir": "epoch_002",
-                                     "next_epoch": 2, "phase_index": 0}
+    assert resume_point(context) == {"format": STATE_FORMAT, **_position(2).saved(),
+                                     "state_dir": "epoch_002"}
     saved = json.loads((layout.resume_dir / "epoch_002" / STATE_FILE).read_text("utf-8"))
     assert saved["weights"] == {"path": [1, 2]}
 
     resumed = FakeBackend(scripted([0.5]))
-    saver.restore(resumed, resume_point(context))
+    saver.restore(resumed, ResumePoint.from_saved(resume_point(context)))
     assert resumed.called("load_state") == [("load_state", "epoch_002")]
     assert resumed.weights == {"path": [1, 2]}
 
@@ -109,7 +111,7 @@ def test_a_failed_state_save_leaves_the_previous_position_and_its_folder(context
     assert not layout.partial_dir.exists()
 
     resumed = FakeBackend(scripted([0.5]))
-    saver.restore(resumed, resume_point(context))
+    saver.restore(resumed, ResumePoint.from_saved(resume_point(context)))
     assert resumed.weights == {"path": [1]}
 
 
