@@ -57,6 +57,25 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def distinct_photos(files: list[Path], folder: Path) -> list[Path]:
+    """``files`` with one copy of each content (the first by name), so that a photo saved
+    twice is never both held out and trained on; a warning counts the copies left out."""
+    seen, kept = set(), []
+    for path in files:
+        try:
+            digest = content_hash(path)
+        except OSError:
+            kept.append(path)  # unreadable: skipped later, with its own warning
+            continue
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(path)
+    if len(kept) < len(files):
+        logger.warning("--unknown_dir '%s': %d of its photos are copies of others (the same "
+                       "content): each is used once", folder, len(files) - len(kept))
+    return kept
+
+
 def check_no_shared_photos(unknown: list[Path], known: list[Path]) -> None:
     """One line when a photo of the unknown folder is also one of the classes' photos."""
     known_hashes = {}
@@ -187,13 +206,24 @@ def held_out_files(run_dir: Path, key: str = "photos") -> list[Path]:
     record (or a damaged one, or a run of an earlier version for "trained")."""
     import json
 
+    record = Path(run_dir) / HELD_OUT_RECORD
     try:
-        entries = json.loads((Path(run_dir) / HELD_OUT_RECORD).read_text("utf-8"))[key]
+        text = record.read_text("utf-8")
+    except OSError:
+        return []  # a run without a folder of unknown photos
+    try:
+        data = json.loads(text)
+        entries = data.get(key, []) if key == "trained" else data[key]
         recorded = [(Path(e["path"]), str(e["hash"])) for e in entries]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
+        logger.warning("%s is damaged (its '%s' is not a list of photos): those photos are not "
+                       "used", record, key)
         return []
     found = []
     for path, digest in recorded:
+        # written as absolute paths of regular files: anything else was edited since
+        if not path.is_absolute() or not path.is_file():
+            continue
         try:
             if content_hash(path) == digest:
                 found.append(path)
@@ -222,7 +252,7 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     # while on real far photos knn does better (docs/benchmarks.md).
     held = []
     if given != BUILTIN:
-        files, held = split_unknown(files, seed)
+        files, held = split_unknown(distinct_photos(files, folder), seed)
     if held_out is not None:
         held_out.extend(held)  # for record_held_out, once the run folder exists
     if held:

@@ -174,7 +174,11 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
                        scoring.KNN_K)
     unknown, score, chosen_on, contrast = held_out_unknown(run), None, None, None
     if unknown is not None and bank is not None:
-        unknown_bank = feature_bank(predictor, run, keep, kind="unknown")
+        try:
+            unknown_bank = feature_bank(predictor, run, keep, kind="unknown")
+        except UserError as exc:  # none of those photos readable: the score is left out
+            logger.warning("knn_contrast is left out: %s", exc)
+            unknown_bank = None
         if unknown_bank is not None:
             contrast = (unknown_bank, scoring.contrast_floor(features, unknown_bank))
     val_scores = scoring.scores(calibrated, logits, features, bank, contrast)
@@ -225,10 +229,15 @@ class RuleScorer:
         if self.name == "knn_contrast" and self.own:
             unknown_bank = feature_bank(predictor, run, keep, kind="unknown")
             if unknown_bank is None:
+                from pokedex_trainer.data.unknown_photos import HELD_OUT_RECORD
+
+                where = (f"and none of those recorded in its {HELD_OUT_RECORD} is left "
+                         "as it was: restore that folder") \
+                    if run is not None and (Path(run) / HELD_OUT_RECORD).is_file() else \
+                    f"and '{run}' has no record of any (a rule of another run?)"
                 raise UserError(f"the 'unknown' rule of {predictor.path.name} is knn_contrast, "
-                                f"which needs the --unknown_dir photos '{run}' trained on, and "
-                                "none is left to read: restore that folder (files exported "
-                                "earlier carry their own bank)")
+                                f"which needs the --unknown_dir photos its run trained on, "
+                                f"{where} (files exported earlier carry their own bank)")
             self.contrast = (unknown_bank, rule["floor"])
 
     @property

@@ -203,10 +203,16 @@ def checked_rule(rule, where: str) -> dict | None:
     if score in ("knn", "knn_contrast"):  # similarities, with float32 rounding either side
         low, high = low - 1e-3, high + 1e-3
     floor = rule.get("floor")
-    if score == "knn_contrast" and (isinstance(floor, bool) or not isinstance(
-            floor, (int, float)) or not -1.0 <= floor <= 1.0):
-        raise UserError(f"{where}: its 'unknown' rule (knn_contrast) needs a 'floor', a "
+    if (score == "knn_contrast" or floor is not None) and (
+            isinstance(floor, bool) or not isinstance(floor, (int, float))
+            or not -1.0 <= floor <= 1.0):  # NaN fails the range too
+        raise UserError(f"{where}: its 'unknown' rule's 'floor' (knn_contrast's) must be a "
                         "similarity between -1 and 1")
+    for key in ("bank_photos", "unknown_bank_photos", "k"):
+        count = rule.get(key)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 0):
+            raise UserError(f"{where}: its 'unknown' rule's '{key}' must be a whole number")
     if not low <= threshold <= high:
         raise UserError(f"{where}: its 'unknown' threshold {threshold:g} is outside the range "
                         f"of {score} ({low:g} to {high:g})")

@@ -54,6 +54,36 @@ def _warn_if_trained_on(run: Path | None, folder: Path) -> None:
         logger.warning("--unknown_data '%s' is the folder this run trained on as unknown "
                        "(--unknown_dir): the figures below are optimistic; measure with photos "
                        "it never saw", folder)
+        return
+    seen = _recorded_unknown_hashes(run)
+    if seen:
+        from pokedex_trainer.data.unknown_photos import content_hash, photo_files
+
+        shared = 0
+        for path in photo_files(folder, "--unknown_data"):
+            try:
+                shared += content_hash(path) in seen
+            except OSError:
+                continue
+        if shared:
+            logger.warning("%d photos of --unknown_data '%s' are photos this run trained on or "
+                           "chose its 'unknown' score with (the same content, from its "
+                           "--unknown_dir): the figures below are optimistic; measure with "
+                           "photos it never saw", shared, folder)
+
+
+def _recorded_unknown_hashes(run: Path) -> set[str]:
+    """The contents of the --unknown_dir photos a run trained on or held out, as recorded."""
+    import json
+
+    from pokedex_trainer.data.unknown_photos import HELD_OUT_RECORD
+
+    try:
+        data = json.loads((Path(run) / HELD_OUT_RECORD).read_text("utf-8"))
+        return {str(entry["hash"]) for key in ("photos", "trained")
+                for entry in data.get(key, [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()  # none recorded, or a damaged record (said where it is read)
 
 
 def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Path,

@@ -32,6 +32,7 @@ def scored_model(model, graph):
     from keras import ops
 
     from pokedex_trainer.backends.keras.keras_networks import HEAD_NAME, POOLING_NAME
+    from pokedex_trainer.evaluation.unknown import knn_k
 
     if graph is None:
         return model
@@ -61,7 +62,7 @@ def scored_model(model, graph):
                 score = ops.top_k(ops.matmul(unit, self.bank_t), int(k))[0][:, int(k) - 1]
                 if name == "knn":
                     return score
-                k_unknown = min(int(k), len(unknown_bank))
+                k_unknown = knn_k(unknown_bank)  # its own k, as evaluation/unknown.py
                 unknown = ops.top_k(ops.matmul(unit, self.unknown_bank_t),
                                     k_unknown)[0][:, k_unknown - 1]
                 return score - ops.maximum(unknown, float(floor))

@@ -20,6 +20,7 @@ from torch import nn
 from pokedex_trainer.user_io.atomic import atomic_target, atomic_write_bytes
 from pokedex_trainer.exporters.metadata import EXTRA_FILE, add_onnx_metadata
 from pokedex_trainer.exporters.quiet import quiet_converters
+from pokedex_trainer.evaluation.unknown import knn_k
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class KnownScore(nn.Module):
         if name == "knn_contrast":
             self.register_buffer("unknown_bank_t", torch.as_tensor(
                 unknown_bank, dtype=torch.float32).T.clone())
-            self.k_unknown = min(self.k, len(unknown_bank))
+            self.k_unknown = knn_k(unknown_bank)  # its own k, as evaluation/unknown.py
             self.floor = float(floor)
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ fitted rule in calibration.json and the sidecars, and the same verdicts in every
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,13 +63,61 @@ def test_knn_contrast_worked_out_by_hand_and_the_same_inside_a_pytorch_file():
     module = KnownScore("knn_contrast", bank, scoring.knn_k(bank), unknown_bank, 0.1)
     inside = module(torch.from_numpy(features), torch.zeros(12, 2)).numpy()
     assert inside == pytest.approx(expected, abs=1e-5)
+    # a training bank under k rows and a larger unknown bank: each bank keeps its own k
+    small = bank[:5]
+    expected_small = scoring.scores(np.ones((12, 2)) / 2, np.zeros((12, 2)), features, small,
+                                    (unknown_bank, 0.1))["knn_contrast"]
+    module = KnownScore("knn_contrast", small, scoring.knn_k(small), unknown_bank, 0.1)
+    assert module(torch.from_numpy(features), torch.zeros(12, 2)).numpy() == \
+        pytest.approx(expected_small, abs=1e-5)
     rule = scoring.fit_rule({"knn_contrast": expected}, 0.9, "by hand", score="knn_contrast",
                             bank_photos=40, contrast=(unknown_bank, 0.1))
     assert rule["floor"] == 0.1 and rule["unknown_bank_photos"] == 15
     assert scoring.checked_rule(rule, "here") == rule
-    for broken in ({**rule, "floor": None}, {**rule, "floor": 3.0}, {**rule, "threshold": 2.5}):
+    for broken in ({**rule, "floor": None}, {**rule, "floor": 3.0}, {**rule, "threshold": 2.5},
+                   {**rule, "score": "energy", "floor": float("nan")},
+                   {**rule, "unknown_bank_photos": "lots"}):
         with pytest.raises(UserError):
             scoring.checked_rule(broken, "here")
+
+
+def test_the_unknown_photos_record_is_read_with_care(tmp_path, caplog):
+    """The photos a run held out and trained on: a photo saved twice in the folder is used
+    once (never on both sides); a damaged record is said, not silently ignored; a relative
+    path, a device or a changed photo in it is never read."""
+    from pokedex_trainer.data.unknown_photos import (HELD_OUT_RECORD, held_out_files,
+                                                     record_held_out, unknown_training_samples)
+
+    folder = _noise_folder(tmp_path / "unknown", 10, nested=False)
+    for path in sorted(folder.iterdir()):
+        (folder / f"copy_{path.name}").write_bytes(path.read_bytes())
+    held = []
+    with caplog.at_level("WARNING"):
+        trained = unknown_training_samples(str(folder), tmp_path, [], cap=100, seed=42,
+                                           held_out=held)
+    assert "10 of its photos are copies of others" in caplog.text
+    contents = [Path(p).read_bytes() for p, _ in trained] + [p.read_bytes() for p in held]
+    assert len(held) == 2 and len(trained) == 8 and len(set(contents)) == 10
+    run = tmp_path / "run"
+    run.mkdir()
+    record_held_out(run, held, [Path(p) for p, _ in trained])
+    assert held_out_files(run) == held and len(held_out_files(run, "trained")) == 8
+    data = json.loads((run / HELD_OUT_RECORD).read_text("utf-8"))
+    data["trained"][0]["path"] = "relative.png"
+    data["trained"][1]["path"] = "/dev/zero"  # read, it would never end
+    (run / HELD_OUT_RECORD).write_text(json.dumps(data), "utf-8")
+    assert len(held_out_files(run, "trained")) == 6
+    for damaged in ('{"photos": "abc", "trained": []}', "{"):
+        (run / HELD_OUT_RECORD).write_text(damaged, "utf-8")
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert held_out_files(run) == []
+        assert "is damaged" in caplog.text
+    (run / HELD_OUT_RECORD).write_text(json.dumps({"photos": []}), "utf-8")  # an earlier run
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert held_out_files(run, "trained") == []
+    assert "damaged" not in caplog.text
 
 
 def _noise_folder(folder, count=10, nested=True):
@@ -431,7 +480,7 @@ def test_an_exported_file_keeps_its_own_rule_and_a_run_read_elsewhere_is_not_wri
 @pytest.mark.parametrize("network, formats", [
     ("tiny_torch", "torchscript,onnx,tflite"), ("tiny_keras", "onnx,tflite")])
 def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
-        network, formats, tiny_dataset, tmp_path):
+        network, formats, tiny_dataset, tmp_path, caplog):
     """A run trained with --unknown_dir records the photos it trained on; evaluate.py builds
     their bank and the rule's floor; with knn_contrast as the rule, every exported file
     computes it itself and answers 'unknown' for the same photos as the run's own model."""
@@ -452,6 +501,16 @@ def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
     assert "knn_contrast" in rule["chosen_on"]["auroc"]
     assert rule["unknown_bank_photos"] == 16 and -1.0 <= rule["floor"] <= 1.0
     assert len(list((run / "unknown_bank").glob("*.unknown.npy"))) == 1
+    # a copy of that folder measured as unknown photos: the report says it is not fair
+    import shutil
+
+    copy = tmp_path / "copy_of_unknown"
+    shutil.copytree(unknown, copy)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert run_main(evaluate_main, ["--run_dir", str(run), "--unknown_data", str(copy),
+                                        "--output_dir", str(tmp_path / "copied"), *FAST]) == 0
+    assert "20 photos of --unknown_data" in caplog.text and "optimistic" in caplog.text
     photos = tmp_path / "photos"
     photos.mkdir()
     for path in sorted(tiny_dataset.rglob("*.jpg"))[::4][:8]:
@@ -479,3 +538,19 @@ def test_a_run_with_an_unknown_folder_carries_knn_contrast_into_every_export(
             assert theirs["known_score"] == pytest.approx(mine["known_score"], abs=tolerance)
             if abs(mine["known_score"] - forced["threshold"]) > tolerance:
                 assert theirs["prediction"] == mine["prediction"], model.name
+    # trained photos that cannot be read (recorded as they are): the run is still evaluated,
+    # knn_contrast is left out with a warning
+    from pokedex_trainer.data.unknown_photos import HELD_OUT_RECORD, content_hash
+
+    record = json.loads((run / HELD_OUT_RECORD).read_text("utf-8"))
+    for entry in record["trained"]:
+        Path(entry["path"]).write_bytes(b"not a photo")
+        entry["hash"] = content_hash(Path(entry["path"]))
+    (run / HELD_OUT_RECORD).write_text(json.dumps(record), "utf-8")
+    for cached in (run / "unknown_bank").glob("*.unknown.*"):
+        cached.unlink()
+    (run / "calibration.json").unlink()
+    assert run_main(evaluate_main, ["--run_dir", str(run), "--output_dir",
+                                    str(tmp_path / "report2"), *FAST]) == 0
+    again = json.loads((run / "calibration.json").read_text("utf-8"))["unknown"]
+    assert "knn_contrast" not in again["chosen_on"]["auroc"] and "floor" not in again
