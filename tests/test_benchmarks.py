@@ -12,7 +12,7 @@ from conftest import ROOT
 @pytest.mark.parametrize("script", ["input_pipeline.py", "train_throughput.py", "inference.py",
                                     "trainer_overhead.py", "gpu_smoke_table.py", "recipe.py",
                                     "registry_photos.py", "bare_loops.py", "trainer_pace.py",
-                                    "unknown.py"])
+                                    "unknown.py", "call_depth.py"])
 def test_help(script):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
                             capture_output=True, text=True, timeout=60)
@@ -282,3 +282,17 @@ def test_unknown_benchmark_splits_the_classes_and_writes_a_far_set_none_trained_
     assert len(far) == 200 and sum(p.name.startswith("digit_") for p in far) == 100
     with pytest.raises(TransferError, match="must name two of"):
         split_folders(photos, ["c3"], tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_call_depth_follows_a_tiny_run_from_the_script_to_the_batch_loop(tmp_path):
+    output = tmp_path / "depth.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "call_depth.py"),
+                             "--work_dir", str(tmp_path / "work"), "--output", str(output)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    depth = json.loads(output.read_text())
+    assert depth["frames"][0] == "train_professional_models.py:<module>"
+    assert depth["frames"][-1] == "pokedex_trainer/backends/torch/runner.py:train_one_epoch"
+    assert "pokedex_trainer/core/loop.py:run_epoch" in depth["frames"]
+    assert depth["levels"] == len(depth["frames"]) and 2 <= depth["files"] <= depth["levels"]
