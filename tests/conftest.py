@@ -207,7 +207,7 @@ def force_unknown_rule(run: Path, **changes) -> dict:
     rule = {**data["unknown"], **changes}
     if rule["score"] in scoring.GRAPH_SCORES:
         rule.update({"output": scoring.SCORE_OUTPUT, "rule": scoring.RULE_TEXT[rule["score"]]})
-    if rule["score"] in ("knn", "knn_contrast"):
+    if rule["score"] in scoring.BANK_SCORES:
         rule["k"] = scoring.KNN_K
     data["unknown"] = rule
     for entry in data["models"].values():

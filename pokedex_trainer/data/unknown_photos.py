@@ -57,38 +57,45 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def distinct_photos(files: list[Path], folder: Path) -> list[Path]:
-    """``files`` with one copy of each content (the first by name), so that a photo saved
-    twice is never both held out and trained on; a warning counts the copies left out."""
-    seen, kept = set(), []
+def photo_hashes(files: list[Path]) -> dict[Path, str]:
+    """The content hash of each file that can be read (the others are left out: they are
+    skipped later, with their own warning)."""
+    found = {}
     for path in files:
         try:
-            digest = content_hash(path)
+            found[path] = content_hash(path)
         except OSError:
-            kept.append(path)  # unreadable: skipped later, with its own warning
             continue
-        if digest not in seen:
-            seen.add(digest)
+    return found
+
+
+def distinct_photos(files: list[Path], folder: Path, hashes: dict[Path, str]) -> list[Path]:
+    """``files`` with one copy of each content (the first by name; ``hashes``: photo_hashes),
+    so that a photo saved twice is never both held out and trained on; a warning counts the
+    copies left out."""
+    seen, kept = set(), []
+    for path in files:
+        digest = hashes.get(path)
+        if digest is None or digest not in seen:
             kept.append(path)
+            seen.add(digest)
     if len(kept) < len(files):
         logger.warning("--unknown_dir '%s': %d of its photos are copies of others (the same "
                        "content): each is used once", folder, len(files) - len(kept))
     return kept
 
 
-def check_no_shared_photos(unknown: list[Path], known: list[Path]) -> None:
-    """One line when a photo of the unknown folder is also one of the classes' photos."""
+def check_no_shared_photos(unknown: dict[Path, str], known: list[Path]) -> None:
+    """One line when a photo of the unknown folder (``unknown``: photo_hashes of it) is also
+    one of the classes' photos."""
     known_hashes = {}
     for path in known:
         try:
             known_hashes.setdefault(content_hash(path), path)
         except OSError:
             continue
-    for path in unknown:
-        try:
-            twin = known_hashes.get(content_hash(path))
-        except OSError:
-            continue
+    for path, digest in unknown.items():
+        twin = known_hashes.get(digest)
         if twin is not None:
             raise UserError(f"the unknown photo '{path}' is also the class photo '{twin}' (the "
                             "same content): an unknown folder must hold photos of none of the "
@@ -245,14 +252,15 @@ def unknown_training_samples(given: str, output_dir: Path, known: list[Path], ca
     folder = builtin_folder(output_dir) if given == BUILTIN else Path(given)
     files = photo_files(folder, "--unknown_dir")
     if given != BUILTIN:
-        check_no_shared_photos(files, known)
+        hashes = photo_hashes(files)
+        check_no_shared_photos(hashes, known)
         _check_one_readable(files, folder)
     # A user's folder: a fifth held out to choose the score. Not the generated images: outlier
     # exposure trains max softmax on their kind, so their held-out twins would choose it,
     # while on real far photos knn does better (docs/benchmarks.md).
     held = []
     if given != BUILTIN:
-        files, held = split_unknown(distinct_photos(files, folder), seed)
+        files, held = split_unknown(distinct_photos(files, folder, hashes), seed)
     if held_out is not None:
         held_out.extend(held)  # for record_held_out, once the run folder exists
     if held:

@@ -158,10 +158,8 @@ def _sound(bank, width: int) -> bool:
 
 def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, features,
                 recall: float, fitted_on: str, temperature: float = 1.0, keep: bool = True
-                ) -> tuple[dict, tuple | None]:
-    """(the rule that ships, the banks its file computes it with: (training bank, unknown
-    bank or None) for knn and knn_contrast, else None), fitted on validation outputs: the
-    score with the best AUROC against the run's held-out unknown photos where it has some
+                ) -> dict:
+    """The rule that ships, fitted on validation outputs: the score with the best AUROC against the run's held-out unknown photos where it has some
     (``--unknown_dir``), else choose_score's default; the threshold keeps ``recall`` of the
     validation photos."""
     from pokedex_trainer.evaluation.calibration import apply_temperature
@@ -204,11 +202,7 @@ def fitted_rule(predictor, run: Path | None, calibrated: np.ndarray, logits, fea
         threshold = rule["threshold"]
         named = float((u_scores[rule["score"]] >= threshold).mean())
         rule["unknown_named"] = round(named, 4)  # the held-out unknown photos still named
-    if rule["score"] == "knn":
-        return rule, (bank, None)
-    if rule["score"] == "knn_contrast":
-        return rule, (bank, contrast[0])
-    return rule, None
+    return rule
 
 
 class RuleScorer:
@@ -218,7 +212,7 @@ class RuleScorer:
         self.rule, self.predictor, self.bank, self.contrast = rule, predictor, None, None
         self.name = (rule or {}).get("score", scoring.SHIPPED_SCORE)
         self.own = predictor.runtime in ("keras", "pytorch")
-        if self.name in ("knn", "knn_contrast") and self.own:
+        if self.name in scoring.BANK_SCORES and self.own:
             self.bank = feature_bank(predictor, run, keep)
             if self.bank is None:
                 raise UserError(f"the 'unknown' rule of {predictor.path.name} is "

@@ -96,7 +96,7 @@ def calibrate(member: Member) -> None:
     member.temperature = temperature
     rule = _file_rule(member)
     if rule is None:
-        rule, _ = fitted_rule(member.predictor, run_dir, calibrated, logits, features,
+        rule = fitted_rule(member.predictor, run_dir, calibrated, logits, features,
                               member.unknown_recall, f"validation split ({len(labels)} images)",
                               temperature, keep=keeps_run_files(member))
     member.calibration = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from pokedex_trainer.runs.checked_files import TEMPERATURE_RANGE
+from pokedex_trainer.user_io.checked_values import is_number
 
 MAX_CLASSES = 100_000
 # (pixel - mean) / std of pixels in 0..255 stays far below float32's 3.4e38 within these
@@ -18,14 +19,9 @@ MEAN_RANGE = (-1e4, 1e4)
 STD_RANGE = (1e-3, 1e4)
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
 def _numbers_in(values, low: float, high: float) -> bool:
     return isinstance(values, list) and len(values) == 3 and \
-        all(_number(v) and low <= v <= high for v in values)
+        all(is_number(v) and low <= v <= high for v in values)
 
 
 def sidecar_problem(data) -> str | None:
@@ -51,7 +47,7 @@ def sidecar_problem(data) -> str | None:
             "probabilities", "logits") or output.get("order", "class_names") != "class_names":
         return "output must be {\"kind\": \"probabilities\" or \"logits\", \"order\": " \
                "\"class_names\"}"
-    if "temperature" in data and not (_number(data["temperature"]) and
+    if "temperature" in data and not (is_number(data["temperature"]) and
                                       TEMPERATURE_RANGE[0] <= data["temperature"] <=
                                       TEMPERATURE_RANGE[1]):
         return f"temperature must be a number from {TEMPERATURE_RANGE[0]} to " \

@@ -37,7 +37,9 @@ import numpy as np
 from pokedex_trainer.errors import UserError
 
 SHIPPED_SCORE = "max_softmax"  # the score every file can give (probabilities out)
-GRAPH_SCORES = ("max_logit", "energy", "knn", "knn_contrast")  # computed inside exported files (known_score)
+# computed inside exported files (their known_score output)
+GRAPH_SCORES = ("max_logit", "energy", "knn", "knn_contrast")
+BANK_SCORES = ("knn", "knn_contrast")  # need the bank of training features
 SCORES = (SHIPPED_SCORE,) + GRAPH_SCORES
 SCORE_OUTPUT = "known_score"
 DEFAULT_RECALL = 0.95
@@ -174,7 +176,7 @@ def fit_rule(val_scores: dict, recall: float, fitted_on: str, score: str | None 
             "recall": recall, "fitted_on": fitted_on, "rule": RULE_TEXT[score]}
     if score in GRAPH_SCORES:
         rule["output"] = SCORE_OUTPUT
-    if score in ("knn", "knn_contrast"):
+    if score in BANK_SCORES:
         rule.update({"k": KNN_K, "bank_photos": int(bank_photos)})
     if contrast is not None:  # knn_contrast's, kept for evaluate.py's table whichever ships
         rule.update({"unknown_bank_photos": len(contrast[0]), "floor": float(contrast[1])})
@@ -200,7 +202,7 @@ def checked_rule(rule, where: str) -> dict | None:
         raise UserError(f"{where}: its 'unknown' rule's fitted_on must be text")
     low, high = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0),
                  "knn_contrast": (-2.0, 2.0)}.get(score, (-np.inf, np.inf))
-    if score in ("knn", "knn_contrast"):  # similarities, with float32 rounding either side
+    if score in BANK_SCORES:  # similarities, with float32 rounding either side
         low, high = low - 1e-3, high + 1e-3
     floor = rule.get("floor")
     if (score == "knn_contrast" or floor is not None) and (

@@ -20,22 +20,26 @@ from pokedex_trainer.runs.finished import LabelledImages, run_split
 logger = logging.getLogger(__name__)
 
 
-def unknown_images(folder: Path, class_names: list[str], known: list[LabelledImages]
-                   ) -> LabelledImages:
+def unknown_images(folder: Path, class_names: list[str], known: list[LabelledImages],
+                   run: Path | None = None) -> LabelledImages:
     """The unknown folder as images (label -1), refused in one line when it shares a photo
-    with the classes' photos."""
-    from pokedex_trainer.data.unknown_photos import check_no_shared_photos, photo_files
+    with the classes' photos, with a warning when it holds photos ``run`` trained on as
+    unknown (its own --unknown_dir, or copies of those photos)."""
+    from pokedex_trainer.data.unknown_photos import (check_no_shared_photos, photo_files,
+                                                     photo_hashes)
 
     folder = Path(folder)
     files = photo_files(folder, "--unknown_data")
-    check_no_shared_photos(files, [images.root / relative for images in known
-                                   for relative, _ in images.samples])
+    hashes = photo_hashes(files)
+    check_no_shared_photos(hashes, [images.root / relative for images in known
+                                    for relative, _ in images.samples])
+    _warn_if_trained_on(run, folder, hashes)
     return LabelledImages(folder, list(class_names),
                           [(path.relative_to(folder).as_posix(), -1) for path in files],
                           f"{folder} ({len(files)} unknown photos)")
 
 
-def _warn_if_trained_on(run: Path | None, folder: Path) -> None:
+def _warn_if_trained_on(run: Path | None, folder: Path, hashes: dict[Path, str]) -> None:
     """The run's own --unknown_dir measured as unknown photos: figures too good to trust."""
     from pokedex_trainer.runs.store import RunStore
 
@@ -56,20 +60,12 @@ def _warn_if_trained_on(run: Path | None, folder: Path) -> None:
                        "it never saw", folder)
         return
     seen = _recorded_unknown_hashes(run)
-    if seen:
-        from pokedex_trainer.data.unknown_photos import content_hash, photo_files
-
-        shared = 0
-        for path in photo_files(folder, "--unknown_data"):
-            try:
-                shared += content_hash(path) in seen
-            except OSError:
-                continue
-        if shared:
-            logger.warning("%d photos of --unknown_data '%s' are photos this run trained on or "
-                           "chose its 'unknown' score with (the same content, from its "
-                           "--unknown_dir): the figures below are optimistic; measure with "
-                           "photos it never saw", shared, folder)
+    shared = sum(digest in seen for digest in hashes.values())
+    if shared:
+        logger.warning("%d photos of --unknown_data '%s' are photos this run trained on or "
+                       "chose its 'unknown' score with (the same content, from its "
+                       "--unknown_dir): the figures below are optimistic; measure with "
+                       "photos it never saw", shared, folder)
 
 
 def _recorded_unknown_hashes(run: Path) -> set[str]:
@@ -92,9 +88,8 @@ def measure_unknown(member, test: LabelledImages, labels: np.ndarray, folder: Pa
     from pokedex_trainer.evaluation import plots
 
     predictor, run = member.predictor, member.run_dir
-    _warn_if_trained_on(run, Path(folder))
     known_sets = [test] + ([run_split(run, split) for split in ("train", "val")] if run else [])
-    unknown = unknown_images(folder, predictor.info.class_names, known_sets)
+    unknown = unknown_images(folder, predictor.info.class_names, known_sets, run)
     from pokedex_trainer.evaluation.known_score import RuleScorer, feature_bank, model_outputs
 
     probabilities, _, logits, features = model_outputs(predictor, test,

@@ -32,7 +32,7 @@ def scored_model(model, graph):
     from keras import ops
 
     from pokedex_trainer.backends.keras.keras_networks import HEAD_NAME, POOLING_NAME
-    from pokedex_trainer.evaluation.unknown import knn_k
+    from pokedex_trainer.evaluation.unknown import BANK_SCORES, knn_k
 
     if graph is None:
         return model
@@ -45,7 +45,7 @@ def scored_model(model, graph):
             self.bias = self.add_weight(shape=bias.shape, trainable=False, name="bias")
             self.weight.assign(weight)
             self.bias.assign(bias)
-            if name in ("knn", "knn_contrast"):
+            if name in BANK_SCORES:
                 self.bank_t = self.add_weight(shape=bank.T.shape, trainable=False, name="bank")
                 self.bank_t.assign(np.ascontiguousarray(bank.T))
             if name == "knn_contrast":
@@ -55,7 +55,7 @@ def scored_model(model, graph):
 
         def call(self, features):
             features = ops.cast(features, "float32")
-            if name in ("knn", "knn_contrast"):
+            if name in BANK_SCORES:
                 norm = ops.sqrt(ops.maximum(ops.sum(features * features, axis=1,
                                                     keepdims=True), 1e-24))
                 unit = features / norm

@@ -20,7 +20,7 @@ from torch import nn
 from pokedex_trainer.user_io.atomic import atomic_target, atomic_write_bytes
 from pokedex_trainer.exporters.metadata import EXTRA_FILE, add_onnx_metadata
 from pokedex_trainer.exporters.quiet import quiet_converters
-from pokedex_trainer.evaluation.unknown import knn_k
+from pokedex_trainer.evaluation.unknown import BANK_SCORES, knn_k
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class KnownScore(nn.Module):
     def __init__(self, name: str, bank=None, k: int = 1, unknown_bank=None, floor=None):
         super().__init__()
         self.name, self.k = name, int(k)
-        if name in ("knn", "knn_contrast"):
+        if name in BANK_SCORES:
             self.register_buffer("bank_t", torch.as_tensor(bank, dtype=torch.float32).T.clone())
         if name == "knn_contrast":
             self.register_buffer("unknown_bank_t", torch.as_tensor(

@@ -110,13 +110,13 @@ def _settle_unknown_rule(source: Predictor, job: ExportJob, reference, images):
     calibrated = apply_temperature(reference, job.temperature or 1.0)
     inner = source.logits_and_features(images)
     if job.unknown is not None and job.unknown["score"] in scoring.GRAPH_SCORES and \
-            (inner is None or (job.unknown["score"] in ("knn", "knn_contrast")
+            (inner is None or (job.unknown["score"] in scoring.BANK_SCORES
                                and job.run is None)):
         logger.warning("the saved 'unknown' rule (%s) needs the run's features: fitted again "
                        "here", job.unknown["score"])
         job.unknown = None
     if job.unknown is None:
-        job.unknown, _ = fitted_rule(source, job.run, calibrated,
+        job.unknown = fitted_rule(source, job.run, calibrated,
                                      *(inner if inner is not None else (None, None)),
                                      scoring.DEFAULT_RECALL,
                                      f"{job.check.description}, at export",
